@@ -1,0 +1,28 @@
+# Set-up is idempotent: the venv is (re)built when pyproject.toml changes.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch that this machine keeps on disk; on a CUDA machine use e.g. TORCH_SPEC=torch==2.13.0+cu128
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup quickstart test test-fast bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+quickstart: setup
+	$(VENV)/bin/tunelab train examples/quickstart.yaml
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf runs .pytest_cache

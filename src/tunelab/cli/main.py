@@ -1,0 +1,169 @@
+"""The `tunelab` command line: one verb per job."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tunelab.errors import TunelabError
+
+app = typer.Typer(
+    name="tunelab",
+    help="Instruction fine-tuning of causal LMs with LoRA / QLoRA from one config file. Offline by default.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML).", show_default=False)]
+OverridesArg = Annotated[
+    list[str] | None, typer.Argument(help="Dotted overrides, e.g. adapter.r=16 training.learning_rate=1e-4.", show_default=False)
+]
+
+
+def user_errors(fn):
+    """Turn user errors into one red line (plus hint) and exit code 2; bugs keep their traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TunelabError as e:
+            console.print(f"[bold red]error:[/] {e.message}", highlight=False, markup=True)
+            if e.hint:
+                console.print(f"[dim]hint: {e.hint}[/]", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for tunelab's own output: library progress bars and info logs off."""
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+    import warnings
+
+    # bitsandbytes tries to fetch a CPU kernel from the hub at import and warns when it cannot
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    logging.getLogger("trl").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+@app.command()
+@user_errors
+def train(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its newest checkpoint.")] = False,
+):
+    """Fine-tune a model as the config says; writes runs/<name>/."""
+    from tunelab.config import load_config
+
+    cfg = load_config(config, overrides)
+    _quiet_libraries()
+    from tunelab.training.run import train as run_training
+
+    s = run_training(cfg, config_path=config, resume=resume, console=console)
+    _print_summary(s)
+
+
+def _print_summary(s: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"run {Path(s['run_dir']).name}: {s['status']}", show_header=False, title_justify="left")
+    t.add_row("steps", str(s["steps"]))
+    t.add_row("final train loss", _fmt(s["final_train_loss"]))
+    t.add_row("final eval loss", _fmt(s["final_eval_loss"]))
+    t.add_row("train tokens/s", f"{s['tokens_per_s']:,.0f}")
+    t.add_row("wall time", f"{s['wall_time_s']:.1f} s (samples {s['sample_time_s']:.1f} s)")
+    t.add_row("peak memory", f"{s['peak_rss_mb']:,.0f} MB RSS" + (f", {s['peak_gpu_mb']:,.0f} MB GPU" if "peak_gpu_mb" in s else ""))
+    if s.get("samples_exact_match_after") is not None:
+        before = s.get("samples_exact_match_before")
+        t.add_row("sample exact match", (f"{before:.1%} before -> " if before is not None else "") + f"{s['samples_exact_match_after']:.1%} after")
+    rd = s["run_dir"]
+    t.add_row("written", f"{rd}/final (model + tokenizer), config.yaml, metrics.jsonl, samples.jsonl, summary.json")
+    out.print(t)
+    out.print(f"try it: [bold]tunelab generate {rd} \"Reverse the order of the words.\" --input \"cat dog sun\"[/]")
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+@app.command()
+@user_errors
+def validate(config: ConfigArg, overrides: OverridesArg = None):
+    """Check a config and its data without loading any weights."""
+    from tunelab.config import load_config
+    from tunelab.data.prepare import load_splits
+    from tunelab.model.tiny import PRESETS
+
+    cfg = load_config(config, overrides)
+    name = cfg.model.name
+    if name.startswith("tiny:") and name.removeprefix("tiny:") not in PRESETS:
+        raise TunelabError(f"model.name: unknown tiny preset {name!r} (known: {', '.join('tiny:' + p for p in PRESETS)})")
+    if not name.startswith("tiny:") and (name.startswith((".", "/", "~")) or Path(name).exists()):
+        from tunelab.model.loading import resolve_model_path
+
+        resolve_model_path(name)
+    _, _, stats = load_splits(cfg, Path(config).resolve().parent)
+    skipped = f", skipped {stats['rows_skipped']}" if stats["rows_skipped"] else ""
+    out.print(f"[green]ok[/] {config}: {stats['train_rows']} train rows, {stats['test_rows']} test rows{skipped}")
+
+
+@app.command()
+@user_errors
+def tiny(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the model to.")],
+    preset: Annotated[str, typer.Option(help="llama-2l, llama-4l or quickstart-base.")] = "llama-2l",
+):
+    """Build a tiny Llama model and tokenizer locally (safetensors, Hugging Face layout)."""
+    from tunelab.model.tiny import PRESETS, build_tiny
+
+    if preset not in PRESETS:
+        raise TunelabError(f"--preset: unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+    _quiet_libraries()
+    build_tiny(out_dir, PRESETS[preset])
+    out.print(f"wrote {out_dir} ({preset})")
+
+
+@app.command()
+@user_errors
+def synth(
+    out_file: Annotated[Path, typer.Option("--out", help="JSONL file to write.")],
+    n: Annotated[int, typer.Option(help="Number of rows.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+):
+    """Write seeded synthetic Alpaca-format tasks with exact answers."""
+    from tunelab.data.synthetic import generate, write_jsonl
+
+    if n <= 0:
+        raise TunelabError("--n: must be positive")
+    write_jsonl(generate(n, seed), out_file)
+    out.print(f"wrote {n} rows to {out_file}")
+
+
+def main() -> None:
+    app(prog_name="tunelab")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Build a `RunConfig` from YAML plus dotted overrides; save it back with secrets redacted."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tunelab.config.schema import RunConfig
+from tunelab.errors import ConfigError
+
+_SECRET_KEY = re.compile(r"(token|secret|password|api_key|apikey|(^|_)key$)", re.IGNORECASE)
+_URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<cred>[^/@\s]+)@", re.IGNORECASE)
+REDACTED = "***"
+# names people bring from other tools (the tutorial's TRL / PEFT arguments) -> ours
+_ALIASES = {
+    "lr": "learning_rate", "max_seq_length": "max_length", "seq_len": "max_length", "lora_r": "r", "rank": "r",
+    "lora_alpha": "alpha", "lora_dropout": "dropout", "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
+    "lr_scheduler_type": "lr_scheduler", "warmup": "warmup_ratio", "load_in_4bit": "bits",
+    "bnb_4bit_quant_type": "quant_type", "bnb_4bit_use_double_quant": "double_quant", "model_name": "name",
+}
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning I/O and syntax problems into one-line errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([f"config file not found: {p}"])
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark else str(p)
+        raise ConfigError([f"{where}: invalid YAML: {getattr(e, 'problem', e)}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{p}: the top level must be a mapping of sections (model:, data:, ...)"])
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`adapter.r=16` -> (['adapter', 'r'], 16). Values are parsed as YAML scalars / lists."""
+    if "=" not in text:
+        raise ConfigError([f"override {text!r}: expected KEY=VALUE with a dotted key, e.g. adapter.r=16"])
+    key, raw = text.split("=", 1)
+    parts = [k for k in key.strip().split(".") if k]
+    if not parts:
+        raise ConfigError([f"override {text!r}: empty key"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for k in parts[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        node[parts[-1]] = value
+    return data
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid at the parent of `loc`, for 'did you mean' hints."""
+    current: Any = model
+    for part in loc[:-1]:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel] = RunConfig) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
+        # pydantic adds the tried union member (e.g. 'list[str]', 'literal[...]') to the location; drop it
+        loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float", "bool"})))
+        field = ".".join(str(p) for p in loc) or "(config)"
+        if e["type"] == "extra_forbidden":
+            known = _fields_at(model, loc)
+            alias = _ALIASES.get(str(loc[-1]))
+            close = [alias] if alias in known else difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)
+            hint = f"; did you mean {'.'.join(map(str, loc[:-1] + (close[0],)))}?" if close else ""
+            valid = f" (valid: {', '.join(known)})" if known and not close else ""
+            problems.append(f"{field}: unknown key{hint}{valid}")
+        elif e["type"] == "missing":
+            problems.append(f"{field}: required but missing")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+            problems.append(f"{field}: {msg}{shown}")
+    # union members each report the same field; keep the first message per field
+    seen, unique = set(), []
+    for p in problems:
+        key = p.split(":", 1)[0]
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def build_config(data: dict[str, Any], source: str | None = None) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e), source=source) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML run config, apply dotted overrides, validate everything at once."""
+    data = apply_overrides(read_yaml(path), list(overrides or []))
+    cfg = build_config(data, source=str(path))
+    if cfg.output.name is None:
+        cfg.output.name = Path(path).stem
+    return cfg
+
+
+def redact(obj: Any, key: str = "") -> Any:
+    """Replace secret-looking values (by key name, credentials in URIs, values of secret env vars)."""
+    if isinstance(obj, dict):
+        return {k: redact(v, str(k)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v, key) for v in obj]
+    if isinstance(obj, str):
+        if key and _SECRET_KEY.search(key) and obj:
+            return REDACTED
+        text = _URI_CREDENTIALS.sub(lambda m: f"{m['scheme']}{REDACTED}@", obj)
+        for secret in secret_env_values():
+            text = text.replace(secret, REDACTED)
+        return text
+    return obj
+
+
+def secret_env_values() -> list[str]:
+    """Values of environment variables that hold secrets (*_TOKEN, *_KEY, *_SECRET, *_PASSWORD)."""
+    pat = re.compile(r"(TOKEN|_KEY|SECRET|PASSWORD)$", re.IGNORECASE)
+    return [v for k, v in os.environ.items() if pat.search(k) and len(v) >= 6]
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return redact(cfg.model_dump(mode="json"))
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config (secrets redacted); loadable again with `load_config`."""
+    p = Path(path)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    tmp.replace(p)

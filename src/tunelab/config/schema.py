@@ -1,0 +1,201 @@
+"""The run config: one pydantic model, one section per concern.
+
+The YAML file, the dotted CLI overrides and the `config.yaml` saved in every run directory are all
+this object. Field descriptions double as documentation (`tunelab config-schema`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DType = Literal["auto", "bf16", "fp16", "fp32"]
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field(
+        description="Base model: a Hugging Face hub id, a local folder, or `tiny:NAME` for a locally built tiny model."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the model.")
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
+    dtype: DType = Field("auto", description="Weight dtype: auto = bf16 where supported, fp16 on other GPUs, fp32 on CPU.")
+    device: str = Field("auto", description="`auto` (cuda:0 when a GPU is present, else cpu), `cpu`, `cuda`, `cuda:N`.")
+    attn_implementation: str | None = Field(None, description="Attention kernel, e.g. sdpa, eager, flash_attention_2.")
+    use_cache: bool = Field(False, description="KV cache during training (off: it is useless with gradient checkpointing).")
+
+
+class QuantizationConfig(Section):
+    bits: Literal[None, 4, 8] = Field(None, description="Load the base in 4-bit or 8-bit with bitsandbytes; null = no quantization.")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    double_quant: bool = Field(True, description="Quantize the quantization constants too (QLoRA).")
+    compute_dtype: DType = Field("auto", description="Dtype of the 4-bit matmuls: auto follows model.dtype.")
+
+
+class FreezeConfig(Section):
+    first_n_layers: int = Field(0, ge=0, description="Freeze the first N transformer blocks (full fine-tuning).")
+    embeddings: bool = Field(False, description="Freeze the input embeddings (full fine-tuning).")
+
+
+class AdapterConfig(Section):
+    type: Literal["lora", "none"] = Field("lora", description="`lora` (PEFT) or `none` for full fine-tuning.")
+    r: int = Field(64, gt=0, description="LoRA rank.")
+    alpha: float = Field(16, gt=0, description="LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with rsLoRA).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input.")
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases to train.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Module names to adapt, or `all-linear`.",
+    )
+    modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full and saved with the adapter.")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    use_rslora: bool = Field(False, description="Rank-stabilised LoRA scaling.")
+    freeze: FreezeConfig = Field(default_factory=FreezeConfig, description="Layer freezing for full fine-tuning.")
+
+
+class SourceConfig(Section):
+    path: str = Field(
+        description="Local file (.json/.jsonl/.csv/.parquet), folder of such files, hub dataset id, "
+        "or synthetic:N[:seed=S][:tasks=a,b] for generated tasks with exact answers."
+    )
+    split: str = Field("train", description="Split to read (hub datasets; local files have one split, `train`).")
+    subset: str | None = Field(None, description="Hub dataset configuration name.")
+    revision: str | None = Field(None, description="Hub dataset revision.")
+
+
+class DataConfig(Section):
+    train: SourceConfig = Field(description="Training data.")
+    test: SourceConfig | None = Field(None, description="Test data from another file or a named split of a hub dataset.")
+    test_size: float | int | None = Field(
+        None, description="Carve the test split from train: a fraction (0-1) or a row count, seeded."
+    )
+    train_rows: int | None = Field(None, gt=0, description="Use only the first N training rows (after shuffling).")
+    test_rows: int | None = Field(None, gt=0, description="Use only the first N test rows.")
+    shuffle: bool = Field(True, description="Shuffle the training rows (seeded) before selecting.")
+    seed: int = Field(42, description="Seed for shuffling and test carving.")
+    field_map: dict[str, str] = Field(default_factory=dict, description="Rename source fields, e.g. {question: instruction}.")
+    on_bad_row: Literal["error", "skip"] = Field("error", description="Stop at the first bad row, or skip and count it.")
+    too_long: Literal["truncate", "drop"] = Field("truncate", description="What to do with examples over max_length.")
+    cache_dir: str | None = Field(None, description="Tokenized-data cache; default ~/.cache/tunelab/data.")
+
+    @field_validator("test_size")
+    @classmethod
+    def _test_size(cls, v):
+        if v is not None and (v <= 0 or (isinstance(v, float) and v >= 1 and not float(v).is_integer())):
+            raise ValueError("must be a fraction in (0, 1) or a positive row count")
+        return v
+
+    @model_validator(mode="after")
+    def _one_test_source(self):
+        if self.test is not None and self.test_size is not None:
+            raise ValueError("set either data.test or data.test_size, not both")
+        return self
+
+
+class PromptConfig(Section):
+    format: Literal["alpaca", "messages", "text", "custom"] = Field(
+        "alpaca", description="alpaca template, chat `messages`, raw `text`, or a `custom` template."
+    )
+    template: str | None = Field(
+        None, description="custom: template with {field} placeholders; the response field is appended after it."
+    )
+    response_field: str = Field("output", description="custom: the field holding the answer.")
+    text_field: str = Field("text", description="text: the field holding the raw text.")
+    train_on: Literal["response", "all"] = Field(
+        "response", description="Compute the loss on the response only, or on the whole text (the tutorial's choice)."
+    )
+
+    @model_validator(mode="after")
+    def _template_needed(self):
+        if self.format == "custom" and not self.template:
+            raise ValueError("prompt.template is required when prompt.format is custom")
+        return self
+
+
+class TrainingConfig(Section):
+    epochs: float = Field(1, gt=0, description="Passes over the training data.")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run the epochs).")
+    batch_size: int = Field(2, gt=0, description="Sequences per device per micro-batch.")
+    grad_accum: int = Field(16, gt=0, description="Micro-batches per optimizer step.")
+    eval_batch_size: int | None = Field(None, gt=0, description="Eval micro-batch; default batch_size.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name (cosine, linear, constant, ...).")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0: off).")
+    optimizer: str = Field("adamw_torch", description="transformers optimizer name, e.g. adamw_torch, paged_adamw_8bit.")
+    precision: DType = Field("auto", description="Mixed precision: auto = bf16 where supported, else fp16 on GPU, fp32.")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in backward to save memory.")
+    packing: bool = Field(True, description="Pack examples into max_length rows (no cross-attention between them).")
+    max_length: int = Field(1024, gt=0, description="Tokens per (packed) sequence.")
+    logging_steps: int = Field(1, gt=0, description="Log training metrics every N steps.")
+    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (null: only at the end).")
+    save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps (null: no intermediate checkpoints).")
+    save_total_limit: int | None = Field(None, gt=0, description="Keep only the newest N checkpoints.")
+    seed: int = Field(42, description="Seed for initialisation, dropout and data order.")
+    resume: Literal[False, "auto"] | str = Field(
+        False, description="`auto`: continue from the newest checkpoint of this run; or a checkpoint path."
+    )
+    dataloader_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+    @model_validator(mode="after")
+    def _steps(self):
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError("training.max_steps must be -1 (use epochs) or a positive step count")
+        return self
+
+
+class SamplesConfig(Section):
+    enabled: bool = Field(True, description="Generate answers for test prompts at every evaluation and at the end.")
+    num_prompts: int = Field(10, ge=0, description="How many test prompts to answer.")
+    at_start: bool = Field(False, description="Also answer them before training (the untrained baseline).")
+    max_new_tokens: int = Field(256, gt=0, description="Tokens generated per answer.")
+    do_sample: bool = Field(False, description="Sample (true) or greedy decoding (false).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    batch_size: int = Field(16, gt=0, description="Prompts generated together (batched, KV cache, left padding).")
+    seed: int = Field(0, description="Sampling seed (generation never touches the training RNG).")
+
+
+class TrackingConfig(Section):
+    backend: str | list[str] = Field("none", description="Experiment tracker(s): none (more in later versions).")
+    project: str = Field("tunelab", description="Tracker project.")
+    run_name: str | None = Field(None, description="Tracker run name (default: the run directory name).")
+    tags: list[str] = Field(default_factory=list, description="Run tags.")
+    job_type: str = Field("train", description="Run job type.")
+    notes: str | None = Field(None, description="Free-text notes.")
+    dir: str | None = Field(None, description="Tracker files; default <output.dir>/.tracking.")
+
+
+class OutputConfig(Section):
+    dir: str = Field("runs", description="Folder that holds run directories.")
+    name: str | None = Field(None, description="Run directory name (default: the config file's stem).")
+    overwrite: bool = Field(False, description="Replace an existing run directory of the same name.")
+
+
+class RunConfig(Section):
+    """A whole run. Sections: model, quantization, adapter, data, prompt, training, samples, tracking, output."""
+
+    model: ModelConfig
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    data: DataConfig
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    samples: SamplesConfig = Field(default_factory=SamplesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _cross_section(self):
+        if self.quantization.bits is not None and self.adapter.type == "none":
+            raise ValueError(
+                "quantization.bits: full fine-tuning (adapter.type: none) of a quantized model is impossible; use LoRA"
+            )
+        return self

@@ -1,0 +1,1 @@
+"""Data side: sources, validation, prompt templates, tokenization with label masks, synthetic tasks."""

@@ -1,0 +1,189 @@
+"""The data pipeline: read, validate, split, select, render, tokenize (with label masks), cache.
+
+The result is a pair of Arrow datasets with `input_ids` and `labels` (-100 where no loss is taken),
+which TRL's SFTTrainer packs as it is. Tokenized data is cached on disk under a key made of the
+data's content digest, the data / prompt settings and the tokenizer's fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.config.schema import RunConfig
+from tunelab.data.sources import RawRows, read_source
+from tunelab.data.templates import render_segments
+from tunelab.data.validate import validate_rows
+from tunelab.errors import DataError
+
+CACHE_VERSION = "1"
+
+
+@dataclass
+class PreparedData:
+    train: Any  # datasets.Dataset with input_ids, labels
+    test: Any | None
+    test_rows: list[dict[str, Any]]
+    stats: dict[str, Any] = field(default_factory=dict)
+    cache_hit: bool = False
+
+
+def load_splits(cfg: RunConfig, base_dir: Path | None = None) -> tuple[RawRows, RawRows, dict[str, Any]]:
+    """Validated train and test rows (no tokenizer needed: `tunelab validate` uses this too)."""
+    d = cfg.data
+    train = validate_rows(read_source(d.train, d.on_bad_row, base_dir), cfg.prompt, d.field_map, d.on_bad_row)
+    rows_read = len(train.rows) + sum(train.skipped.values())
+    if d.test is not None:
+        test = validate_rows(read_source(d.test, d.on_bad_row, base_dir), cfg.prompt, d.field_map, d.on_bad_row)
+        rows_read += len(test.rows) + sum(test.skipped.values())
+    elif d.test_size is not None:
+        n_test = int(round(d.test_size * len(train.rows))) if d.test_size < 1 else int(d.test_size)
+        if not 0 < n_test < len(train.rows):
+            raise DataError(f"data.test_size: {d.test_size} leaves no train or no test rows out of {len(train.rows)}")
+        order = list(range(len(train.rows)))
+        random.Random(d.seed).shuffle(order)
+        test = _subset(train, sorted(order[:n_test]))
+        train = _subset(train, sorted(order[n_test:]), skipped=train.skipped)
+    else:
+        test = RawRows()
+    if d.shuffle:
+        order = list(range(len(train.rows)))
+        random.Random(d.seed).shuffle(order)
+        train = _subset(train, order, skipped=train.skipped)
+    if d.train_rows is not None:
+        train = _subset(train, range(min(d.train_rows, len(train.rows))), skipped=train.skipped)
+    if d.test_rows is not None:
+        test = _subset(test, range(min(d.test_rows, len(test.rows))), skipped=test.skipped)
+    if not train.rows:
+        raise DataError(f"{d.train.path}: no usable training rows (skipped: {dict(train.skipped) or 'none'})")
+    skipped = train.skipped + test.skipped
+    stats = {"rows_read": rows_read, "rows_skipped": dict(skipped), "train_rows": len(train.rows), "test_rows": len(test.rows)}
+    return train, test, stats
+
+
+def _subset(raw: RawRows, idx, skipped: Counter | None = None) -> RawRows:
+    out = RawRows(skipped=(skipped or Counter()).copy(), fingerprint=raw.fingerprint)
+    for i in idx:
+        out.add(raw.rows[i], raw.where[i])
+    return out
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else repr(tokenizer.get_vocab())).encode())
+    h.update(repr(sorted(tokenizer.special_tokens_map.items())).encode())
+    h.update(str(getattr(tokenizer, "chat_template", "") or "").encode())
+    return h.hexdigest()
+
+
+def tokenize_rows(raw: RawRows, cfg: RunConfig, tokenizer: Any) -> tuple[dict[str, list], Counter]:
+    """Render and tokenize rows into input_ids / labels; EOS ends every example."""
+    max_len = cfg.training.max_length
+    eos = tokenizer.eos_token_id
+    bos = tokenizer.bos_token_id
+    adds_bos = bos is not None and tokenizer("a").input_ids[:1] == [bos]
+    counts: Counter = Counter()
+    ids_out, labels_out = [], []
+    for start in range(0, len(raw.rows), 1000):
+        chunk = raw.rows[start : start + 1000]
+        segs = [render_segments(r, cfg.prompt, tokenizer) for r in chunk]
+        flat = [t for s in segs for t, _ in s]
+        enc = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+        k = 0
+        for s in segs:
+            ids: list[int] = []
+            labels: list[int] = []
+            if adds_bos and not (s and s[0][0].startswith(tokenizer.bos_token or "\0")):
+                ids.append(bos)
+                labels.append(-100)
+            for _, trainable in s:
+                piece = enc[k]
+                k += 1
+                ids.extend(piece)
+                labels.extend(piece if trainable else [-100] * len(piece))
+            if not ids or ids[-1] != eos:
+                ids.append(eos)
+                labels.append(eos)
+            if len(ids) > max_len:
+                if cfg.data.too_long == "drop":
+                    counts["too_long_dropped"] += 1
+                    continue
+                counts["too_long_truncated"] += 1
+                ids, labels = ids[:max_len], labels[:max_len]
+            if all(lab == -100 for lab in labels):
+                counts["no_response_tokens"] += 1
+                continue
+            ids_out.append(ids)
+            labels_out.append(labels)
+    return {"input_ids": ids_out, "labels": labels_out}, counts
+
+
+def cache_key(cfg: RunConfig, train: RawRows, test: RawRows, tokenizer: Any) -> str:
+    relevant = {
+        "v": CACHE_VERSION,
+        "data": cfg.data.model_dump(mode="json", exclude={"cache_dir"}),
+        "prompt": cfg.prompt.model_dump(mode="json"),
+        "max_length": cfg.training.max_length,
+        "train": train.fingerprint,
+        "test": test.fingerprint,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("TUNELAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tunelab"
+    return Path(root) / "data"
+
+
+def prepare_data(cfg: RunConfig, tokenizer: Any, base_dir: Path | None = None) -> PreparedData:
+    """Validated, tokenized train/test datasets plus statistics, from the cache when possible."""
+    import datasets
+
+    train, test, stats = load_splits(cfg, base_dir)
+    cache_root = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
+    entry = cache_root / cache_key(cfg, train, test, tokenizer)
+    if (entry / "stats.json").is_file():
+        cached = json.loads((entry / "stats.json").read_text())
+        test_ds = datasets.load_from_disk(str(entry / "test")) if (entry / "test").exists() else None
+        return PreparedData(datasets.load_from_disk(str(entry / "train")), test_ds, test.rows, cached, cache_hit=True)
+
+    train_cols, train_counts = tokenize_rows(train, cfg, tokenizer)
+    if not train_cols["input_ids"]:
+        raise DataError(f"{cfg.data.train.path}: every training example was dropped ({dict(train_counts)})")
+    test_cols, test_counts = tokenize_rows(test, cfg, tokenizer)
+    counts = train_counts + test_counts
+    train_ds = datasets.Dataset.from_dict(train_cols)
+    test_ds = datasets.Dataset.from_dict(test_cols) if test_cols["input_ids"] else None
+    n_tokens = sum(len(x) for x in train_cols["input_ids"])
+    stats.update(
+        train_examples=len(train_ds),
+        test_examples=len(test_ds) if test_ds is not None else 0,
+        train_tokens=n_tokens,
+        train_loss_tokens=sum(sum(1 for v in lab if v != -100) for lab in train_cols["labels"]),
+        **{k: v for k, v in counts.items()},
+    )
+    tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    train_ds.save_to_disk(str(tmp / "train"))
+    if test_ds is not None:
+        test_ds.save_to_disk(str(tmp / "test"))
+    (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
+    try:
+        tmp.replace(entry)
+    except OSError:  # another process filled the entry first; ours is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return PreparedData(
+        datasets.load_from_disk(str(entry / "train")),
+        datasets.load_from_disk(str(entry / "test")) if test_ds is not None else None,
+        test.rows,
+        stats,
+    )

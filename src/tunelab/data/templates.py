@@ -1,0 +1,111 @@
+"""Prompt formats: turn a validated row into text segments, each marked trainable or not.
+
+The same functions render training examples (prompt + response) and inference prompts (the prompt
+alone), so a tuned model is always asked in the format it was trained on.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+from tunelab.config.schema import PromptConfig
+from tunelab.errors import ConfigError
+
+# The Alpaca template, byte for byte as the tutorial (and the Stanford Alpaca repo) wrote it.
+ALPACA_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+ALPACA_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+
+Segments = list[tuple[str, bool]]  # (text, trainable)
+
+
+def alpaca_prompt(instruction: str, input: str = "") -> str:
+    tpl = ALPACA_WITH_INPUT if input else ALPACA_NO_INPUT
+    return tpl.format(instruction=instruction, input=input)
+
+
+def template_fields(template: str) -> list[str]:
+    names = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+    for n in names:
+        if not n.isidentifier():
+            raise ConfigError([f"prompt.template: placeholder {{{n}}} is not a plain field name"])
+    return names
+
+
+def required_fields(cfg: PromptConfig) -> list[str]:
+    """Fields every row must have (as non-empty strings, except alpaca's optional `input`)."""
+    if cfg.format == "alpaca":
+        return ["instruction", "output"]
+    if cfg.format == "text":
+        return [cfg.text_field]
+    if cfg.format == "messages":
+        return ["messages"]
+    return [*template_fields(cfg.template or ""), cfg.response_field]
+
+
+def render_prompt(row: dict[str, Any], cfg: PromptConfig, tokenizer: Any = None) -> str:
+    """The prompt alone (what a model is asked at inference), without the answer."""
+    if cfg.format == "alpaca":
+        return alpaca_prompt(row["instruction"], row.get("input") or "")
+    if cfg.format == "custom":
+        return (cfg.template or "").format(**row)
+    if cfg.format == "messages":
+        msgs = row["messages"]
+        if msgs and msgs[-1]["role"] == "assistant":
+            msgs = msgs[:-1]
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    return ""
+
+
+def reference(row: dict[str, Any], cfg: PromptConfig) -> str:
+    """The expected answer of a row."""
+    if cfg.format == "alpaca":
+        return row["output"]
+    if cfg.format == "custom":
+        return row[cfg.response_field]
+    if cfg.format == "messages":
+        last = row["messages"][-1]
+        return last["content"] if last["role"] == "assistant" else ""
+    return row[cfg.text_field]
+
+
+def render_segments(row: dict[str, Any], cfg: PromptConfig, tokenizer: Any = None) -> Segments:
+    """A training example as segments; with train_on=all every segment is trainable."""
+    if cfg.format == "text":
+        segs: Segments = [(row[cfg.text_field], True)]
+    elif cfg.format == "messages":
+        segs = _chat_segments(row["messages"], tokenizer)
+    else:
+        segs = [(render_prompt(row, cfg), False), (reference(row, cfg), True)]
+    if cfg.train_on == "all":
+        segs = [(t, True) for t, _ in segs]
+    return [(t, m) for t, m in segs if t]
+
+
+def _chat_segments(messages: list[dict[str, str]], tokenizer: Any) -> Segments:
+    """Every assistant turn is trainable; the rest (system, user, template glue) is not.
+
+    Renders growing prefixes of the conversation with the tokenizer's own chat template and takes
+    the differences, so any template works without generation markers.
+    """
+    segs: Segments = []
+    done = ""
+    for i, msg in enumerate(messages):
+        if msg["role"] == "assistant":
+            before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
+            if before.startswith(done) and before != done:
+                segs.append((before[len(done):], False))
+                done = before
+        upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not upto.startswith(done):
+            raise ConfigError(["prompt.format: the tokenizer's chat template does not render conversations incrementally"])
+        segs.append((upto[len(done):], msg["role"] == "assistant"))
+        done = upto
+    return segs

@@ -1,0 +1,1 @@
+"""Using models: batched generation (shared by training samples, evaluation and serving)."""

@@ -1,0 +1,1 @@
+"""Model side: loading (dtype, device, quantization), adapters, parameter counts, tiny local models."""

@@ -1,0 +1,85 @@
+"""LoRA adapters through PEFT, layer freezing for full fine-tuning, and the parameter report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunelab.config.schema import AdapterConfig
+from tunelab.errors import ConfigError
+
+
+def lora_config(cfg: AdapterConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        bias=cfg.bias,
+        task_type="CAUSAL_LM",
+        target_modules=cfg.target_modules,
+        modules_to_save=cfg.modules_to_save or None,
+        use_dora=cfg.use_dora,
+        use_rslora=cfg.use_rslora,
+    )
+
+
+def apply_adapter(model: Any, cfg: AdapterConfig, quantized: bool, gradient_checkpointing: bool) -> Any:
+    """Wrap the model with a LoRA adapter, or freeze layers for full fine-tuning."""
+    if cfg.type == "none":
+        freeze_layers(model, cfg.freeze.first_n_layers, cfg.freeze.embeddings)
+        return model
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    if cfg.target_modules != "all-linear":
+        missing = [t for t in cfg.target_modules if t not in names]
+        if missing:
+            raise ConfigError([f"adapter.target_modules: {', '.join(missing)} not found in the model (has e.g. {', '.join(sorted(names)[:12])})"])
+    return get_peft_model(model, lora_config(cfg))
+
+
+def freeze_layers(model: Any, first_n: int, embeddings: bool) -> None:
+    layers = _decoder_layers(model)
+    if first_n > len(layers):
+        raise ConfigError([f"adapter.freeze.first_n_layers: {first_n} but the model has {len(layers)} layers"])
+    for layer in layers[:first_n]:
+        for p in layer.parameters():
+            p.requires_grad_(False)
+    if embeddings:
+        for p in model.get_input_embeddings().parameters():
+            p.requires_grad_(False)
+
+
+def _decoder_layers(model: Any) -> list:
+    base = getattr(model, "model", model)
+    layers = getattr(base, "layers", None) or getattr(getattr(base, "decoder", None), "layers", None)
+    if layers is None:
+        raise ConfigError(["adapter.freeze: cannot find the transformer blocks of this architecture"])
+    return list(layers)
+
+
+def parameter_report(model: Any) -> dict[str, Any]:
+    """Total and trainable parameters, counting packed 4-bit weights at their true size.
+
+    bitsandbytes stores two 4-bit values per uint8 element, so such a tensor reports half its
+    parameter count; `quant_state.shape` holds the real one.
+    """
+    total = trainable = 0
+    for p in model.parameters():
+        n = p.numel()
+        qs = getattr(p, "quant_state", None)
+        if qs is not None and getattr(qs, "shape", None) is not None:
+            n = 1
+            for d in qs.shape:
+                n *= int(d)
+        total += n
+        if p.requires_grad:
+            trainable += p.numel()
+    return {"total": total, "trainable": trainable, "trainable_pct": round(100.0 * trainable / max(total, 1), 4)}

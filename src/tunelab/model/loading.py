@@ -1,0 +1,162 @@
+"""Load a tokenizer and a causal LM as the config says: hub id, local folder or `tiny:` preset;
+dtype, device, bitsandbytes 4/8-bit quantization; safetensors only; remote code off by default."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from tunelab.config.schema import ModelConfig, QuantizationConfig
+from tunelab.errors import ConfigError, TunelabError
+
+
+def resolve_model_path(name: str) -> str:
+    """A local folder for `tiny:` presets and existing paths; hub ids are returned as they are."""
+    if name.startswith("tiny:"):
+        from tunelab.model.tiny import resolve_tiny
+
+        return str(resolve_tiny(name))
+    p = Path(name).expanduser()
+    if p.exists() or name.startswith((".", "/", "~")):
+        if not p.is_dir():
+            raise TunelabError(f"model.name: {name} is not a model folder")
+        if not (p / "config.json").is_file():
+            raise TunelabError(f"model.name: {p} has no config.json (not a Hugging Face model folder)")
+        if not any(p.glob("*.safetensors")) and not (p / "adapter_config.json").is_file():
+            raise TunelabError(
+                f"model.name: {p} holds no *.safetensors weights",
+                hint="tunelab loads safetensors only; convert .bin weights with transformers' save_pretrained",
+            )
+        return str(p)
+    return name
+
+
+def device_for(cfg: ModelConfig) -> str:
+    import torch
+
+    if cfg.device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError([f"model.device: {cfg.device} asked for, but no CUDA GPU is visible"])
+    return "cuda:0" if cfg.device == "cuda" else cfg.device
+
+
+def bf16_supported(device: str) -> bool:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    return False
+
+
+def resolve_dtype(name: str, device: str):
+    """`auto`: bf16 on GPUs that have it, fp16 on other GPUs, fp32 on the CPU."""
+    import torch
+
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if name != "auto":
+        return table[name]
+    if device.startswith("cuda"):
+        return torch.bfloat16 if bf16_supported(device) else torch.float16
+    return torch.float32
+
+
+def load_tokenizer(cfg: ModelConfig, path: str | None = None):
+    """The model's tokenizer with a pad token distinct from EOS (so EOS is learnt, not masked as padding)."""
+    from transformers import AutoTokenizer
+
+    path = path or resolve_model_path(cfg.name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        raise TunelabError(f"model.name: cannot load a tokenizer from {cfg.name!r}: {str(e).splitlines()[0][:200]}") from None
+    if tok.eos_token is None:
+        raise TunelabError(f"model.name: the tokenizer of {cfg.name} has no EOS token; tuned models could not learn to stop")
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        if tok.unk_token is not None and tok.unk_token_id != tok.eos_token_id:
+            tok.pad_token = tok.unk_token
+        else:
+            tok.add_special_tokens({"pad_token": "<pad>"})
+    tok.padding_side = "right"
+    return tok
+
+
+def quantization_config(q: QuantizationConfig, model_dtype):
+    if q.bits is None:
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError([f"quantization.bits: {q.bits}-bit loading needs bitsandbytes (pip install bitsandbytes)"]) from None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if q.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = model_dtype if q.compute_dtype == "auto" else {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[q.compute_dtype]
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def load_model(cfg: ModelConfig, qcfg: QuantizationConfig, tokenizer=None, path: str | None = None) -> Any:
+    """Load the base causal LM (weights from safetensors only)."""
+    from transformers import AutoModelForCausalLM
+
+    path = path or resolve_model_path(cfg.name)
+    device = device_for(cfg)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if device == "cpu" and dtype == __import__("torch").float16 and qcfg.bits is None:
+        raise ConfigError(["model.dtype: fp16 weights are not supported for training on the CPU; use fp32 or bf16"])
+    kwargs: dict[str, Any] = dict(
+        revision=cfg.revision,
+        trust_remote_code=cfg.trust_remote_code,
+        dtype=dtype,
+        use_safetensors=True,
+        device_map={"": device},
+        quantization_config=quantization_config(qcfg, dtype),
+    )
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise TunelabError(f"model.name: cannot load {cfg.name!r}: {str(e).splitlines()[0][:240]}") from None
+    model.config.use_cache = cfg.use_cache
+    if tokenizer is not None:
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if model.generation_config is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+    keep_bnb_training_layout(model)
+    return model
+
+
+def keep_bnb_training_layout(model) -> int:
+    """Work around a bitsandbytes (0.50) trap on CPUs with AVX512-BF16.
+
+    On such CPUs a `Linear4bit` repacks its 4-bit weight into an inference layout on the first
+    forward pass without gradients (an eval step, a generation). Backward passes after that use the
+    repacked weight with the training kernels and give silently wrong LoRA gradients (seen: 27-99%
+    off). Turning the fast path off keeps one layout for the whole run. Returns the layers changed.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    n = 0
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit) and getattr(m, "support_avx512bf16_for_cpu", False):
+            m.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+def hf_offline_default() -> None:
+    """Offline by default: no hub calls unless the user turned them on in the environment."""
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

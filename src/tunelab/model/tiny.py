@@ -1,0 +1,139 @@
+"""Tiny Llama-architecture models and tokenizers, built locally and deterministically.
+
+They are saved as ordinary Hugging Face folders (config.json, model.safetensors, tokenizer.json),
+so the quickstart and the tests go through the same loading code as a real model. `tiny:NAME`
+in `model.name` builds (once, cached) and loads one of the presets below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tunelab.errors import ConfigError
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    layers: int = 2
+    hidden: int = 64
+    intermediate: int = 192
+    heads: int = 4
+    kv_heads: int = 4
+    vocab: int = 1024
+    max_positions: int = 2048
+    seed: int = 0
+    pretrain_steps: int = 0  # >0: a short full training on synthetic tasks (see tunelab.model.pretrain)
+
+
+PRESETS: dict[str, TinySpec] = {
+    "llama-2l": TinySpec(),
+    "llama-4l": TinySpec(layers=4, hidden=256, intermediate=704, heads=4, kv_heads=4),
+    # the quickstart's base: pretrained on synthetic tasks written as plain text (not the Alpaca template)
+    "quickstart-base": TinySpec(layers=2, hidden=128, intermediate=384, heads=4, kv_heads=4, pretrain_steps=450),
+}
+
+
+def corpus_texts() -> list[str]:
+    """Text the tiny tokenizer is trained on: the prompt templates and the synthetic tasks."""
+    from tunelab.data.synthetic import generate
+    from tunelab.data.templates import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
+
+    rows = generate(3000, seed=12345)
+    texts = [ALPACA_NO_INPUT, ALPACA_WITH_INPUT] * 200
+    texts += [f"{r['instruction']}\n{r['input']}\n{r['output']}" for r in rows]
+    texts += [f"{r['instruction']} {r['input']}".upper() for r in rows[:500]]
+    return texts
+
+
+def build_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer (digits split one by one) wrapped as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny(out: str | Path, spec: TinySpec = TinySpec(), texts: list[str] | None = None) -> Path:
+    """Write a randomly initialised tiny Llama and its tokenizer to `out` (atomically)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = Path(out)
+    tokenizer = build_tokenizer(texts or corpus_texts(), spec.vocab)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        max_position_embeddings=spec.max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(spec.seed)
+    model = LlamaForCausalLM(config)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "tunelab_tiny.json").write_text(json.dumps(asdict(spec), indent=2))
+    if spec.pretrain_steps:
+        from tunelab.model.pretrain import pretrain_on_synthetic
+
+        pretrain_on_synthetic(tmp, spec)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+    return out
+
+
+def tiny_cache_root() -> Path:
+    root = os.environ.get("TUNELAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tunelab"
+    return Path(root) / "tiny"
+
+
+def resolve_tiny(name: str) -> Path:
+    """`tiny:llama-2l` -> a cached local folder, built on first use."""
+    preset = name.removeprefix("tiny:")
+    if preset not in PRESETS:
+        raise ConfigError([f"model.name: unknown tiny preset {preset!r} (known: {', '.join('tiny:' + p for p in PRESETS)})"])
+    spec = PRESETS[preset]
+    digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:10]
+    path = tiny_cache_root() / f"{preset}-{digest}"
+    if not (path / "config.json").is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build_tiny(path, spec)
+    return path

@@ -1,0 +1,161 @@
+"""Trainer callbacks: metrics file, live progress bar, sample generations."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from transformers import TrainerCallback
+
+from tunelab.data.templates import reference, render_prompt
+from tunelab.inference.generate import GenerationSettings, generate_batch
+from tunelab.training.rundir import RunDir
+
+
+class MetricsCallback(TrainerCallback):
+    """Appends every log (train and eval) to metrics.jsonl, adding tokens/s between logs."""
+
+    def __init__(self, run: RunDir, sinks: list[Any] | None = None):
+        self.run = run
+        self.sinks = sinks or []
+        self.last_tokens = 0
+        self.last_time: float | None = None
+        self.last_train_loss: float | None = None
+        self.last_eval_loss: float | None = None
+        self.tokens_per_s: float | None = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.last_tokens = state.num_input_tokens_seen or 0
+        self.last_time = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = dict(logs or {})
+        record: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        if "loss" in logs:
+            now = time.perf_counter()
+            tokens = state.num_input_tokens_seen or 0
+            if self.last_time is not None and now > self.last_time:
+                self.tokens_per_s = (tokens - self.last_tokens) / (now - self.last_time)
+                record["tokens_per_s"] = round(self.tokens_per_s, 1)
+            self.last_tokens, self.last_time = tokens, now
+            record["tokens"] = tokens
+            self.last_train_loss = float(logs["loss"])
+        if "eval_loss" in logs:
+            self.last_eval_loss = float(logs["eval_loss"])
+        for k, v in logs.items():
+            if k in ("total_flos", "num_input_tokens_seen"):
+                continue
+            record[k] = round(v, 8) if isinstance(v, float) else v
+        self.run.append_jsonl(self.run.metrics, record)
+        for sink in self.sinks:
+            sink.log_metrics(record)
+
+    def on_evaluate(self, args, state, control, **kw):
+        # Evaluation time must not count against the next training tokens/s reading.
+        self.last_time = time.perf_counter()
+
+
+class ProgressCallback(TrainerCallback):
+    """A rich progress bar: step, loss, tokens/s, ETA."""
+
+    def __init__(self, metrics: MetricsCallback, console=None):
+        from rich.console import Console
+
+        self.metrics = metrics
+        self.console = console or Console(stderr=True)
+        self.progress = None
+        self.task = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, info="")
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.progress is None:
+            return
+        m = self.metrics
+        info = []
+        if m.last_train_loss is not None:
+            info.append(f"loss {m.last_train_loss:.4f}")
+        if m.last_eval_loss is not None:
+            info.append(f"eval {m.last_eval_loss:.4f}")
+        if m.tokens_per_s:
+            info.append(f"{m.tokens_per_s:,.0f} tok/s")
+        self.progress.update(self.task, completed=state.global_step, info="  ".join(info))
+
+    def on_log(self, args, state, control, **kw):
+        self.on_step_end(args, state, control)  # runs after MetricsCallback: show the newest loss
+
+    def on_train_end(self, args, state, control, **kw):
+        self.stop()
+
+    def stop(self):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+class SamplesCallback(TrainerCallback):
+    """At each evaluation and at the end: answer N test prompts and log a table of them.
+
+    Rows go to samples.jsonl (step, prompt, generation, reference, settings) and to every tracker
+    sink. Generation runs in `inference_mode`, which restores train mode and the RNG state.
+    """
+
+    def __init__(self, run: RunDir, rows: list[dict], prompt_cfg, tokenizer, settings: GenerationSettings, sinks=None):
+        self.run = run
+        self.rows = rows
+        self.prompts = [render_prompt(r, prompt_cfg, tokenizer) for r in rows]
+        self.references = [reference(r, prompt_cfg) for r in rows]
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.sinks = sinks or []
+        self.seconds = 0.0
+        self.last_step = -1
+        self.history: dict[int, list[str]] = {}
+
+    def generate(self, model, step: int) -> list[dict[str, Any]]:
+        if not self.prompts or step == self.last_step:
+            return []
+        t0 = time.perf_counter()
+        answers = generate_batch(model, self.tokenizer, self.prompts, self.settings)
+        self.seconds += time.perf_counter() - t0
+        self.last_step = step
+        self.history[step] = answers
+        table = [
+            {"step": step, "prompt": p, "generation": a, "reference": r, "settings": self.settings.as_dict()}
+            for p, a, r in zip(self.prompts, answers, self.references, strict=True)
+        ]
+        for rec in table:
+            self.run.append_jsonl(self.run.samples, rec)
+        acc = exact_match(answers, self.references)
+        self.run.append_jsonl(self.run.metrics, {"step": step, "samples_exact_match": acc})
+        for sink in self.sinks:
+            sink.log_samples(step, table)
+            sink.log_metrics({"step": step, "samples_exact_match": acc})
+        return table
+
+    def on_evaluate(self, args, state, control, model=None, **kw):
+        self.generate(model, state.global_step)
+
+    def on_train_end(self, args, state, control, model=None, **kw):
+        self.generate(model, state.global_step)
+
+
+def exact_match(answers: list[str], references: list[str]) -> float:
+    if not references:
+        return 0.0
+    return sum(a.strip() == r.strip() for a, r in zip(answers, references, strict=True)) / len(references)

@@ -1,0 +1,290 @@
+"""`tunelab train`: the whole run, top to bottom.
+
+setup (run dir, tokenizer, data, model, adapter) -> trainer -> train (resumable) -> final save
+-> summary. TRL's SFTTrainer does the training; this module wires the config into it and adds the
+run directory, checkpoint naming, samples, and the summary.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import RunConfig, save_config
+from tunelab.config.load import config_to_dict
+from tunelab.data.prepare import prepare_data
+from tunelab.errors import TunelabError
+from tunelab.inference.generate import GenerationSettings
+from tunelab.model.adapters import apply_adapter, parameter_report
+from tunelab.model.loading import device_for, load_model, load_tokenizer, resolve_model_path
+from tunelab.training.callbacks import MetricsCallback, ProgressCallback, SamplesCallback, exact_match
+from tunelab.training.rundir import RunDir, prepare_run_dir, rotate_checkpoints, step_dir_name
+
+
+def precision_flags(cfg: RunConfig, device: str) -> dict[str, bool]:
+    """`training.precision` -> SFTConfig bf16 / fp16 flags (auto: bf16 on GPUs that have it, fp16 on others, fp32 on CPU)."""
+    import torch
+
+    p = cfg.training.precision
+    if p == "auto":
+        if device.startswith("cuda"):
+            p = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            p = "fp32"
+    if p == "fp16" and not device.startswith("cuda"):
+        raise TunelabError("training.precision: fp16 mixed precision needs a GPU; use bf16 or fp32 on the CPU")
+    return {"bf16": p == "bf16", "fp16": p == "fp16"}
+
+
+def sft_config(cfg: RunConfig, run: RunDir, device: str, has_test: bool):
+    from trl import SFTConfig
+
+    t = cfg.training
+    evaluate = has_test and t.eval_steps is not None
+    return SFTConfig(
+        output_dir=str(run.checkpoints),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size or t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a value below 1 is a ratio of the total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optimizer,
+        use_cpu=not device.startswith("cuda"),
+        **precision_flags(cfg, device),
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=t.eval_steps if evaluate else None,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps,
+        save_total_limit=None,  # we rotate our own step-* folders
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to="none",
+        disable_tqdm=True,
+        packing=t.packing,
+        packing_strategy="bfd",
+        max_length=t.max_length,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=t.dataloader_workers,
+    )
+
+
+def make_trainer_class():
+    from trl import SFTTrainer
+
+    class TunelabTrainer(SFTTrainer):
+        """SFTTrainer whose checkpoints land in checkpoints/step-NNNNNN/ once fully written."""
+
+        run: RunDir
+        keep: int | None = None
+
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)
+            step = self.state.global_step
+            src = Path(self.args.output_dir) / f"checkpoint-{step}"
+            dst = self.run.checkpoints / step_dir_name(step)
+            if dst.exists():
+                shutil.rmtree(dst)
+            # The rename is the commit point: a crash mid-save leaves checkpoint-N, which resume ignores.
+            src.rename(dst)
+            rotate_checkpoints(self.run, self.keep)
+            if os.environ.get("TUNELAB_TEST_CRASH_AFTER_SAVE") == str(step):
+                os._exit(75)  # fault injection for the resume tests: die like a killed process would
+
+    return TunelabTrainer
+
+
+def peak_memory_mb(device: str) -> dict[str, float]:
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = {"peak_rss_mb": round(rss, 1)}
+    if device.startswith("cuda"):
+        out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def packing_efficiency(dataset, max_length: int) -> float | None:
+    if dataset is None or len(dataset) == 0:
+        return None
+    lengths = [len(x) for x in dataset["input_ids"]]
+    return round(sum(lengths) / (len(lengths) * max_length), 4)
+
+
+def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = False, console=None, sinks=None) -> dict[str, Any]:
+    """Run a whole training job as configured; returns the summary (also written to summary.json)."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    sinks = list(sinks or [])
+    t_start = time.perf_counter()
+    base_dir = Path(config_path).resolve().parent if config_path else None
+    resume = resume or cfg.training.resume not in (False, None)
+    device = device_for(cfg.model)
+    precision_flags(cfg, device)  # fail before anything is written
+
+    # --- setup: everything that can fail on user input happens before the run dir is touched
+    model_path = resolve_model_path(cfg.model.name)
+    tokenizer = load_tokenizer(cfg.model, model_path)
+    data = prepare_data(cfg, tokenizer, base_dir)
+    run = prepare_run_dir(cfg.output.dir, cfg.output.name or "run", resume=resume, overwrite=cfg.output.overwrite)
+    if resume and run.is_complete():
+        raise TunelabError(f"{run.path} already finished (final/ exists); nothing to resume")
+    checkpoint = _resume_point(cfg, run) if resume else None
+    save_config(cfg, run.config)
+    console.print(f"[bold]data[/]: {data.stats['train_examples']} train / {data.stats['test_examples']} test examples, "
+                  f"{data.stats['train_tokens']:,} train tokens{' (cache hit)' if data.cache_hit else ''}")
+
+    from transformers import set_seed
+
+    set_seed(cfg.training.seed)  # the adapter's initialisation is part of the run's reproducibility
+    model = load_model(cfg.model, cfg.quantization, tokenizer, model_path)
+    model = apply_adapter(model, cfg.adapter, cfg.quantization.bits is not None, cfg.training.gradient_checkpointing)
+    params = parameter_report(model)
+    console.print(f"[bold]model[/]: {cfg.model.name} ({params['total']:,} params, {params['trainable']:,} trainable = {params['trainable_pct']}%)"
+                  f"{', ' + str(cfg.quantization.bits) + '-bit' if cfg.quantization.bits else ''}, device {device}")
+
+    trainer_cls = make_trainer_class()
+    trainer = trainer_cls(
+        model=model,
+        args=sft_config(cfg, run, device, data.test is not None),
+        train_dataset=data.train,
+        eval_dataset=data.test,
+        processing_class=tokenizer,
+    )
+    trainer.run, trainer.keep = run, cfg.training.save_total_limit
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl replace its dict dumps
+    from tunelab.model.loading import keep_bnb_training_layout
+
+    keep_bnb_training_layout(trainer.model)  # again: TRL may have re-wrapped layers
+    data.stats["packing_efficiency"] = packing_efficiency(trainer.train_dataset, cfg.training.max_length) if cfg.training.packing else None
+
+    metrics_cb = MetricsCallback(run, sinks)
+    progress_cb = ProgressCallback(metrics_cb, console)
+    settings = GenerationSettings(**cfg.samples.model_dump(exclude={"enabled", "num_prompts", "at_start"}))
+    samples_cb = None
+    if cfg.samples.enabled and cfg.samples.num_prompts and data.test_rows:
+        samples_cb = SamplesCallback(run, data.test_rows[: cfg.samples.num_prompts], cfg.prompt, tokenizer, settings, sinks)
+    for cb in (metrics_cb, progress_cb, samples_cb):
+        if cb is not None:
+            trainer.add_callback(cb)
+
+    before = None
+    if samples_cb is not None and cfg.samples.at_start and checkpoint is None:
+        table = samples_cb.generate(trainer.model, 0)
+        before = exact_match([r["generation"] for r in table], samples_cb.references)
+
+    status = "failed"
+    t_train = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if data.test is not None and not _evaluated_at(trainer, trainer.state.global_step):
+            trainer.evaluate()
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise TunelabError(f"interrupted at step {trainer.state.global_step}",
+                           hint=f"continue with: tunelab train {config_path or 'CONFIG'} --resume") from None
+    finally:
+        progress_cb.stop()
+        train_s = time.perf_counter() - t_train
+        if status != "completed":
+            run.write_json(run.summary, {"status": status, "step": trainer.state.global_step})
+
+    _save_final(trainer, tokenizer, run, cfg, model_path)
+    history = trainer.state.log_history
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
+    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    sample_s = samples_cb.seconds if samples_cb else 0.0
+    eval_s = sum(h.get("eval_runtime", 0.0) for h in history)
+    pure_train_s = max(train_s - sample_s - eval_s, 1e-9)
+    after = None
+    if samples_cb is not None and samples_cb.history:
+        last = samples_cb.history[max(samples_cb.history)]
+        after = exact_match(last, samples_cb.references)
+    summary = {
+        "status": status,
+        "run_dir": str(run.path),
+        "base_model": cfg.model.name,
+        "adapter": cfg.adapter.type,
+        "quantization": cfg.quantization.bits,
+        "device": device,
+        "host": platform.node(),
+        "steps": trainer.state.global_step,
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        "wall_time_s": round(time.perf_counter() - t_start, 2),
+        "train_time_s": round(train_s, 2),
+        "eval_time_s": round(eval_s, 2),
+        "sample_time_s": round(sample_s, 2),
+        "train_tokens": tokens,
+        "tokens_per_s": round(tokens / pure_train_s, 1),
+        **peak_memory_mb(device),
+        "final_train_loss": train_losses[-1] if train_losses else None,
+        "final_eval_loss": eval_losses[-1] if eval_losses else None,
+        "samples_exact_match_before": before,
+        "samples_exact_match_after": after,
+        "parameters": params,
+        "data": data.stats,
+        "config": config_to_dict(cfg),
+    }
+    run.write_json(run.summary, summary)
+    for sink in sinks:
+        sink.finish(summary)
+    return summary
+
+
+def _evaluated_at(trainer, step: int) -> bool:
+    return any("eval_loss" in h and h.get("step") == step for h in trainer.state.log_history)
+
+
+def _resume_point(cfg: RunConfig, run: RunDir) -> Path | None:
+    explicit = cfg.training.resume
+    if explicit not in (False, None, "auto", True):
+        p = Path(str(explicit))
+        if not (p / "trainer_state.json").is_file():
+            raise TunelabError(f"training.resume: {p} is not a checkpoint (no trainer_state.json)")
+        return p
+    ckpt = run.latest_checkpoint()
+    if ckpt is None:
+        raise TunelabError(f"nothing to resume in {run.path}: no complete checkpoint under checkpoints/",
+                           hint="checkpoints are written every training.save_steps steps")
+    return ckpt
+
+
+def _save_final(trainer, tokenizer, run: RunDir, cfg: RunConfig, model_path: str) -> None:
+    """final/ appears only complete: written to final.tmp, then renamed."""
+    import json
+
+    tmp = run.path / "final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run's config.yaml says it all
+    (tmp / "tunelab_final.json").write_text(json.dumps({
+        "base_model": cfg.model.name,
+        "base_model_path": model_path,
+        "revision": cfg.model.revision,
+        "adapter": cfg.adapter.type,
+        "quantization": cfg.quantization.bits,
+        "step": trainer.state.global_step,
+        "prompt_format": cfg.prompt.format,
+    }, indent=2))
+    if run.final.exists():
+        shutil.rmtree(run.final)
+    tmp.rename(run.final)

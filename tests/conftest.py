@@ -1,0 +1,75 @@
+"""Shared fixtures: a private cache folder, a tiny model built locally, synthetic data files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data" / "alpaca_en_demo.json"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Tiny models and tokenized data go to a per-session folder, never the user's ~/.cache."""
+    cache = tmp_path_factory.mktemp("tunelab-cache")
+    os.environ["TUNELAB_CACHE"] = str(cache)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    yield cache
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(_isolated_cache) -> Path:
+    from tunelab.model.loading import resolve_model_path
+
+    return Path(resolve_model_path("tiny:llama-2l"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def synth_file(tmp_path) -> Path:
+    from tunelab.data.synthetic import generate, write_jsonl
+
+    return write_jsonl(generate(200, seed=3), tmp_path / "synth.jsonl")
+
+
+def write_json(path: Path, data) -> Path:
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the real `tunelab` CLI in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "tunelab.cli.main", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def base_config(data_path: Path, out_dir: Path, **sections) -> dict:
+    """A small, fast run config on the tiny model."""
+    cfg = {
+        "model": {"name": "tiny:llama-2l"},
+        "adapter": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "data": {"train": {"path": str(data_path)}, "test_size": 16},
+        "training": {"max_steps": 4, "batch_size": 4, "grad_accum": 2, "max_length": 256, "learning_rate": 1e-3,
+                     "eval_steps": 2, "save_steps": 2, "gradient_checkpointing": False},
+        "samples": {"num_prompts": 4, "max_new_tokens": 8},
+        "output": {"dir": str(out_dir)},
+    }
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    return cfg

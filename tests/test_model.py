@@ -1,0 +1,138 @@
+"""Model-side invariants: packing isolation, QLoRA gradients on AVX512-BF16 CPUs, parameter counts."""
+
+import copy
+
+import pytest
+import torch
+
+from tunelab.config.schema import AdapterConfig, ModelConfig, QuantizationConfig
+from tunelab.model.adapters import apply_adapter, parameter_report
+from tunelab.model.loading import keep_bnb_training_layout, load_model, load_tokenizer
+
+
+def _model(tiny_model_dir, bits=None, attn=None):
+    mcfg = ModelConfig(name=str(tiny_model_dir), attn_implementation=attn)
+    tok = load_tokenizer(mcfg)
+    return load_model(mcfg, QuantizationConfig(bits=bits), tok), tok
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_logits_equal_unpacked(tiny_model_dir, attn):
+    """TRL's padding-free packing (position ids restart per example) must not let examples attend to each other."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model, tok = _model(tiny_model_dir, attn=attn)
+    model.eval()
+    texts = ["Reverse the order of the words.\ncat dog sun", "What is 3 plus 4?\n7", "Sort the digits.\n3 1 2 9 8"]
+    examples = [{"input_ids": tok(t).input_ids} for t in texts]
+    batch = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)(examples)
+    assert batch["input_ids"].shape[0] == 1 and "position_ids" in batch
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        start = 0
+        for ex in examples:
+            n = len(ex["input_ids"])
+            alone = model(input_ids=torch.tensor([ex["input_ids"]])).logits[0]
+            torch.testing.assert_close(packed[start : start + n], alone, atol=1e-4, rtol=1e-4)
+            start += n
+        # the same tokens without position ids (plain concatenation) do leak across examples
+        leaky = model(input_ids=batch["input_ids"]).logits[0]
+        n0 = len(examples[0]["input_ids"])
+        assert not torch.allclose(leaky[n0 : n0 + 3], packed[n0 : n0 + 3], atol=1e-3)
+
+
+def _lora_grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _qlora(tiny_model_dir, fix: bool):
+    model, tok = _model(tiny_model_dir, bits=4)
+    model = apply_adapter(model, AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj", "o_proj"]),
+                          quantized=True, gradient_checkpointing=False)
+    torch.manual_seed(0)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:  # non-zero B so that gradients reach A as well
+            torch.nn.init.normal_(p, std=0.02)
+    if fix:
+        keep_bnb_training_layout(model)
+    else:
+        import bitsandbytes as bnb
+
+        for m in model.modules():
+            if isinstance(m, bnb.nn.Linear4bit):
+                m.support_avx512bf16_for_cpu = True
+    return model, tok
+
+
+def test_qlora_gradients_after_an_eval_step_equal_a_fresh_models(tiny_model_dir):
+    pytest.importorskip("bitsandbytes")
+    from bitsandbytes.functional import has_avx512bf16
+
+    fresh, tok = _qlora(tiny_model_dir, fix=True)
+    batch = tok(["Sort the words alphabetically.\nsun cat dog", "What is 2 plus 5?\n7"], return_tensors="pt", padding=True)
+    batch = dict(batch)
+    expected = _lora_grads(fresh, batch)
+    assert expected and all(g.abs().sum() > 0 for g in expected.values())
+
+    evaluated = copy.deepcopy(fresh)
+    evaluated.eval()
+    with torch.no_grad():
+        evaluated(**batch)  # an eval step / generation: no-grad forward
+    evaluated.train()
+    got = _lora_grads(evaluated, batch)
+    for name, g in expected.items():
+        torch.testing.assert_close(got[name], g, atol=1e-5, rtol=1e-4, msg=f"LoRA gradient differs for {name}")
+
+    if has_avx512bf16():
+        # Without the workaround the same sequence gives wrong gradients on this CPU: the trap is real.
+        broken, _ = _qlora(tiny_model_dir, fix=False)
+        broken.eval()
+        with torch.no_grad():
+            broken(**batch)
+        broken.train()
+        bad = _lora_grads(broken, batch)
+        worst = max(((bad[n] - g).norm() / g.norm()).item() for n, g in expected.items())
+        assert worst > 0.05
+
+
+def test_parameter_report_counts_4bit_weights_at_true_size(tiny_model_dir):
+    pytest.importorskip("bitsandbytes")
+    full, _ = _model(tiny_model_dir)
+    n_full = sum(p.numel() for p in full.parameters())
+    q, _ = _model(tiny_model_dir, bits=4)
+    assert sum(p.numel() for p in q.parameters()) < n_full  # packed storage reports fewer elements...
+    assert parameter_report(q)["total"] == n_full  # ...the report counts the real weights
+    lora = apply_adapter(q, AdapterConfig(r=4, target_modules=["q_proj", "v_proj"]), quantized=True, gradient_checkpointing=False)
+    rep = parameter_report(lora)
+    cfg = full.config
+    per_layer = 2 * 4 * (cfg.hidden_size + cfg.hidden_size)  # q and v: A (r x h) + B (h x r), h=hidden (MHA)
+    assert rep["trainable"] == per_layer * cfg.num_hidden_layers
+    assert rep["total"] == n_full + rep["trainable"]
+    assert rep["trainable_pct"] == pytest.approx(100 * rep["trainable"] / rep["total"], abs=1e-3)
+
+
+def test_full_finetune_layer_freezing(tiny_model_dir):
+    model, _ = _model(tiny_model_dir)
+    model = apply_adapter(model, AdapterConfig(type="none", freeze={"first_n_layers": 1, "embeddings": True}),
+                          quantized=False, gradient_checkpointing=False)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert any(n.startswith("model.layers.0.") for n in frozen) and not any(n.startswith("model.layers.1.") for n in frozen)
+    assert "model.embed_tokens.weight" in frozen
+    rep = parameter_report(model)
+    assert rep["trainable"] == sum(p.numel() for n, p in model.named_parameters() if n not in frozen)
+
+
+def test_model_folder_without_weights_is_a_user_error(tmp_path, tiny_model_dir):
+    import shutil
+
+    from tunelab.errors import TunelabError
+    from tunelab.model.loading import resolve_model_path
+
+    shutil.copytree(tiny_model_dir, tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(TunelabError, match="holds no \\*.safetensors weights"):
+        resolve_model_path(str(tmp_path / "m"))
+    with pytest.raises(TunelabError, match="no config.json"):
+        resolve_model_path(str(tmp_path))
