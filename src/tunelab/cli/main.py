@@ -161,6 +161,12 @@ def synth(
     out.print(f"wrote {n} rows to {out_file}")
 
 
+from tunelab.cli import evaluate_cmds, inference_cmds, perf_cmds, tracking_cmds  # noqa: E402
+
+for _area in (tracking_cmds, evaluate_cmds, inference_cmds, perf_cmds):
+    _area.register(app)
+
+
 def main() -> None:
     app(prog_name="tunelab")
 
