@@ -1,0 +1,59 @@
+"""Pieces every CLI area shares: consoles, argument types, the user-error wrapper, quiet libraries."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tunelab.errors import TunelabError
+
+console = Console(stderr=True)
+out = Console()
+
+ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML).", show_default=False)]
+OverridesArg = Annotated[
+    list[str] | None, typer.Argument(help="Dotted overrides, e.g. adapter.r=16 training.learning_rate=1e-4.", show_default=False)
+]
+
+
+def user_errors(fn):
+    """Turn user errors into one red line (plus hint) and exit code 2; bugs keep their traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TunelabError as e:
+            console.print(f"[bold red]error:[/] {e.message}", highlight=False, markup=True)
+            if e.hint:
+                console.print(f"[dim]hint: {e.hint}[/]", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for tunelab's own output: library progress bars and info logs off."""
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+    import warnings
+
+    # bitsandbytes tries to fetch a CPU kernel from the hub at import and warns when it cannot
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    logging.getLogger("trl").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)

@@ -1,0 +1,1 @@
+"""Performance: FLOPs accounting, memory planning."""

@@ -1,0 +1,192 @@
+"""`tunelab plan`: estimate a run's peak memory from the model config alone (meta device, no weights).
+
+The estimate adds: weights (by dtype; 4-bit NF4 at 0.5 byte plus quantization constants), adapter
+weights, gradients, AdamW states, activations (with or without gradient checkpointing, for the
+micro-batch's tokens), logits and loss, and a fixed overhead (the Python/torch process on the CPU;
+allocator slack on a GPU). Activation sizes follow the tensors a Llama-style block keeps for
+backward; the constants were checked against measured peaks (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunelab.config.schema import RunConfig
+from tunelab.errors import TunelabError
+
+GIB = 2**30
+# Resident set of a process that has imported torch, transformers, TRL, PEFT and bitsandbytes and
+# holds a tokenizer and a small dataset (measured here: ~600-650 MB on the CPU).
+CPU_PROCESS_OVERHEAD = 650 * 2**20
+GPU_ALLOCATOR_SLACK = 0.08  # caching-allocator fragmentation, as a share of the rest
+
+
+@dataclass
+class Plan:
+    parts: dict[str, float] = field(default_factory=dict)  # bytes
+    device: str = "cpu"
+    tokens_per_microbatch: int = 0
+    checkpointing: bool = True
+
+    @property
+    def total(self) -> float:
+        return sum(self.parts.values())
+
+
+def model_config_for(cfg: RunConfig) -> Any:
+    """The model's config.json, without weights: a local folder, a tiny preset, or the hub cache."""
+    from transformers import AutoConfig
+
+    name = cfg.model.name
+    if name.startswith("tiny:"):
+        from tunelab.model.tiny import resolve_tiny
+
+        name = str(resolve_tiny(name))
+    try:
+        return AutoConfig.from_pretrained(name, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise TunelabError(f"model.name: cannot read the config of {cfg.model.name!r}: {str(e).splitlines()[0][:200]}",
+                           hint="pass a local folder with config.json, e.g. model.name=../shared/models/open_llama_3b_v2") from None
+
+
+def _bytes(dtype: str) -> int:
+    return {"fp32": 4, "bf16": 2, "fp16": 2}[dtype]
+
+
+def estimate(cfg: RunConfig, device: str, checkpointing: bool | None = None, batch_size: int | None = None) -> Plan:
+    """Peak memory estimate for `cfg` on `device` ('cpu' or 'cuda')."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    mcfg = model_config_for(cfg)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(mcfg)
+    on_gpu = device.startswith("cuda")
+    wdtype = cfg.model.dtype if cfg.model.dtype != "auto" else ("bf16" if on_gpu else "fp32")
+    prec = cfg.training.precision if cfg.training.precision != "auto" else ("bf16" if on_gpu else "fp32")
+    act_b = _bytes(prec if prec != "fp32" else wdtype)
+    q = cfg.quantization.bits
+    lora = cfg.adapter.type == "lora"
+    targets = cfg.adapter.target_modules
+
+    weights = adapter = 0.0
+    lora_act_per_token = 0.0
+    for name, mod in model.named_modules():
+        if not isinstance(mod, torch.nn.Linear):
+            continue
+        short = name.rsplit(".", 1)[-1]
+        n = mod.in_features * mod.out_features
+        is_head = short == "lm_head"
+        if q == 4 and not is_head:
+            # NF4: half a byte per weight; absmax per 64 weights, itself 8-bit with double quantization
+            weights += n * 0.5 + n / 64 * (1.0 + 4 / 256 if cfg.quantization.double_quant else 4.0)
+        elif q == 8 and not is_head:
+            weights += n * 1.0 + mod.out_features * 4
+        else:
+            weights += n * _bytes(wdtype)
+        if lora and not is_head and (targets == "all-linear" or short in targets):
+            adapter += cfg.adapter.r * (mod.in_features + mod.out_features)
+            # kept for backward: the (dropped-out) input and the rank-r intermediate
+            lora_act_per_token += (mod.in_features * (2 if cfg.adapter.dropout > 0 else 1) + cfg.adapter.r) * act_b
+    other = sum(p.numel() for n_, p in model.named_parameters() if not any(
+        n_.startswith(m + ".") for m, mm in model.named_modules() if isinstance(mm, torch.nn.Linear)))
+    weights += other * _bytes(wdtype)
+
+    trainable = adapter if lora else sum(p.numel() for p in model.parameters())
+    # TRL keeps LoRA weights of quantized models in bf16; otherwise they follow the weight dtype
+    p_bytes = 2 if (lora and q) else (4 if wdtype == "fp32" else 2)
+    adapter_bytes = adapter * p_bytes if lora else 0.0
+    grads = trainable * p_bytes
+    optim = trainable * 8.0  # AdamW: two fp32 moments
+    if not lora and wdtype != "fp32" and prec != "fp32":
+        optim += trainable * 4.0  # fp32 master weights under mixed precision
+
+    h, inter, layers = mcfg.hidden_size, mcfg.intermediate_size, mcfg.num_hidden_layers
+    heads = mcfg.num_attention_heads
+    kv = getattr(mcfg, "num_key_value_heads", heads) or heads
+    h_kv = h * kv // heads
+    b = batch_size or cfg.training.batch_size
+    seq = cfg.training.max_length
+    tokens = b * seq
+    # per token per layer: norm inputs (fp32), q/k/v and rotated q/k, attention out, o_proj in,
+    # MLP gate/up/act/product (SwiGLU), plus LoRA inputs
+    per_layer_token = (3 * h + 2 * h_kv + 2 * h + 4 * inter) * act_b + 2 * h * 4 + lora_act_per_token / max(layers, 1)
+    if not on_gpu:
+        # the CPU attention kernels materialise the score matrix for masked (packed) batches
+        per_layer_token += heads * min(seq, 1024) * act_b / 2
+    ckpt = cfg.training.gradient_checkpointing if checkpointing is None else checkpointing
+    ckpt = ckpt is True  # "auto" is resolved by the caller (decide_checkpointing); estimate it as off
+    # with checkpointing only each block's input is kept, plus one block's activations while it is recomputed
+    acts = tokens * (layers * h * act_b + per_layer_token) if ckpt else tokens * layers * per_layer_token
+    vocab = mcfg.vocab_size
+    logits = tokens * vocab * (act_b + 4 + 4)  # logits, their fp32 copy for the loss, and its gradient
+
+    parts = {
+        "weights": weights,
+        "adapter": adapter_bytes,
+        "gradients": grads,
+        "optimizer": optim,
+        "activations": acts,
+        "logits_and_loss": logits,
+    }
+    base = sum(parts.values())
+    parts["overhead"] = base * GPU_ALLOCATOR_SLACK if on_gpu else CPU_PROCESS_OVERHEAD
+    return Plan(parts, device, tokens, ckpt)
+
+
+def parse_memory(text: str) -> float:
+    t = text.strip().upper().replace("IB", "B")
+    for unit, mult in (("TB", 2**40), ("GB", GIB), ("MB", 2**20), ("KB", 2**10), ("B", 1)):
+        if t.endswith(unit):
+            try:
+                return float(t[: -len(unit)]) * mult
+            except ValueError:
+                break
+    raise TunelabError(f"--memory: cannot read {text!r}; use e.g. 24GB or 80GiB")
+
+
+def available_memory(device: str) -> float:
+    import psutil
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return float(torch.cuda.get_device_properties(0).total_memory)
+    return float(psutil.virtual_memory().total)
+
+
+def advise(cfg: RunConfig, device: str, budget: float) -> dict[str, Any]:
+    """Largest micro-batch that fits and whether checkpointing is needed for the configured one."""
+    without = estimate(cfg, device, checkpointing=False)
+    with_ck = estimate(cfg, device, checkpointing=True)
+    largest = {}
+    for ck in (False, True):
+        best = 0
+        for bs in (1, 2, 4, 8, 16, 32, 64, 128):
+            if estimate(cfg, device, checkpointing=ck, batch_size=bs).total <= budget:
+                best = bs
+        largest["with_checkpointing" if ck else "without_checkpointing"] = best
+    return {
+        "fits_without_checkpointing": without.total <= budget,
+        "fits_with_checkpointing": with_ck.total <= budget,
+        "checkpointing_needed": without.total > budget,
+        "largest_micro_batch": largest,
+    }
+
+
+def decide_checkpointing(cfg: RunConfig, device: str) -> bool:
+    """`training.gradient_checkpointing: auto`: on only when the run would not fit without it."""
+    budget = available_memory(device) * (0.9 if device.startswith("cuda") else 0.7)
+    try:
+        return estimate(cfg, device, checkpointing=False).total > budget
+    except TunelabError:
+        return True  # no config to plan from: the memory-safe choice
+
+
+def describe(plan: Plan) -> list[tuple[str, str]]:
+    return [(k, f"{v / GIB:,.3f} GiB") for k, v in plan.parts.items()] + [("total", f"{plan.total / GIB:,.3f} GiB")]
+
+
+def plan_to_json(plan: Plan) -> dict[str, Any]:
+    return {"device": plan.device, "checkpointing": plan.checkpointing, "tokens_per_microbatch": plan.tokens_per_microbatch,
+            "parts_bytes": {k: int(v) for k, v in plan.parts.items()}, "total_bytes": int(plan.total)}

@@ -1,0 +1,91 @@
+"""Memory planning and FLOPs accounting."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run_cli
+from tunelab.config import build_config
+from tunelab.errors import TunelabError
+from tunelab.perf.flops import flops_per_token, mean_attended_context
+from tunelab.perf.plan import GIB, advise, estimate, parse_memory
+
+ROOT = Path(__file__).resolve().parents[1]
+OPENLLAMA = ROOT.parent / "shared" / "models" / "open_llama_3b_v2"
+
+
+def cfg(**over):
+    data = {"model": {"name": "tiny:llama-2l"}, "data": {"train": {"path": "x.jsonl"}},
+            "training": {"batch_size": 2, "max_length": 256}}
+    for section, values in over.items():
+        data.setdefault(section, {}).update(values)
+    return build_config(data)
+
+
+def test_quantization_checkpointing_and_batch_move_the_estimate_the_right_way():
+    full = estimate(cfg(), "cpu", checkpointing=False)
+    q4 = estimate(cfg(quantization={"bits": 4}), "cpu", checkpointing=False)
+    assert q4.parts["weights"] < 0.6 * full.parts["weights"]  # embeddings and head stay unquantized
+    ck = estimate(cfg(), "cpu", checkpointing=True)
+    assert ck.parts["activations"] < full.parts["activations"]
+    big = estimate(cfg(training={"batch_size": 8, "max_length": 256}), "cpu", checkpointing=False)
+    assert big.parts["activations"] == pytest.approx(4 * full.parts["activations"])
+    ft = estimate(cfg(adapter={"type": "none"}), "cpu", checkpointing=False)
+    small_lora = estimate(cfg(adapter={"r": 4}), "cpu", checkpointing=False)
+    assert ft.parts["optimizer"] > 10 * small_lora.parts["optimizer"]
+    assert full.total == pytest.approx(sum(full.parts.values()))
+
+
+@pytest.mark.skipif(not OPENLLAMA.is_dir(), reason="needs ../shared/models/open_llama_3b_v2")
+def test_openllama_recipe_plan_is_in_the_expected_range():
+    recipe = build_config(yaml.safe_load((ROOT / "examples" / "openllama-3b-alpaca-qlora.yaml").read_text()))
+    recipe.model.name = str(OPENLLAMA)
+    plan = estimate(recipe, "cuda", checkpointing=True)
+    # 3.43 B parameters: 4-bit linear layers plus fp16 embeddings and head come to about 1.9 GiB
+    assert 1.7 * GIB < plan.parts["weights"] < 2.2 * GIB
+    # LoRA r=64 on q/k/v/o of 26 layers: 26 * 4 * 64 * (3200 + 3200) = 42.6 M parameters
+    assert plan.parts["adapter"] == pytest.approx(26 * 4 * 64 * 6400 * 2)
+    assert plan.parts["optimizer"] == pytest.approx(26 * 4 * 64 * 6400 * 8)
+    advice = advise(recipe, "cuda", 16 * GIB)
+    assert advice["fits_with_checkpointing"] and advice["largest_micro_batch"]["with_checkpointing"] >= 2
+
+
+def test_parse_memory():
+    assert parse_memory("24GB") == 24 * GIB and parse_memory("512MiB") == 512 * 2**20
+    with pytest.raises(TunelabError):
+        parse_memory("lots")
+
+
+def test_flops_per_token_counts_frozen_and_trainable_weights(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.lm_head.weight.requires_grad_(True)
+    f = flops_per_token(model, mean_context=10.0)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    head = model.lm_head.weight.numel()
+    assert f.trainable_params == head and f.frozen_matmul_params == linear - head
+    c = model.config
+    assert f.per_token == pytest.approx(4 * (linear - head) + 6 * head + 12 * c.num_hidden_layers * c.hidden_size * 10.0)
+
+
+def test_mean_attended_context():
+    assert mean_attended_context([1]) == 1
+    assert mean_attended_context([3]) == pytest.approx((1 + 2 + 3) / 3)
+    assert mean_attended_context([1, 3]) == pytest.approx((1 + 6) / 4)
+
+
+def test_plan_cli(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"model": {"name": "tiny:llama-2l"}, "data": {"train": {"path": "x.jsonl"}}}))
+    r = run_cli("plan", str(p), "--memory", "8GB")
+    assert r.returncode == 0, r.stderr
+    assert "weights" in r.stdout and "fits in 8.0 GiB" in r.stdout
+    r = run_cli("plan", str(p), "--memory", "1MB")
+    assert r.returncode == 0 and "does not fit" in r.stdout
+    r = run_cli("plan", str(p), "model.name=/nonexistent/model")
+    assert r.returncode == 2 and "model.name" in r.stderr
