@@ -21,7 +21,8 @@ class Section(BaseModel):
 
 class ModelConfig(Section):
     name: str = Field(
-        description="Base model: a Hugging Face hub id, a local folder, or `tiny:NAME` for a locally built tiny model."
+        description="Base model: a Hugging Face hub id, a local folder, `tiny:NAME` for a locally built tiny model, "
+        "or a model artifact (trackio:PROJECT/NAME:ALIAS, mlflow:NAME:VERSION): its base model plus its adapter."
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the model.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
@@ -62,7 +63,8 @@ class AdapterConfig(Section):
 class SourceConfig(Section):
     path: str = Field(
         description="Local file (.json/.jsonl/.csv/.parquet), folder of such files, hub dataset id, "
-        "or synthetic:N[:seed=S][:tasks=a,b] for generated tasks with exact answers."
+        "synthetic:N[:seed=S][:tasks=a,b] for generated tasks with exact answers, or a dataset artifact "
+        "(trackio:PROJECT/NAME:VERSION, wandb:ENTITY/PROJECT/NAME:VERSION)."
     )
     split: str = Field("train", description="Split to read (hub datasets; local files have one split, `train`).")
     subset: str | None = Field(None, description="Hub dataset configuration name.")
@@ -163,14 +165,45 @@ class SamplesConfig(Section):
     seed: int = Field(0, description="Sampling seed (generation never touches the training RNG).")
 
 
+TRACKERS = ("trackio", "wandb", "mlflow", "tensorboard", "none")
+
+
 class TrackingConfig(Section):
-    backend: str | list[str] = Field("none", description="Experiment tracker(s): none (more in later versions).")
-    project: str = Field("tunelab", description="Tracker project.")
+    backend: str | list[str] = Field(
+        "trackio",
+        description="Experiment tracker(s): trackio (local SQLite + dashboard), wandb, mlflow, tensorboard or none; a list logs to several.",
+    )
+    project: str = Field("tunelab", description="Tracker project (W&B project, MLflow experiment).")
+    entity: str | None = Field(None, description="W&B entity (user or team); default: the key's default entity.")
     run_name: str | None = Field(None, description="Tracker run name (default: the run directory name).")
     tags: list[str] = Field(default_factory=list, description="Run tags.")
     job_type: str = Field("train", description="Run job type.")
     notes: str | None = Field(None, description="Free-text notes.")
-    dir: str | None = Field(None, description="Tracker files; default <output.dir>/.tracking.")
+    dir: str | None = Field(None, description="Tracker files (all backends, artifact cache); default <output.dir>/.tracking.")
+    mode: Literal["offline", "online"] | None = Field(
+        None, description="W&B mode; default: $WANDB_MODE, else offline (upload later with `wandb sync`)."
+    )
+    uri: str | None = Field(None, description="MLflow tracking server URI; default a sqlite:/// store in the tracking dir.")
+    log_model: bool = Field(True, description="Log the final adapter (or model) as a versioned model artifact.")
+    log_checkpoints: bool = Field(False, description="Also log every checkpoint as a version of the model artifact.")
+    model_artifact: str | None = Field(None, description="Model artifact name; default <run name>-model.")
+    model_aliases: list[str] = Field(default_factory=list, description="Extra aliases for the final model version (latest and best are automatic).")
+    system_every_s: float = Field(10.0, ge=0, description="Seconds between system metric samples (CPU/GPU memory, utilisation); 0: off.")
+    timeout_s: float = Field(30.0, gt=0, description="A tracker call slower than this is abandoned and that tracker turned off for the run.")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backends(cls, v):
+        names = [v] if isinstance(v, str) else list(v)
+        unknown = [n for n in names if n not in TRACKERS]
+        if unknown:
+            raise ValueError(f"unknown tracker {', '.join(map(repr, unknown))} (known: {', '.join(TRACKERS)})")
+        return v
+
+    def backends(self) -> list[str]:
+        """Active backends in order, without `none` and duplicates."""
+        names = [self.backend] if isinstance(self.backend, str) else self.backend
+        return [n for i, n in enumerate(names) if n != "none" and n not in names[:i]]
 
 
 class OutputConfig(Section):

@@ -37,6 +37,9 @@ class PreparedData:
 
 def load_splits(cfg: RunConfig, base_dir: Path | None = None) -> tuple[RawRows, RawRows, dict[str, Any]]:
     """Validated train and test rows (no tokenizer needed: `tunelab validate` uses this too)."""
+    from tunelab.tracking.artifacts import configure_for
+
+    configure_for(cfg)  # artifact references among the sources resolve in this config's tracking dir
     d = cfg.data
     train = validate_rows(read_source(d.train, d.on_bad_row, base_dir), cfg.prompt, d.field_map, d.on_bad_row)
     rows_read = len(train.rows) + sum(train.skipped.values())

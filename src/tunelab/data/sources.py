@@ -137,6 +137,14 @@ def looks_local(text: str) -> bool:
 def read_source(src: SourceConfig, on_bad_row: str, base_dir: Path | None = None) -> RawRows:
     """Read every row of a source. Local paths are resolved against the config file's folder."""
     out = RawRows()
+    from tunelab.tracking.artifacts import is_artifact_ref
+
+    if is_artifact_ref(src.path):
+        from tunelab.tracking.artifacts import fetch
+
+        # a dataset artifact: resolved, downloaded once (cached by digest), then read as a local folder
+        local = fetch(src.path, expected_type="dataset").path
+        return read_source(src.model_copy(update={"path": str(local)}), on_bad_row, base_dir)
     if src.path.startswith("synthetic:"):
         return _read_synthetic(src.path, out)
     if looks_local(src.path):

@@ -37,6 +37,12 @@ class Target:
 
 
 def resolve_target(text: str) -> Target:
+    from tunelab.tracking.artifacts import is_artifact_ref
+
+    if is_artifact_ref(text):  # trackio:/wandb:/mlflow: model artifact: base, adapter and config from its metadata
+        from tunelab.tracking.models import target_from_artifact
+
+        return target_from_artifact(text)
     p = Path(text).expanduser()
     if p.is_dir() and (p / "config.yaml").is_file() and ((p / "final").is_dir() or (p / "checkpoints").is_dir()):
         return _from_run(text, p)

@@ -135,9 +135,17 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
     resume = resume or cfg.training.resume not in (False, None)
     device = device_for(cfg.model)
     precision_flags(cfg, device)  # fail before anything is written
+    from tunelab.tracking import Tracking, is_artifact_ref
+    from tunelab.tracking.models import check_adapter_fits, load_adapter_weights, model_from_artifact
+
+    tracking = Tracking(cfg, config_path, extra_sinks=sinks, console=console)  # W&B online without a key stops here
 
     # --- setup: everything that can fail on user input happens before the run dir is touched
-    model_path = resolve_model_path(cfg.model.name)
+    # a model artifact reference resolves (or fails in one line) before any weights load
+    init = model_from_artifact(cfg.model.name) if is_artifact_ref(cfg.model.name) else None
+    if init is not None:
+        check_adapter_fits(init, cfg.adapter)
+    model_path = resolve_model_path(init.base if init is not None else cfg.model.name)
     tokenizer = load_tokenizer(cfg.model, model_path)
     data = prepare_data(cfg, tokenizer, base_dir)
     run = prepare_run_dir(cfg.output.dir, cfg.output.name or "run", resume=resume, overwrite=cfg.output.overwrite)
@@ -153,6 +161,8 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
     set_seed(cfg.training.seed)  # the adapter's initialisation is part of the run's reproducibility
     model = load_model(cfg.model, cfg.quantization, tokenizer, model_path)
     model = apply_adapter(model, cfg.adapter, cfg.quantization.bits is not None, cfg.training.gradient_checkpointing)
+    if init is not None and init.adapter is not None:
+        load_adapter_weights(model, init.adapter)  # continue the artifact's adapter
     params = parameter_report(model)
     console.print(f"[bold]model[/]: {cfg.model.name} ({params['total']:,} params, {params['trainable']:,} trainable = {params['trainable_pct']}%)"
                   f"{', ' + str(cfg.quantization.bits) + '-bit' if cfg.quantization.bits else ''}, device {device}")
@@ -174,6 +184,9 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
     keep_bnb_training_layout(trainer.model)  # again: TRL may have re-wrapped layers
     data.stats["packing_efficiency"] = packing_efficiency(trainer.train_dataset, cfg.training.max_length) if cfg.training.packing else None
 
+    tracking.start(run, params, data.stats, device, resume=checkpoint is not None)
+    sinks = [tracking]  # the trackers (and any sinks passed in), each guarded
+    trainer.add_callback(tracking.callback())
     metrics_cb = MetricsCallback(run, sinks)
     progress_cb = ProgressCallback(metrics_cb, console)
     settings = GenerationSettings(**cfg.samples.model_dump(exclude={"enabled", "num_prompts", "at_start"}))
@@ -205,6 +218,7 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
         train_s = time.perf_counter() - t_train
         if status != "completed":
             run.write_json(run.summary, {"status": status, "step": trainer.state.global_step})
+            tracking.abort(status, trainer.state.global_step)
 
     _save_final(trainer, tokenizer, run, cfg, model_path)
     history = trainer.state.log_history

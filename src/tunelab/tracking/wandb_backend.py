@@ -1,0 +1,172 @@
+"""Weights & Biases. Offline by default (the run is written under `<tracking dir>/wandb/` and
+uploaded later with `wandb sync`); online when `tracking.mode` or `$WANDB_MODE` says so.
+
+W&B's machine metadata (command line, environment, git remote), console capture, code saving and its
+own system monitor are off: the command line may carry a token, and tunelab samples the system itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError
+from tunelab.tracking.artifacts import ArtifactRef, ArtifactVersion
+from tunelab.tracking.base import ArtifactSpec, Sink
+from tunelab.tracking.trackio_backend import SAMPLE_COLUMNS, sample_rows, scalars
+
+
+def wandb_mode(mode: str | None) -> str:
+    """`tracking.mode`, else $WANDB_MODE, else offline (`disabled` and `dryrun` count as offline)."""
+    m = mode or os.environ.get("WANDB_MODE") or "offline"
+    return "online" if m in ("online", "run") else "offline"
+
+
+def has_api_key() -> bool:
+    """Whether W&B would find credentials: $WANDB_API_KEY, an identity token file, or a .netrc entry."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    try:
+        from wandb.sdk.lib.wbauth.wbnetrc import read_netrc_auth
+
+        return bool(read_netrc_auth(host=os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"))
+    except Exception:  # noqa: BLE001 - an unreadable .netrc means no key
+        return False
+
+
+def preflight(mode: str | None) -> None:
+    """Online without a key would stop at a login prompt mid-run: say so before anything starts."""
+    if wandb_mode(mode) == "online" and not has_api_key():
+        raise TunelabError(
+            "tracking: W&B online mode needs an API key, and none is set (WANDB_API_KEY or `wandb login`)",
+            hint="log offline instead with tracking.mode=offline (or WANDB_MODE=offline) and upload later with `wandb sync`",
+        )
+
+
+def settings(mode: str, timeout_s: float):
+    import wandb
+
+    return wandb.Settings(mode=mode, x_disable_meta=True, x_disable_stats=True, disable_git=True, save_code=False,
+                          disable_job_creation=True, console="off", silent=True, init_timeout=timeout_s,
+                          x_save_requirements=False)
+
+
+class WandbSink(Sink):
+    name = "wandb"
+
+    def __init__(self, tracking_dir: Path, tcfg, run_name: str, run_key: str, resume_id: str | None = None):
+        self.dir = tracking_dir
+        self.tcfg = tcfg
+        self.mode = wandb_mode(tcfg.mode)
+        self.run_name = run_name
+        # a fresh id per run directory incarnation; a resumed run continues the id it had
+        self.run_id = resume_id or hashlib.sha1(run_key.encode()).hexdigest()[:12]
+        self.run = None
+
+    def start(self, info: dict[str, Any]) -> None:
+        import wandb
+
+        t = self.tcfg
+        self.run = wandb.init(
+            project=t.project, entity=t.entity, name=self.run_name, id=self.run_id, resume="allow",
+            tags=info["tags"], job_type=t.job_type, notes=info["notes"], dir=str(self.dir),
+            config={**info["config"], "tunelab": {k: v for k, v in info.items() if k not in ("config", "tags", "notes")}},
+            settings=settings(self.mode, t.timeout_s), reinit="create_new",
+        )
+
+    def where(self) -> dict[str, Any]:
+        return {"id": self.run_id, "mode": self.mode, "dir": str(getattr(self.run.settings, "sync_dir", self.dir))}
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        values = scalars(record)
+        if values:
+            self.run.log(values, step=record["step"])
+
+    def log_system(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log(metrics, step=step)
+
+    def log_samples(self, step: int, table: list[dict[str, Any]]) -> None:
+        import wandb
+
+        self.run.log({"samples": wandb.Table(columns=SAMPLE_COLUMNS, data=sample_rows(table))}, step=step)
+
+    def log_artifact(self, spec: ArtifactSpec) -> dict[str, Any]:
+        import wandb
+
+        art = wandb.Artifact(spec.name, type=spec.type, metadata={**spec.metadata, "tunelab_digest": spec.digest})
+        (art.add_dir if spec.path.is_dir() else art.add_file)(str(spec.path))
+        self.run.log_artifact(art, aliases=list(dict.fromkeys(["latest", *spec.aliases])))
+        # offline, W&B numbers the version when the run is synced
+        return {"store": "wandb", "project": self.tcfg.project, "name": spec.name, "version": None,
+                "aliases": list(dict.fromkeys(["latest", *spec.aliases])), "native_digest": art.digest}
+
+    def use_artifact(self, ref: dict[str, Any]) -> None:
+        if ref.get("store") == "wandb" and self.mode == "online":
+            self.run.use_artifact(ref["ref"].removeprefix("wandb:"))
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        if self.run is None:
+            return
+        self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, int | float | str) and v is not None})
+        self.run.finish(exit_code=0 if summary.get("status") == "completed" else 1)
+
+
+class WandbStore:
+    """W&B artifacts. Resolving and downloading go through W&B's public API, so they need W&B online;
+    pushing works offline (the artifact is uploaded with `wandb sync`)."""
+
+    store = "wandb"
+
+    def __init__(self, tracking_dir: Path):
+        self.dir = Path(tracking_dir)
+
+    def _api(self, ref_text: str):
+        if wandb_mode(None) != "online" or not has_api_key():
+            raise TunelabError(f"{ref_text}: resolving a W&B artifact needs W&B online with an API key",
+                               hint="set WANDB_MODE=online and WANDB_API_KEY, or push the files to trackio: "
+                                    "tunelab artifacts push PATH --name N --type T")
+        import wandb
+
+        return wandb.Api(timeout=30)
+
+    def get(self, ref: ArtifactRef) -> ArtifactVersion:
+        api = self._api(ref.text)
+        path = "/".join(p for p in (ref.entity, ref.project, ref.name) if p) + f":{ref.version or 'latest'}"
+        try:
+            art = api.artifact(path)
+        except Exception as e:  # noqa: BLE001 - the public API raises CommError / ValueError alike
+            raise TunelabError(f"{ref.text}: W&B cannot resolve it ({str(e).splitlines()[0][:200]})") from None
+        meta = dict(art.metadata or {})
+        return ArtifactVersion(store="wandb", project=art.project, name=art.name.split(":")[0], type=art.type,
+                               version=art.version, aliases=list(art.aliases), digest=meta.get("tunelab_digest"),
+                               native_digest=art.digest, size_bytes=art.size, metadata=meta,
+                               producer_run=getattr(art.logged_by(), "name", None), created_at=str(art.created_at))
+
+    def download(self, version: ArtifactVersion, dest: Path) -> None:
+        api = self._api(version.ref)
+        api.artifact(f"{version.project}/{version.name}:{version.version}").download(root=str(dest))
+
+    def versions(self, project: str | None = None) -> list[ArtifactVersion]:
+        raise TunelabError("listing W&B artifacts needs the W&B web app or `wandb artifact ls` (online)")
+
+    def push(self, spec: ArtifactSpec, project: str) -> ArtifactVersion:
+        import wandb
+
+        mode = wandb_mode(None)
+        run = wandb.init(project=project, job_type="upload", name=f"upload-{spec.name}", dir=str(self.dir),
+                         settings=settings(mode, 30), reinit="create_new")
+        try:
+            art = wandb.Artifact(spec.name, type=spec.type, metadata={**spec.metadata, "tunelab_digest": spec.digest})
+            (art.add_dir if spec.path.is_dir() else art.add_file)(str(spec.path))
+            run.log_artifact(art, aliases=list(dict.fromkeys(["latest", *spec.aliases])))
+            sync_dir = run.settings.sync_dir
+        finally:
+            run.finish()
+        if mode == "online":
+            art.wait(timeout=60)
+        return ArtifactVersion(store="wandb", project=project, name=spec.name, type=spec.type,
+                               version=art.version if mode == "online" else "(offline: numbered by `wandb sync`)",
+                               aliases=list(dict.fromkeys(["latest", *spec.aliases])), digest=spec.digest,
+                               native_digest=art.digest, metadata=spec.metadata, producer_run=str(sync_dir))
