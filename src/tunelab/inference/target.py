@@ -1,13 +1,15 @@
 """TARGET resolution, shared by eval / generate / chat / merge / export / serve.
 
 A target is a run directory (its final/ or newest checkpoint, with the run's prompt format), a model
-folder (full model or PEFT adapter), or a hub id. It is resolved the same way everywhere, so a
-model is always prompted the way it was trained.
+folder (full model or PEFT adapter), a hub id, or anything a registered resolver turns into one of
+those (model artifact references). It is resolved the same way everywhere, so a model is always
+prompted the way it was trained.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ class Target:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     run_dir: Path | None = None
     config: RunConfig | None = None
+    prompt_known: bool = True  # False: nothing says how the model was trained; `prompt` is only the default
 
     @property
     def model_cfg(self) -> ModelConfig:
@@ -35,14 +38,54 @@ class Target:
     def quantization(self) -> QuantizationConfig:
         return self.config.quantization if self.config is not None else QuantizationConfig()
 
+    @property
+    def name(self) -> str:
+        """A short name for listings and the server's model ids: the run's name, else the folder's, else the id."""
+        if self.run_dir is not None:
+            return self.run_dir.name
+        p = Path(self.text).expanduser()
+        if not p.is_dir():
+            return self.text
+        p = p.resolve()
+        if p.name == "final" and (p.parent / "config.yaml").is_file():
+            return p.parent.name  # runs/r1/final -> r1
+        if p.parent.name == "checkpoints":
+            return f"{p.parent.parent.name}-{p.name}"  # runs/r1/checkpoints/step-000002 -> r1-step-000002
+        return p.name
+
+
+# Hook for references that are not paths or hub ids (model artifacts of a tracker, for example).
+# A resolver gets the TARGET text and returns a local folder (a run directory, a model folder or an
+# adapter folder) when the text is its kind of reference, else None. The first folder returned is
+# resolved like any other, keeping the text the user typed.
+TARGET_RESOLVERS: list[Callable[[str], str | Path | None]] = []
+
+
+def register_target_resolver(resolver: Callable[[str], str | Path | None]) -> None:
+    """Add a resolver for TARGET texts that name something other than a path or a hub id."""
+    if resolver not in TARGET_RESOLVERS:
+        TARGET_RESOLVERS.append(resolver)
+
+
+# Written by `tunelab merge` / `tunelab export` next to the weights, so an exported folder is
+# prompted the way its run was trained.
+MODEL_META = "tunelab_model.json"
+
 
 def resolve_target(text: str) -> Target:
+    """The model a TARGET names: its base, its adapter if any, and the prompt format it was trained with."""
     from tunelab.tracking.artifacts import is_artifact_ref
 
     if is_artifact_ref(text):  # trackio:/wandb:/mlflow: model artifact: base, adapter and config from its metadata
         from tunelab.tracking.models import target_from_artifact
 
         return target_from_artifact(text)
+    for resolver in TARGET_RESOLVERS:
+        local = resolver(text)
+        if local is not None:
+            target = resolve_target(str(local))
+            target.text = text
+            return target
     p = Path(text).expanduser()
     if p.is_dir() and (p / "config.yaml").is_file() and ((p / "final").is_dir() or (p / "checkpoints").is_dir()):
         return _from_run(text, p)
@@ -53,13 +96,15 @@ def resolve_target(text: str) -> Target:
             base = json.loads(marker.read_text()).get("base_model_path") or base
         if not base:
             raise TunelabError(f"{p}: adapter_config.json names no base model")
-        return Target(text, base=base, adapter=p)
+        prompt = _folder_prompt(p)
+        return Target(text, base=base, adapter=p, prompt=prompt or PromptConfig(), prompt_known=prompt is not None)
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise TunelabError(f"{text}: not a run directory, a model folder or an adapter folder")
-        return Target(text, base=str(p))
+        prompt = _folder_prompt(p)
+        return Target(text, base=str(p), prompt=prompt or PromptConfig(), prompt_known=prompt is not None)
     if text.startswith("tiny:") or (not text.startswith((".", "/", "~")) and text.count("/") == 1):
-        return Target(text, base=text)
+        return Target(text, base=text, prompt_known=False)
     raise TunelabError(f"{text}: not a run directory, a model folder, an adapter folder or a hub id")
 
 
@@ -79,13 +124,57 @@ def _from_run(text: str, run: Path) -> Target:
     return Target(text, base=base, adapter=weights, prompt=cfg.prompt, run_dir=run, config=cfg)
 
 
-def load_target(target: Target, quantize: bool | None = None, device: str | None = None) -> tuple[Any, Any]:
-    """(model, tokenizer) ready for generation. quantize=None: as the run was trained."""
+def _folder_prompt(folder: Path) -> PromptConfig | None:
+    """The prompt format a model or adapter folder was trained with, or None when nothing says.
+
+    Sources, first found wins: tunelab_model.json (merge / export), the config.yaml of the run the
+    folder sits in (final/ or checkpoints/step-N/), tunelab_final.json (format name only).
+    """
+    meta = folder / MODEL_META
+    if meta.is_file():
+        prompt = json.loads(meta.read_text()).get("prompt")
+        if prompt:
+            return PromptConfig.model_validate(prompt)
+    run = folder.parent if folder.name == "final" else folder.parent.parent if folder.parent.name == "checkpoints" else None
+    if run is not None and (run / "config.yaml").is_file():
+        from tunelab.config import load_config
+
+        return load_config(run / "config.yaml").prompt
+    marker = folder / "tunelab_final.json"
+    if marker.is_file():
+        fmt = json.loads(marker.read_text()).get("prompt_format")
+        if fmt in ("alpaca", "messages", "text"):
+            return PromptConfig(format=fmt)
+    return None
+
+
+def inference_prompt(target: Target, tokenizer: Any) -> PromptConfig:
+    """How to ask the target: its training format when known; else its tokenizer's chat template
+    (instruct models), else the raw text (base models)."""
+    if target.prompt_known:
+        return target.prompt
+    return PromptConfig(format="messages" if getattr(tokenizer, "chat_template", None) else "text")
+
+
+def load_target(
+    target: Target,
+    quantize: bool | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    adapter_name: str = "default",
+) -> tuple[Any, Any]:
+    """(model, tokenizer) ready for generation. quantize=None: as the run was trained.
+
+    `dtype` (bf16 / fp16 / fp32) overrides the run's model.dtype; the adapter, if any, is loaded
+    under `adapter_name` (the server loads more adapters next to it).
+    """
     from tunelab.model.loading import load_model, load_tokenizer, resolve_model_path
 
     mcfg = target.model_cfg
     if device is not None:
         mcfg = mcfg.model_copy(update={"device": device})
+    if dtype is not None:
+        mcfg = mcfg.model_copy(update={"dtype": dtype})
     qcfg = target.quantization if quantize in (None, True) else QuantizationConfig()
     tok_path = str(target.adapter) if target.adapter is not None and (target.adapter / "tokenizer_config.json").is_file() else None
     tokenizer = load_tokenizer(mcfg, tok_path or resolve_model_path(target.base))
@@ -93,6 +182,6 @@ def load_target(target: Target, quantize: bool | None = None, device: str | None
     if target.adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(target.adapter))
+        model = PeftModel.from_pretrained(model, str(target.adapter), adapter_name=adapter_name)
     model.eval()
     return model, tokenizer

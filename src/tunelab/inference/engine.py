@@ -1,0 +1,159 @@
+"""The model behind `tunelab serve`: one base, any number of LoRA adapters, one generation at a time.
+
+Requests are queued to a single worker thread, the only code that touches the model: selecting an
+adapter and generating are one step, so no request ever runs with another's adapter or sees
+another's tokens, and greedy answers are the same under load as alone. (Batching requests would
+raise throughput, but left padding changes logits slightly, so greedy answers could differ from
+single-request ones.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunelab.config.schema import PromptConfig
+from tunelab.errors import TunelabError
+from tunelab.inference.folder import base_model_id
+from tunelab.inference.generate import Generation, GenerationSettings, context_length, encode_prompt, generate_one
+from tunelab.inference.target import Target, load_target, resolve_target
+
+
+@dataclass
+class ServedModel:
+    """One id in /v1/models."""
+
+    id: str
+    adapter: str | None  # PEFT adapter name; None: the base weights (adapters disabled)
+    prompt: PromptConfig | None  # the run's prompt format; None: chat template / raw text
+    source: str
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+class Engine:
+    def __init__(self, model: Any, tokenizer: Any, models: list[ServedModel], max_context: int | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.models = {m.id: m for m in models}
+        self.context_length = max_context or context_length(model)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunelab-engine")
+        self._running: set[threading.Event] = set()
+
+    def encode(self, prompt: str) -> list[int]:
+        return encode_prompt(self.tokenizer, prompt)
+
+    async def generate(
+        self,
+        served: ServedModel,
+        input_ids: Sequence[int],
+        settings: GenerationSettings,
+        stop: Sequence[str] = (),
+        streamer: Any = None,
+        cancel: threading.Event | None = None,
+    ) -> Generation:
+        """Queue one generation and wait for it; cancelling the wait stops it at the next token."""
+        cancel = cancel or threading.Event()
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(self._executor, self._generate, served, input_ids, settings, stop, streamer, cancel)
+        try:
+            return await job
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
+
+    def _generate(self, served, input_ids, settings, stop, streamer, cancel) -> Generation:
+        # runs on the worker thread, one job at a time
+        self._running.add(cancel)
+        try:
+            with self._adapter(served):
+                return generate_one(self.model, self.tokenizer, input_ids, settings, stop=stop, streamer=streamer, cancel=cancel)
+        except BaseException:
+            if streamer is not None:
+                streamer.end()  # a consumer waiting on the stream must not hang
+            raise
+        finally:
+            self._running.discard(cancel)
+
+    @contextmanager
+    def _adapter(self, served: ServedModel):
+        from peft import PeftModel
+
+        if not isinstance(self.model, PeftModel):
+            yield
+        elif served.adapter is None:
+            with self.model.disable_adapter():
+                yield
+        else:
+            self.model.set_adapter(served.adapter)
+            yield
+
+    def close(self) -> None:
+        """Stop the generation in progress at its next token, drop queued ones, wait for the worker."""
+        for cancel in list(self._running):
+            cancel.set()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def parse_adapter_spec(spec: str) -> tuple[str, str]:
+    """`name=PATH` -> (name, PATH)."""
+    name, sep, path = spec.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise TunelabError(f"--adapter {spec!r}: expected NAME=PATH, e.g. --adapter support=runs/support")
+    return name.strip(), path.strip()
+
+
+def load_engine(target_text: str, adapters: Sequence[str] = (), name: str | None = None, quantize: bool | None = None,
+                device: str | None = None) -> Engine:
+    """Load TARGET (and each `name=PATH` adapter over the same base) for serving.
+
+    Model ids: the target under `name` (default: the run's or folder's name); when the target is a
+    LoRA adapter, its base too (under the base model's name, adapters disabled); each extra adapter
+    under its given name.
+    """
+    from tunelab.model.loading import resolve_model_path
+
+    target = resolve_target(target_text)
+    extras: list[tuple[str, Target]] = []
+    for spec in adapters:
+        adapter_name, path = parse_adapter_spec(spec)
+        t = resolve_target(path)
+        if t.adapter is None:
+            raise TunelabError(f"--adapter {adapter_name}={path}: not a LoRA adapter (a full model)", hint="serve full models on their own")
+        if resolve_model_path(t.base) != resolve_model_path(target.base):
+            raise TunelabError(f"--adapter {adapter_name}={path}: trained on {t.base}, but the server's base is {target.base}")
+        extras.append((adapter_name, t))
+
+    target_id = name or target.name
+    models: list[ServedModel] = []
+    if target.adapter is not None:
+        models.append(ServedModel(base_model_id(target), None, None, target.base))
+        models.append(ServedModel(target_id, target_id, _prompt(target), str(target.adapter)))
+    else:
+        models.append(ServedModel(target_id, None, _prompt(target), target.base))
+    models += [ServedModel(n, n, _prompt(t), str(t.adapter)) for n, t in extras]
+    ids = [m.id for m in models]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise TunelabError(f"two served models are both named {', '.join(dupes)}", hint="name them apart with --name and --adapter NAME=PATH")
+
+    model, tokenizer = load_target(target, quantize=quantize, device=device, adapter_name=target_id)
+    if extras:
+        from peft import PeftModel
+
+        for adapter_name, t in extras:
+            if isinstance(model, PeftModel):
+                model.load_adapter(str(t.adapter), adapter_name=adapter_name)
+            else:
+                model = PeftModel.from_pretrained(model, str(t.adapter), adapter_name=adapter_name)
+        model.eval()
+    return Engine(model, tokenizer, models)
+
+
+def _prompt(target: Target) -> PromptConfig | None:
+    return target.prompt if target.prompt_known else None

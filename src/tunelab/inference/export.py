@@ -1,0 +1,117 @@
+"""`tunelab export`: a folder that serving engines load as it is, and the exact commands to serve it.
+
+`hf`: a standalone Hugging Face model folder (LoRA merged, checked like `tunelab merge`) for vLLM,
+TGI and transformers. `adapter`: the PEFT adapter alone, for engines that serve LoRA adapters over
+a shared base (vLLM `--enable-lora`, TGI `LORA_ADAPTERS`, PEFT).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+from tunelab.inference.folder import (
+    base_model_id,
+    copy_tokenizer_files,
+    is_hub_id,
+    publish,
+    staging_dir,
+    write_model_card,
+    write_model_meta,
+)
+from tunelab.inference.merge import LogitCheck, write_full_model
+from tunelab.inference.target import Target
+
+TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:latest"
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max-lora-rank accepts
+
+
+@dataclass
+class ExportResult:
+    folder: Path
+    kind: str  # merged | full | adapter
+    check: LogitCheck | None
+    usage: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def hf_commands(folder: Path, name: str) -> list[str]:
+    return [
+        f"vllm serve {folder} --served-model-name {name}",
+        f"docker run --gpus all --shm-size 1g -p 8080:80 -v {folder}:/data/model {TGI_IMAGE} --model-id /data/model",
+        f"python -c \"from transformers import pipeline; print(pipeline('text-generation', '{folder}')('Hello')[0]['generated_text'])\"",
+        f"tunelab serve {folder}",
+    ]
+
+
+def adapter_commands(folder: Path, name: str, base: str, rank: int) -> list[str]:
+    rank_flag = f" --max-lora-rank {next((r for r in VLLM_LORA_RANKS if r >= rank), rank)}" if rank > 16 else ""
+    return [
+        f"vllm serve {base} --enable-lora --lora-modules {name}={folder}{rank_flag}",
+        f"docker run --gpus all --shm-size 1g -p 8080:80 -v {folder}:/data/adapter -e LORA_ADAPTERS={name}=/data/adapter "
+        f"{TGI_IMAGE} --model-id {base}",
+        f"python -c \"from transformers import AutoModelForCausalLM; from peft import PeftModel; "
+        f"m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained('{base}'), '{folder}')\"",
+        f"tunelab serve {base} --adapter {name}={folder}",
+    ]
+
+
+def export_target(target: Target, out: Path, fmt: str, dtype: str = "auto", overwrite: bool = False) -> ExportResult:
+    """Write `out` in the given format; the result lists the commands that serve it."""
+    out = out.expanduser().resolve()
+    if fmt == "hf":
+        usage = hf_commands(out, target.name)
+        check = write_full_model(target, out, dtype, overwrite, usage=usage)
+        return ExportResult(out, "merged" if target.adapter is not None else "full", check, usage)
+    if fmt != "adapter":
+        raise TunelabError(f"--format: {fmt!r} is not hf or adapter")
+    if target.adapter is None:
+        raise TunelabError(f"{target.text}: a full model has no adapter to export", hint="use --format hf")
+    return _export_adapter(target, out, overwrite)
+
+
+def _export_adapter(target: Target, out: Path, overwrite: bool) -> ExportResult:
+    src = target.adapter
+    assert src is not None
+    if not (src / "adapter_model.safetensors").is_file():
+        raise TunelabError(f"{src}: no adapter_model.safetensors (tunelab exports safetensors only)")
+    config = json.loads((src / "adapter_config.json").read_text())
+    base = base_model_id(target)
+    # Engines resolve the base by this field: a hub id when the run used one, else the local folder.
+    config["base_model_name_or_path"] = base if is_hub_id(base) else target.base
+    notes = []
+    if config.get("use_dora") or config.get("modules_to_save"):
+        notes.append("vLLM's LoRA serving does not take DoRA adapters or adapters with modules_to_save; export --format hf for vLLM")
+    usage = adapter_commands(out, target.name, config["base_model_name_or_path"], int(config.get("r") or 0))
+    tmp = staging_dir(out, overwrite)
+    try:
+        shutil.copy2(src / "adapter_model.safetensors", tmp / "adapter_model.safetensors")
+        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        copy_tokenizer_files(src, tmp)
+        write_model_meta(tmp, target, "adapter")
+        write_model_card(tmp, target, "adapter", None, usage)
+        publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ExportResult(out, "adapter", None, usage, notes)
+
+
+def push_to_hub(folder: Path, repo: str, private: bool = True) -> str:
+    """Upload `folder` to the hub repo (created if missing) with the token in HF_TOKEN; the repo's URL."""
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+        raise TunelabError("--push-to-hub: HF_TOKEN is not set", hint="export HF_TOKEN=<a write token>; tunelab reads it from the environment only")
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo, private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message="Upload from tunelab export")
+    except Exception as e:  # network, auth, offline mode: all the user's to fix; never echo the token
+        msg = (str(e).splitlines() or [type(e).__name__])[0].replace(token, "***")[:300]
+        raise TunelabError(f"--push-to-hub {repo}: {msg}", hint="needs network access and a token with write access") from None
+    return f"https://huggingface.co/{repo}"

@@ -1,0 +1,122 @@
+"""Writing a model folder for others to load: staged then renamed, a model card, tunelab's metadata.
+
+Merge and export both write through here, so every folder tunelab hands out names its base model,
+data and config, and carries the prompt format the model must be asked in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab.errors import TunelabError
+from tunelab.inference.target import MODEL_META, Target
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "chat_template.jinja",
+                   "vocab.json", "merges.txt", "added_tokens.json")
+
+
+def staging_dir(out: Path, overwrite: bool) -> Path:
+    """An empty folder next to `out` to write into; `publish` renames it to `out`."""
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise TunelabError(f"{out} already exists and is not empty", hint="pick another -o folder or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def publish(tmp: Path, out: Path) -> Path:
+    """Replace `out` by the finished folder in one rename: a reader never sees half a model."""
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def base_model_id(target: Target) -> str:
+    """The base model as the user named it (hub id, tiny preset or folder)."""
+    if target.config is not None:
+        return target.config.model.name
+    folder = target.adapter or Path(target.base)
+    for marker in (folder / MODEL_META, folder / "tunelab_final.json"):
+        if marker.is_file():
+            return json.loads(marker.read_text()).get("base_model") or target.base
+    return target.base
+
+
+def is_hub_id(name: str) -> bool:
+    return not name.startswith(("tiny:", ".", "/", "~")) and name.count("/") == 1 and not Path(name).exists()
+
+
+def write_model_meta(folder: Path, target: Target, kind: str, extra: dict[str, Any] | None = None) -> None:
+    """tunelab_model.json: what this folder is, where it came from, the prompt format to ask it in."""
+    meta = {
+        "kind": kind,  # merged | full | adapter
+        "source": target.text,
+        "base_model": base_model_id(target),
+        "prompt": target.prompt.model_dump(mode="json"),
+        **(extra or {}),
+    }
+    (folder / MODEL_META).write_text(json.dumps(meta, indent=2))
+
+
+def write_model_card(folder: Path, target: Target, kind: str, check: str | None, usage: list[str]) -> None:
+    """README.md naming the base model, the data and the config, with the logit check and the serving commands."""
+    base = base_model_id(target)
+    cfg = target.config
+    summary = _run_summary(target)
+    front: dict[str, Any] = {"library_name": "peft" if kind == "adapter" else "transformers", "tags": ["tunelab", "lora" if target.adapter else "full-fine-tune"]}
+    if is_hub_id(base):
+        front["base_model"] = base
+    data_src = cfg.data.train.path if cfg is not None else None
+    if data_src and is_hub_id(data_src):
+        front["datasets"] = [data_src]
+    what = {"merged": "A LoRA fine-tune, its adapter merged into the base weights", "full": "A fully fine-tuned model",
+            "adapter": "A LoRA adapter (PEFT) to load over its base model"}[kind]
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {target.name}", "",
+             f"{what}, trained with tunelab.", "", "## Base model", "", f"`{base}`"]
+    if target.quantization.bits:
+        lines += ["", f"Trained with QLoRA on a {target.quantization.bits}-bit base; the merge reloaded the base unquantized."]
+    lines += ["", "## Data", ""]
+    if cfg is not None:
+        d = cfg.data
+        lines.append(f"- train: `{d.train.path}` (split `{d.train.split}`)")
+        if d.test is not None:
+            lines.append(f"- test: `{d.test.path}` (split `{d.test.split}`)")
+        elif d.test_size is not None:
+            lines.append(f"- test: {d.test_size} carved from train (seed {d.seed})")
+        stats = summary.get("data") or {}
+        if stats:
+            lines.append(f"- {stats.get('train_rows', '?')} train rows, {stats.get('test_rows', '?')} test rows, {stats.get('train_tokens', '?')} train tokens")
+        lines.append(f"- prompt format: `{cfg.prompt.format}` (loss on {cfg.prompt.train_on})")
+    else:
+        lines.append("Not recorded (the source was not a tunelab run directory).")
+    if summary:
+        lines += ["", "## Training", "", f"- steps: {summary.get('steps')}, final train loss: {summary.get('final_train_loss')}, "
+                  f"final eval loss: {summary.get('final_eval_loss')}"]
+    if check:
+        lines += ["", "## Merge check", "", check]
+    lines += ["", "## Use it", "", "```bash", *usage, "```"]
+    if target.run_dir is not None and (target.run_dir / "config.yaml").is_file():
+        lines += ["", "## Config", "", "The run's resolved config (secrets redacted):", "", "```yaml",
+                  (target.run_dir / "config.yaml").read_text().rstrip(), "```"]
+    (folder / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def _run_summary(target: Target) -> dict[str, Any]:
+    if target.run_dir is None or not (target.run_dir / "summary.json").is_file():
+        return {}
+    return json.loads((target.run_dir / "summary.json").read_text())
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)

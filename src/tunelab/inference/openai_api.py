@@ -1,0 +1,165 @@
+"""The OpenAI API shapes the server speaks: request models, the error body, response chunks.
+
+Requests are validated strictly (a string where a number belongs is an error, as with OpenAI), and
+every problem becomes a 4xx with `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# Parameters this server does not implement: accepted only at their "off" values, else a 400 (a
+# client asking for them must not silently get something else).
+UNSUPPORTED_UNLESS = {
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+    "echo": (None, False),
+    "best_of": (None, 1),
+    "suffix": (None, ""),
+    "tools": (None, []),
+    "functions": (None, []),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "response_format": (None, {"type": "text"}),
+}
+
+
+class ApiError(Exception):
+    """An error answered to the client in the OpenAI shape."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _Sampling(_Strict):
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1, le=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
+    user: str | None = None
+
+    def stop_list(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > 4:
+            raise ApiError(400, "stop: at most 4 stop sequences", param="stop")
+        return [s for s in stops if s]
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+def parse_request(body: bytes, model: type[_Sampling]) -> Any:
+    """The validated request, or an ApiError naming the first bad field (all of them in the message)."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    for key, allowed in UNSUPPORTED_UNLESS.items():
+        if data.get(key) not in allowed:
+            raise ApiError(400, f"{key}: not supported by this server", param=key, code="unsupported_parameter")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        problems, first = [], None
+        for err in e.errors():
+            # drop pydantic's union-member labels ('str', 'list[str]', ...) from the location
+            loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and (p in ("str", "int", "float", "bool") or "[" in p))]
+            param = ".".join(loc) or None
+            first = first or param
+            msg = "required" if err["type"] == "missing" else err["msg"]
+            problems.append(f"{param}: {msg}" if param else msg)
+        raise ApiError(400, "; ".join(dict.fromkeys(problems)), param=first, code="invalid_value") from None
+
+
+class StopTrimmer:
+    """Streams text while holding back what could be the start of a stop sequence.
+
+    `feed` returns the text that is safe to send; once a stop sequence appears, the text before
+    it is returned and everything after is dropped.
+    """
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.buffer = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        self.buffer += text
+        cut = min((i for i in (self.buffer.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.buffer, self.stopped = self.buffer[:cut], "", True
+            return out
+        hold = max((k for s in self.stops for k in range(min(len(s) - 1, len(self.buffer)), 0, -1)
+                    if self.buffer.endswith(s[:k])), default=0)
+        out = self.buffer[: len(self.buffer) - hold]
+        self.buffer = self.buffer[len(self.buffer) - hold :]
+        return out
+
+    def flush(self) -> str:
+        out, self.buffer = ("" if self.stopped else self.buffer), ""
+        return out
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+
+
+def sse(obj: Any) -> str:
+    """One server-sent event carrying a JSON object (or the literal [DONE])."""
+    return f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n"
+
+
+def now() -> int:
+    return int(time.time())

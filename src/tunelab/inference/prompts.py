@@ -1,0 +1,88 @@
+"""Inference prompts in the format a model was trained on: from an instruction, a data row or a chat.
+
+Everything goes through `tunelab.data.templates.render_prompt`, the function that rendered the
+training examples, so generate, chat and serve ask the question the way training did.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tunelab.config.schema import PromptConfig
+from tunelab.data.templates import render_prompt, template_fields
+from tunelab.errors import DataError, TunelabError
+
+
+def instruction_row(instruction: str, input: str, cfg: PromptConfig) -> dict[str, Any]:
+    """A data row asking `instruction` (with optional `input`) in the run's format."""
+    if cfg.format == "alpaca":
+        return {"instruction": instruction, "input": input}
+    if cfg.format == "messages":
+        content = f"{instruction}\n\n{input}" if input else instruction
+        return {"messages": [{"role": "user", "content": content}]}
+    if cfg.format == "text":
+        return {cfg.text_field: f"{instruction}\n{input}" if input else instruction}
+    fields = template_fields(cfg.template or "")
+    if "instruction" in fields or len(fields) == 1:
+        row = {f: "" for f in fields}
+        row["instruction" if "instruction" in fields else fields[0]] = instruction
+        if input:
+            if "input" not in fields:
+                raise TunelabError("--input: the run's prompt template has no {input} field", hint=f"its fields: {', '.join(fields)}")
+            row["input"] = input
+        return row
+    raise TunelabError(
+        f"the run's prompt template needs the fields {', '.join(fields)}; one instruction cannot fill them",
+        hint="put one JSON object per line with those fields in a file and pass it with --file",
+    )
+
+
+def prompt_text(row: dict[str, Any], cfg: PromptConfig, tokenizer: Any) -> str:
+    """The rendered prompt for a row; `text`-format models continue the row's text as it is."""
+    if cfg.format == "text":
+        return row[cfg.text_field]
+    return render_prompt(row, cfg, tokenizer)
+
+
+def read_prompt_rows(path: Path, cfg: PromptConfig) -> list[dict[str, Any]]:
+    """Rows of a JSONL prompts file, each checked for the fields the prompt format needs (`file:line` errors)."""
+    if not path.is_file():
+        raise DataError(f"{path}: prompts file not found")
+    needed = {"alpaca": ["instruction"], "messages": ["messages"], "text": [cfg.text_field]}.get(cfg.format) or template_fields(cfg.template or "")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: invalid JSON: {e.msg}") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{n}: expected a JSON object")
+        missing = [f for f in needed if not row.get(f)]
+        if missing:
+            raise DataError(f"{path}:{n}: missing {', '.join(missing)} (prompt format {cfg.format})")
+        if cfg.format == "messages" and not (isinstance(row["messages"], list) and all(isinstance(m, dict) for m in row["messages"])):
+            raise DataError(f"{path}:{n}: messages must be a list of {{role, content}} objects")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no prompts in the file")
+    return rows
+
+
+def chat_prompt(messages: list[dict[str, str]], cfg: PromptConfig | None, tokenizer: Any) -> str:
+    """The prompt for a conversation.
+
+    Models trained on `messages` and base models (cfg None) get the tokenizer's chat template over
+    the whole conversation. Models trained on single instructions (alpaca, custom, text) never saw
+    a conversation: the last user message is asked through their template on its own.
+    """
+    if cfg is None or cfg.format == "messages":
+        if not getattr(tokenizer, "chat_template", None):
+            raise TunelabError("the model's tokenizer has no chat template", hint="send raw text to the completions endpoint instead")
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if not messages or messages[-1]["role"] != "user":
+        raise TunelabError("the last message must be the user's")
+    return prompt_text(instruction_row(messages[-1]["content"], "", cfg), cfg, tokenizer)

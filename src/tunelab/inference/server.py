@@ -1,0 +1,324 @@
+"""`tunelab serve`: an OpenAI-compatible HTTP server (FastAPI + uvicorn) over an `Engine`.
+
+Endpoints: GET /health, GET /v1/models, GET /v1/models/{id}, POST /v1/completions and POST
+/v1/chat/completions, the last two with `stream: true` as server-sent events. The request's `model`
+picks the adapter (or the base), as vLLM does. Every failure a client can cause is a 4xx in the
+OpenAI error shape; one log line per request says model, tokens in/out and latency, never the API
+key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import threading
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunelab.errors import TunelabError
+from tunelab.inference.engine import Engine, ServedModel
+from tunelab.inference.generate import Generation, GenerationSettings
+from tunelab.inference.openai_api import (
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    StopTrimmer,
+    new_id,
+    now,
+    parse_request,
+    sse,
+    usage,
+)
+from tunelab.inference.prompts import chat_prompt
+
+log = logging.getLogger("tunelab.serve")
+DEFAULT_COMPLETION_TOKENS = 16  # the OpenAI completions default
+
+
+def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int = 1024) -> FastAPI:
+    """The ASGI app. `api_key`: required as `Authorization: Bearer KEY` on /v1/*; `max_tokens_limit`:
+    the most tokens one request may ask for."""
+    app = FastAPI(title="tunelab", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, e: ApiError):
+        request.state.error = e.code or e.type
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        err = ApiError(e.status_code, str(e.detail), code="not_found" if e.status_code == 404 else None)
+        request.state.error = err.code
+        return JSONResponse(err.body(), status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, e: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse(ApiError(500, "internal server error", type="server_error").body(), status_code=500)
+
+    def authorize(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
+            raise ApiError(401, "missing or invalid API key (send Authorization: Bearer KEY)", code="invalid_api_key")
+
+    def lookup(name: str) -> ServedModel:
+        served = engine.models.get(name)
+        if served is None:
+            raise ApiError(404, f"model {name!r} is not served here (available: {', '.join(engine.models)})",
+                           param="model", code="model_not_found")
+        return served
+
+    def plan(prompt: str, requested: int | None, default: int, param: str) -> tuple[list[int], int]:
+        """Prompt ids and the number of tokens to generate, checked against the limit and the context."""
+        ids = engine.encode(prompt)
+        room = engine.context_length - len(ids)
+        if requested is not None and requested > max_tokens_limit:
+            raise ApiError(400, f"max_tokens: {requested} is above this server's limit of {max_tokens_limit}",
+                           param="max_tokens", code="max_tokens_exceeded")
+        if room <= 0 or (requested is not None and requested > room):
+            raise ApiError(400, f"this model's maximum context length is {engine.context_length} tokens; the prompt has "
+                           f"{len(ids)} tokens" + (f" and max_tokens asks for {requested} more" if requested else ""),
+                           param=param, code="context_length_exceeded")
+        return ids, requested if requested is not None else min(default, max_tokens_limit, room)
+
+    def settings_for(req, max_new: int) -> GenerationSettings:
+        return GenerationSettings(
+            max_new_tokens=max_new, do_sample=req.temperature > 0, temperature=req.temperature or 1.0, top_p=req.top_p,
+            batch_size=1, seed=req.seed if req.seed is not None else secrets.randbelow(2**31),
+        )
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        authorize(request)
+        return {"object": "list", "data": [_model_card(m, engine) for m in engine.models.values()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, request: Request):
+        authorize(request)
+        return _model_card(lookup(model_id), engine)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        authorize(request)
+        req: CompletionRequest = parse_request(await request.body(), CompletionRequest)
+        served = lookup(req.model)
+        request.state.model = served.id
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not prompts:
+            raise ApiError(400, "prompt: must not be empty", param="prompt")
+        jobs = [plan(p, req.max_tokens, DEFAULT_COMPLETION_TOKENS, "prompt") for p in prompts]
+        stop = req.stop_list()
+        rid, created = new_id("cmpl"), now()
+
+        def chunk(i: int, text: str, finish: str | None) -> dict[str, Any]:
+            return {"id": rid, "object": "text_completion", "created": created, "model": served.id,
+                    "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": finish}]}
+
+        if req.stream:
+            async def events():
+                gens = []
+                for i, (ids, max_new) in enumerate(jobs):
+                    async for piece, gen in _stream(engine, served, ids, settings_for(req, max_new), stop):
+                        if gen is None:
+                            yield sse(chunk(i, piece, None))
+                        else:
+                            gens.append(gen)
+                            yield sse(chunk(i, "", gen.finish_reason))
+                _record(request, gens)
+                if req.stream_options and req.stream_options.include_usage:
+                    yield sse({"id": rid, "object": "text_completion", "created": created, "model": served.id, "choices": [],
+                               "usage": _usage(gens)})
+                yield sse("[DONE]")
+
+            return _event_stream(events(), request)
+        gens = [await engine.generate(served, ids, settings_for(req, max_new), stop) for ids, max_new in jobs]
+        _record(request, gens)
+        return {"id": rid, "object": "text_completion", "created": created, "model": served.id,
+                "choices": [chunk(i, g.text, g.finish_reason)["choices"][0] for i, g in enumerate(gens)], "usage": _usage(gens)}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        authorize(request)
+        req: ChatRequest = parse_request(await request.body(), ChatRequest)
+        served = lookup(req.model)
+        request.state.model = served.id
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        try:
+            prompt = chat_prompt(messages, served.prompt, engine.tokenizer)
+        except TunelabError as e:
+            raise ApiError(400, e.message, param="messages") from None
+        except Exception as e:  # the chat template itself refused (e.g. roles must alternate)
+            raise ApiError(400, f"the model's chat template rejected the messages: {e}", param="messages") from None
+        ids, max_new = plan(prompt, req.max_completion_tokens or req.max_tokens, max_tokens_limit, "messages")
+        settings, stop = settings_for(req, max_new), req.stop_list()
+        rid, created = new_id("chatcmpl"), now()
+
+        def chunk(delta: dict[str, str], finish: str | None) -> dict[str, Any]:
+            return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": served.id,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+        if req.stream:
+            async def events():
+                yield sse(chunk({"role": "assistant", "content": ""}, None))
+                async for piece, gen in _stream(engine, served, ids, settings, stop):
+                    if gen is None:
+                        yield sse(chunk({"content": piece}, None))
+                    else:
+                        _record(request, [gen])
+                        yield sse(chunk({}, gen.finish_reason))
+                        if req.stream_options and req.stream_options.include_usage:
+                            yield sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": served.id,
+                                       "choices": [], "usage": _usage([gen])})
+                yield sse("[DONE]")
+
+            return _event_stream(events(), request)
+        gen = await engine.generate(served, ids, settings, stop)
+        _record(request, [gen])
+        return {"id": rid, "object": "chat.completion", "created": created, "model": served.id,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text}, "logprobs": None,
+                             "finish_reason": gen.finish_reason}],
+                "usage": _usage([gen])}
+
+    app.add_middleware(RequestLog)
+    return app
+
+
+async def _stream(engine: Engine, served: ServedModel, ids: list[int], settings: GenerationSettings, stop: list[str]):
+    """(text, None) pieces as they are generated, then ("", Generation) once done.
+
+    Text that could begin a stop sequence is held back until it is known not to; if the client
+    goes away, generation is cancelled at its next token.
+    """
+    from transformers import AsyncTextIteratorStreamer
+
+    streamer = AsyncTextIteratorStreamer(engine.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    cancel = threading.Event()
+    task = asyncio.ensure_future(engine.generate(served, ids, settings, stop, streamer=streamer, cancel=cancel))
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved below, or moot after a disconnect
+    trimmer = StopTrimmer(stop)
+    try:
+        async for text in streamer:
+            piece = trimmer.feed(text)
+            if piece:
+                yield piece, None
+        gen: Generation = await task
+        tail = trimmer.flush()
+        if tail:
+            yield tail, None
+        yield "", gen
+    finally:
+        cancel.set()
+
+
+def _event_stream(events, request: Request) -> StreamingResponse:
+    async def guarded():
+        try:
+            async for event in events:
+                yield event
+        except Exception as e:  # the 200 and earlier chunks are already sent: end the stream with an error event
+            log.exception("generation failed mid-stream")
+            request.state.error = "server_error"
+            yield sse(ApiError(500, f"generation failed: {type(e).__name__}", type="server_error").body())
+
+    return StreamingResponse(guarded(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _usage(gens: list[Generation]) -> dict[str, int]:
+    return usage(sum(g.prompt_tokens for g in gens), sum(g.completion_tokens for g in gens))
+
+
+def _record(request: Request, gens: list[Generation]) -> None:
+    request.state.prompt_tokens = sum(g.prompt_tokens for g in gens)
+    request.state.completion_tokens = sum(g.completion_tokens for g in gens)
+
+
+def _model_card(m: ServedModel, engine: Engine) -> dict[str, Any]:
+    base = next((x.id for x in engine.models.values() if x.adapter is None), None)
+    return {"id": m.id, "object": "model", "created": m.created, "owned_by": "tunelab",
+            "root": m.source, "parent": base if m.adapter is not None and base != m.id else None,
+            "max_model_len": engine.context_length}
+
+
+class RequestLog:
+    """ASGI middleware: one log line per request once its last byte is sent (streams included)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        state = scope.setdefault("state", {})
+        status = {"code": 500, "logged": False}
+
+        def line() -> None:
+            if status["logged"]:
+                return
+            status["logged"] = True
+            parts = [scope["method"], scope["path"], str(status["code"])]
+            for key in ("model", "prompt_tokens", "completion_tokens", "error"):
+                if key in state:
+                    parts.append(f"{key}={state[key]}")
+            parts.append(f"latency_ms={(time.perf_counter() - start) * 1000:.0f}")
+            log.info(" ".join(parts))
+
+        async def logged_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                line()
+
+        try:
+            await self.app(scope, receive, logged_send)
+        finally:
+            if not status["logged"]:
+                state.setdefault("error", "client_disconnected")
+                line()
+
+
+def configure_logging() -> None:
+    """Request lines to stderr with a timestamp (the CLI's setup; tests capture the logger instead)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def run_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+               max_tokens_limit: int = 1024, sock=None) -> None:
+    """Serve until SIGTERM / Ctrl-C: uvicorn stops taking connections, lets running requests finish
+    (10 s at most), then the engine cancels what is left."""
+    import uvicorn
+
+    config = uvicorn.Config(create_app(engine, api_key, max_tokens_limit), host=host, port=port, access_log=False,
+                            log_level="info", timeout_graceful_shutdown=10, lifespan="off")
+    server = uvicorn.Server(config)
+    # uvicorn shuts down gracefully on SIGTERM / SIGINT, then re-raises the signal to the handler that
+    # was there before it. A no-op SIGTERM handler (and catching the re-raised SIGINT) lets the
+    # engine close and the command exit 0 instead of dying by the signal after a clean shutdown.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: None) if main else None
+    try:
+        server.run(sockets=[sock] if sock is not None else None)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine.close()
+        if main:
+            signal.signal(signal.SIGTERM, previous)
