@@ -234,3 +234,35 @@ def test_runs_list_show_and_compare_read_run_directories(tmp_path):
     assert shown["reads"] == [{"ref": "x.jsonl", "type": "data source"}, {"ref": "tiny:llama-2l", "type": "base model"}]
     r = cli("runs", "show", "zzz", "--dir", str(tmp_path))
     assert r.exit_code == 2 and "no run directory of that name" in r.output
+
+
+def test_mlflow_registry_round_trip_and_wandb_offline_push(tmp_path):
+    from tunelab.tracking.artifacts import content_digest
+    from tunelab.tracking.wandb_offline import read_run
+
+    d = tmp_path / "tracking"
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(os.urandom(128))
+    (folder / "adapter_config.json").write_text("{}")
+    r = cli("artifacts", "push", str(folder), "--name", "m", "--type", "model", "--alias", "prod", "--store", "mlflow", "--dir", str(d))
+    assert r.exit_code == 0 and "mlflow:m:1 (latest, prod)" in r.output, r.output
+    (folder / "adapter_config.json").write_text('{"r": 8}')
+    assert "mlflow:m:2 (latest)" in cli("artifacts", "push", str(folder), "--name", "m", "--type", "model", "--store", "mlflow", "--dir", str(d)).output
+    listed = {x["ref"]: x for x in json.loads(cli("artifacts", "list", "--store", "mlflow", "--dir", str(d), "--json").output)}
+    assert listed["mlflow:m:2"]["aliases"] == ["latest"] and listed["mlflow:m:1"]["aliases"] == ["prod"]
+    assert listed["mlflow:m:2"]["digest"] == content_digest(folder)
+    out = tmp_path / "pulled"
+    assert cli("artifacts", "pull", "mlflow:m:prod", "--out", str(out), "--dir", str(d)).exit_code == 0
+    assert (out / "adapter_config.json").read_text() == "{}" and sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    r = cli("artifacts", "pull", "mlflow:m:7", "--dir", str(d))
+    assert r.exit_code == 2 and "'m' has no version or alias '7' (has: 1 (prod), 2)" in r.output
+    r = cli("artifacts", "push", str(folder), "--name", "ds", "--type", "dataset", "--store", "mlflow", "--dir", str(d))
+    assert r.exit_code == 2 and "registry holds models only" in r.output
+
+    r = cli("artifacts", "push", str(folder), "--name", "m", "--type", "model", "--alias", "prod", "--store", "wandb", "--dir", str(d))
+    assert r.exit_code == 0 and "wandb sync" in r.output, r.output
+    (run,) = (d / "wandb").glob("offline-run-*")
+    (art,) = read_run(run)["artifacts"]
+    assert (art["name"], art["type"], set(art["aliases"])) == ("m", "model", {"latest", "prod"})
+    assert art["metadata"]["tunelab_digest"] == content_digest(folder) and set(art["files"]) == {"adapter_config.json", "adapter_model.safetensors"}

@@ -36,6 +36,13 @@ def _fmt(x) -> str:
     return str(x)
 
 
+def _cell(x):
+    """A table cell shown as it is: `mlflow:m:2` must not turn into an emoji, nor `[x]` into markup."""
+    from rich.text import Text
+
+    return Text(x if isinstance(x, str) else _fmt(x))
+
+
 def _size(n: int | None) -> str:
     if n is None:
         return "-"
@@ -78,13 +85,19 @@ def register(app: typer.Typer) -> None:
             raise TunelabError(f"--type: {type_!r} is not dataset or model")
         if not path.exists():
             raise TunelabError(f"{path}: no such file or folder")
-        ArtifactRef.parse(f"{store}:{project}/{name}:{(alias or ['latest'])[0]}")  # validates name and alias
+        where = "" if store == "mlflow" else f"{project}/"
+        for a in alias or ["latest"]:
+            ArtifactRef.parse(f"{store}:{where}{name}:{a}")  # the same name and alias rules as references
         _quiet_libraries()
         d = _setup(tracking_dir, project, uri)
         digest = content_digest(path)
         meta = {"source": path.name, "files": 1 if path.is_file() else sum(1 for p in path.rglob("*") if p.is_file())}
         v = store_for(store, d, uri).push(ArtifactSpec(path.resolve(), name, type_, list(alias or []), meta, digest), project)
-        out.print(f"pushed [bold]{v.ref}[/] ({', '.join(v.aliases) or 'no aliases'}) digest {digest[:16]}", highlight=False)
+        if v.version == "offline":
+            out.print(f"logged W&B artifact {name} ({', '.join(v.aliases)}) digest {digest[:16]} offline in {v.producer_run}; "
+                      f"`wandb sync {v.producer_run}` uploads it and W&B numbers the version", highlight=False, emoji=False)
+            return
+        out.print(f"pushed [bold]{v.ref}[/] ({', '.join(v.aliases) or 'no aliases'}) digest {digest[:16]}", highlight=False, emoji=False)
 
     @artifacts_app.command("list")
     @user_errors
@@ -112,8 +125,8 @@ def register(app: typer.Typer) -> None:
         for col in ("reference", "type", "aliases", "digest", "size", "made by run"):
             t.add_column(col, overflow="fold")
         for v in versions:
-            t.add_row(v.ref, v.type, ", ".join(v.aliases), (v.digest or v.native_digest or "-")[:12], _size(v.size_bytes),
-                      v.producer_run or "-")
+            t.add_row(*map(_cell, (v.ref, v.type, ", ".join(v.aliases), (v.digest or v.native_digest or "-")[:12],
+                                   _size(v.size_bytes), v.producer_run or "-")))
         out.print(t)
 
     @artifacts_app.command("pull")
@@ -139,7 +152,7 @@ def register(app: typer.Typer) -> None:
             raise TunelabError(f"--out: {dest} exists and is not empty")
         shutil.copytree(got.path, dest, dirs_exist_ok=True)
         out.print(f"pulled [bold]{got.version.ref}[/] ({', '.join(got.version.aliases)}) to {dest} "
-                  f"digest {(got.version.digest or '-')[:16]}", highlight=False)
+                  f"digest {(got.version.digest or '-')[:16]}", highlight=False, emoji=False)
 
     @artifacts_app.command("show")
     @user_errors
@@ -162,14 +175,14 @@ def register(app: typer.Typer) -> None:
         if as_json:
             out.print_json(json.dumps(data, default=str))
             return
-        out.print(f"[bold]{v.ref}[/]  {v.type}  aliases: {', '.join(v.aliases) or '-'}", highlight=False)
-        out.print(f"digest {v.digest or '-'}  size {_size(v.size_bytes)}  created {v.created_at or '-'}", highlight=False)
+        out.print(f"[bold]{v.ref}[/]  {v.type}  aliases: {', '.join(v.aliases) or '-'}", highlight=False, emoji=False)
+        out.print(f"digest {v.digest or '-'}  size {_size(v.size_bytes)}  created {v.created_at or '-'}", highlight=False, emoji=False)
         for k, val in meta.items():
-            out.print(f"  {k}: {_fmt(val)}", highlight=False)
+            out.print(f"  {k}: {_fmt(val)}", highlight=False, emoji=False)
         out.print(f"made by run: {lineage.get('producer_run') or '-'}"
-                  + (f", which read {', '.join(lineage['producer_inputs'])}" if lineage.get("producer_inputs") else ""), highlight=False)
+                  + (f", which read {', '.join(lineage['producer_inputs'])}" if lineage.get("producer_inputs") else ""), highlight=False, emoji=False)
         if lineage.get("consumers"):
-            out.print(f"read by runs: {', '.join(lineage['consumers'])}", highlight=False)
+            out.print(f"read by runs: {', '.join(lineage['consumers'])}", highlight=False, emoji=False)
 
     @runs_app.command("list")
     @user_errors
@@ -190,7 +203,7 @@ def register(app: typer.Typer) -> None:
         for c in cols:
             t.add_column(c.replace("_", " "))
         for r in rows:
-            t.add_row(*(_fmt(r[c]) for c in cols))
+            t.add_row(*(_cell(_fmt(r[c])) for c in cols))
         out.print(t)
 
     @runs_app.command("show")
@@ -205,24 +218,24 @@ def register(app: typer.Typer) -> None:
         if as_json:
             out.print_json(json.dumps(info, default=str))
             return
-        out.print(f"[bold]{info['name']}[/]  {info['status']}  {info['path']}", highlight=False)
+        out.print(f"[bold]{info['name']}[/]  {info['status']}  {info['path']}", highlight=False, emoji=False)
         for k, v in info["summary"].items():
-            out.print(f"  {k}: {_fmt(v)}", highlight=False)
-        out.print("read:", highlight=False)
+            out.print(f"  {k}: {_fmt(v)}", highlight=False, emoji=False)
+        out.print("read:", highlight=False, emoji=False)
         for r in info["reads"]:
             extra = f" (asked as {r['requested']})" if r.get("requested") and r["requested"] != r["ref"] else ""
             out.print(f"  {r.get('type') or '-'}: {r['ref']}{extra}" + (f" digest {r['digest'][:12]}" if r.get("digest") else ""),
-                      highlight=False)
-        out.print("wrote:", highlight=False)
-        out.print(f"  files: {', '.join(info['files'])}", highlight=False)
+                      highlight=False, emoji=False)
+        out.print("wrote:", highlight=False, emoji=False)
+        out.print(f"  files: {', '.join(info['files'])}", highlight=False, emoji=False)
         for w in info["writes"]:
             out.print(f"  {w.get('type')}: {w.get('ref') or w.get('store') + ' ' + w.get('name', '') + ' (offline)'} "
-                      f"({', '.join(w.get('aliases', []))}) digest {(w.get('digest') or '-')[:12]}", highlight=False)
+                      f"({', '.join(w.get('aliases', []))}) digest {(w.get('digest') or '-')[:12]}", highlight=False, emoji=False)
         if info["trackers"]:
-            out.print("trackers:", highlight=False)
+            out.print("trackers:", highlight=False, emoji=False)
             for name, where in info["trackers"].items():
                 rest = ", ".join(f"{k} {v}" for k, v in where.items() if k != "active")
-                out.print(f"  {name}: {'active' if where.get('active') else 'off (failed)'}{', ' + rest if rest else ''}", highlight=False)
+                out.print(f"  {name}: {'active' if where.get('active') else 'off (failed)'}{', ' + rest if rest else ''}", highlight=False, emoji=False)
 
     @runs_app.command("compare")
     @user_errors
@@ -244,7 +257,7 @@ def register(app: typer.Typer) -> None:
             for name in res["runs"]:
                 t.add_column(name)
             for k, values in rows.items():
-                t.add_row(k, *(_fmt(v) for v in values))
+                t.add_row(_cell(k), *(_cell(_fmt(v)) for v in values))
             if not rows:
                 t.add_row("(none)", *("" for _ in res["runs"]))
             out.print(t)
@@ -270,7 +283,7 @@ def register(app: typer.Typer) -> None:
         done = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: done.set())  # a plain `kill` also stops the server cleanly
         url, stop = start(backend, d, project, port, uri)
-        out.print(f"{backend} dashboard: {url}", highlight=False, soft_wrap=True)
+        out.print(f"{backend} dashboard: {url}", highlight=False, emoji=False, soft_wrap=True)
         console.print("[dim]Ctrl-C stops it[/]")
         try:
             while not done.wait(0.5):

@@ -185,13 +185,14 @@ class MlflowStore:
             raise unknown(ref, names, None)
         try:
             if spec is None or spec == "latest":
-                mv = max(c.search_model_versions(f"name='{ref.name}'"), key=lambda m: int(m.version))
+                newest = max(c.search_model_versions(f"name='{ref.name}'"), key=lambda m: int(m.version))
+                mv = c.get_model_version(ref.name, newest.version)
             elif spec.lstrip("v").isdigit():
                 mv = c.get_model_version(ref.name, spec.lstrip("v"))
             else:
                 mv = c.get_model_version_by_alias(ref.name, spec)
         except Exception:  # noqa: BLE001 - MlflowException for an unknown version or alias
-            all_versions = c.search_model_versions(f"name='{ref.name}'")
+            all_versions = [c.get_model_version(ref.name, m.version) for m in c.search_model_versions(f"name='{ref.name}'")]
             raise unknown(ref, names, [f"{m.version}" + (f" ({', '.join(m.aliases)})" if m.aliases else "")
                                        for m in sorted(all_versions, key=lambda m: int(m.version))]) from None
         return self._version(mv)
@@ -209,21 +210,20 @@ class MlflowStore:
                                created_at=str(mv.creation_timestamp))
 
     def versions(self, project: str | None = None) -> list[ArtifactVersion]:
-        return [self._version(mv) for m in self.client.search_registered_models()
+        # search results leave aliases out; get_model_version has them
+        return [self._version(self.client.get_model_version(m.name, mv.version)) for m in self.client.search_registered_models()
                 for mv in sorted(self.client.search_model_versions(f"name='{m.name}'"), key=lambda v: -int(v.version))]
 
     def download(self, version: ArtifactVersion, dest: Path) -> None:
+        import tempfile
+
         mv = self.client.get_model_version(version.name, version.version)
         path = mv.source.split(f"runs:/{mv.run_id}/", 1)[-1]
-        got = Path(self.client.download_artifacts(mv.run_id, path, str(dest)))
-        # download_artifacts keeps the artifact's folder path; the cache wants the files at its top
-        for child in list(got.iterdir()):
-            child.rename(dest / child.name)
-        top = dest / path.split("/")[0]
-        if top.exists() and top != dest:
-            import shutil
-
-            shutil.rmtree(top)
+        with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+            got = Path(self.client.download_artifacts(mv.run_id, path, tmp))
+            # MLflow keeps the artifact's folder name; the cache wants the files at its top
+            for child in got.iterdir():
+                child.rename(dest / child.name)
 
     def push(self, spec: ArtifactSpec, project: str) -> ArtifactVersion:
         if spec.type != "model":

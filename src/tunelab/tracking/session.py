@@ -229,7 +229,7 @@ class Tracking:
             for o in outs:
                 if self.console is not None:
                     self.console.print(f"[bold]model artifact[/]: {o['ref'] or o['store'] + ' (offline: versioned on sync)'} "
-                                       f"({', '.join(o['aliases'])})", highlight=False)
+                                       f"({', '.join(o['aliases'])})", highlight=False, emoji=False)
         self._each("finish", redact(summary))
         self._write_where()
 

@@ -111,6 +111,9 @@ class WandbSink(Sink):
             return
         self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, int | float | str) and v is not None})
         self.run.finish(exit_code=0 if summary.get("status") == "completed" else 1)
+        import wandb
+
+        wandb.teardown()  # wait until the service has written everything; the run is over
 
 
 class WandbStore:
@@ -164,9 +167,11 @@ class WandbStore:
             sync_dir = run.settings.sync_dir
         finally:
             run.finish()
+            # finish() can return before W&B's service has written the last records; teardown waits for it
+            wandb.teardown()
         if mode == "online":
             art.wait(timeout=60)
         return ArtifactVersion(store="wandb", project=project, name=spec.name, type=spec.type,
-                               version=art.version if mode == "online" else "(offline: numbered by `wandb sync`)",
+                               version=art.version if mode == "online" else "offline",  # numbered by `wandb sync`
                                aliases=list(dict.fromkeys(["latest", *spec.aliases])), digest=spec.digest,
                                native_digest=art.digest, metadata=spec.metadata, producer_run=str(sync_dir))
