@@ -17,8 +17,11 @@ $(VENV)/.installed: pyproject.toml
 
 quickstart: setup
 	$(VENV)/bin/tunelab train examples/quickstart.yaml
+	$(VENV)/bin/tunelab eval runs/quickstart
+	$(VENV)/bin/tunelab report runs/quickstart -o runs/quickstart/report.html
 
 test: setup
+	scripts/ensure-chromium.sh
 	$(PY) -m pytest -q
 
 test-fast: setup

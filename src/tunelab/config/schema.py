@@ -165,6 +165,13 @@ class SamplesConfig(Section):
     seed: int = Field(0, description="Sampling seed (generation never touches the training RNG).")
 
 
+class EvalConfig(Section):
+    generation_metrics: bool = Field(
+        True, description="At every evaluation, score the sample answers (exact match, normalized exact match, "
+        "ROUGE-L, BLEU, chrF, answer length) into metrics.jsonl and the trackers, next to the loss."
+    )
+
+
 TRACKERS = ("trackio", "wandb", "mlflow", "tensorboard", "none")
 
 
@@ -213,7 +220,7 @@ class OutputConfig(Section):
 
 
 class RunConfig(Section):
-    """A whole run. Sections: model, quantization, adapter, data, prompt, training, samples, tracking, output."""
+    """A whole run. Sections: model, quantization, adapter, data, prompt, training, samples, eval, tracking, output."""
 
     model: ModelConfig
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
@@ -222,6 +229,7 @@ class RunConfig(Section):
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     samples: SamplesConfig = Field(default_factory=SamplesConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 

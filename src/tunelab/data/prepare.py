@@ -23,7 +23,7 @@ from tunelab.data.templates import render_segments
 from tunelab.data.validate import validate_rows
 from tunelab.errors import DataError
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 @dataclass
@@ -87,19 +87,22 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
-def tokenize_rows(raw: RawRows, cfg: RunConfig, tokenizer: Any) -> tuple[dict[str, list], Counter]:
-    """Render and tokenize rows into input_ids / labels; EOS ends every example."""
+def iter_tokenized(raw: RawRows, cfg: RunConfig, tokenizer: Any, counts: Counter, chunk: int = 1000):
+    """Yield batches {input_ids, labels} of rendered, tokenized rows; EOS ends every example.
+
+    Works a chunk of rows at a time (the tokenizer's Rust batch call), so memory stays bounded by
+    the chunk, not the data set. `counts` collects truncated / dropped examples by reason.
+    """
     max_len = cfg.training.max_length
     eos = tokenizer.eos_token_id
     bos = tokenizer.bos_token_id
     adds_bos = bos is not None and tokenizer("a").input_ids[:1] == [bos]
-    counts: Counter = Counter()
-    ids_out, labels_out = [], []
-    for start in range(0, len(raw.rows), 1000):
-        chunk = raw.rows[start : start + 1000]
-        segs = [render_segments(r, cfg.prompt, tokenizer) for r in chunk]
+    for start in range(0, len(raw.rows), chunk):
+        rows = raw.rows[start : start + chunk]
+        segs = [render_segments(r, cfg.prompt, tokenizer) for r in rows]
         flat = [t for s in segs for t, _ in s]
         enc = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+        ids_out, labels_out = [], []
         k = 0
         for s in segs:
             ids: list[int] = []
@@ -126,7 +129,35 @@ def tokenize_rows(raw: RawRows, cfg: RunConfig, tokenizer: Any) -> tuple[dict[st
                 continue
             ids_out.append(ids)
             labels_out.append(labels)
-    return {"input_ids": ids_out, "labels": labels_out}, counts
+        if ids_out:
+            yield {"input_ids": ids_out, "labels": labels_out}
+
+
+def tokenize_rows(raw: RawRows, cfg: RunConfig, tokenizer: Any) -> tuple[dict[str, list], Counter]:
+    """All rows tokenized in memory (small data, tests); `prepare_data` streams to disk instead."""
+    counts: Counter = Counter()
+    cols: dict[str, list] = {"input_ids": [], "labels": []}
+    for batch in iter_tokenized(raw, cfg, tokenizer, counts):
+        cols["input_ids"] += batch["input_ids"]
+        cols["labels"] += batch["labels"]
+    return cols, counts
+
+
+def write_arrow(raw: RawRows, cfg: RunConfig, tokenizer: Any, path: Path, counts: Counter) -> dict[str, int]:
+    """Tokenize `raw` into an Arrow file at `path`; returns examples, tokens and loss tokens written."""
+    from datasets.arrow_writer import ArrowWriter
+    from datasets.features import Features, Sequence, Value
+
+    features = Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32"))})
+    n = tokens = loss_tokens = 0
+    with ArrowWriter(features=features, path=str(path)) as writer:
+        for batch in iter_tokenized(raw, cfg, tokenizer, counts):
+            writer.write_batch(batch)
+            n += len(batch["input_ids"])
+            tokens += sum(len(x) for x in batch["input_ids"])
+            loss_tokens += sum(sum(1 for v in lab if v != -100) for lab in batch["labels"])
+        writer.finalize()
+    return {"examples": n, "tokens": tokens, "loss_tokens": loss_tokens}
 
 
 def cache_key(cfg: RunConfig, train: RawRows, test: RawRows, tokenizer: Any) -> str:
@@ -148,45 +179,37 @@ def default_cache_dir() -> Path:
 
 
 def prepare_data(cfg: RunConfig, tokenizer: Any, base_dir: Path | None = None) -> PreparedData:
-    """Validated, tokenized train/test datasets plus statistics, from the cache when possible."""
+    """Validated, tokenized train/test datasets plus statistics, from the cache when possible.
+
+    The tokenized splits are Arrow files, written a chunk at a time and memory-mapped on load.
+    """
     import datasets
 
     train, test, stats = load_splits(cfg, base_dir)
     cache_root = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
     entry = cache_root / cache_key(cfg, train, test, tokenizer)
-    if (entry / "stats.json").is_file():
-        cached = json.loads((entry / "stats.json").read_text())
-        test_ds = datasets.load_from_disk(str(entry / "test")) if (entry / "test").exists() else None
-        return PreparedData(datasets.load_from_disk(str(entry / "train")), test_ds, test.rows, cached, cache_hit=True)
-
-    train_cols, train_counts = tokenize_rows(train, cfg, tokenizer)
-    if not train_cols["input_ids"]:
-        raise DataError(f"{cfg.data.train.path}: every training example was dropped ({dict(train_counts)})")
-    test_cols, test_counts = tokenize_rows(test, cfg, tokenizer)
-    counts = train_counts + test_counts
-    train_ds = datasets.Dataset.from_dict(train_cols)
-    test_ds = datasets.Dataset.from_dict(test_cols) if test_cols["input_ids"] else None
-    n_tokens = sum(len(x) for x in train_cols["input_ids"])
-    stats.update(
-        train_examples=len(train_ds),
-        test_examples=len(test_ds) if test_ds is not None else 0,
-        train_tokens=n_tokens,
-        train_loss_tokens=sum(sum(1 for v in lab if v != -100) for lab in train_cols["labels"]),
-        **{k: v for k, v in counts.items()},
-    )
-    tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    train_ds.save_to_disk(str(tmp / "train"))
-    if test_ds is not None:
-        test_ds.save_to_disk(str(tmp / "test"))
-    (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
-    try:
-        tmp.replace(entry)
-    except OSError:  # another process filled the entry first; ours is identical
+    if not (entry / "stats.json").is_file():
+        tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-    return PreparedData(
-        datasets.load_from_disk(str(entry / "train")),
-        datasets.load_from_disk(str(entry / "test")) if test_ds is not None else None,
-        test.rows,
-        stats,
-    )
+        tmp.mkdir(parents=True)
+        counts: Counter = Counter()
+        tr = write_arrow(train, cfg, tokenizer, tmp / "train.arrow", counts)
+        if not tr["examples"]:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DataError(f"{cfg.data.train.path}: every training example was dropped ({dict(counts)})")
+        te = write_arrow(test, cfg, tokenizer, tmp / "test.arrow", counts)
+        stats.update(train_examples=tr["examples"], test_examples=te["examples"], train_tokens=tr["tokens"],
+                     train_loss_tokens=tr["loss_tokens"], **dict(counts))
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
+        try:
+            tmp.replace(entry)
+            hit = False
+        except OSError:  # another process filled the entry first; ours is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+            hit = True
+    else:
+        hit = True
+    cached = json.loads((entry / "stats.json").read_text())
+    train_ds = datasets.Dataset.from_file(str(entry / "train.arrow"))
+    test_ds = datasets.Dataset.from_file(str(entry / "test.arrow")) if cached["test_examples"] else None
+    return PreparedData(train_ds, test_ds, test.rows, cached, cache_hit=hit)

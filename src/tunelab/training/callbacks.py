@@ -115,8 +115,10 @@ class SamplesCallback(TrainerCallback):
     sink. Generation runs in `inference_mode`, which restores train mode and the RNG state.
     """
 
-    def __init__(self, run: RunDir, rows: list[dict], prompt_cfg, tokenizer, settings: GenerationSettings, sinks=None):
+    def __init__(self, run: RunDir, rows: list[dict], prompt_cfg, tokenizer, settings: GenerationSettings, sinks=None,
+                 generation_metrics: bool = False):
         self.run = run
+        self.generation_metrics = generation_metrics
         self.rows = rows
         self.prompts = [render_prompt(r, prompt_cfg, tokenizer) for r in rows]
         self.references = [reference(r, prompt_cfg) for r in rows]
@@ -141,11 +143,15 @@ class SamplesCallback(TrainerCallback):
         ]
         for rec in table:
             self.run.append_jsonl(self.run.samples, rec)
-        acc = exact_match(answers, self.references)
-        self.run.append_jsonl(self.run.metrics, {"step": step, "samples_exact_match": acc})
+        record = {"step": step, "samples_exact_match": exact_match(answers, self.references)}
+        if self.generation_metrics:  # quality curves next to the loss curves (config: eval.generation_metrics)
+            from tunelab.evaluation.metrics import generation_metrics
+
+            record.update({f"samples_{k}": v for k, v in generation_metrics(answers, self.references).items()})
+        self.run.append_jsonl(self.run.metrics, record)
         for sink in self.sinks:
             sink.log_samples(step, table)
-            sink.log_metrics({"step": step, "samples_exact_match": acc})
+            sink.log_metrics(record)
         return table
 
     def on_evaluate(self, args, state, control, model=None, **kw):

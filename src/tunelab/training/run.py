@@ -192,7 +192,8 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
     settings = GenerationSettings(**cfg.samples.model_dump(exclude={"enabled", "num_prompts", "at_start"}))
     samples_cb = None
     if cfg.samples.enabled and cfg.samples.num_prompts and data.test_rows:
-        samples_cb = SamplesCallback(run, data.test_rows[: cfg.samples.num_prompts], cfg.prompt, tokenizer, settings, sinks)
+        samples_cb = SamplesCallback(run, data.test_rows[: cfg.samples.num_prompts], cfg.prompt, tokenizer, settings, sinks,
+                                     generation_metrics=cfg.eval.generation_metrics)
     for cb in (metrics_cb, progress_cb, samples_cb):
         if cb is not None:
             trainer.add_callback(cb)

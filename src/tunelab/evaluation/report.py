@@ -1,0 +1,269 @@
+"""`tunelab report`: one self-contained HTML page comparing runs.
+
+The page has no scripts and loads nothing: CSS is inline and plots are base64 PNGs, so it opens
+from a mail attachment or an air-gapped machine. Jinja2 renders it with autoescaping on, because
+prompts and answers are arbitrary text. Whatever a run lacks (metrics, summary, evaluation) shows
+as a marked gap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tunelab.evaluation.metrics import direction
+from tunelab.evaluation.plots import all_curves
+from tunelab.evaluation.rundata import RunData, load_runs
+
+TEMPLATES = Path(__file__).parent / "templates"
+# shown in the "same in every run" table when equal; any key that differs is shown regardless
+KEY_SETTINGS = [
+    "model.name", "quantization.bits", "adapter.type", "adapter.r", "adapter.alpha", "adapter.dropout",
+    "adapter.target_modules", "data.train.path", "data.test_size", "data.train_rows", "prompt.format", "prompt.train_on",
+    "training.max_steps", "training.epochs", "training.learning_rate", "training.lr_scheduler", "training.batch_size",
+    "training.grad_accum", "training.max_length", "training.packing", "training.seed",
+]
+# config keys that name the run rather than describe it
+NOT_COMPARED = {"output.name", "output.overwrite", "tracking.run_name"}
+EVAL_ROWS = [
+    ("exact_match", "exact match", "pct"), ("normalized_exact_match", "normalized exact match", "pct"),
+    ("rougeL", "ROUGE-L F1", "{:.3f}"), ("bleu", "BLEU", "{:.1f}"), ("chrf", "chrF", "{:.1f}"),
+    ("loss", "loss (response tokens)", "{:.4f}"), ("perplexity", "perplexity", "{:.2f}"),
+    ("answer_words", "answer length (words)", "{:.2f}"),
+]
+
+
+def fmt(value: Any, how: str) -> str:
+    if value is None:
+        return ""
+    if how == "pct":
+        return f"{value:.1%}"
+    return how.format(value)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def config_tables(runs: list[RunData]) -> tuple[list[dict], list[dict]]:
+    """(settings that differ between runs, key settings equal in all of them)."""
+    flat = [flatten(r.config) for r in runs]
+    keys = sorted({k for f in flat for k in f} - NOT_COMPARED)
+    missing = object()
+    differ, same = [], []
+    for k in keys:
+        values = [f.get(k, missing) for f in flat]
+        cells = ["(not set)" if v is missing else show(v) for v in values]
+        if len(set(cells)) > 1:
+            differ.append({"key": k, "cells": cells})
+        elif k in KEY_SETTINGS:
+            same.append({"key": k, "value": cells[0]})
+    same.sort(key=lambda row: KEY_SETTINGS.index(row["key"]))
+    return differ, same
+
+
+def metric_row(label: str, key: str, values: list[float | None], how: str, notes: list[str] | None = None) -> dict:
+    """A table row: formatted cells, the best one(s) marked when two or more runs have a value."""
+    d = direction(key)
+    present = [v for v in values if v is not None]
+    best = (max(present) if d > 0 else min(present)) if d and len(present) > 1 and len(set(present)) > 1 else None
+    cells = [{"text": fmt(v, how), "gap": v is None, "best": best is not None and v == best, "note": (notes or [""] * len(values))[i]}
+             for i, v in enumerate(values)]
+    return {"label": label, "cells": cells}
+
+
+def metrics_tables(runs: list[RunData]) -> tuple[list[dict], list[dict]]:
+    """(rows from eval.json with the base model beside each value, rows from training)."""
+    eval_rows = []
+    if any(r.eval for r in runs):
+        for key, label, how in EVAL_ROWS:
+            values, notes = [], []
+            for r in runs:
+                models = r.eval.get("models", {})
+                values.append(models.get("target", {}).get("metrics", {}).get(key))
+                base = models.get("baseline", {}).get("metrics", {}).get(key)
+                notes.append(f"base {fmt(base, how)}" if base is not None else "")
+            if any(v is not None for v in values):
+                eval_rows.append(metric_row(label, key, values, how, notes))
+    train_rows = [
+        metric_row("final train loss", "final_train_loss",
+                   [r.summary.get("final_train_loss", r.last("loss")) for r in runs], "{:.4f}"),
+        metric_row("final eval loss", "final_eval_loss",
+                   [r.summary.get("final_eval_loss", r.last("eval_loss")) for r in runs], "{:.4f}"),
+        metric_row("sample exact match, before training", "before_training",  # a starting point, not a result
+                   [r.summary.get("samples_exact_match_before") for r in runs], "pct"),
+        metric_row("sample exact match, last evaluation", "samples_exact_match",
+                   [r.summary.get("samples_exact_match_after", r.last("samples_exact_match")) for r in runs], "pct"),
+        metric_row("sample ROUGE-L, last evaluation", "samples_rougeL", [r.last("samples_rougeL") for r in runs], "{:.3f}"),
+        metric_row("sample chrF, last evaluation", "samples_chrf", [r.last("samples_chrf") for r in runs], "{:.1f}"),
+    ]
+    train_rows = [row for row in train_rows if not all(c["gap"] for c in row["cells"])]
+    return eval_rows, train_rows
+
+
+def metadata_rows(runs: list[RunData]) -> list[dict]:
+    """Rows of run facts (duration, hardware, memory, data, base model); a row no run has is left out."""
+    per_run = [_metadata(r) for r in runs]
+    labels = list(dict.fromkeys(k for m in per_run for k in m))
+    rows = []
+    for label in labels:
+        cells = [m.get(label, "") for m in per_run]
+        if any(cells):
+            rows.append({"label": label, "cells": [{"text": c, "gap": not c} for c in cells]})
+    return rows
+
+
+def _metadata(r: RunData) -> dict[str, str]:
+    s = r.summary
+
+    def num(key: str, unit: str = "", digits: int = 0) -> str:
+        v = s.get(key)
+        return f"{v:,.{digits}f}{unit}" if isinstance(v, int | float) else ""
+
+    params = s.get("parameters") or {}
+    memory = [x for x in (num("peak_rss_mb", " MB RSS"), num("peak_gpu_mb", " MB GPU")) if x]
+    return {
+        "status": str(s.get("status", "")),
+        "steps": num("steps"),
+        "wall time": num("wall_time_s", " s", 1),
+        "training time": num("train_time_s", " s", 1),
+        "training tokens/s": num("tokens_per_s"),
+        "device": str(s.get("device", "")),
+        "host": str(s.get("host", "")),
+        "peak memory": ", ".join(memory),
+        "base model": str(s.get("base_model") or r.config.get("model", {}).get("name", "")),
+        "adapter": _adapter(r),
+        "trainable parameters": f"{params['trainable']:,} of {params['total']:,}" if "trainable" in params else "",
+        "data": _data(r),
+        "data version": _data_version(r),
+        "evaluated": f"{r.eval.get('created', '')} on {r.eval.get('data', {}).get('examples', '?')} examples" if r.eval else "",
+    }
+
+
+def _adapter(r: RunData) -> str:
+    a, q = r.config.get("adapter", {}), r.config.get("quantization", {})
+    if not a:
+        return ""
+    text = "full fine-tune" if a.get("type") == "none" else f"LoRA r={a.get('r')} alpha={a.get('alpha')}"
+    return text + (f", {q['bits']}-bit base" if q.get("bits") else "")
+
+
+def _data(r: RunData) -> str:
+    train = r.config.get("data", {}).get("train", {})
+    stats = r.summary.get("data", {})
+    text = str(train.get("path", ""))
+    if train.get("revision"):
+        text += f"@{train['revision']}"
+    if stats.get("train_rows") is not None:
+        text += f" ({stats['train_rows']:,} train / {stats.get('test_rows', 0):,} test rows)"
+    return text
+
+
+def _data_version(r: RunData) -> str:
+    """The dataset artifact versions the run read (lineage.json), with their content digests."""
+    inputs = [i for i in r.lineage.get("inputs", []) if isinstance(i, dict) and i.get("type") == "dataset"]
+    return ", ".join(f"{i.get('ref', i.get('name', '?'))} (sha256 {str(i.get('digest', ''))[:12]})" for i in inputs)
+
+
+def sample_sections(runs: list[RunData], max_prompts: int) -> list[dict]:
+    """For each sample prompt: the reference and a table of answers, steps down, runs across."""
+    by_prompt: dict[str, dict[str, Any]] = {}
+    for i, r in enumerate(runs):
+        for s in r.samples:
+            p = s.get("prompt")
+            if not isinstance(p, str):
+                continue
+            entry = by_prompt.setdefault(p, {"reference": s.get("reference", ""), "answers": {}})
+            entry["answers"][(f"step {s.get('step')}", i)] = s.get("generation", "")
+        for s in r.eval_samples:
+            p = s.get("prompt")
+            if p in by_prompt or (isinstance(p, str) and not r.samples):
+                entry = by_prompt.setdefault(p, {"reference": s.get("reference", ""), "answers": {}})
+                for role, label in (("target", "tunelab eval"), ("baseline", "tunelab eval: base")):
+                    if role in s.get("answers", {}):
+                        entry["answers"][(label, i)] = s["answers"][role]
+    prompts = list(by_prompt)[:max_prompts]
+    prefix = _shared_prefix(prompts)
+    sections = []
+    for p in prompts:
+        entry = by_prompt[p]
+        labels = list(dict.fromkeys(label for label, _ in entry["answers"]))
+        labels.sort(key=_row_order)
+        rows = []
+        for label in labels:
+            cells = []
+            for i in range(len(runs)):
+                answer = entry["answers"].get((label, i))
+                cells.append({"text": answer if answer is not None else "", "gap": answer is None,
+                              "correct": answer is not None and answer.strip() == str(entry["reference"]).strip()})
+            rows.append({"label": label, "cells": cells})
+        sections.append({"prompt": p[len(prefix):], "full_prompt": p, "reference": entry["reference"], "rows": rows})
+    return sections
+
+
+def _row_order(label: str) -> tuple[int, int]:
+    if label.startswith("step "):
+        step = label.removeprefix("step ")
+        return (0, int(step) if step.isdigit() else 0)
+    return (1, 0 if label == "tunelab eval" else 1)
+
+
+def _shared_prefix(prompts: list[str]) -> str:
+    """The boilerplate every prompt starts with (a template's preamble), cut at a line end."""
+    if len(prompts) < 2:
+        return ""
+    prefix = os.path.commonprefix(prompts)
+    prefix = prefix[: prefix.rfind("\n") + 1]
+    return prefix if len(prefix) > 20 and all(len(p) > len(prefix) for p in prompts) else ""
+
+
+def build_context(runs: list[RunData], max_prompts: int) -> dict[str, Any]:
+    differ, same = config_tables(runs)
+    eval_rows, train_rows = metrics_tables(runs)
+    return {
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "runs": runs,
+        "differ": differ,
+        "same": same,
+        "eval_rows": eval_rows,
+        "train_rows": train_rows,
+        "plots": all_curves(runs),
+        "samples": sample_sections(runs, max_prompts),
+        "metadata": metadata_rows(runs),
+    }
+
+
+def render(context: dict[str, Any]) -> str:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True, undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True)
+    return env.get_template("report.html.j2").render(**context)
+
+
+def write_report(paths: list[str | Path], output: str | Path, max_prompts: int = 12) -> dict[str, Any]:
+    """Render the report for `paths` into `output` (written to a temporary name, then renamed).
+
+    Returns the size written and the gaps found (run: what is missing)."""
+    runs = load_runs(paths)
+    html = render(build_context(runs, max_prompts))
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(out)
+    return {"bytes": len(html.encode()), "gaps": [f"{r.name}: {g}" for r in runs for g in r.gaps if g.startswith("no metrics")]}

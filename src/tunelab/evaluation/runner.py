@@ -1,0 +1,251 @@
+"""`tunelab eval`: a target and its baseline on the same held-out prompts, with the same settings.
+
+For each model: the loss and perplexity on the reference answers (response tokens only, masked as
+in training) and the generation metrics of its greedy (or configured) answers. A LoRA target's
+baseline is its own base model, reached with PEFT's `disable_adapter()` so the weights are loaded
+once and quantized exactly as in training; `--baseline` names any other target instead.
+Results go to eval.json (aggregates) and eval_samples.jsonl (one line per example).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tunelab.data.prepare import tokenize_rows
+from tunelab.errors import TunelabError
+from tunelab.evaluation.data import EvalRows, check_args, load_eval_rows
+from tunelab.evaluation.metrics import example_scores, generation_metrics
+from tunelab.inference.generate import GenerationSettings, generate_batch
+from tunelab.inference.target import Target, load_target, resolve_target
+
+SAMPLES_FILE = "eval_samples.jsonl"
+RESULTS_FILE = "eval.json"
+
+
+@dataclass
+class ModelResult:
+    """One evaluated model: what it is, its answers and scores."""
+
+    role: str  # "target" or "baseline"
+    label: str
+    spec: str  # what was loaded: a path, a hub id, or "<base> (adapter disabled)"
+    answers: list[str] = field(default_factory=list)
+    scores: list[dict[str, float]] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EvalResult:
+    summary: dict[str, Any]
+    models: list[ModelResult]
+    out_dir: Path
+
+
+def response_loss(model, tokenizer, rows: EvalRows, batch_size: int) -> dict[str, float]:
+    """Mean cross-entropy per response token (the training mask) and its exponential, the perplexity."""
+    import torch
+    import torch.nn.functional as F
+
+    cols, _ = tokenize_rows(rows.raw, rows.cfg, tokenizer)
+    examples = sorted(zip(cols["input_ids"], cols["labels"]), key=lambda e: -len(e[0]))
+    if not examples:
+        return {}
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            width = max(len(ids) for ids, _ in chunk)
+            ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, (x, y) in enumerate(chunk):
+                ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            # token t predicts token t+1; summing (not averaging per batch) weights every response token equally
+            shifted = labels[:, 1:].to(device)
+            total += F.cross_entropy(logits[:, :-1].transpose(1, 2), shifted, ignore_index=-100, reduction="sum").item()
+            count += int((shifted != -100).sum())
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+
+
+def settings_for(target: Target, max_new_tokens: int | None, batch_size: int | None) -> GenerationSettings:
+    """A run's sample-generation settings (what training used), else the defaults; CLI values win."""
+    s = GenerationSettings()
+    if target.config is not None:
+        s = GenerationSettings(**target.config.samples.model_dump(exclude={"enabled", "num_prompts", "at_start"}))
+    if max_new_tokens is not None:
+        s.max_new_tokens = max_new_tokens
+    if batch_size is not None:
+        s.batch_size = batch_size
+    return s
+
+
+def _score(result: ModelResult, model, tokenizer, rows: EvalRows, prompts, references, settings, loss_batch, progress) -> None:
+    task = progress.add_task(result.label, total=len(prompts)) if progress is not None else None
+    on_batch = (lambda n: progress.advance(task, n)) if progress is not None else None
+    result.answers = generate_batch(model, tokenizer, prompts, settings, on_batch=on_batch)
+    result.scores = [example_scores(a, r) for a, r in zip(result.answers, references, strict=True)]
+    result.metrics = {**response_loss(model, tokenizer, rows, loss_batch),
+                      **generation_metrics(result.answers, references, result.scores)}
+
+
+def _release_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def auto_baseline(target: Target) -> Target | None:
+    """The model a target is compared with when no --baseline is given: the base it was tuned from."""
+    if target.adapter is not None:
+        return None  # reached through disable_adapter(), see evaluate()
+    if target.config is not None:  # a full fine-tune: its base is another set of weights
+        return Target(target.config.model.name, base=target.config.model.name, prompt=target.prompt, config=target.config)
+    return None
+
+
+def run_step(target: Target) -> int | None:
+    """The training step of a run target's weights (final/ or step-NNNNNN/), when known."""
+    weights = target.adapter if target.adapter is not None else Path(target.base)
+    marker = weights / "tunelab_final.json"
+    if marker.is_file():
+        return json.loads(marker.read_text()).get("step")
+    name = weights.name
+    return int(name.removeprefix("step-")) if name.startswith("step-") and name[5:].isdigit() else None
+
+
+def evaluate(
+    target_text: str,
+    data: str | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    baseline: str | None = None,
+    use_baseline: bool = True,
+    out_dir: str | Path | None = None,
+    max_new_tokens: int | None = None,
+    batch_size: int | None = None,
+    console=None,
+    sinks: list[Any] | None = None,
+) -> EvalResult:
+    """Evaluate a target (and its baseline) and write eval.json + eval_samples.jsonl atomically.
+
+    The baseline is `baseline` when given, else the target's base model when there is one
+    (`use_baseline=False`: none). `sinks` (tracker clients) get `log_metrics(record)` with the
+    aggregates as `eval/<metric>` and `eval/baseline/<metric>` at the run's step, and
+    `log_samples(step, rows)` with one row per example and model.
+    """
+    t0 = time.perf_counter()
+    target = resolve_target(target_text)
+    check_args(target, data, split)
+    base_target = resolve_target(baseline) if baseline else None
+    out = Path(out_dir) if out_dir is not None else target.run_dir
+    if out is None:
+        raise TunelabError(f"{target_text}: not a run directory; say where to write eval.json", hint="pass --out DIR")
+    rows = load_eval_rows(target, data, split, limit)
+    settings = settings_for(target, max_new_tokens, batch_size)
+    loss_batch = (target.config.training.eval_batch_size or target.config.training.batch_size) if target.config else 8
+
+    model, tokenizer = load_target(target)
+    prompts, references = rows.prompts(tokenizer), rows.references()
+    label = target.run_dir.name if target.run_dir is not None else _short(target_text)
+    models = [ModelResult("target", label, str(target.adapter or target.base))]
+    if use_baseline and base_target is None and target.adapter is not None:
+        models.append(ModelResult("baseline", f"base ({_short(target.config.model.name if target.config else target.base)})",
+                                  f"{target.base} (adapter disabled)"))
+    elif use_baseline:
+        base_target = base_target or auto_baseline(target)
+        if base_target is not None:
+            models.append(ModelResult("baseline", f"baseline ({_short(base_target.text)})", str(base_target.adapter or base_target.base)))
+
+    with _progress(console) as progress:
+        _score(models[0], model, tokenizer, rows, prompts, references, settings, loss_batch, progress)
+        if len(models) > 1:
+            if base_target is None:  # the same weights with the LoRA layers switched off
+                with model.disable_adapter():
+                    _score(models[1], model, tokenizer, rows, prompts, references, settings, loss_batch, progress)
+            else:  # two sets of weights need not fit in memory together
+                del model
+                _release_memory()
+                model, base_tok = load_target(base_target)
+                _score(models[1], model, base_tok, rows, prompts, references, settings, loss_batch, progress)
+    del model
+    _release_memory()
+
+    summary = _summary(target, rows, settings, models, time.perf_counter() - t0)
+    _write(out, summary, prompts, references, models)
+    step = summary["step"] or 0
+    for sink in sinks or []:
+        record = {"step": step}
+        for m in models:
+            prefix = "eval/" if m.role == "target" else "eval/baseline/"
+            record.update({prefix + k: v for k, v in m.metrics.items()})
+        sink.log_metrics(record)
+        # the training sample table's shape (what sinks render), the model named in the settings column
+        sink.log_samples(step, [
+            {"step": step, "prompt": p, "generation": m.answers[i], "reference": r,
+             "settings": {**settings.as_dict(), "model": m.label}}
+            for m in models for i, (p, r) in enumerate(zip(prompts, references, strict=True))
+        ])
+    return EvalResult(summary, models, out)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else "..." + text[-37:]
+
+
+def _progress(console):
+    if console is None:
+        return nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("examples"), TimeElapsedColumn(), console=console, transient=False)
+
+
+def _summary(target: Target, rows: EvalRows, settings, models: list[ModelResult], seconds: float) -> dict[str, Any]:
+    refs = rows.references()
+    summary: dict[str, Any] = {
+        "target": target.text,
+        "step": run_step(target) if target.run_dir is not None else None,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "data": {"source": rows.source, "split": rows.split, "examples": len(rows.rows),
+                 "prompt_format": rows.cfg.prompt.format, "reference_words": sum(len(r.split()) for r in refs) / len(refs)},
+        "generation": settings.as_dict(),
+        "models": {m.role: {"label": m.label, "model": m.spec, "metrics": m.metrics} for m in models},
+        "time_s": round(seconds, 2),
+    }
+    if len(models) > 1:
+        a, b = models[0].metrics, models[1].metrics
+        summary["difference"] = {k: a[k] - b[k] for k in a if k in b}
+    return summary
+
+
+def _sample_records(prompts, references, models: list[ModelResult]) -> list[dict[str, Any]]:
+    return [
+        {"index": i, "prompt": p, "reference": r,
+         "answers": {m.role: m.answers[i] for m in models}, "scores": {m.role: m.scores[i] for m in models}}
+        for i, (p, r) in enumerate(zip(prompts, references, strict=True))
+    ]
+
+
+def _write(out: Path, summary, prompts, references, models) -> None:
+    """Both files are written to temporary names and renamed, so a reader never sees half of one."""
+    out.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in _sample_records(prompts, references, models))
+    for name, text in ((SAMPLES_FILE, lines), (RESULTS_FILE, json.dumps(summary, indent=2))):
+        tmp = out / f"{name}.tmp{os.getpid()}"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out / name)
