@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from conftest import run_cli
-from inference_support import RUN_NAME, trained_run
+from inference_support import RUN_NAME, one_torch_thread, trained_run  # noqa: F401 (autouse fixture)
 
 from tunelab.config.schema import PromptConfig
 from tunelab.errors import TunelabError
@@ -20,15 +20,6 @@ from tunelab.errors import TunelabError
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     return trained_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: intra-op threads only add contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _answer(target_text: str, instruction: str, input: str = "", max_new_tokens: int = 12) -> str:

@@ -19,21 +19,12 @@ import openai
 import pytest
 import torch
 
-from inference_support import RUN_NAME, free_port, running_server, trained_run
+from inference_support import RUN_NAME, free_port, one_torch_thread, running_server, trained_run  # noqa: F401 (autouse fixture)
 
 BASE_ID = "tiny:llama-2l"
 MODEL_IDS = [BASE_ID, RUN_NAME, "early"]
 PROMPT = "Below is an instruction.\n\n### Instruction:\nAdd 2 and 3.\n\n### Response:\n"
 MESSAGES = [{"role": "user", "content": "Reverse the order of the words: cat dog sun"}]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: intra-op threads only add contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -133,7 +133,9 @@ class TrainingConfig(Section):
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0: off).")
     optimizer: str = Field("adamw_torch", description="transformers optimizer name, e.g. adamw_torch, paged_adamw_8bit.")
     precision: DType = Field("auto", description="Mixed precision: auto = bf16 where supported, else fp16 on GPU, fp32.")
-    gradient_checkpointing: bool = Field(True, description="Recompute activations in backward to save memory.")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="Recompute activations in backward to save memory; auto: only when the memory plan needs it."
+    )
     packing: bool = Field(True, description="Pack examples into max_length rows (no cross-attention between them).")
     max_length: int = Field(1024, gt=0, description="Tokens per (packed) sequence.")
     logging_steps: int = Field(1, gt=0, description="Log training metrics every N steps.")

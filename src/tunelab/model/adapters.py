@@ -31,6 +31,9 @@ def apply_adapter(model: Any, cfg: AdapterConfig, quantized: bool, gradient_chec
         return model
     from peft import get_peft_model, prepare_model_for_kbit_training
 
+    if cfg.use_dora and getattr(model, "is_loaded_in_8bit", False) and model.device.type == "cpu":
+        # PEFT's DoRA reads int8 scale constants that bitsandbytes' CPU backend does not keep (seen: bnb 0.50)
+        raise ConfigError(["adapter.use_dora: DoRA on an 8-bit model does not work on the CPU; use 4-bit or no quantization"])
     if quantized:
         model = prepare_model_for_kbit_training(
             model,

@@ -16,9 +16,10 @@ from tunelab.config.schema import RunConfig
 from tunelab.errors import TunelabError
 
 GIB = 2**30
-# Resident set of a process that has imported torch, transformers, TRL, PEFT and bitsandbytes and
-# holds a tokenizer and a small dataset (measured here: ~600-650 MB on the CPU).
-CPU_PROCESS_OVERHEAD = 650 * 2**20
+# Resident set of a training process beyond the model: torch, transformers, TRL, PEFT, bitsandbytes
+# and the trackers imported, a tokenizer, the data, the trainer (calibrated on W1 / W2, see
+# docs/performance.md: ~900 MB on the CPU).
+CPU_PROCESS_OVERHEAD = 900 * 2**20
 GPU_ALLOCATOR_SLACK = 0.08  # caching-allocator fragmentation, as a share of the rest
 
 
@@ -65,7 +66,9 @@ def estimate(cfg: RunConfig, device: str, checkpointing: bool | None = None, bat
     on_gpu = device.startswith("cuda")
     wdtype = cfg.model.dtype if cfg.model.dtype != "auto" else ("bf16" if on_gpu else "fp32")
     prec = cfg.training.precision if cfg.training.precision != "auto" else ("bf16" if on_gpu else "fp32")
-    act_b = _bytes(prec if prec != "fp32" else wdtype)
+    # CPU autocast casts matmul inputs only: the residual stream, norms and saved tensors stay fp32
+    # (measured: W2's peak moved by 3% between bf16 and fp32), so CPU activations count 4 bytes.
+    act_b = _bytes(prec if prec != "fp32" else wdtype) if on_gpu else _bytes(wdtype)
     q = cfg.quantization.bits
     lora = cfg.adapter.type == "lora"
     targets = cfg.adapter.target_modules
@@ -122,8 +125,12 @@ def estimate(cfg: RunConfig, device: str, checkpointing: bool | None = None, bat
     vocab = mcfg.vocab_size
     logits = tokens * vocab * (act_b + 4 + 4)  # logits, their fp32 copy for the loss, and its gradient
 
+    unquantized = sum(p.numel() for p in model.parameters()) * _bytes(wdtype)
     parts = {
         "weights": weights,
+        # on the CPU the memory-mapped safetensors file stays resident next to the loaded tensors, and
+        # bf16 autocast keeps a bf16 copy of every unquantized weight it multiplies
+        "weight_file_and_casts": 0.0 if on_gpu else unquantized * (1 if q else 1 + (prec == "bf16") * 0.5),
         "adapter": adapter_bytes,
         "gradients": grads,
         "optimizer": optim,

@@ -23,7 +23,7 @@ from tunelab.inference.generate import GenerationSettings
 from tunelab.model.adapters import apply_adapter, parameter_report
 from tunelab.model.loading import device_for, load_model, load_tokenizer, resolve_model_path
 from tunelab.training.callbacks import MetricsCallback, ProgressCallback, SamplesCallback, exact_match
-from tunelab.training.rundir import RunDir, prepare_run_dir, rotate_checkpoints, step_dir_name
+from tunelab.training.rundir import RunDir, check_run_dir, prepare_run_dir, rotate_checkpoints, step_dir_name
 
 
 def precision_flags(cfg: RunConfig, device: str) -> dict[str, bool]:
@@ -41,7 +41,7 @@ def precision_flags(cfg: RunConfig, device: str) -> dict[str, bool]:
     return {"bf16": p == "bf16", "fp16": p == "fp16"}
 
 
-def sft_config(cfg: RunConfig, run: RunDir, device: str, has_test: bool):
+def sft_config(cfg: RunConfig, run: RunDir, device: str, has_test: bool, checkpointing: bool):
     from trl import SFTConfig
 
     t = cfg.training
@@ -61,8 +61,8 @@ def sft_config(cfg: RunConfig, run: RunDir, device: str, has_test: bool):
         optim=t.optimizer,
         use_cpu=not device.startswith("cuda"),
         **precision_flags(cfg, device),
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         logging_strategy="steps",
         logging_steps=t.logging_steps,
         eval_strategy="steps" if evaluate else "no",
@@ -148,11 +148,11 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
     model_path = resolve_model_path(init.base if init is not None else cfg.model.name)
     tokenizer = load_tokenizer(cfg.model, model_path)
     data = prepare_data(cfg, tokenizer, base_dir)
-    run = prepare_run_dir(cfg.output.dir, cfg.output.name or "run", resume=resume, overwrite=cfg.output.overwrite)
+    run_name = cfg.output.name or "run"
+    run = check_run_dir(cfg.output.dir, run_name, resume=resume, overwrite=cfg.output.overwrite)
     if resume and run.is_complete():
         raise TunelabError(f"{run.path} already finished (final/ exists); nothing to resume")
     checkpoint = _resume_point(cfg, run) if resume else None
-    save_config(cfg, run.config)
     console.print(f"[bold]data[/]: {data.stats['train_examples']} train / {data.stats['test_examples']} test examples, "
                   f"{data.stats['train_tokens']:,} train tokens{' (cache hit)' if data.cache_hit else ''}")
 
@@ -160,17 +160,28 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
 
     set_seed(cfg.training.seed)  # the adapter's initialisation is part of the run's reproducibility
     model = load_model(cfg.model, cfg.quantization, tokenizer, model_path)
-    model = apply_adapter(model, cfg.adapter, cfg.quantization.bits is not None, cfg.training.gradient_checkpointing)
+    checkpointing = cfg.training.gradient_checkpointing
+    if checkpointing == "auto":
+        from tunelab.perf.plan import decide_checkpointing
+
+        checkpointing = decide_checkpointing(cfg, device)
+    model = apply_adapter(model, cfg.adapter, cfg.quantization.bits is not None, checkpointing)
     if init is not None and init.adapter is not None:
         load_adapter_weights(model, init.adapter)  # continue the artifact's adapter
+    # the model and adapter loaded: only now is the run directory created (or replaced)
+    run = prepare_run_dir(cfg.output.dir, run_name, resume=resume, overwrite=cfg.output.overwrite)
+    save_config(cfg, run.config)
     params = parameter_report(model)
+    from tunelab.perf.flops import flops_per_token, mean_attended_context
+
+    flops = flops_per_token(model, mean_attended_context([len(x) for x in data.train["input_ids"]]))
     console.print(f"[bold]model[/]: {cfg.model.name} ({params['total']:,} params, {params['trainable']:,} trainable = {params['trainable_pct']}%)"
                   f"{', ' + str(cfg.quantization.bits) + '-bit' if cfg.quantization.bits else ''}, device {device}")
 
     trainer_cls = make_trainer_class()
     trainer = trainer_cls(
         model=model,
-        args=sft_config(cfg, run, device, data.test is not None),
+        args=sft_config(cfg, run, device, data.test is not None, checkpointing),
         train_dataset=data.train,
         eval_dataset=data.test,
         processing_class=tokenizer,
@@ -242,6 +253,7 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
         "device": device,
         "host": platform.node(),
         "steps": trainer.state.global_step,
+        "gradient_checkpointing": checkpointing,
         "resumed_from": str(checkpoint) if checkpoint else None,
         "wall_time_s": round(time.perf_counter() - t_start, 2),
         "train_time_s": round(train_s, 2),
@@ -249,6 +261,8 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
         "sample_time_s": round(sample_s, 2),
         "train_tokens": tokens,
         "tokens_per_s": round(tokens / pure_train_s, 1),
+        "model_flops_per_token": flops.per_token,
+        "achieved_tflops": round(flops.per_token * tokens / pure_train_s / 1e12, 5),
         **peak_memory_mb(device),
         "final_train_loss": train_losses[-1] if train_losses else None,
         "final_eval_loss": eval_losses[-1] if eval_losses else None,

@@ -62,21 +62,24 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
-def prepare_run_dir(root: str | Path, name: str, resume: bool, overwrite: bool) -> RunDir:
-    """Pick the run directory: reuse it to resume, replace it with overwrite, else refuse to clobber."""
+def check_run_dir(root: str | Path, name: str, resume: bool, overwrite: bool) -> RunDir:
+    """The run directory to use, or a user error; touches nothing (so it can run before slow setup)."""
     run = RunDir(Path(root) / name)
-    if run.path.exists():
-        if resume:
-            return run
-        if overwrite:
-            shutil.rmtree(run.path)
-        else:
-            raise TunelabError(
-                f"run directory {run.path} already exists",
-                hint="resume it with --resume, replace it with output.overwrite=true, or pick output.name=NEW",
-            )
-    elif resume:
+    if run.path.exists() and not resume and not overwrite:
+        raise TunelabError(
+            f"run directory {run.path} already exists",
+            hint="resume it with --resume, replace it with output.overwrite=true, or pick output.name=NEW",
+        )
+    if resume and not run.path.exists():
         raise TunelabError(f"nothing to resume: {run.path} does not exist")
+    return run
+
+
+def prepare_run_dir(root: str | Path, name: str, resume: bool, overwrite: bool) -> RunDir:
+    """Create the run directory: reuse it to resume, replace it with overwrite, else refuse to clobber."""
+    run = check_run_dir(root, name, resume, overwrite)
+    if run.path.exists() and not resume:
+        shutil.rmtree(run.path)
     run.path.mkdir(parents=True, exist_ok=True)
     return run
 
