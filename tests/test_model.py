@@ -16,7 +16,7 @@ def _model(tiny_model_dir, bits=None, attn=None):
     return load_model(mcfg, QuantizationConfig(bits=bits), tok), tok
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["tunelab_packed_sdpa", "sdpa", "eager"])
 def test_packed_logits_equal_unpacked(tiny_model_dir, attn):
     """TRL's padding-free packing (position ids restart per example) must not let examples attend to each other."""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
@@ -35,10 +35,24 @@ def test_packed_logits_equal_unpacked(tiny_model_dir, attn):
             alone = model(input_ids=torch.tensor([ex["input_ids"]])).logits[0]
             torch.testing.assert_close(packed[start : start + n], alone, atol=1e-4, rtol=1e-4)
             start += n
+        if attn == "tunelab_packed_sdpa":  # gradients agree with the reference kernel too
+            _packed_grads_match_sdpa(tiny_model_dir, batch)
         # the same tokens without position ids (plain concatenation) do leak across examples
         leaky = model(input_ids=batch["input_ids"]).logits[0]
         n0 = len(examples[0]["input_ids"])
         assert not torch.allclose(leaky[n0 : n0 + 3], packed[n0 : n0 + 3], atol=1e-3)
+
+
+def _packed_grads_match_sdpa(tiny_model_dir, batch):
+    grads = []
+    for attn in ("tunelab_packed_sdpa", "sdpa"):
+        model, _ = _model(tiny_model_dir, attn=attn)
+        with torch.enable_grad():
+            model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"]).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4)
 
 
 def _lora_grads(model, batch):

@@ -28,7 +28,10 @@ class ModelConfig(Section):
     trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
     dtype: DType = Field("auto", description="Weight dtype: auto = bf16 where supported, fp16 on other GPUs, fp32 on CPU.")
     device: str = Field("auto", description="`auto` (cuda:0 when a GPU is present, else cpu), `cpu`, `cuda`, `cuda:N`.")
-    attn_implementation: str | None = Field(None, description="Attention kernel, e.g. sdpa, eager, flash_attention_2.")
+    attn_implementation: str | None = Field(
+        None, description="Attention kernel, e.g. sdpa, eager, flash_attention_2; default tunelab_packed_sdpa "
+        "(SDPA per packed example instead of a block-diagonal mask over the whole row)."
+    )
     use_cache: bool = Field(False, description="KV cache during training (off: it is useless with gradient checkpointing).")
 
 
