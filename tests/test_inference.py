@@ -124,13 +124,13 @@ def test_prompt_file_errors_name_file_and_line(tmp_path):
     with pytest.raises(DataError, match=f"{f}:2: missing instruction"):
         read_prompt_rows(f, PromptConfig())
     f.write_text('{"instruction": "a"}\nnot json\n')
-    with pytest.raises(DataError, match=f"{f}:2: invalid JSON"):
+    with pytest.raises(DataError, match=f"{f}:2: malformed JSON"):
         read_prompt_rows(f, PromptConfig())
     f.write_text('{"instruction": "a", "input": "b"}\n\n{"instruction": "c"}\n')
     assert [r["instruction"] for r in read_prompt_rows(f, PromptConfig())] == ["a", "c"]
 
 
-def test_target_resolver_hook_and_folder_metadata(tiny_model_dir, tmp_path):
+def test_folder_metadata_gives_the_prompt_format(tiny_model_dir, tmp_path):
     from tunelab.inference import target as target_mod
 
     folder = tmp_path / "model"
@@ -138,19 +138,10 @@ def test_target_resolver_hook_and_folder_metadata(tiny_model_dir, tmp_path):
     plain = target_mod.resolve_target(str(folder))
     assert not plain.prompt_known and plain.name == "model"
     (folder / target_mod.MODEL_META).write_text(json.dumps({"prompt": {"format": "messages"}}))
-
-    def resolver(text):
-        return folder if text == "artifact:demo:v1" else None
-
-    target_mod.register_target_resolver(resolver)
-    try:
-        t = target_mod.resolve_target("artifact:demo:v1")
-    finally:
-        target_mod.TARGET_RESOLVERS.remove(resolver)
-    assert t.text == "artifact:demo:v1" and t.base == str(folder)
-    assert t.prompt_known and t.prompt.format == "messages"
+    t = target_mod.resolve_target(str(folder))
+    assert t.base == str(folder) and t.prompt_known and t.prompt.format == "messages"
     with pytest.raises(TunelabError):
-        target_mod.resolve_target("artifact:demo:v1")  # the hook is gone again
+        target_mod.resolve_target("not-a-target:demo:v1")
 
 
 def test_logit_check_fails_when_logits_differ():

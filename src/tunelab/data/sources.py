@@ -41,7 +41,7 @@ def _bad(msg: str, reason: str, out: RawRows, on_bad_row: str) -> None:
     out.skipped[reason] += 1
 
 
-def _read_jsonl(path: Path, out: RawRows, on_bad_row: str) -> None:
+def read_jsonl(path: Path, out: RawRows, on_bad_row: str) -> None:
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -157,7 +157,7 @@ def read_source(src: SourceConfig, on_bad_row: str, base_dir: Path | None = None
         for f in files:
             try:
                 if f.suffix == ".jsonl":
-                    _read_jsonl(f, out, on_bad_row)
+                    read_jsonl(f, out, on_bad_row)
                 elif f.suffix == ".json":
                     _read_json(f, out, on_bad_row)
                 elif f.suffix == ".csv":

@@ -29,6 +29,13 @@ def exact_match(answer: str, reference: str) -> float:
     return float(answer.strip() == reference.strip())
 
 
+def exact_match_rate(answers: list[str], references: list[str]) -> float:
+    """Share of answers that are exact matches of their references (0.0 for no references)."""
+    if not references:
+        return 0.0
+    return fmean(exact_match(a, r) for a, r in zip(answers, references, strict=True))
+
+
 def normalized_exact_match(answer: str, reference: str) -> float:
     """1.0 when the answers are equal after `normalize_answer` (case, punctuation, whitespace)."""
     return float(normalize_answer(answer) == normalize_answer(reference))

@@ -6,7 +6,6 @@ training examples, so generate, chat and serve ask the question the way training
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -50,23 +49,18 @@ def read_prompt_rows(path: Path, cfg: PromptConfig) -> list[dict[str, Any]]:
     """Rows of a JSONL prompts file, each checked for the fields the prompt format needs (`file:line` errors)."""
     if not path.is_file():
         raise DataError(f"{path}: prompts file not found")
+    from tunelab.data.sources import RawRows, read_jsonl
+
     needed = {"alpaca": ["instruction"], "messages": ["messages"], "text": [cfg.text_field]}.get(cfg.format) or template_fields(cfg.template or "")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: invalid JSON: {e.msg}") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{n}: expected a JSON object")
+    raw = RawRows()
+    read_jsonl(path, raw, on_bad_row="error")
+    for row, where in zip(raw.rows, raw.where, strict=True):
         missing = [f for f in needed if not row.get(f)]
         if missing:
-            raise DataError(f"{path}:{n}: missing {', '.join(missing)} (prompt format {cfg.format})")
+            raise DataError(f"{where}: missing {', '.join(missing)} (prompt format {cfg.format})")
         if cfg.format == "messages" and not (isinstance(row["messages"], list) and all(isinstance(m, dict) for m in row["messages"])):
-            raise DataError(f"{path}:{n}: messages must be a list of {{role, content}} objects")
-        rows.append(row)
+            raise DataError(f"{where}: messages must be a list of {{role, content}} objects")
+    rows = raw.rows
     if not rows:
         raise DataError(f"{path}: no prompts in the file")
     return rows

@@ -9,7 +9,6 @@ prompted the way it was trained.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,19 +53,6 @@ class Target:
         return p.name
 
 
-# Hook for references that are not paths or hub ids (model artifacts of a tracker, for example).
-# A resolver gets the TARGET text and returns a local folder (a run directory, a model folder or an
-# adapter folder) when the text is its kind of reference, else None. The first folder returned is
-# resolved like any other, keeping the text the user typed.
-TARGET_RESOLVERS: list[Callable[[str], str | Path | None]] = []
-
-
-def register_target_resolver(resolver: Callable[[str], str | Path | None]) -> None:
-    """Add a resolver for TARGET texts that name something other than a path or a hub id."""
-    if resolver not in TARGET_RESOLVERS:
-        TARGET_RESOLVERS.append(resolver)
-
-
 # Written by `tunelab merge` / `tunelab export` next to the weights, so an exported folder is
 # prompted the way its run was trained.
 MODEL_META = "tunelab_model.json"
@@ -80,12 +66,6 @@ def resolve_target(text: str) -> Target:
         from tunelab.tracking.models import target_from_artifact
 
         return target_from_artifact(text)
-    for resolver in TARGET_RESOLVERS:
-        local = resolver(text)
-        if local is not None:
-            target = resolve_target(str(local))
-            target.text = text
-            return target
     p = Path(text).expanduser()
     if p.is_dir() and (p / "config.yaml").is_file() and ((p / "final").is_dir() or (p / "checkpoints").is_dir()):
         return _from_run(text, p)

@@ -3,7 +3,6 @@ dtype, device, bitsandbytes 4/8-bit quantization; safetensors only; remote code 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +160,3 @@ def keep_bnb_training_layout(model) -> int:
             n += 1
     return n
 
-
-def hf_offline_default() -> None:
-    """Offline by default: no hub calls unless the user turned them on in the environment."""
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -92,8 +92,7 @@ def estimate(cfg: RunConfig, device: str, checkpointing: bool | None = None, bat
             adapter += cfg.adapter.r * (mod.in_features + mod.out_features)
             # kept for backward: the (dropped-out) input and the rank-r intermediate
             lora_act_per_token += (mod.in_features * (2 if cfg.adapter.dropout > 0 else 1) + cfg.adapter.r) * act_b
-    other = sum(p.numel() for n_, p in model.named_parameters() if not any(
-        n_.startswith(m + ".") for m, mm in model.named_modules() if isinstance(mm, torch.nn.Linear)))
+    other = sum(p.numel() for m in model.modules() if not isinstance(m, torch.nn.Linear) for p in m.parameters(recurse=False))
     weights += other * _bytes(wdtype)
 
     trainable = adapter if lora else sum(p.numel() for p in model.parameters())

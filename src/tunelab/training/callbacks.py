@@ -8,6 +8,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tunelab.data.templates import reference, render_prompt
+from tunelab.evaluation.metrics import exact_match_rate
 from tunelab.inference.generate import GenerationSettings, generate_batch
 from tunelab.training.rundir import RunDir
 
@@ -143,7 +144,7 @@ class SamplesCallback(TrainerCallback):
         ]
         for rec in table:
             self.run.append_jsonl(self.run.samples, rec)
-        record = {"step": step, "samples_exact_match": exact_match(answers, self.references)}
+        record = {"step": step, "samples_exact_match": exact_match_rate(answers, self.references)}
         if self.generation_metrics:  # quality curves next to the loss curves (config: eval.generation_metrics)
             from tunelab.evaluation.metrics import generation_metrics
 
@@ -160,8 +161,3 @@ class SamplesCallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kw):
         self.generate(model, state.global_step)
 
-
-def exact_match(answers: list[str], references: list[str]) -> float:
-    if not references:
-        return 0.0
-    return sum(a.strip() == r.strip() for a, r in zip(answers, references, strict=True)) / len(references)

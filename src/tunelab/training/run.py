@@ -19,10 +19,11 @@ from tunelab.config import RunConfig, save_config
 from tunelab.config.load import config_to_dict
 from tunelab.data.prepare import prepare_data
 from tunelab.errors import TunelabError
+from tunelab.evaluation.metrics import exact_match_rate
 from tunelab.inference.generate import GenerationSettings
 from tunelab.model.adapters import apply_adapter, parameter_report
 from tunelab.model.loading import device_for, load_model, load_tokenizer, resolve_model_path
-from tunelab.training.callbacks import MetricsCallback, ProgressCallback, SamplesCallback, exact_match
+from tunelab.training.callbacks import MetricsCallback, ProgressCallback, SamplesCallback
 from tunelab.training.rundir import RunDir, check_run_dir, prepare_run_dir, rotate_checkpoints, step_dir_name
 
 
@@ -117,10 +118,17 @@ def peak_memory_mb(device: str) -> dict[str, float]:
     return out
 
 
+def row_lengths(dataset) -> list[int]:
+    """Token count of every row, read from the Arrow column (no token lists built in Python)."""
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(dataset.data.column("input_ids")).to_pylist()
+
+
 def packing_efficiency(dataset, max_length: int) -> float | None:
     if dataset is None or len(dataset) == 0:
         return None
-    lengths = [len(x) for x in dataset["input_ids"]]
+    lengths = row_lengths(dataset)
     return round(sum(lengths) / (len(lengths) * max_length), 4)
 
 
@@ -174,7 +182,7 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
     params = parameter_report(model)
     from tunelab.perf.flops import flops_per_token, mean_attended_context
 
-    flops = flops_per_token(model, mean_attended_context([len(x) for x in data.train["input_ids"]]))
+    flops = flops_per_token(model, mean_attended_context(row_lengths(data.train)))
     console.print(f"[bold]model[/]: {cfg.model.name} ({params['total']:,} params, {params['trainable']:,} trainable = {params['trainable_pct']}%)"
                   f"{', ' + str(cfg.quantization.bits) + '-bit' if cfg.quantization.bits else ''}, device {device}")
 
@@ -212,7 +220,7 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
     before = None
     if samples_cb is not None and cfg.samples.at_start and checkpoint is None:
         table = samples_cb.generate(trainer.model, 0)
-        before = exact_match([r["generation"] for r in table], samples_cb.references)
+        before = exact_match_rate([r["generation"] for r in table], samples_cb.references)
 
     status = "failed"
     t_train = time.perf_counter()
@@ -243,7 +251,7 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
     after = None
     if samples_cb is not None and samples_cb.history:
         last = samples_cb.history[max(samples_cb.history)]
-        after = exact_match(last, samples_cb.references)
+        after = exact_match_rate(last, samples_cb.references)
     summary = {
         "status": status,
         "run_dir": str(run.path),
