@@ -6,6 +6,9 @@
     python bench/run_bench.py dataprep           # data preparation at 1k / 10k / 100k rows
     python bench/run_bench.py plan               # `tunelab plan` estimates against measured peaks
 
+`--set KEY=VALUE` (repeatable; w1) changes tunelab's side of a workload, e.g. `--set training.precision=bf16
+--set quantization.compute_dtype=bf16`; such variants are saved as bench/results/w1+<key=value,...>.json.
+
 Each workload runs tunelab and the reference in the same invocation, alternating, and reports
 medians and tunelab/reference ratios. Results go to bench/results/<workload>.json; the tables in
 docs/performance.md are copied from what this script prints. Needs ../shared (data, reference,
@@ -142,13 +145,14 @@ def tunelab_cfg(model: Path, train: Path, test: Path, name: str, **over) -> dict
     return cfg
 
 
-def w1(reps: int, quick: bool) -> dict:
+def w1(reps: int, quick: bool, variant: dict | None = None) -> dict:
     rows = alpaca_rows()
     model = build_model("w1-model", dict(layers=4, hidden=256, intermediate=704, heads=4, kv_heads=4, vocab=4096), corpus(rows))
     train, test = write_split(rows, 512, 10, "w1")
     extra = ["--max-steps", "1"] if quick else []
     ref_args = ["--train-rows", "512", "--test-rows", "10", "--max-length", "1024", "--max-new-tokens", "256", "--eval-steps", "2", *extra]
     over = {"training__max_steps": 1} if quick else {}
+    over.update({k.replace(".", "__"): v for k, v in (variant or {}).items()})
     tl, ref = [], []
     for i in range(reps):
         print(f"w1 rep {i + 1}/{reps}: reference", flush=True)
@@ -297,13 +301,23 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="one optimizer step per run: checks the harness, measures nothing")
     ap.add_argument("--dry-run", action="store_true", help="w3: tiny shape on the CPU, same code path")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="w1: a tunelab config override for this variant (repeatable), e.g. training.precision=bf16")
     a = ap.parse_args()
+    if a.set and a.workload != "w1":
+        ap.error("--set applies to w1 only")
+    variant = {}
+    for item in a.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: expected KEY=VALUE")
+        variant[key] = yaml.safe_load(value)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TUNELAB_CACHE", str(OUT / "tl-cache"))
     started = time.time()
     if a.workload == "w1":
-        res = w1(a.reps, a.quick)
+        res = w1(a.reps, a.quick, variant)
     elif a.workload == "w2":
         res = w2(a.reps, a.quick)
     elif a.workload == "w3":
@@ -316,6 +330,9 @@ def main() -> None:
                command=" ".join(["python", "bench/run_bench.py", *sys.argv[1:]]), bench_wall_s=round(time.time() - started, 1))
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if a.quick else ("-dry" if a.dry_run else "")
+    if variant:
+        res["variant"] = variant
+        suffix += "+" + ",".join(a.set)
     (RESULTS / f"{a.workload}{suffix}.json").write_text(json.dumps(res, indent=2))
     printable = {k: v for k, v in res.items() if k not in ("runs",)}
     print(json.dumps(printable, indent=2, default=str)[:6000])

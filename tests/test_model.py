@@ -150,3 +150,94 @@ def test_model_folder_without_weights_is_a_user_error(tmp_path, tiny_model_dir):
         resolve_model_path(str(tmp_path / "m"))
     with pytest.raises(TunelabError, match="no config.json"):
         resolve_model_path(str(tmp_path))
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 4096 * 4 * 7])  # one chunk; chunks of 7 tokens, recomputed in backward
+def test_direct_lm_head_equals_trls_fused_head(tiny_model_dir, chunk_bytes):
+    """The CPU loss path (one log-softmax) gives TRL's fused-head outputs, loss and LoRA gradients."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tunelab.model.lm_head import MAX_CHUNK_BYTES, use_direct_lm_head
+
+    texts = ["Reverse the order of the words.\ncat dog sun", "What is 3 plus 4?\n7", "Sort the digits.\n3 1 2 9 8"]
+    runs = []
+    for direct in (False, True):
+        model, tok = _model(tiny_model_dir)
+        add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # as SFTTrainer does
+        torch.manual_seed(0)
+        model = apply_adapter(model, AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]),
+                              quantized=False, gradient_checkpointing=False)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.02)
+        if direct:
+            assert use_direct_lm_head(model, chunk_bytes or MAX_CHUNK_BYTES)
+        examples = [{"input_ids": tok(t).input_ids} for t in texts]
+        batch = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)(examples)
+        batch["labels"][0, :5] = -100  # some prompt tokens without a label
+        out = model(**batch, fused_lm_head=True, num_items_in_batch=int((batch["labels"] != -100).sum()))
+        out.loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        runs.append((out, grads))
+        plain = model(input_ids=batch["input_ids"][:, :4])  # without fused_lm_head: the model's own logits
+        assert plain.logits.shape[-1] == model.config.vocab_size
+    (ref, ref_g), (got, got_g) = runs
+    assert ref.loss.item() > 0
+    torch.testing.assert_close(got.loss, ref.loss, atol=1e-5, rtol=1e-5)
+    for field in ("log_probs", "entropy", "label_mask"):
+        torch.testing.assert_close(getattr(got, field), getattr(ref, field), atol=1e-5, rtol=1e-5)
+    assert torch.equal(got.is_top1, ref.is_top1)
+    assert ref_g.keys() == got_g.keys() and ref_g
+    for n in ref_g:
+        torch.testing.assert_close(got_g[n], ref_g[n], atol=1e-6, rtol=1e-4)
+
+
+def test_direct_lm_head_leaves_models_with_logit_transforms_to_trl(tiny_model_dir):
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tunelab.model.lm_head import use_direct_lm_head
+
+    model, _ = _model(tiny_model_dir)
+    add_fused_lm_head(model)
+    model.config.final_logit_softcapping = 30.0
+    assert not use_direct_lm_head(model)
+
+
+@pytest.mark.parametrize("bits", [4, None])
+def test_generation_weights_give_the_same_outputs(tiny_model_dir, bits):
+    """Dense, LoRA-merged weights for generation: same logits and answers, adapters on or off, nothing left patched."""
+    from tunelab.inference.generate import GenerationSettings, generate_batch
+    from tunelab.model.loading import generation_weight_bytes, generation_weights
+
+    if bits:
+        model, tok = _qlora(tiny_model_dir, fix=True)
+    else:
+        model, tok = _model(tiny_model_dir)
+        model = apply_adapter(model, AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]),
+                              quantized=False, gradient_checkpointing=False)
+        torch.manual_seed(0)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.05)
+    model.eval()
+    assert generation_weight_bytes(model) > 0
+    batch = tok(["Sort the words alphabetically.\nsun cat dog", "What is 2 plus 5?\n7"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        tuned = model(**batch).logits
+        with model.disable_adapter():
+            base = model(**batch).logits
+        assert (tuned - base).abs().max() > 1e-3  # the adapter matters, so merging it is tested
+        with generation_weights(model):
+            torch.testing.assert_close(model(**batch).logits, tuned, atol=2e-5, rtol=1e-4)
+            with model.disable_adapter():
+                torch.testing.assert_close(model(**batch).logits, base, atol=2e-5, rtol=1e-4)
+    assert not any("forward" in vars(m) for m in model.modules())
+    settings = GenerationSettings(max_new_tokens=12)
+    prompts = ["Reverse the order of the words.\ncat dog sun\n", "What is 3 plus 4?\n"]
+    assert generate_batch(model, tok, prompts, settings, dense_weights=True) == generate_batch(model, tok, prompts, settings)
+    model.train()
+    with torch.enable_grad(), generation_weights(model):  # with gradients the layers take PEFT's own path
+        loss = model(**batch, labels=batch["input_ids"]).loss
+        loss.backward()
+    assert any(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)

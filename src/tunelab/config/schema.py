@@ -139,6 +139,9 @@ class TrainingConfig(Section):
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto", description="Recompute activations in backward to save memory; auto: only when the memory plan needs it."
     )
+    loss_kernel: Literal["auto", "trl"] = Field(
+        "auto", description="Loss over the LM head: auto = TRL's Triton kernel on GPUs, one fp32 log-softmax elsewhere; trl = TRL's always."
+    )
     packing: bool = Field(True, description="Pack examples into max_length rows (no cross-attention between them).")
     max_length: int = Field(1024, gt=0, description="Tokens per (packed) sequence.")
     logging_steps: int = Field(1, gt=0, description="Log training metrics every N steps.")
@@ -168,6 +171,14 @@ class SamplesConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     batch_size: int = Field(16, gt=0, description="Prompts generated together (batched, KV cache, left padding).")
     seed: int = Field(0, description="Sampling seed (generation never touches the training RNG).")
+    dense_weights: bool = Field(
+        True, description="Generate with dense, LoRA-merged weight copies when the memory plan shows room between "
+        "steps (faster, above all for 4-bit models); false: always through the quantized and LoRA layers."
+    )
+
+    def generation_fields(self) -> dict:
+        """The fields that are generation settings (`tunelab.inference.generate.GenerationSettings`)."""
+        return self.model_dump(exclude={"enabled", "num_prompts", "at_start", "dense_weights"})
 
 
 class EvalConfig(Section):

@@ -107,9 +107,16 @@ def _generate_kwargs(model, tokenizer, settings: GenerationSettings) -> dict[str
     return kwargs
 
 
-def generate_batch(model, tokenizer, prompts: list[str], settings: GenerationSettings, on_batch=None) -> list[str]:
-    """Answers for `prompts` (already rendered with the prompt template), in order."""
+def generate_batch(model, tokenizer, prompts: list[str], settings: GenerationSettings, on_batch=None,
+                   dense_weights: bool = False) -> list[str]:
+    """Answers for `prompts` (already rendered with the prompt template), in order.
+
+    `dense_weights`: generate with dense, LoRA-merged copies of the weights
+    (`tunelab.model.loading.generation_weights`); faster, at the memory cost the caller checked.
+    """
     import torch
+
+    from tunelab.model.loading import generation_weights
 
     if not prompts:
         return []
@@ -121,7 +128,7 @@ def generate_batch(model, tokenizer, prompts: list[str], settings: GenerationSet
     out: list[str] = [""] * len(prompts)
     kwargs = _generate_kwargs(model, tokenizer, settings)
     try:
-        with inference_mode(model):
+        with inference_mode(model), generation_weights(model, dense_weights):
             torch.manual_seed(settings.seed)
             for start in range(0, len(order), settings.batch_size):
                 idx = order[start : start + settings.batch_size]

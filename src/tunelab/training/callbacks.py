@@ -117,8 +117,9 @@ class SamplesCallback(TrainerCallback):
     """
 
     def __init__(self, run: RunDir, rows: list[dict], prompt_cfg, tokenizer, settings: GenerationSettings, sinks=None,
-                 generation_metrics: bool = False):
+                 generation_metrics: bool = False, dense_weights: bool = False):
         self.run = run
+        self.dense_weights = dense_weights  # see generate_batch; train() decides from the memory plan
         self.generation_metrics = generation_metrics
         self.rows = rows
         self.prompts = [render_prompt(r, prompt_cfg, tokenizer) for r in rows]
@@ -134,7 +135,7 @@ class SamplesCallback(TrainerCallback):
         if not self.prompts or step == self.last_step:
             return []
         t0 = time.perf_counter()
-        answers = generate_batch(model, self.tokenizer, self.prompts, self.settings)
+        answers = generate_batch(model, self.tokenizer, self.prompts, self.settings, dense_weights=self.dense_weights)
         self.seconds += time.perf_counter() - t0
         self.last_step = step
         self.history[step] = answers

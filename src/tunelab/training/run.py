@@ -174,6 +174,7 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
 
         checkpointing = decide_checkpointing(cfg, device)
     model = apply_adapter(model, cfg.adapter, cfg.quantization.bits is not None, checkpointing)
+    dense_samples = _dense_samples_fit(cfg, device, checkpointing, model)
     if init is not None and init.adapter is not None:
         load_adapter_weights(model, init.adapter)  # continue the artifact's adapter
     # the model and adapter loaded: only now is the run directory created (or replaced)
@@ -198,9 +199,12 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl replace its dict dumps
+    from tunelab.model.lm_head import use_direct_lm_head
     from tunelab.model.loading import keep_bnb_training_layout
 
     keep_bnb_training_layout(trainer.model)  # again: TRL may have re-wrapped layers
+    if cfg.training.loss_kernel == "auto":
+        use_direct_lm_head(trainer.model)  # TRL's tiled LM head is slow without Triton (a no-op with it)
     data.stats["packing_efficiency"] = packing_efficiency(trainer.train_dataset, cfg.training.max_length) if cfg.training.packing else None
 
     tracking.start(run, params, data.stats, device, resume=checkpoint is not None)
@@ -208,11 +212,11 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
     trainer.add_callback(tracking.callback())
     metrics_cb = MetricsCallback(run, sinks)
     progress_cb = ProgressCallback(metrics_cb, console)
-    settings = GenerationSettings(**cfg.samples.model_dump(exclude={"enabled", "num_prompts", "at_start"}))
+    settings = GenerationSettings(**cfg.samples.generation_fields())
     samples_cb = None
     if cfg.samples.enabled and cfg.samples.num_prompts and data.test_rows:
         samples_cb = SamplesCallback(run, data.test_rows[: cfg.samples.num_prompts], cfg.prompt, tokenizer, settings, sinks,
-                                     generation_metrics=cfg.eval.generation_metrics)
+                                     generation_metrics=cfg.eval.generation_metrics, dense_weights=dense_samples)
     for cb in (metrics_cb, progress_cb, samples_cb):
         if cb is not None:
             trainer.add_callback(cb)
@@ -284,6 +288,24 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
     for sink in sinks:
         sink.finish(summary)
     return summary
+
+
+def _dense_samples_fit(cfg: RunConfig, device: str, checkpointing: bool, model) -> bool:
+    """Whether sample generation may use dense, LoRA-merged weights (`generation_weights`).
+
+    Samples are generated between optimizer steps, when the micro-batch's activations and logits
+    are freed: the dense copies may use that room, but no more, so they cannot raise the run's peak.
+    """
+    if not cfg.samples.enabled or not cfg.samples.dense_weights:
+        return False
+    from tunelab.model.loading import generation_weight_bytes
+    from tunelab.perf.plan import estimate
+
+    try:
+        plan = estimate(cfg, device, checkpointing=checkpointing)
+    except TunelabError:
+        return False
+    return generation_weight_bytes(model) <= plan.parts["activations"] + plan.parts["logits_and_loss"]
 
 
 def _evaluated_at(trainer, step: int) -> bool:
