@@ -26,7 +26,7 @@ class ModelConfig(Section):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the model.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
-    dtype: DType = Field("auto", description="Weight dtype: auto = bf16 where supported, fp16 on other GPUs, fp32 on CPU.")
+    dtype: DType = Field("auto", description="Weight dtype: auto = bf16 where supported, fp16 on other GPUs; on the CPU fp32, or bf16 for LoRA under training.precision bf16.")
     device: str = Field("auto", description="`auto` (cuda:0 when a GPU is present, else cpu), `cpu`, `cuda`, `cuda:N`.")
     attn_implementation: str | None = Field(
         None, description="Attention kernel, e.g. sdpa, eager, flash_attention_2; default tunelab_packed_sdpa "

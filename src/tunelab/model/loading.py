@@ -62,6 +62,21 @@ def resolve_dtype(name: str, device: str):
     return torch.float32
 
 
+def run_weight_dtype(cfg, device: str) -> str:
+    """The weight dtype a training run loads (`model.dtype`, with `auto` resolved for the run).
+
+    `auto` on the CPU is fp32, except under `training.precision: bf16` with a frozen base (LoRA):
+    autocast would cast every frozen fp32 weight to bf16 on each forward pass and keep the copies
+    for backward, so the base is loaded in bf16 once (the adapter stays fp32, as PEFT keeps it).
+    """
+    name = cfg.model.dtype
+    if name != "auto":
+        return name
+    if device.startswith("cuda"):
+        return "bf16" if bf16_supported(device) else "fp16"
+    return "bf16" if cfg.training.precision == "bf16" and cfg.adapter.type == "lora" else "fp32"
+
+
 def load_tokenizer(cfg: ModelConfig, path: str | None = None):
     """The model's tokenizer with a pad token distinct from EOS (so EOS is learnt, not masked as padding)."""
     from transformers import AutoTokenizer

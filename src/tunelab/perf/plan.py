@@ -64,7 +64,9 @@ def estimate(cfg: RunConfig, device: str, checkpointing: bool | None = None, bat
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(mcfg)
     on_gpu = device.startswith("cuda")
-    wdtype = cfg.model.dtype if cfg.model.dtype != "auto" else ("bf16" if on_gpu else "fp32")
+    from tunelab.model.loading import run_weight_dtype
+
+    wdtype = "bf16" if on_gpu and cfg.model.dtype == "auto" else run_weight_dtype(cfg, device)
     prec = cfg.training.precision if cfg.training.precision != "auto" else ("bf16" if on_gpu else "fp32")
     # CPU autocast casts matmul inputs only: the residual stream, norms and saved tensors stay fp32
     # (measured: W2's peak moved by 3% between bf16 and fp32), so CPU activations count 4 bytes.
@@ -129,7 +131,7 @@ def estimate(cfg: RunConfig, device: str, checkpointing: bool | None = None, bat
         "weights": weights,
         # on the CPU the memory-mapped safetensors file stays resident next to the loaded tensors, and
         # bf16 autocast keeps a bf16 copy of every unquantized weight it multiplies
-        "weight_file_and_casts": 0.0 if on_gpu else unquantized * (1 if q else 1 + (prec == "bf16") * 0.5),
+        "weight_file_and_casts": 0.0 if on_gpu else unquantized * (1 if q else 1 + (prec == "bf16" and wdtype == "fp32") * 0.5),
         "adapter": adapter_bytes,
         "gradients": grads,
         "optimizer": optim,

@@ -22,7 +22,7 @@ from tunelab.errors import TunelabError
 from tunelab.evaluation.metrics import exact_match_rate
 from tunelab.inference.generate import GenerationSettings
 from tunelab.model.adapters import apply_adapter, parameter_report
-from tunelab.model.loading import device_for, load_model, load_tokenizer, resolve_model_path
+from tunelab.model.loading import device_for, load_model, load_tokenizer, resolve_model_path, run_weight_dtype
 from tunelab.training.callbacks import MetricsCallback, ProgressCallback, SamplesCallback
 from tunelab.training.rundir import RunDir, check_run_dir, prepare_run_dir, rotate_checkpoints, step_dir_name
 
@@ -167,7 +167,7 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
     from transformers import set_seed
 
     set_seed(cfg.training.seed)  # the adapter's initialisation is part of the run's reproducibility
-    model = load_model(cfg.model, cfg.quantization, tokenizer, model_path)
+    model = load_model(cfg.model.model_copy(update={"dtype": run_weight_dtype(cfg, device)}), cfg.quantization, tokenizer, model_path)
     checkpointing = cfg.training.gradient_checkpointing
     if checkpointing == "auto":
         from tunelab.perf.plan import decide_checkpointing
