@@ -7,7 +7,7 @@
     python bench/run_bench.py plan               # `tunelab plan` estimates against measured peaks
 
 `--set KEY=VALUE` (repeatable; w1) changes tunelab's side of a workload, e.g. `--set training.precision=bf16
---set quantization.compute_dtype=bf16`; such variants are saved as bench/results/w1+<key=value,...>.json.
+--set quantization.compute_dtype=bf16`; such variants are saved as bench/results/w1+<key-value,...>.json.
 
 Each workload runs tunelab and the reference in the same invocation, alternating, and reports
 medians and tunelab/reference ratios. Results go to bench/results/<workload>.json; the tables in
@@ -332,7 +332,7 @@ def main() -> None:
     suffix = "-quick" if a.quick else ("-dry" if a.dry_run else "")
     if variant:
         res["variant"] = variant
-        suffix += "+" + ",".join(a.set)
+        suffix += "+" + ",".join(a.set).replace("=", "-").replace("/", "_")
     (RESULTS / f"{a.workload}{suffix}.json").write_text(json.dumps(res, indent=2))
     printable = {k: v for k, v in res.items() if k not in ("runs",)}
     print(json.dumps(printable, indent=2, default=str)[:6000])
