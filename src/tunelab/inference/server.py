@@ -110,6 +110,31 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
         authorize(request)
         return _model_card(lookup(model_id), engine)
 
+    async def respond(request: Request, req, served: ServedModel, jobs, stop: list[str], api: _Shape):
+        """Run `jobs` [(token ids, settings)] and answer in `api`'s shape, streamed or whole."""
+        if req.stream:
+            async def events():
+                if api.opening is not None:
+                    yield sse(api.chunk(0, api.opening, None))
+                gens = []
+                for i, (ids, settings) in enumerate(jobs):
+                    async for piece, gen in _stream(engine, served, ids, settings, stop):
+                        if gen is None:
+                            yield sse(api.chunk(i, api.piece(piece), None))
+                        else:
+                            gens.append(gen)
+                            yield sse(api.chunk(i, api.piece(None), gen.finish_reason))
+                _record(request, gens)
+                if req.stream_options and req.stream_options.include_usage:
+                    yield sse({**api.head, "choices": [], "usage": _usage(gens)})
+                yield sse("[DONE]")
+
+            return _event_stream(events(), request)
+        gens = [await engine.generate(served, ids, settings, stop) for ids, settings in jobs]
+        _record(request, gens)
+        return {**api.head, "object": api.whole_object,
+                "choices": [api.whole_choice(i, g) for i, g in enumerate(gens)], "usage": _usage(gens)}
+
     @app.post("/v1/completions")
     async def completions(request: Request):
         authorize(request)
@@ -119,35 +144,14 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
             raise ApiError(400, "prompt: must not be empty", param="prompt")
-        jobs = [plan(p, req.max_tokens, DEFAULT_COMPLETION_TOKENS, "prompt") for p in prompts]
-        stop = req.stop_list()
-        rid, created = new_id("cmpl"), now()
-
-        def chunk(i: int, text: str, finish: str | None) -> dict[str, Any]:
-            return {"id": rid, "object": "text_completion", "created": created, "model": served.id,
-                    "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": finish}]}
-
-        if req.stream:
-            async def events():
-                gens = []
-                for i, (ids, max_new) in enumerate(jobs):
-                    async for piece, gen in _stream(engine, served, ids, settings_for(req, max_new), stop):
-                        if gen is None:
-                            yield sse(chunk(i, piece, None))
-                        else:
-                            gens.append(gen)
-                            yield sse(chunk(i, "", gen.finish_reason))
-                _record(request, gens)
-                if req.stream_options and req.stream_options.include_usage:
-                    yield sse({"id": rid, "object": "text_completion", "created": created, "model": served.id, "choices": [],
-                               "usage": _usage(gens)})
-                yield sse("[DONE]")
-
-            return _event_stream(events(), request)
-        gens = [await engine.generate(served, ids, settings_for(req, max_new), stop) for ids, max_new in jobs]
-        _record(request, gens)
-        return {"id": rid, "object": "text_completion", "created": created, "model": served.id,
-                "choices": [chunk(i, g.text, g.finish_reason)["choices"][0] for i, g in enumerate(gens)], "usage": _usage(gens)}
+        jobs = []
+        for p in prompts:
+            ids, max_new = plan(p, req.max_tokens, DEFAULT_COMPLETION_TOKENS, "prompt")
+            jobs.append((ids, settings_for(req, max_new)))
+        return await respond(request, req, served, jobs, req.stop_list(), _Shape(
+            head={"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": served.id},
+            field="text", piece=lambda text: text or "", whole_object="text_completion",
+            whole=lambda g: {"text": g.text}))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -163,37 +167,27 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
         except Exception as e:  # the chat template itself refused (e.g. roles must alternate)
             raise ApiError(400, f"the model's chat template rejected the messages: {e}", param="messages") from None
         ids, max_new = plan(prompt, req.max_completion_tokens or req.max_tokens, max_tokens_limit, "messages")
-        settings, stop = settings_for(req, max_new), req.stop_list()
-        rid, created = new_id("chatcmpl"), now()
-
-        def chunk(delta: dict[str, str], finish: str | None) -> dict[str, Any]:
-            return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": served.id,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-
-        if req.stream:
-            async def events():
-                yield sse(chunk({"role": "assistant", "content": ""}, None))
-                async for piece, gen in _stream(engine, served, ids, settings, stop):
-                    if gen is None:
-                        yield sse(chunk({"content": piece}, None))
-                    else:
-                        _record(request, [gen])
-                        yield sse(chunk({}, gen.finish_reason))
-                        if req.stream_options and req.stream_options.include_usage:
-                            yield sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": served.id,
-                                       "choices": [], "usage": _usage([gen])})
-                yield sse("[DONE]")
-
-            return _event_stream(events(), request)
-        gen = await engine.generate(served, ids, settings, stop)
-        _record(request, [gen])
-        return {"id": rid, "object": "chat.completion", "created": created, "model": served.id,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text}, "logprobs": None,
-                             "finish_reason": gen.finish_reason}],
-                "usage": _usage([gen])}
+        return await respond(request, req, served, [(ids, settings_for(req, max_new))], req.stop_list(), _Shape(
+            head={"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": now(), "model": served.id},
+            field="delta", piece=lambda text: {} if text is None else {"content": text}, whole_object="chat.completion",
+            whole=lambda g: {"message": {"role": "assistant", "content": g.text}},
+            opening={"role": "assistant", "content": ""}))
 
     app.add_middleware(RequestLog)
     return app
+
+
+class _Shape:
+    """How one endpoint's responses look: chunk head, the field a streamed piece goes in, the whole answer."""
+
+    def __init__(self, head: dict[str, Any], field: str, piece, whole_object: str, whole, opening=None):
+        self.head, self.field, self.piece, self.whole_object, self.whole, self.opening = head, field, piece, whole_object, whole, opening
+
+    def chunk(self, i: int, value, finish: str | None) -> dict[str, Any]:
+        return {**self.head, "choices": [{"index": i, self.field: value, "logprobs": None, "finish_reason": finish}]}
+
+    def whole_choice(self, i: int, gen: Generation) -> dict[str, Any]:
+        return {"index": i, **self.whole(gen), "logprobs": None, "finish_reason": gen.finish_reason}
 
 
 async def _stream(engine: Engine, served: ServedModel, ids: list[int], settings: GenerationSettings, stop: list[str]):
