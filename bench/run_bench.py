@@ -4,7 +4,7 @@
     python bench/run_bench.py w2 [--reps 2]      # matmul-bound LoRA (~60 M params), MFU
     python bench/run_bench.py w3 [--dry-run]     # the OpenLLaMA-3B shape, QLoRA (GPU; dry run = tiny shape)
     python bench/run_bench.py dataprep           # data preparation at 1k / 10k / 100k rows
-    python bench/run_bench.py plan               # `tunelab plan` estimates against measured peaks
+    python bench/run_bench.py plan [--measure]   # `tunelab plan` estimates against measured peaks (+ held-out runs)
 
 `--set KEY=VALUE` (repeatable; w1) changes tunelab's side of a workload, e.g. `--set training.precision=bf16
 --set quantization.compute_dtype=bf16`; such variants are saved as bench/results/w1+<key-value,...>.json.
@@ -270,14 +270,40 @@ print(json.dumps(dict(rows={n}, cold_s=round(cold, 2), cached_s=round(warm, 2), 
     return {"workload": "dataprep", "rows": out}
 
 
-def plan_check() -> dict:
-    """`tunelab plan` estimates next to the peaks measured by the latest W1 / W2 results."""
+HELD_OUT = {
+    # shapes the planner's CPU constants were not fitted on: more activations, checkpointing, longer rows
+    "held-out: W2 model, fp32, batch 8": dict(training__batch_size=8),
+    "held-out: W2 model, fp32, batch 8, checkpointing": dict(training__batch_size=8, training__gradient_checkpointing=True),
+    "held-out: W2 model, bf16, max length 1024": dict(training__precision="bf16", training__max_length=1024),
+}
+
+
+def held_out_runs() -> None:
+    """Short runs (2 micro-batches) of the HELD_OUT shapes, for `plan --measure`."""
+    rows = alpaca_rows()
+    model = build_model("w2-model", dict(layers=8, hidden=768, intermediate=2048, heads=12, kv_heads=12, vocab=8192), corpus(rows))
+    train, test = write_split(rows, 128, 10, "w2")
+    for i, (label, over) in enumerate(HELD_OUT.items()):
+        print(f"plan --measure: {label}", flush=True)
+        base = dict(quantization__bits=None, data__train_rows=128, training__max_length=512, training__batch_size=4,
+                    training__grad_accum=1, training__max_steps=2, training__eval_steps=None, training__save_steps=None,
+                    samples__enabled=False, data__test=None, data__test_rows=None, tracking__backend="none")
+        cfg = tunelab_cfg(model, train, test, f"held-out-{i}", **{**base, **over})
+        run_tunelab(cfg, f"held-out-{i}")
+
+
+def plan_check(measure: bool = False) -> dict:
+    """`tunelab plan` estimates next to the peaks measured by the latest W1 / W2 results (and held-out runs)."""
     from tunelab.config import build_config
     from tunelab.perf.plan import estimate
 
+    if measure:
+        held_out_runs()
     found = []
-    for name, cfg_file in (("w1", OUT / "w1.yaml"), ("w2-bf16", OUT / "w2-bf16.yaml"), ("w2-fp32", OUT / "w2-fp32.yaml")):
-        summary = OUT / "runs" / name / "summary.json"
+    runs = [("w1", OUT / "w1.yaml"), ("w2-bf16", OUT / "w2-bf16.yaml"), ("w2-fp32", OUT / "w2-fp32.yaml"), ("w3-dry", OUT / "w3.yaml")]
+    runs += [(label, OUT / f"held-out-{i}.yaml") for i, label in enumerate(HELD_OUT)]
+    for name, cfg_file in runs:
+        summary = OUT / "runs" / cfg_file.stem / "summary.json"
         if not cfg_file.is_file() or not summary.is_file():
             continue
         cfg = build_config(yaml.safe_load(cfg_file.read_text()))
@@ -301,6 +327,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="one optimizer step per run: checks the harness, measures nothing")
     ap.add_argument("--dry-run", action="store_true", help="w3: tiny shape on the CPU, same code path")
+    ap.add_argument("--measure", action="store_true", help="plan: first run the held-out shapes (about 3 minutes)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="w1: a tunelab config override for this variant (repeatable), e.g. training.precision=bf16")
     a = ap.parse_args()
@@ -325,7 +352,7 @@ def main() -> None:
     elif a.workload == "dataprep":
         res = dataprep()
     else:
-        res = plan_check()
+        res = plan_check(a.measure)
     res.update(date=dt.date.today().isoformat(), commit=git_commit(), machine=machine(), quick=a.quick,
                command=" ".join(["python", "bench/run_bench.py", *sys.argv[1:]]), bench_wall_s=round(time.time() - started, 1))
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -117,8 +117,10 @@ def estimate(cfg: RunConfig, device: str, checkpointing: bool | None = None, bat
     # per token per layer: norm inputs (fp32), q/k/v and rotated q/k, attention out, o_proj in,
     # MLP gate/up/act/product (SwiGLU), plus LoRA inputs
     per_layer_token = (3 * h + 2 * h_kv + 2 * h + 4 * inter) * act_b + 2 * h * 4 + lora_act_per_token / max(layers, 1)
-    if not on_gpu:
-        # the CPU attention kernels materialise the score matrix for masked (packed) batches
+    packed_attention = cfg.model.attn_implementation in (None, "tunelab_packed_sdpa")
+    if not on_gpu and not (packed_attention and cfg.training.packing):
+        # SDPA with a mask (a packed row under a block-diagonal mask, or padding) materialises the
+        # score matrix on the CPU; tunelab's per-example attention runs the causal flash kernel instead
         per_layer_token += heads * min(seq, 1024) * act_b / 2
     ckpt = cfg.training.gradient_checkpointing if checkpointing is None else checkpointing
     ckpt = ckpt is True  # "auto" is resolved by the caller (decide_checkpointing); estimate it as off
