@@ -192,7 +192,8 @@ def _dense_layers(model):
     inside_lora = set()
     for m in model.modules():
         base = getattr(m, "base_layer", None)
-        if hasattr(m, "lora_A") and isinstance(base, (torch.nn.Linear, *four_bit)) and not getattr(m, "lora_variant", None):
+        plain_lora = not getattr(m, "lora_variant", None) and not any(getattr(m, "lora_bias", {}).values())
+        if hasattr(m, "lora_A") and isinstance(base, (torch.nn.Linear, *four_bit)) and plain_lora:
             inside_lora.add(id(base))
             yield m, "lora"
     for m in model.modules():
