@@ -110,6 +110,14 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
         authorize(request)
         return _model_card(lookup(model_id), engine)
 
+    async def accept(request: Request, schema):
+        """Check the key, parse the body as `schema`, find the requested model (logged with the request)."""
+        authorize(request)
+        req = parse_request(await request.body(), schema)
+        served = lookup(req.model)
+        request.state.model = served.id
+        return req, served
+
     async def respond(request: Request, req, served: ServedModel, jobs, stop: list[str], api: _Shape):
         """Run `jobs` [(token ids, settings)] and answer in `api`'s shape, streamed or whole."""
         if req.stream:
@@ -137,10 +145,7 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        authorize(request)
-        req: CompletionRequest = parse_request(await request.body(), CompletionRequest)
-        served = lookup(req.model)
-        request.state.model = served.id
+        req, served = await accept(request, CompletionRequest)
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
             raise ApiError(400, "prompt: must not be empty", param="prompt")
@@ -155,10 +160,7 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        authorize(request)
-        req: ChatRequest = parse_request(await request.body(), ChatRequest)
-        served = lookup(req.model)
-        request.state.model = served.id
+        req, served = await accept(request, ChatRequest)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
         try:
             prompt = chat_prompt(messages, served.prompt, engine.tokenizer)
