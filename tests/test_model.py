@@ -207,7 +207,7 @@ def test_direct_lm_head_leaves_models_with_logit_transforms_to_trl(tiny_model_di
 @pytest.mark.parametrize("bits", [4, None])
 def test_generation_weights_give_the_same_outputs(tiny_model_dir, bits):
     """Dense, LoRA-merged weights for generation: same logits and answers, adapters on or off, nothing left patched."""
-    from tunelab.inference.generate import GenerationSettings, generate_batch
+    from tunelab.inference.generate import GenerationSettings, generate_batch, generate_one
     from tunelab.model.loading import generation_weight_bytes, generation_weights
 
     if bits:
@@ -235,7 +235,10 @@ def test_generation_weights_give_the_same_outputs(tiny_model_dir, bits):
     assert not any("forward" in vars(m) for m in model.modules())
     settings = GenerationSettings(max_new_tokens=12)
     prompts = ["Reverse the order of the words.\ncat dog sun\n", "What is 3 plus 4?\n"]
-    assert generate_batch(model, tok, prompts, settings, dense_weights=True) == generate_batch(model, tok, prompts, settings)
+    assert generate_batch(model, tok, prompts, settings, dense_weights=True) == generate_batch(model, tok, prompts, settings,
+                                                                                               dense_weights=False)
+    ids = tok(prompts[0]).input_ids
+    assert generate_one(model, tok, ids, settings, dense_weights=True) == generate_one(model, tok, ids, settings, dense_weights=False)
     model.train()
     with torch.enable_grad(), generation_weights(model):  # with gradients the layers take PEFT's own path
         loss = model(**batch, labels=batch["input_ids"]).loss

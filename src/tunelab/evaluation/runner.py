@@ -26,7 +26,6 @@ from tunelab.evaluation.data import EvalRows, check_args, load_eval_rows
 from tunelab.evaluation.metrics import example_scores, generation_metrics
 from tunelab.inference.generate import GenerationSettings, generate_batch
 from tunelab.inference.target import Target, load_target, resolve_target
-from tunelab.model.loading import generation_weights_fit
 
 SAMPLES_FILE = "eval_samples.jsonl"
 RESULTS_FILE = "eval.json"
@@ -95,8 +94,7 @@ def settings_for(target: Target, max_new_tokens: int | None, batch_size: int | N
 def _score(result: ModelResult, model, tokenizer, rows: EvalRows, prompts, references, settings, loss_batch, progress) -> None:
     task = progress.add_task(result.label, total=len(prompts)) if progress is not None else None
     on_batch = (lambda n: progress.advance(task, n)) if progress is not None else None
-    result.answers = generate_batch(model, tokenizer, prompts, settings, on_batch=on_batch,
-                                    dense_weights=generation_weights_fit(model))
+    result.answers = generate_batch(model, tokenizer, prompts, settings, on_batch=on_batch)
     result.scores = [example_scores(a, r) for a, r in zip(result.answers, references, strict=True)]
     result.metrics = {**response_loss(model, tokenizer, rows, loss_batch),
                       **generation_metrics(result.answers, references, result.scores)}

@@ -107,12 +107,21 @@ def _generate_kwargs(model, tokenizer, settings: GenerationSettings) -> dict[str
     return kwargs
 
 
+def _dense(model, dense_weights: bool | None) -> bool:
+    """`dense_weights` None: use dense, LoRA-merged weight copies when they fit a quarter of free memory."""
+    if dense_weights is None:
+        from tunelab.model.loading import generation_weights_fit
+
+        return generation_weights_fit(model)
+    return dense_weights
+
+
 def generate_batch(model, tokenizer, prompts: list[str], settings: GenerationSettings, on_batch=None,
-                   dense_weights: bool = False) -> list[str]:
+                   dense_weights: bool | None = None) -> list[str]:
     """Answers for `prompts` (already rendered with the prompt template), in order.
 
     `dense_weights`: generate with dense, LoRA-merged copies of the weights
-    (`tunelab.model.loading.generation_weights`); faster, at the memory cost the caller checked.
+    (`tunelab.model.loading.generation_weights`; same answers, faster); None decides by free memory.
     """
     import torch
 
@@ -128,7 +137,7 @@ def generate_batch(model, tokenizer, prompts: list[str], settings: GenerationSet
     out: list[str] = [""] * len(prompts)
     kwargs = _generate_kwargs(model, tokenizer, settings)
     try:
-        with inference_mode(model), generation_weights(model, dense_weights):
+        with inference_mode(model), generation_weights(model, _dense(model, dense_weights)):
             torch.manual_seed(settings.seed)
             for start in range(0, len(order), settings.batch_size):
                 idx = order[start : start + settings.batch_size]
@@ -154,16 +163,19 @@ def generate_one(
     stop: Sequence[str] = (),
     streamer=None,
     cancel: threading.Event | None = None,
+    dense_weights: bool | None = None,
 ) -> Generation:
     """The answer to one tokenized prompt, with token counts and the reason it ended.
 
     `stop` strings end generation (the text is cut before the first one); `streamer` (a
     transformers streamer) receives the tokens as they come; setting `cancel` ends generation at
     the next token. If generation raises, the streamer is not ended: the caller does that, so a
-    consumer waiting on it is never left hanging.
+    consumer waiting on it is never left hanging. `dense_weights` as in `generate_batch`.
     """
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
+
+    from tunelab.model.loading import generation_weights
 
     class _Cancelled(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
@@ -175,7 +187,7 @@ def generate_one(
     if stops:
         kwargs.update(stop_strings=stops, tokenizer=tokenizer)
     ids = torch.tensor([list(input_ids)], device=device)
-    with inference_mode(model):
+    with inference_mode(model), generation_weights(model, _dense(model, dense_weights)):
         torch.manual_seed(settings.seed)
         gen = model.generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
