@@ -152,8 +152,8 @@ def test_model_folder_without_weights_is_a_user_error(tmp_path, tiny_model_dir):
         resolve_model_path(str(tmp_path))
 
 
-@pytest.mark.parametrize("chunk_bytes", [None, 4096 * 4 * 7])  # one chunk; chunks of 7 tokens, recomputed in backward
-def test_direct_lm_head_equals_trls_fused_head(tiny_model_dir, chunk_bytes):
+@pytest.mark.parametrize("chunk_tokens", [None, 7])  # one chunk; chunks of 7 tokens, recomputed in backward
+def test_direct_lm_head_equals_trls_fused_head(tiny_model_dir, chunk_tokens):
     """The CPU loss path (one log-softmax) gives TRL's fused-head outputs, loss and LoRA gradients."""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
     from trl.trainer.utils import add_fused_lm_head
@@ -171,11 +171,14 @@ def test_direct_lm_head_equals_trls_fused_head(tiny_model_dir, chunk_bytes):
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 torch.nn.init.normal_(p, std=0.02)
-        if direct:
-            assert use_direct_lm_head(model, chunk_bytes or MAX_CHUNK_BYTES)
         examples = [{"input_ids": tok(t).input_ids} for t in texts]
         batch = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)(examples)
         batch["labels"][0, :5] = -100  # some prompt tokens without a label
+        if direct:
+            chunk_bytes = chunk_tokens * model.config.vocab_size * 4 if chunk_tokens else MAX_CHUNK_BYTES
+            if chunk_tokens:
+                assert int((batch["labels"][:, 1:] != -100).sum()) > 3 * chunk_tokens  # several chunks really run
+            assert use_direct_lm_head(model, chunk_bytes)
         out = model(**batch, fused_lm_head=True, num_items_in_batch=int((batch["labels"] != -100).sum()))
         out.loss.backward()
         grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
@@ -208,7 +211,7 @@ def test_direct_lm_head_leaves_models_with_logit_transforms_to_trl(tiny_model_di
 def test_generation_weights_give_the_same_outputs(tiny_model_dir, bits):
     """Dense, LoRA-merged weights for generation: same logits and answers, adapters on or off, nothing left patched."""
     from tunelab.inference.generate import GenerationSettings, generate_batch, generate_one
-    from tunelab.model.loading import generation_weight_bytes, generation_weights
+    from tunelab.model.dense import generation_weight_bytes, generation_weights
 
     if bits:
         model, tok = _qlora(tiny_model_dir, fix=True)

@@ -110,7 +110,7 @@ def _generate_kwargs(model, tokenizer, settings: GenerationSettings) -> dict[str
 def _dense(model, dense_weights: bool | None) -> bool:
     """`dense_weights` None: use dense, LoRA-merged weight copies when they fit a quarter of free memory."""
     if dense_weights is None:
-        from tunelab.model.loading import generation_weights_fit
+        from tunelab.model.dense import generation_weights_fit
 
         return generation_weights_fit(model)
     return dense_weights
@@ -125,7 +125,7 @@ def generate_batch(model, tokenizer, prompts: list[str], settings: GenerationSet
     """
     import torch
 
-    from tunelab.model.loading import generation_weights
+    from tunelab.model.dense import generation_weights
 
     if not prompts:
         return []
@@ -175,7 +175,7 @@ def generate_one(
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
-    from tunelab.model.loading import generation_weights
+    from tunelab.model.dense import generation_weights
 
     class _Cancelled(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):

@@ -3,7 +3,6 @@ dtype, device, bitsandbytes 4/8-bit quantization; safetensors only; remote code 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,23 +42,31 @@ def device_for(cfg: ModelConfig) -> str:
 
 
 def bf16_supported(device: str) -> bool:
+    """Whether `device` runs bf16 mixed precision; a GPU that is not here (planning) counts as a current one."""
     import torch
 
     if device.startswith("cuda"):
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True
     return False
 
 
+def auto_dtype(device: str) -> str:
+    """What `auto` means for a dtype or a precision: bf16 on GPUs that have it, fp16 on other GPUs, fp32 on the CPU."""
+    if device.startswith("cuda"):
+        return "bf16" if bf16_supported(device) else "fp16"
+    return "fp32"
+
+
 def resolve_dtype(name: str, device: str):
-    """`auto`: bf16 on GPUs that have it, fp16 on other GPUs, fp32 on the CPU."""
+    """A dtype name (`auto` resolved for `device`) as a torch dtype."""
     import torch
 
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if name != "auto":
-        return table[name]
-    if device.startswith("cuda"):
-        return torch.bfloat16 if bf16_supported(device) else torch.float16
-    return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[auto_dtype(device) if name == "auto" else name]
+
+
+def run_precision(cfg, device: str) -> str:
+    """`training.precision` with `auto` resolved: bf16, fp16 or fp32 (no mixed precision)."""
+    return auto_dtype(device) if cfg.training.precision == "auto" else cfg.training.precision
 
 
 def run_weight_dtype(cfg, device: str) -> str:
@@ -69,12 +76,11 @@ def run_weight_dtype(cfg, device: str) -> str:
     autocast would cast every frozen fp32 weight to bf16 on each forward pass and keep the copies
     for backward, so the base is loaded in bf16 once (the adapter stays fp32, as PEFT keeps it).
     """
-    name = cfg.model.dtype
-    if name != "auto":
-        return name
+    if cfg.model.dtype != "auto":
+        return cfg.model.dtype
     if device.startswith("cuda"):
-        return "bf16" if bf16_supported(device) else "fp16"
-    return "bf16" if cfg.training.precision == "bf16" and cfg.adapter.type == "lora" else "fp32"
+        return auto_dtype(device)
+    return "bf16" if run_precision(cfg, device) == "bf16" and cfg.adapter.type == "lora" else "fp32"
 
 
 def load_tokenizer(cfg: ModelConfig, path: str | None = None):
@@ -175,116 +181,3 @@ def keep_bnb_training_layout(model) -> int:
             m.support_avx512bf16_for_cpu = False
             n += 1
     return n
-
-
-
-
-def _dense_layers(model):
-    """(layer, kind) for what `generation_weights` replaces: LoRA layers ("lora") and bare 4-bit ones ("4bit")."""
-    try:
-        import bitsandbytes as bnb
-
-        four_bit = (bnb.nn.Linear4bit,)
-    except ImportError:
-        four_bit = ()
-    import torch
-
-    inside_lora = set()
-    for m in model.modules():
-        base = getattr(m, "base_layer", None)
-        plain_lora = not getattr(m, "lora_variant", None) and not any(getattr(m, "lora_bias", {}).values())
-        if hasattr(m, "lora_A") and isinstance(base, (torch.nn.Linear, *four_bit)) and plain_lora:
-            inside_lora.add(id(base))
-            yield m, "lora"
-    for m in model.modules():
-        if four_bit and isinstance(m, four_bit) and id(m) not in inside_lora:
-            yield m, "4bit"
-
-
-def generation_weight_bytes(model) -> int:
-    """Bytes of the dense copies `generation_weights` makes (compute dtype of each layer)."""
-    import torch
-
-    total = 0
-    for m, _ in _dense_layers(model):
-        base = getattr(m, "base_layer", m)
-        dtype = getattr(base, "compute_dtype", None) or (base.weight.dtype if base.weight.is_floating_point() else torch.float32)
-        total += base.in_features * base.out_features * torch.finfo(dtype).bits // 8
-    return total
-
-
-def generation_weights_fit(model, share: float = 0.25) -> bool:
-    """Whether `generation_weights`' copies fit in `share` of the memory free now (GPU or host)."""
-    import psutil
-    import torch
-
-    device = next(model.parameters()).device
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else psutil.virtual_memory().available
-    return generation_weight_bytes(model) <= share * free
-
-
-def _dense_base(base):
-    """The base layer's weight as a dense tensor in the dtype its forward computes in."""
-    import torch
-
-    if base.weight.is_floating_point():
-        return base.weight.detach(), base.weight.dtype
-    import bitsandbytes.functional as bnbf
-
-    dtype = base.compute_dtype or torch.float32
-    return bnbf.dequantize_4bit(base.weight.data, base.weight.quant_state).to(dtype), dtype
-
-
-@contextmanager
-def generation_weights(model, enabled: bool = True):
-    """Dense, LoRA-merged weights for the duration of a no-grad block (generation, evaluation).
-
-    Generation reads every weight once per new token. bitsandbytes' CPU path dequantizes the whole
-    4-bit weight again on each such read (its fast CPU GEMM needs the `kernels` package and the
-    hub), and each LoRA layer adds two small matmuls and their Python overhead. Here each LoRA layer
-    runs one `F.linear` with `W + scaling * B @ A` (the active adapters, merged in fp32 into a dense
-    copy of W), and each bare 4-bit layer one `F.linear` with its dequantized weight. The quantized
-    weights and the adapters are not touched; with adapters disabled (`disable_adapter()`) a layer
-    uses the dense W alone. LoRA variants (DoRA) keep PEFT's forward. Costs
-    `generation_weight_bytes(model)` of memory while active: callers decide whether that fits.
-    """
-    if not enabled:
-        yield
-        return
-    import torch
-    import torch.nn.functional as F
-
-    patched = []
-
-    def merged(layer, cache):
-        active = tuple(a for a in layer.active_adapters if a in layer.lora_A)
-        if layer.disable_adapters or layer.merged or not active:
-            return cache["base"]
-        if active not in cache:
-            w = cache["base"].float()
-            for a in active:
-                w = w + layer.get_delta_weight(a).float()
-            cache[active] = w.to(cache["base"].dtype)
-        return cache[active]
-
-    try:
-        with torch.no_grad():
-            for m, kind in _dense_layers(model):
-                base = getattr(m, "base_layer", m)
-                weight, dtype = _dense_base(base)
-                bias = None if base.bias is None else base.bias.detach().to(dtype)
-                cache = {"base": weight}
-                if kind == "lora":
-                    def forward(x, *args, _m=m, _cache=cache, _bias=bias, _dtype=dtype, **kwargs):
-                        if args or kwargs or torch.is_grad_enabled():  # mixed-adapter batches, training: PEFT's path
-                            return type(_m).forward(_m, x, *args, **kwargs)
-                        return F.linear(x.to(_dtype), merged(_m, _cache), _bias).to(x.dtype)
-                else:
-                    def forward(x, _cache=cache, _bias=bias, _dtype=dtype):
-                        return F.linear(x.to(_dtype), _cache["base"], _bias).to(x.dtype)
-                m.forward = forward
-                patched.append(m)
-        yield
-    finally:
-        for m in patched:
-            del m.forward

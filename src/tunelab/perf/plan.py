@@ -64,10 +64,9 @@ def estimate(cfg: RunConfig, device: str, checkpointing: bool | None = None, bat
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(mcfg)
     on_gpu = device.startswith("cuda")
-    from tunelab.model.loading import run_weight_dtype
+    from tunelab.model.loading import run_precision, run_weight_dtype
 
-    wdtype = "bf16" if on_gpu and cfg.model.dtype == "auto" else run_weight_dtype(cfg, device)
-    prec = cfg.training.precision if cfg.training.precision != "auto" else ("bf16" if on_gpu else "fp32")
+    wdtype, prec = run_weight_dtype(cfg, device), run_precision(cfg, device)
     # On the CPU the tensors kept for backward stay mostly fp32 even with bf16 weights under bf16
     # autocast (norms and attention run in fp32 there; measured: W2's peak is within 4% of fp32's
     # with bf16 weights), so CPU activations count 4 bytes.

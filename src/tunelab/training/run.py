@@ -22,21 +22,14 @@ from tunelab.errors import TunelabError
 from tunelab.evaluation.metrics import exact_match_rate
 from tunelab.inference.generate import GenerationSettings
 from tunelab.model.adapters import apply_adapter, parameter_report
-from tunelab.model.loading import device_for, load_model, load_tokenizer, resolve_model_path, run_weight_dtype
+from tunelab.model.loading import device_for, load_model, load_tokenizer, resolve_model_path, run_precision, run_weight_dtype
 from tunelab.training.callbacks import MetricsCallback, ProgressCallback, SamplesCallback
 from tunelab.training.rundir import RunDir, check_run_dir, prepare_run_dir, rotate_checkpoints, step_dir_name
 
 
 def precision_flags(cfg: RunConfig, device: str) -> dict[str, bool]:
     """`training.precision` -> SFTConfig bf16 / fp16 flags (auto: bf16 on GPUs that have it, fp16 on others, fp32 on CPU)."""
-    import torch
-
-    p = cfg.training.precision
-    if p == "auto":
-        if device.startswith("cuda"):
-            p = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            p = "fp32"
+    p = run_precision(cfg, device)
     if p == "fp16" and not device.startswith("cuda"):
         raise TunelabError("training.precision: fp16 mixed precision needs a GPU; use bf16 or fp32 on the CPU")
     return {"bf16": p == "bf16", "fp16": p == "fp16"}
@@ -298,7 +291,7 @@ def _dense_samples_fit(cfg: RunConfig, device: str, checkpointing: bool, model) 
     """
     if not cfg.samples.enabled or not cfg.samples.dense_weights:
         return False
-    from tunelab.model.loading import generation_weight_bytes
+    from tunelab.model.dense import generation_weight_bytes
     from tunelab.perf.plan import estimate
 
     try:
