@@ -6,8 +6,9 @@
     python bench/run_bench.py dataprep           # data preparation at 1k / 10k / 100k rows
     python bench/run_bench.py plan [--measure]   # `tunelab plan` estimates against measured peaks (+ held-out runs)
 
-`--set KEY=VALUE` (repeatable; w1) changes tunelab's side of a workload, e.g. `--set training.precision=bf16
---set quantization.compute_dtype=bf16`; such variants are saved as bench/results/w1+<key-value,...>.json.
+`--set KEY=VALUE` (repeatable; w1, w2) changes tunelab's side of a workload, e.g. `--set training.precision=bf16`
+or `--set training.loss_kernel=trl` (what a change was measured against); such variants are saved as
+bench/results/<workload>+<key-value,...>.json. `--skip-reference` (w1) runs tunelab's side only.
 
 Each workload runs tunelab and the reference in the same invocation, alternating, and reports
 medians and tunelab/reference ratios. Results go to bench/results/<workload>.json; the tables in
@@ -145,20 +146,27 @@ def tunelab_cfg(model: Path, train: Path, test: Path, name: str, **over) -> dict
     return cfg
 
 
-def w1(reps: int, quick: bool, variant: dict | None = None) -> dict:
+def overrides(variant: dict | None) -> dict:
+    """`--set` keys (dotted) as tunelab_cfg keyword overrides."""
+    return {k.replace(".", "__"): v for k, v in (variant or {}).items()}
+
+
+def w1(reps: int, quick: bool, variant: dict | None = None, skip_reference: bool = False) -> dict:
     rows = alpaca_rows()
     model = build_model("w1-model", dict(layers=4, hidden=256, intermediate=704, heads=4, kv_heads=4, vocab=4096), corpus(rows))
     train, test = write_split(rows, 512, 10, "w1")
     extra = ["--max-steps", "1"] if quick else []
     ref_args = ["--train-rows", "512", "--test-rows", "10", "--max-length", "1024", "--max-new-tokens", "256", "--eval-steps", "2", *extra]
     over = {"training__max_steps": 1} if quick else {}
-    over.update({k.replace(".", "__"): v for k, v in (variant or {}).items()})
+    over.update(overrides(variant))
     tl, ref = [], []
     for i in range(reps):
         print(f"w1 rep {i + 1}/{reps}: reference", flush=True)
-        ref.append(run_reference(model, train, test, ref_args))
+        if not skip_reference:
+            ref.append(run_reference(model, train, test, ref_args))
         print(f"w1 rep {i + 1}/{reps}: tunelab", flush=True)
-        tl.append(run_tunelab(tunelab_cfg(model, train, test, "w1", **over), "w1"))
+        name = "w1-variant" if variant else "w1"  # variants keep their own run folders (the plan check reads the plain one)
+        tl.append(run_tunelab(tunelab_cfg(model, train, test, name, **over), name))
     return summarize("w1", tl, ref)
 
 
@@ -178,20 +186,22 @@ def summarize(name: str, tl: list[dict], ref: list[dict]) -> dict:
             "ratios_tunelab_over_reference": ratios, "runs": {"tunelab": tl, "reference": ref}}
 
 
-def w2(reps: int, quick: bool) -> dict:
+def w2(reps: int, quick: bool, variant: dict | None = None) -> dict:
     rows = alpaca_rows()
     model = build_model("w2-model", dict(layers=8, hidden=768, intermediate=2048, heads=12, kv_heads=12, vocab=8192), corpus(rows))
     train, test = write_split(rows, 128, 10, "w2")
     results = {}
-    for precision in ("bf16", "fp32"):
+    over = overrides(variant)
+    tag = "-variant" if variant else ""  # variants keep their own run folders (the plan check reads the plain ones)
+    for precision in [over.pop("training__precision")] if "training__precision" in over else ("bf16", "fp32"):
         runs = []
         for i in range(reps):
             print(f"w2 {precision} rep {i + 1}/{reps}", flush=True)
-            cfg = tunelab_cfg(model, train, test, f"w2-{precision}", quantization__bits=None, data__train_rows=128,
+            cfg = tunelab_cfg(model, train, test, f"w2-{precision}{tag}", quantization__bits=None, data__train_rows=128,
                               training__max_length=512, training__batch_size=4, training__grad_accum=4, training__eval_steps=None,
                               training__save_steps=None, training__precision=precision, samples__enabled=False,
-                              **({"training__max_steps": 1} if quick else {}))
-            s = run_tunelab(cfg, f"w2-{precision}")
+                              **({"training__max_steps": 1} if quick else {}), **over)
+            s = run_tunelab(cfg, f"w2-{precision}{tag}")
             s["peak_flops"] = peak_flops(precision)
             s["mfu"] = s["achieved_tflops"] * 1e12 / s["peak_flops"]
             runs.append(s)
@@ -329,10 +339,11 @@ def main() -> None:
     ap.add_argument("--dry-run", action="store_true", help="w3: tiny shape on the CPU, same code path")
     ap.add_argument("--measure", action="store_true", help="plan: first run the held-out shapes (about 3 minutes)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="w1: a tunelab config override for this variant (repeatable), e.g. training.precision=bf16")
+                    help="w1/w2: a tunelab config override for this variant (repeatable), e.g. training.precision=bf16")
+    ap.add_argument("--skip-reference", action="store_true", help="w1: run tunelab's side only (variants of tunelab)")
     a = ap.parse_args()
-    if a.set and a.workload != "w1":
-        ap.error("--set applies to w1 only")
+    if a.set and a.workload not in ("w1", "w2"):
+        ap.error("--set applies to w1 and w2 only")
     variant = {}
     for item in a.set:
         key, sep, value = item.partition("=")
@@ -344,9 +355,9 @@ def main() -> None:
     os.environ.setdefault("TUNELAB_CACHE", str(OUT / "tl-cache"))
     started = time.time()
     if a.workload == "w1":
-        res = w1(a.reps, a.quick, variant)
+        res = w1(a.reps, a.quick, variant, a.skip_reference)
     elif a.workload == "w2":
-        res = w2(a.reps, a.quick)
+        res = w2(a.reps, a.quick, variant)
     elif a.workload == "w3":
         res = w3(a.dry_run)
     elif a.workload == "dataprep":
@@ -357,6 +368,8 @@ def main() -> None:
                command=" ".join(["python", "bench/run_bench.py", *sys.argv[1:]]), bench_wall_s=round(time.time() - started, 1))
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if a.quick else ("-dry" if a.dry_run else "")
+    if a.skip_reference:
+        suffix += "-noref"
     if variant:
         res["variant"] = variant
         suffix += "+" + ",".join(a.set).replace("=", "-").replace("/", "_")

@@ -143,6 +143,7 @@ def register(app: typer.Typer) -> None:
         from tunelab.errors import TunelabError
         from tunelab.inference.chat import ChatSession
         from tunelab.inference.generate import context_length, stream_generate
+        from tunelab.model.dense import generation_weights, generation_weights_fit
 
         settings = _settings(max_new_tokens, temperature, top_p, seed)
         t, model, tokenizer, prompt_cfg = _load(target, device)
@@ -151,38 +152,40 @@ def register(app: typer.Typer) -> None:
         console.print(f"chat with [bold]{t.name}[/], {mode}. /reset clears the history, /exit quits.", highlight=False)
         if sys.stdin.isatty():
             import readline  # noqa: F401  (line editing and history for input())
-        while True:
-            try:
-                line = input(">>> ").strip()
-            except (EOFError, KeyboardInterrupt):
+        # dense, LoRA-merged weights for the whole session (built once, not per turn), when they fit
+        with generation_weights(model, generation_weights_fit(model)):
+            while True:
+                try:
+                    line = input(">>> ").strip()
+                except (EOFError, KeyboardInterrupt):
+                    sys.stdout.write("\n")
+                    break
+                if not line:
+                    continue
+                if line in ("/exit", "/quit"):
+                    break
+                if line == "/reset":
+                    session.reset()
+                    console.print("[dim]history cleared[/]")
+                    continue
+                if line.startswith("/"):
+                    console.print(f"[dim]unknown command {line}; /reset clears the history, /exit quits[/]", highlight=False)
+                    continue
+                try:
+                    ids = session.ask(line)
+                except TunelabError as e:
+                    console.print(f"[red]{e.message}[/]", highlight=False)
+                    continue
+                pieces: list[str] = []
+                try:
+                    for piece in stream_generate(model, tokenizer, ids, settings, dense_weights=False):
+                        pieces.append(piece)
+                        sys.stdout.write(piece)
+                        sys.stdout.flush()
+                except KeyboardInterrupt:  # stops this answer, not the chat
+                    console.print(" [dim](interrupted)[/]")
                 sys.stdout.write("\n")
-                break
-            if not line:
-                continue
-            if line in ("/exit", "/quit"):
-                break
-            if line == "/reset":
-                session.reset()
-                console.print("[dim]history cleared[/]")
-                continue
-            if line.startswith("/"):
-                console.print(f"[dim]unknown command {line}; /reset clears the history, /exit quits[/]", highlight=False)
-                continue
-            try:
-                ids = session.ask(line)
-            except TunelabError as e:
-                console.print(f"[red]{e.message}[/]", highlight=False)
-                continue
-            pieces: list[str] = []
-            try:
-                for piece in stream_generate(model, tokenizer, ids, settings):
-                    pieces.append(piece)
-                    sys.stdout.write(piece)
-                    sys.stdout.flush()
-            except KeyboardInterrupt:  # stops this answer, not the chat
-                console.print(" [dim](interrupted)[/]")
-            sys.stdout.write("\n")
-            session.answered("".join(pieces))
+                session.answered("".join(pieces))
 
     @app.command()
     @user_errors

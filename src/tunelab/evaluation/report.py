@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tunelab.evaluation.metrics import direction
+from tunelab.evaluation.metrics import direction, exact_match
 from tunelab.evaluation.plots import all_curves
 from tunelab.evaluation.rundata import RunData, load_runs
 
@@ -209,7 +209,7 @@ def sample_sections(runs: list[RunData], max_prompts: int) -> list[dict]:
             for i in range(len(runs)):
                 answer = entry["answers"].get((label, i))
                 cells.append({"text": answer if answer is not None else "", "gap": answer is None,
-                              "correct": answer is not None and answer.strip() == str(entry["reference"]).strip()})
+                              "correct": answer is not None and exact_match(answer, str(entry["reference"])) == 1.0})
             rows.append({"label": label, "cells": cells})
         sections.append({"prompt": p[len(prefix):], "full_prompt": p, "reference": entry["reference"], "rows": rows})
     return sections

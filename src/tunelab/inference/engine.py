@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from tunelab.errors import TunelabError
 from tunelab.inference.folder import base_model_id
 from tunelab.inference.generate import Generation, GenerationSettings, context_length, encode_prompt, generate_one
 from tunelab.inference.target import Target, load_target, resolve_target
+from tunelab.model.dense import generation_weights, generation_weights_fit
 
 
 @dataclass
@@ -44,6 +45,11 @@ class Engine:
         self.context_length = max_context or context_length(model)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunelab-engine")
         self._running: set[threading.Event] = set()
+        # dense, LoRA-merged weights for the engine's lifetime (built once, not per request), when they fit
+        self._weights = ExitStack()
+        # (each served adapter may keep its own merged copy, so they share the memory allowance)
+        adapters = sum(m.adapter is not None for m in models)
+        self._weights.enter_context(generation_weights(model, generation_weights_fit(model, share=0.25 / max(1, adapters))))
 
     def encode(self, prompt: str) -> list[int]:
         return encode_prompt(self.tokenizer, prompt)
@@ -72,7 +78,8 @@ class Engine:
         self._running.add(cancel)
         try:
             with self._adapter(served):
-                return generate_one(self.model, self.tokenizer, input_ids, settings, stop=stop, streamer=streamer, cancel=cancel)
+                return generate_one(self.model, self.tokenizer, input_ids, settings, stop=stop, streamer=streamer, cancel=cancel,
+                                    dense_weights=False)  # the engine's own dense weights are already in place
         except BaseException:
             if streamer is not None:
                 streamer.end()  # a consumer waiting on the stream must not hang
@@ -98,6 +105,7 @@ class Engine:
         for cancel in list(self._running):
             cancel.set()
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._weights.close()
 
 
 def parse_adapter_spec(spec: str) -> tuple[str, str]:

@@ -205,11 +205,13 @@ def generate_one(
     return Generation(text=text, prompt_tokens=len(input_ids), completion_tokens=len(new), finish_reason=finish)
 
 
-def stream_generate(model, tokenizer, input_ids: Sequence[int], settings: GenerationSettings) -> Iterator[str]:
+def stream_generate(model, tokenizer, input_ids: Sequence[int], settings: GenerationSettings,
+                    dense_weights: bool | None = None) -> Iterator[str]:
     """Yield the answer's text as it is generated (TextIteratorStreamer fed from a worker thread).
 
     Stopping early (Ctrl-C, breaking out of the loop) cancels generation at the next token; an
     error in generation is raised here once the text generated so far has been yielded.
+    `dense_weights` as in `generate_batch`.
     """
     from transformers import TextIteratorStreamer
 
@@ -219,7 +221,7 @@ def stream_generate(model, tokenizer, input_ids: Sequence[int], settings: Genera
 
     def work() -> None:
         try:
-            generate_one(model, tokenizer, input_ids, settings, streamer=streamer, cancel=cancel)
+            generate_one(model, tokenizer, input_ids, settings, streamer=streamer, cancel=cancel, dense_weights=dense_weights)
         except BaseException as e:  # handed to the consumer thread, which re-raises it
             failure.append(e)
             streamer.end()

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout  # builtin TimeoutError only from Python 3.11
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -88,7 +89,7 @@ class _Worker:
         self.jobs.put((fn, args, fut))
         try:
             return fut.result(timeout=timeout)
-        except TimeoutError:
+        except FutureTimeout:
             sys.stdout = stdout  # the hung call still holds the redirect; the run's own output must not vanish
             raise
 
@@ -118,7 +119,7 @@ class GuardedSink:
         t0 = time.perf_counter()
         try:
             return self._worker.call(fn, args, limit)
-        except TimeoutError:
+        except FutureTimeout:
             self._fail(method, f"no answer within {limit:g} s")
         except Exception as e:  # noqa: BLE001 - any tracker error must not stop the training
             first = (str(e).strip().splitlines() or [""])[0][:300]

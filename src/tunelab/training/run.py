@@ -215,13 +215,12 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
             trainer.add_callback(cb)
 
     before = None
-    if samples_cb is not None and cfg.samples.at_start and checkpoint is None:
-        table = samples_cb.generate(trainer.model, 0)
-        before = exact_match_rate([r["generation"] for r in table], samples_cb.references)
-
     status = "failed"
     t_train = time.perf_counter()
-    try:
+    try:  # from here on the trackers are open: any failure closes them as failed
+        if samples_cb is not None and cfg.samples.at_start and checkpoint is None:
+            table = samples_cb.generate(trainer.model, 0)
+            before = exact_match_rate([r["generation"] for r in table], samples_cb.references)
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         if data.test is not None and not _evaluated_at(trainer, trainer.state.global_step):
             trainer.evaluate()
@@ -234,7 +233,7 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
         progress_cb.stop()
         train_s = time.perf_counter() - t_train
         if status != "completed":
-            run.write_json(run.summary, {"status": status, "step": trainer.state.global_step})
+            run.write_json(run.summary, {"status": status, "steps": trainer.state.global_step})
             tracking.abort(status, trainer.state.global_step)
 
     _save_final(trainer, tokenizer, run, cfg, model_path)
