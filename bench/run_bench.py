@@ -161,8 +161,8 @@ def w1(reps: int, quick: bool, variant: dict | None = None, skip_reference: bool
     over.update(overrides(variant))
     tl, ref = [], []
     for i in range(reps):
-        print(f"w1 rep {i + 1}/{reps}: reference", flush=True)
         if not skip_reference:
+            print(f"w1 rep {i + 1}/{reps}: reference", flush=True)
             ref.append(run_reference(model, train, test, ref_args))
         print(f"w1 rep {i + 1}/{reps}: tunelab", flush=True)
         name = "w1-variant" if variant else "w1"  # variants keep their own run folders (the plan check reads the plain one)
