@@ -188,3 +188,27 @@ def test_custom_template_and_text_formats(tmp_path, tokenizer):
     cfg.prompt.format = "text"
     train, _, _ = load_splits(cfg)
     assert render_segments(train.rows[0], cfg.prompt) == [("raw words", True)]
+
+
+def test_relative_data_paths_follow_the_config_file_and_survive_saving(tmp_path, monkeypatch):
+    """A path next to the config loads from any working directory, and the saved run config still finds it."""
+    from tunelab.config import load_config, save_config
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    write_json(proj / "d.json", [{"instruction": "Say hi.", "input": "", "output": "hi"}] * 3)
+    (proj / "cfg.yaml").write_text("model: {name: tiny:llama-2l}\ndata: {train: {path: d.json}}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(proj / "cfg.yaml")
+    assert cfg.data.train.path == str((proj / "d.json").resolve()) and cfg.model.name == "tiny:llama-2l"
+    assert len(load_splits(cfg)[0].rows) == 3
+    (tmp_path / "run").mkdir()
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert len(load_splits(load_config(tmp_path / "run" / "config.yaml"))[0].rows) == 3
+    # a path missing everywhere stays as written and fails with the file named
+    (proj / "bad.yaml").write_text("model: {name: tiny:llama-2l}\ndata: {train: {path: nope.json}}\n")
+    with pytest.raises(DataError, match="nope.json"):
+        load_splits(load_config(proj / "bad.yaml"))

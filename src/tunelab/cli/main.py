@@ -84,7 +84,7 @@ def validate(config: ConfigArg, overrides: OverridesArg = None):
         from tunelab.model.loading import resolve_model_path
 
         resolve_model_path(name)
-    _, _, stats = load_splits(cfg, Path(config).resolve().parent)
+    _, _, stats = load_splits(cfg)
     skipped = f", skipped {stats['rows_skipped']}" if stats["rows_skipped"] else ""
     out.print(f"[green]ok[/] {config}: {stats['train_rows']} train rows, {stats['test_rows']} test rows{skipped}")
 

@@ -133,7 +133,32 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     cfg = build_config(data, source=str(path))
     if cfg.output.name is None:
         cfg.output.name = Path(path).stem
+    anchor_paths(cfg, Path(path).resolve().parent)
     return cfg
+
+
+def anchor_paths(cfg: RunConfig, base: Path) -> None:
+    """Make relative local paths absolute: data files and a local model folder.
+
+    A relative path is looked up from the working directory first, then from the config file's
+    folder (`base`). Anchoring it here, once, means the saved run config names the same files from
+    wherever it is loaded again (`tunelab eval RUN_DIR`). Hub ids, artifact references and
+    `synthetic:` / `tiny:` names match no local file and stay as they are.
+    """
+
+    def anchored(text: str) -> str:
+        p = Path(text).expanduser()
+        if p.is_absolute():
+            return str(p)
+        for candidate in (Path.cwd() / p, base / p):
+            if candidate.exists():
+                return str(candidate.resolve())
+        return text
+
+    for src in (cfg.data.train, cfg.data.test):
+        if src is not None:
+            src.path = anchored(src.path)
+    cfg.model.name = anchored(cfg.model.name)
 
 
 def redact(obj: Any, key: str = "") -> Any:

@@ -35,16 +35,16 @@ class PreparedData:
     cache_hit: bool = False
 
 
-def load_splits(cfg: RunConfig, base_dir: Path | None = None) -> tuple[RawRows, RawRows, dict[str, Any]]:
+def load_splits(cfg: RunConfig) -> tuple[RawRows, RawRows, dict[str, Any]]:
     """Validated train and test rows (no tokenizer needed: `tunelab validate` uses this too)."""
     from tunelab.tracking.artifacts import configure_for
 
     configure_for(cfg)  # artifact references among the sources resolve in this config's tracking dir
     d = cfg.data
-    train = validate_rows(read_source(d.train, d.on_bad_row, base_dir), cfg.prompt, d.field_map, d.on_bad_row)
+    train = validate_rows(read_source(d.train, d.on_bad_row), cfg.prompt, d.field_map, d.on_bad_row)
     rows_read = len(train.rows) + sum(train.skipped.values())
     if d.test is not None:
-        test = validate_rows(read_source(d.test, d.on_bad_row, base_dir), cfg.prompt, d.field_map, d.on_bad_row)
+        test = validate_rows(read_source(d.test, d.on_bad_row), cfg.prompt, d.field_map, d.on_bad_row)
         rows_read += len(test.rows) + sum(test.skipped.values())
     elif d.test_size is not None:
         n_test = int(round(d.test_size * len(train.rows))) if d.test_size < 1 else int(d.test_size)
@@ -178,14 +178,14 @@ def default_cache_dir() -> Path:
     return Path(root) / "data"
 
 
-def prepare_data(cfg: RunConfig, tokenizer: Any, base_dir: Path | None = None) -> PreparedData:
+def prepare_data(cfg: RunConfig, tokenizer: Any) -> PreparedData:
     """Validated, tokenized train/test datasets plus statistics, from the cache when possible.
 
     The tokenized splits are Arrow files, written a chunk at a time and memory-mapped on load.
     """
     import datasets
 
-    train, test, stats = load_splits(cfg, base_dir)
+    train, test, stats = load_splits(cfg)
     cache_root = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
     entry = cache_root / cache_key(cfg, train, test, tokenizer)
     if not (entry / "stats.json").is_file():

@@ -134,8 +134,8 @@ def looks_local(text: str) -> bool:
     return text.startswith((".", "/", "~")) or Path(text).suffix in SUFFIXES or Path(text).exists()
 
 
-def read_source(src: SourceConfig, on_bad_row: str, base_dir: Path | None = None) -> RawRows:
-    """Read every row of a source. Local paths are resolved against the config file's folder."""
+def read_source(src: SourceConfig, on_bad_row: str) -> RawRows:
+    """Read every row of a source (relative paths were anchored when the config was loaded)."""
     out = RawRows()
     from tunelab.tracking.artifacts import is_artifact_ref
 
@@ -144,15 +144,14 @@ def read_source(src: SourceConfig, on_bad_row: str, base_dir: Path | None = None
 
         # a dataset artifact: resolved, downloaded once (cached by digest), then read as a local folder
         local = fetch(src.path, expected_type="dataset").path
-        return read_source(src.model_copy(update={"path": str(local)}), on_bad_row, base_dir)
+        return read_source(src.model_copy(update={"path": str(local)}), on_bad_row)
     if src.path.startswith("synthetic:"):
         return _read_synthetic(src.path, out)
     if looks_local(src.path):
         path = Path(src.path).expanduser()
-        if not path.is_absolute() and base_dir is not None and not path.exists():
-            path = base_dir / path
         if not path.exists():
-            raise DataError(f"data file not found: {src.path}", hint="paths are relative to the working directory")
+            raise DataError(f"data file not found: {src.path}",
+                            hint="relative paths are looked up from the working directory, then from the config file's folder")
         files = local_files(path)
         for f in files:
             try:

@@ -132,7 +132,6 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
     console = console or Console(stderr=True)
     sinks = list(sinks or [])
     t_start = time.perf_counter()
-    base_dir = Path(config_path).resolve().parent if config_path else None
     resume = resume or cfg.training.resume not in (False, None)
     device = device_for(cfg.model)
     precision_flags(cfg, device)  # fail before anything is written
@@ -148,7 +147,7 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
         check_adapter_fits(init, cfg.adapter)
     model_path = resolve_model_path(init.base if init is not None else cfg.model.name)
     tokenizer = load_tokenizer(cfg.model, model_path)
-    data = prepare_data(cfg, tokenizer, base_dir)
+    data = prepare_data(cfg, tokenizer)
     run_name = cfg.output.name or "run"
     run = check_run_dir(cfg.output.dir, run_name, resume=resume, overwrite=cfg.output.overwrite)
     if resume and run.is_complete():
