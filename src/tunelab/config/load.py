@@ -15,6 +15,7 @@ from tunelab.config.schema import RunConfig
 from tunelab.errors import ConfigError
 
 _SECRET_KEY = re.compile(r"(token|secret|password|api_key|apikey|(^|_)key$)", re.IGNORECASE)
+_SECRET_ENV = re.compile(r"(TOKEN|_KEY|SECRET|PASSWORD)$", re.IGNORECASE)
 _URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<cred>[^/@\s]+)@", re.IGNORECASE)
 REDACTED = "***"
 # names people bring from other tools (the tutorial's TRL / PEFT arguments) -> ours
@@ -161,17 +162,18 @@ def anchor_paths(cfg: RunConfig, base: Path) -> None:
     cfg.model.name = anchored(cfg.model.name)
 
 
-def redact(obj: Any, key: str = "") -> Any:
+def redact(obj: Any, key: str = "", _secrets: list[str] | None = None) -> Any:
     """Replace secret-looking values (by key name, credentials in URIs, values of secret env vars)."""
+    secrets = secret_env_values() if _secrets is None else _secrets  # read the environment once per call tree
     if isinstance(obj, dict):
-        return {k: redact(v, str(k)) for k, v in obj.items()}
+        return {k: redact(v, str(k), secrets) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [redact(v, key) for v in obj]
+        return [redact(v, key, secrets) for v in obj]
     if isinstance(obj, str):
         if key and _SECRET_KEY.search(key) and obj:
             return REDACTED
         text = _URI_CREDENTIALS.sub(lambda m: f"{m['scheme']}{REDACTED}@", obj)
-        for secret in secret_env_values():
+        for secret in secrets:
             text = text.replace(secret, REDACTED)
         return text
     return obj
@@ -179,8 +181,7 @@ def redact(obj: Any, key: str = "") -> Any:
 
 def secret_env_values() -> list[str]:
     """Values of environment variables that hold secrets (*_TOKEN, *_KEY, *_SECRET, *_PASSWORD)."""
-    pat = re.compile(r"(TOKEN|_KEY|SECRET|PASSWORD)$", re.IGNORECASE)
-    return [v for k, v in os.environ.items() if pat.search(k) and len(v) >= 6]
+    return [v for k, v in os.environ.items() if _SECRET_ENV.search(k) and len(v) >= 6]
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunelab.cache import cache_root
 from tunelab.config.schema import RunConfig
 from tunelab.data.sources import RawRows, read_source
 from tunelab.data.templates import render_segments
@@ -173,11 +174,6 @@ def cache_key(cfg: RunConfig, train: RawRows, test: RawRows, tokenizer: Any) -> 
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def default_cache_dir() -> Path:
-    root = os.environ.get("TUNELAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tunelab"
-    return Path(root) / "data"
-
-
 def prepare_data(cfg: RunConfig, tokenizer: Any) -> PreparedData:
     """Validated, tokenized train/test datasets plus statistics, from the cache when possible.
 
@@ -186,8 +182,8 @@ def prepare_data(cfg: RunConfig, tokenizer: Any) -> PreparedData:
     import datasets
 
     train, test, stats = load_splits(cfg)
-    cache_root = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
-    entry = cache_root / cache_key(cfg, train, test, tokenizer)
+    cache_dir = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else cache_root("data")
+    entry = cache_dir / cache_key(cfg, train, test, tokenizer)
     if not (entry / "stats.json").is_file():
         tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)

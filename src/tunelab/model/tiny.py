@@ -14,6 +14,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tunelab.cache import cache_root
 from tunelab.errors import ConfigError
 
 CHAT_TEMPLATE = (
@@ -120,11 +121,6 @@ def build_tiny(out: str | Path, spec: TinySpec = TinySpec(), texts: list[str] | 
     return out
 
 
-def tiny_cache_root() -> Path:
-    root = os.environ.get("TUNELAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tunelab"
-    return Path(root) / "tiny"
-
-
 def resolve_tiny(name: str) -> Path:
     """`tiny:llama-2l` -> a cached local folder, built on first use."""
     preset = name.removeprefix("tiny:")
@@ -132,7 +128,7 @@ def resolve_tiny(name: str) -> Path:
         raise ConfigError([f"model.name: unknown tiny preset {preset!r} (known: {', '.join('tiny:' + p for p in PRESETS)})"])
     spec = PRESETS[preset]
     digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:10]
-    path = tiny_cache_root() / f"{preset}-{digest}"
+    path = cache_root("tiny") / f"{preset}-{digest}"
     if not (path / "config.json").is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         build_tiny(path, spec)
