@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch that this machine keeps on disk; on a CUDA machine use e.g. TORCH_SPEC=torch==2.13.0+cu128
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup quickstart test test-fast bench clean
+.PHONY: setup quickstart test test-fast bench clean llama-cpp
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# llama.cpp (llama-cpp-python from source) in a venv outside the repo, for tests/test_gguf.py; ~10 min on 2 cores
+llama-cpp:
+	nice -n 10 scripts/build-llama-cpp.sh
 
 clean:
 	rm -rf runs .pytest_cache

@@ -213,33 +213,44 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def export(
         target: TargetArg,
-        fmt: Annotated[str, typer.Option("--format", help="hf: a full model folder (LoRA merged); adapter: the PEFT adapter alone.")],
+        fmt: Annotated[str, typer.Option("--format", help="hf: a full model folder (LoRA merged); adapter: the PEFT adapter alone; "
+                                         "gguf: one GGUF file (LoRA merged) + an Ollama Modelfile, for llama.cpp, Ollama, LM Studio.")],
         out_dir: Annotated[Path, typer.Option("-o", "--out", help="Folder to write.", show_default=False)],
-        dtype: Annotated[str, typer.Option(help="hf: bf16, fp16 or fp32; auto: the base model's dtype.")] = "auto",
+        dtype: Annotated[str, typer.Option(help="hf, gguf: bf16, fp16 or fp32 for the merge; auto: the base model's dtype.")] = "auto",
+        quant: Annotated[str | None, typer.Option("--quant", help="gguf: f16 (default), bf16, q8_0, q5_0, q4_0 or f32. Converted from "
+                                                  "the merged unquantized weights; norms stay f32.")] = None,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")] = False,
         push_to_hub: Annotated[str | None, typer.Option("--push-to-hub", help="Also upload to this hub repo (token from env HF_TOKEN).")] = None,
         public: Annotated[bool, typer.Option("--public", help="With --push-to-hub: create the repo public (default private).")] = False,
     ):
-        """Write a folder serving engines load as it is (vLLM, TGI, transformers, PEFT) and print the commands that serve it."""
+        """Write a folder serving engines load as it is (vLLM, TGI, transformers, PEFT, llama.cpp, Ollama) and print the commands that serve it."""
+        from rich.markup import escape
+
         from tunelab.cli.main import _quiet_libraries, out
         from tunelab.errors import TunelabError
         from tunelab.inference.export import export_target
         from tunelab.inference.export import push_to_hub as push
         from tunelab.inference.target import resolve_target
 
-        if fmt not in ("hf", "adapter"):
-            raise TunelabError(f"--format: {fmt!r} is not hf or adapter")
+        if fmt not in ("hf", "adapter", "gguf"):
+            raise TunelabError(f"--format: {fmt!r} is not hf, adapter or gguf")
+        if quant is not None:
+            from tunelab.inference.gguf import check_quant
+
+            if fmt != "gguf":
+                raise TunelabError("--quant: only with --format gguf")
+            check_quant(quant)
         if push_to_hub and not os.environ.get("HF_TOKEN"):
             raise TunelabError("--push-to-hub: HF_TOKEN is not set", hint="export HF_TOKEN=<a write token>; tunelab reads it from the environment only")
         t = resolve_target(target)
         _quiet_libraries()
-        result = export_target(t, out_dir, fmt, dtype, overwrite)
-        if result.check is not None:
-            out.print(f"[green]ok[/] {result.check.describe()}", highlight=False)
-        out.print(f"wrote {result.folder} ({'PEFT adapter' if result.kind == 'adapter' else 'Hugging Face model folder'})", highlight=False)
+        result = export_target(t, out_dir, fmt, dtype, overwrite, quant)
+        for line in ([result.check.describe()] if result.check is not None else []) + result.checks:
+            out.print("[green]ok[/] " + escape(line), highlight=False)
+        out.print(f"wrote {result.folder} ({escape(result.wrote)})", highlight=False)
         for note in result.notes:
-            out.print(f"[yellow]note:[/] {note}", highlight=False)
-        out.print("serve it with one of:", highlight=False)
+            out.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+        out.print("serve it with one of:" if fmt != "gguf" else "run it with one of:", highlight=False)
         for cmd in result.usage:
             out.print(f"  {cmd}", highlight=False, markup=False, soft_wrap=True)
         if push_to_hub:

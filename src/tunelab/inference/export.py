@@ -2,7 +2,9 @@
 
 `hf`: a standalone Hugging Face model folder (LoRA merged, checked like `tunelab merge`) for vLLM,
 TGI and transformers. `adapter`: the PEFT adapter alone, for engines that serve LoRA adapters over
-a shared base (vLLM `--enable-lora`, TGI `LORA_ADAPTERS`, PEFT).
+a shared base (vLLM `--enable-lora`, TGI `LORA_ADAPTERS`, PEFT). `gguf`: one GGUF file for llama.cpp,
+Ollama and LM Studio with an Ollama Modelfile, converted from the merged, unquantized weights (a
+QLoRA run is merged into its 16/32-bit base first, never exported from 4-bit tensors).
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max
 @dataclass
 class ExportResult:
     folder: Path
-    kind: str  # merged | full | adapter
+    kind: str  # merged | full | adapter | gguf
     check: LogitCheck | None
     usage: list[str]
     notes: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)  # further checks passed, one line each (gguf: the file's own logits)
+    wrote: str = ""  # what the folder holds, for the CLI's "wrote" line
 
 
 def hf_commands(folder: Path, name: str) -> list[str]:
@@ -60,15 +64,24 @@ def adapter_commands(folder: Path, name: str, base: str, rank: int) -> list[str]
     ]
 
 
-def export_target(target: Target, out: Path, fmt: str, dtype: str = "auto", overwrite: bool = False) -> ExportResult:
-    """Write `out` in the given format; the result lists the commands that serve it."""
+def export_target(target: Target, out: Path, fmt: str, dtype: str = "auto", overwrite: bool = False,
+                  quant: str | None = None) -> ExportResult:
+    """Write `out` in the given format; the result lists the commands that serve it.
+
+    `quant` (gguf only): the GGUF tensor type, f16 when None."""
     out = out.expanduser().resolve()
+    if quant is not None and fmt != "gguf":
+        raise TunelabError("--quant: only with --format gguf")
+    if fmt == "gguf":
+        from tunelab.inference.gguf_export import export_gguf
+
+        return export_gguf(target, out, dtype, quant or "f16", overwrite)
     if fmt == "hf":
         usage = hf_commands(out, target.name)
         check = write_full_model(target, out, dtype, overwrite, usage=usage)
-        return ExportResult(out, "merged" if target.adapter is not None else "full", check, usage)
+        return ExportResult(out, "merged" if target.adapter is not None else "full", check, usage, wrote="Hugging Face model folder")
     if fmt != "adapter":
-        raise TunelabError(f"--format: {fmt!r} is not hf or adapter")
+        raise TunelabError(f"--format: {fmt!r} is not hf, adapter or gguf")
     if target.adapter is None:
         raise TunelabError(f"{target.text}: a full model has no adapter to export", hint="use --format hf")
     return _export_adapter(target, out, overwrite)
@@ -97,7 +110,7 @@ def _export_adapter(target: Target, out: Path, overwrite: bool) -> ExportResult:
         publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return ExportResult(out, "adapter", None, usage, notes)
+    return ExportResult(out, "adapter", None, usage, notes, wrote="PEFT adapter")
 
 
 def push_to_hub(folder: Path, repo: str, private: bool = True) -> str:

@@ -1,0 +1,130 @@
+"""`tunelab export --format gguf`: a folder with one GGUF file and an Ollama Modelfile, checked.
+
+Steps, all inside a staging folder that is renamed to OUT only when every check passed:
+
+1. merge: `write_full_model` writes the run as a Hugging Face folder from the *unquantized* base (a
+   QLoRA run's adapter is merged into the 16/32-bit weights) and checks its logits against the adapter
+   model's, exactly as `tunelab merge` does;
+2. convert that folder to GGUF (`tunelab.inference.gguf`), with the run's prompt format as the file's
+   chat template and in the Modelfile (`tunelab.inference.ollama`);
+3. read the GGUF back into a transformers model from the file alone and compare its logits with the
+   merged model's on the merge check's prompts: f32/f16/bf16 must match within the merge tolerance of
+   that dtype; quantized types are reported (rounding to 8 or fewer bits moves logits by design).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import re
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+from tunelab.errors import TunelabError
+from tunelab.inference import gguf as gg
+from tunelab.inference.export import ExportResult
+from tunelab.inference.folder import publish, staging_dir, write_model_card, write_model_meta
+from tunelab.inference.merge import check_inputs, compare_logits, logits_for, write_full_model
+from tunelab.inference.target import Target, inference_prompt
+
+TOLERANCE_KEY = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}  # merge.TOLERANCE's names
+
+
+def gguf_commands(folder: Path, file_name: str, name: str) -> list[str]:
+    gguf_path = folder / file_name
+    return [
+        f"ollama create {name} -f {folder / 'Modelfile'}",
+        f"ollama run {name}",
+        f"llama-cli -m {gguf_path} --jinja -cnv --temp 0",
+        f"llama-server -m {gguf_path} --jinja --temp 0 --port 8080",
+    ]
+
+
+def engine_name(name: str) -> str:
+    """A model name Ollama accepts (lower case letters, digits, '.', '-', '_')."""
+    return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._") or "model"
+
+
+def export_gguf(target: Target, out: Path, dtype: str, quant: str, overwrite: bool) -> ExportResult:
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from tunelab.inference.generate import stop_token_ids
+    from tunelab.inference.gguf_vocab import read_vocab
+    from tunelab.inference.ollama import engine_prompt, modelfile
+    from tunelab.model.loading import resolve_model_path
+
+    gg.check_quant(quant)
+    base_dir = Path(resolve_model_path(target.base))
+    if (base_dir / "config.json").is_file():  # refuse an unsupported architecture before merging anything
+        gg.read_hparams(json.loads((base_dir / "config.json").read_text()))
+    name = engine_name(target.name)
+    file_name = f"{name}-{quant}.gguf"
+    usage = gguf_commands(out, file_name, name)
+    tmp = staging_dir(out, overwrite)
+    try:
+        merged = tmp / "merged-hf"
+        merge_check = write_full_model(target, merged, dtype, usage=[])
+        hp = gg.read_hparams(json.loads((merged / "config.json").read_text()))
+        tokenizer = AutoTokenizer.from_pretrained(merged)
+        stops = stop_token_ids(SimpleNamespace(generation_config=_generation_config(GenerationConfig, merged)), tokenizer)
+        prompt = engine_prompt(inference_prompt(target, tokenizer), tokenizer, stops)
+        spm_places = [p for p in (target.adapter, base_dir) if p is not None]
+        vocab = read_vocab(merged, tokenizer, hp.vocab_size, stops, spm_places)
+        summary = gg.write_gguf(merged, tmp / file_name, quant, vocab, prompt.chat_template, name)
+        check = _check_file(target, merged, summary.path, quant, hp, tokenizer)
+        (tmp / "Modelfile").write_text(modelfile(file_name, prompt, name))
+        kind = "merged" if target.adapter is not None else "full"
+        write_model_meta(tmp, target, "gguf", {"quant": quant, "file": file_name, "dtype_merged": _merged_dtype(merged),
+                                               "merge_check": merge_check.describe(), "gguf_check": check})
+        write_model_card(tmp, target, kind, f"{merge_check.describe()}\n\nGGUF ({quant}): {check}", usage)
+        shutil.rmtree(merged)
+        publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    notes = [*hp.notes, *prompt.notes]
+    if summary.fallbacks:
+        shown = ", ".join(f.split(":")[0] for f in summary.fallbacks[:4]) + (", ..." if len(summary.fallbacks) > 4 else "")
+        notes.append(f"{len(summary.fallbacks)} tensors written F16, their rows not a multiple of the {quant} block of 32 "
+                     f"(as llama.cpp's converter does): {shown}")
+    types = ", ".join(f"{t} {n / summary.params:.1%}" for t, n in sorted(summary.params_by_type.items(), key=lambda kv: -kv[1]))
+    size = f"{summary.bytes / 2**20:.1f} MiB" if summary.bytes >= 2**20 else f"{summary.bytes / 2**10:.0f} KiB"
+    wrote = (f"{file_name}, {size}, {summary.params:,} parameters ({types}); "
+             f"Modelfile (prompt format: {prompt.format})")
+    return ExportResult(out, "gguf", merge_check, usage, notes, checks=[check], wrote=wrote)
+
+
+def _generation_config(cls, folder: Path):
+    try:
+        return cls.from_pretrained(folder)
+    except OSError:  # no generation_config.json: the tokenizer's EOS alone
+        return None
+
+
+def _merged_dtype(folder: Path) -> str:
+    cfg = json.loads((folder / "config.json").read_text())
+    return str(cfg.get("dtype") or cfg.get("torch_dtype"))
+
+
+def _check_file(target: Target, merged: Path, gguf_file: Path, quant: str, hp: gg.LlamaHparams, tokenizer) -> str:
+    """Logits of the model rebuilt from the GGUF file vs the merged folder's, on the merge check's prompts."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    inputs = check_inputs(target, tokenizer)
+    # One model in memory at a time: the merged reference first, then the one read from the file.
+    ref_model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32, use_safetensors=True)
+    reference = logits_for(ref_model, inputs)
+    del ref_model
+    gc.collect()
+    rope = {**hp.rope, "rope_theta": hp.rope_theta} if hp.rope_type in ("llama3", "yarn") else None
+    got = logits_for(gg.model_from_gguf(gguf_file, rope), inputs)
+    c = compare_logits(reference, got, TOLERANCE_KEY.get(quant, "bf16"))
+    c.compared_with = "the merged model's"
+    if quant in TOLERANCE_KEY:
+        if not c.ok:
+            raise TunelabError(f"{target.text}: the GGUF file's {c.describe()}", hint="nothing was written; report this with the run's config")
+        return f"{quant} file read back: {c.describe()}"
+    return (f"{quant} file read back (dequantized): logits vs the merged model's on {c.prompts} prompts ({c.tokens} positions): "
+            f"max |diff| {c.max_abs_diff:.2e} (largest |logit| {c.max_abs_logit:.2f}), same top token at "
+            f"{c.argmax_agreement:.1%} of positions (quantized: reported, not held to a tolerance)")
