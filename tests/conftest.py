@@ -73,3 +73,11 @@ def base_config(data_path: Path, out_dir: Path, **sections) -> dict:
     for name, values in sections.items():
         cfg.setdefault(name, {}).update(values)
     return cfg
+
+
+def run_faulty(fault: str, *args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the real CLI with a fault injected (tests/fault_inject.py): a crash, a full disk, a signal."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "fault_inject.py"), fault, "--", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "COLUMNS": "200"},
+    )

@@ -86,8 +86,19 @@ def test_saved_config_round_trips_and_redacts_secrets(tmp_path, monkeypatch):
     assert again.adapter.r == 8 and again.model.name == "tiny:llama-2l"
 
 
-def test_redact_by_key_name():
-    assert redact({"api_key": "abc", "hf_token": "x", "name": "ok"}) == {"api_key": "***", "hf_token": "***", "name": "ok"}
+def test_redact_matches_secret_values_not_key_names(monkeypatch):
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "canary-secret-123456")
+    # a field map whose keys look like secret names is data (issue 10: it was saved as '***' and broke eval)
+    assert redact({"field_map": {"q_key": "instruction", "a_token": "output"}}) == {"field_map": {"q_key": "instruction", "a_token": "output"}}
+    assert redact({"anything": "x canary-secret-123456 y", "uri": "https://u:pw1234@h/x"}) == {
+        "anything": "x *** y", "uri": "https://***@h/x"}
+
+
+def test_field_map_with_secret_looking_keys_survives_a_round_trip(tmp_path):
+    data = {**MINIMAL, "data": {"train": {"path": "x.jsonl"}, "field_map": {"q_key": "instruction"}}}
+    cfg = load_config(write(tmp_path, data))
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml").data.field_map == {"q_key": "instruction"}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)

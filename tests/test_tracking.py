@@ -75,8 +75,9 @@ def test_trackio_artifact_round_trip_with_versions_aliases_and_digests(tmp_path)
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "weights.bin").write_bytes(os.urandom(64))
+    (folder / "config.json").write_text("{}")  # a model artifact is a model folder (issue 10: a JSONL file is refused)
     (folder / "sub").mkdir()
-    (folder / "sub" / "config.json").write_text("{}")
+    (folder / "sub" / "extra.json").write_text("{}")
     assert cli("artifacts", "push", str(folder), "--name", "m", "--type", "model", "--alias", "prod", "--dir", str(d)).exit_code == 0
 
     listed = json.loads(cli("artifacts", "list", "--dir", str(d), "--json").output)

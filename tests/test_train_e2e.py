@@ -1,13 +1,12 @@
 """End to end through the real CLI on the tiny model: files written, numbers reported, resume, bad input."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import base_config, run_cli
+from conftest import base_config, run_cli, run_faulty
 
 pytestmark = pytest.mark.slow
 
@@ -58,12 +57,8 @@ def test_resume_after_a_crash_reaches_the_same_losses(tmp_path, synth_file):
     path = write_cfg(tmp_path, cfg)
     assert run_cli("train", str(path), "output.name=straight").returncode == 0
 
-    os.environ["TUNELAB_TEST_CRASH_AFTER_SAVE"] = "4"
-    try:
-        r = run_cli("train", str(path), "output.name=crashed")
-    finally:
-        del os.environ["TUNELAB_TEST_CRASH_AFTER_SAVE"]
-    assert r.returncode != 0
+    r = run_faulty("crash_after_save:4", "train", str(path), "output.name=crashed")
+    assert r.returncode == 75
     crashed = tmp_path / "runs" / "crashed"
     assert not (crashed / "final").exists()
     assert (crashed / "checkpoints" / "step-000004").is_dir()

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from tunelab.errors import TunelabError
 
@@ -29,10 +30,11 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except TunelabError as e:
-            console.print(f"[bold red]error:[/] {e.message}", highlight=False, markup=True)
+            # user text (paths, data values) may hold rich markup or emoji codes: print it as it is
+            console.print(Text.assemble(("error:", "bold red"), " ", e.message), highlight=False)
             if e.hint:
-                console.print(f"[dim]hint: {e.hint}[/]", highlight=False)
-            raise typer.Exit(2) from None
+                console.print(Text(f"hint: {e.hint}", style="dim"), highlight=False)
+            raise typer.Exit(getattr(e, "exit_code", 2)) from None
 
     return wrapper
 

@@ -36,6 +36,8 @@ def register(app: typer.Typer) -> None:
         out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write eval.json and eval_samples.jsonl (default: the run directory).")] = None,
         max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Tokens generated per answer (default: the run's samples setting).")] = None,
         batch_size: Annotated[int | None, typer.Option("--batch-size", help="Prompts generated together.")] = None,
+        trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own Python code; "
+                                                        "a run's saved config never grants it.")] = False,
     ):
         """Score a model on held-out prompts against its base: loss, perplexity, exact match, ROUGE-L, BLEU, chrF."""
         from tunelab.cli.main import _quiet_libraries, console
@@ -50,7 +52,8 @@ def register(app: typer.Typer) -> None:
         from tunelab.evaluation.runner import evaluate
 
         result = evaluate(target, data=data, split=split, limit=limit, baseline=baseline, use_baseline=not no_baseline,
-                          out_dir=out_dir, max_new_tokens=max_new_tokens, batch_size=batch_size, console=console)
+                          out_dir=out_dir, max_new_tokens=max_new_tokens, batch_size=batch_size, console=console,
+                          trust_remote_code=trust_remote_code)
         _print_results(result)
 
     @app.command()

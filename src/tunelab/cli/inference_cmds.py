@@ -19,6 +19,8 @@ Temperature = Annotated[float, typer.Option(help="0: greedy decoding; above 0: s
 TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling threshold (with --temperature > 0).")]
 Seed = Annotated[int, typer.Option(help="Sampling seed.")]
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: the run's model.device).")]
+Trust = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own Python code (auto_map). Off "
+                                     "unless given here: a run's saved config never grants it.")]
 
 
 def _settings(max_new_tokens: int, temperature: float, top_p: float, seed: int, batch_size: int = 1):
@@ -37,12 +39,12 @@ def _settings(max_new_tokens: int, temperature: float, top_p: float, seed: int, 
                               top_p=top_p, batch_size=batch_size, seed=seed)
 
 
-def _load(target_text: str, device: str | None):
+def _load(target_text: str, device: str | None, trust_remote_code: bool = False):
     """Resolve and load TARGET; (target, model, tokenizer, prompt format)."""
     from tunelab.cli.main import _quiet_libraries
     from tunelab.inference.target import inference_prompt, load_target, resolve_target
 
-    target = resolve_target(target_text)
+    target = resolve_target(target_text, trust_remote_code)
     _quiet_libraries()
     model, tokenizer = load_target(target, device=device)
     return target, model, tokenizer, inference_prompt(target, tokenizer)
@@ -75,6 +77,7 @@ def register(app: typer.Typer) -> None:
         seed: Seed = 0,
         batch_size: Annotated[int, typer.Option(help="With --file: prompts generated together.")] = 16,
         device: Device = None,
+        trust_remote_code: Trust = False,
     ):
         """Answer an instruction (streamed as it is generated) or a file of prompts, in the format the model was trained on."""
         from tunelab.errors import TunelabError
@@ -83,13 +86,13 @@ def register(app: typer.Typer) -> None:
             raise TunelabError("give either an INSTRUCTION or --file PROMPTS.jsonl", hint='tunelab generate runs/r1 "Reverse the words." --input "a b c"')
         settings = _settings(max_new_tokens, temperature, top_p, seed, batch_size)
         if file is not None:
-            _generate_file(target, file, out_file, settings, device)
+            _generate_file(target, file, out_file, settings, device, trust_remote_code)
             return
         from tunelab.cli.main import console
         from tunelab.inference.generate import encode_prompt, stream_generate
         from tunelab.inference.prompts import instruction_row, prompt_text
 
-        t, model, tokenizer, prompt_cfg = _load(target, device)
+        t, model, tokenizer, prompt_cfg = _load(target, device, trust_remote_code)
         ids = encode_prompt(tokenizer, prompt_text(instruction_row(instruction or "", input, prompt_cfg), prompt_cfg, tokenizer))
         _check_room(model, len(ids), max_new_tokens)
         console.print(f"[dim]{t.name}: {prompt_cfg.format} prompt, {len(ids)} tokens[/]", highlight=False)
@@ -98,7 +101,7 @@ def register(app: typer.Typer) -> None:
             sys.stdout.flush()
         sys.stdout.write("\n")
 
-    def _generate_file(target: str, file: Path, out_file: Path | None, settings, device: str | None) -> None:
+    def _generate_file(target: str, file: Path, out_file: Path | None, settings, device: str | None, trust: bool) -> None:
         import json
         import time
 
@@ -109,9 +112,9 @@ def register(app: typer.Typer) -> None:
         from tunelab.inference.prompts import prompt_text, read_prompt_rows
         from tunelab.inference.target import resolve_target
 
-        resolved = resolve_target(target)
+        resolved = resolve_target(target, trust)
         rows = read_prompt_rows(file, resolved.prompt) if resolved.prompt_known else None  # fail before loading weights
-        t, model, tokenizer, prompt_cfg = _load(target, device)
+        t, model, tokenizer, prompt_cfg = _load(target, device, trust)
         rows = rows or read_prompt_rows(file, prompt_cfg)
         prompts = [prompt_text(r, prompt_cfg, tokenizer) for r in rows]
         dest = out_file or file.with_name(file.name.removesuffix(".jsonl") + ".generations.jsonl")
@@ -137,6 +140,7 @@ def register(app: typer.Typer) -> None:
         top_p: TopP = 1.0,
         seed: Seed = 0,
         device: Device = None,
+        trust_remote_code: Trust = False,
     ):
         """Talk to a model in the terminal: multi-turn for chat-trained models, one instruction at a time for Alpaca-style ones. /reset, /exit."""
         from tunelab.cli.main import console
@@ -146,7 +150,7 @@ def register(app: typer.Typer) -> None:
         from tunelab.model.dense import generation_weights, generation_weights_fit
 
         settings = _settings(max_new_tokens, temperature, top_p, seed)
-        t, model, tokenizer, prompt_cfg = _load(target, device)
+        t, model, tokenizer, prompt_cfg = _load(target, device, trust_remote_code)
         session = ChatSession(tokenizer, prompt_cfg, context_length(model) - max_new_tokens, system)
         mode = "multi-turn (chat template)" if session.multi_turn else f"single-turn: each message is asked on its own ({prompt_cfg.format} template)"
         console.print(f"chat with [bold]{t.name}[/], {mode}. /reset clears the history, /exit quits.", highlight=False)
@@ -195,6 +199,7 @@ def register(app: typer.Typer) -> None:
         dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32; auto: the dtype the base model was published in.")] = "auto",
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")] = False,
         device: Device = None,
+        trust_remote_code: Trust = False,
     ):
         """Merge a LoRA adapter into its base (reloaded unquantized) and check the merged logits match the adapter model's."""
         from tunelab.cli.main import _quiet_libraries, out
@@ -202,7 +207,7 @@ def register(app: typer.Typer) -> None:
         from tunelab.inference.merge import merge_target
         from tunelab.inference.target import resolve_target
 
-        t = resolve_target(target)
+        t = resolve_target(target, trust_remote_code)
         _quiet_libraries()
         folder = out_dir.expanduser().resolve()
         check = merge_target(t, folder, dtype, overwrite, device, usage=hf_commands(folder, t.name))
@@ -222,6 +227,7 @@ def register(app: typer.Typer) -> None:
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")] = False,
         push_to_hub: Annotated[str | None, typer.Option("--push-to-hub", help="Also upload to this hub repo (token from env HF_TOKEN).")] = None,
         public: Annotated[bool, typer.Option("--public", help="With --push-to-hub: create the repo public (default private).")] = False,
+        trust_remote_code: Trust = False,
     ):
         """Write a folder serving engines load as it is (vLLM, TGI, transformers, PEFT, llama.cpp, Ollama) and print the commands that serve it."""
         from rich.markup import escape
@@ -242,7 +248,7 @@ def register(app: typer.Typer) -> None:
             check_quant(quant)
         if push_to_hub and not os.environ.get("HF_TOKEN"):
             raise TunelabError("--push-to-hub: HF_TOKEN is not set", hint="export HF_TOKEN=<a write token>; tunelab reads it from the environment only")
-        t = resolve_target(target)
+        t = resolve_target(target, trust_remote_code)
         _quiet_libraries()
         result = export_target(t, out_dir, fmt, dtype, overwrite, quant)
         for line in ([result.check.describe()] if result.check is not None else []) + result.checks:
@@ -267,6 +273,11 @@ def register(app: typer.Typer) -> None:
         adapter: Annotated[list[str] | None, typer.Option("--adapter", help="Another LoRA adapter over the same base, NAME=PATH; repeatable.")] = None,
         name: Annotated[str | None, typer.Option(help="Model id of TARGET (default: the run's or folder's name).")] = None,
         max_tokens_limit: Annotated[int, typer.Option("--max-tokens-limit", help="Most tokens one request may ask to generate.")] = 1024,
+        max_batch: Annotated[int, typer.Option("--max-batch", help="Most sequences decoding at once (continuous batching; bounds the KV-cache "
+                                               "memory). 1: one request at a time, the exact answers of `tunelab generate`.")] = 16,
+        max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body in MB; larger ones get a 413 before they are read.")] = 4.0,
+        backend: Annotated[str, typer.Option(help="tunelab: this process serves the model; vllm: start vLLM's OpenAI server on it "
+                                             "(base + LoRA modules, same model ids; needs vLLM installed).")] = "tunelab",
         device: Device = None,
     ):
         """An OpenAI-compatible server (/v1/completions, /v1/chat/completions, streaming) for TARGET and its adapters."""
@@ -278,19 +289,32 @@ def register(app: typer.Typer) -> None:
             raise TunelabError(f"--port: {port} is not a port number")
         if max_tokens_limit <= 0:
             raise TunelabError("--max-tokens-limit: must be positive")
+        if max_batch < 1:
+            raise TunelabError("--max-batch: must be at least 1")
+        if not max_body_mb > 0:
+            raise TunelabError("--max-body-mb: must be positive")
+        if backend not in ("tunelab", "vllm"):
+            raise TunelabError(f"--backend: {backend!r} is not tunelab or vllm")
         if api_key is not None and not api_key.strip():
             raise TunelabError("--api-key: empty")
         for spec in adapter or []:
             parse_adapter_spec(spec)  # fail before loading weights
+        if backend == "vllm":
+            from tunelab.inference.vllm_backend import serve_vllm
+
+            code = serve_vllm(target, adapter or [], name, host, port, api_key, max_batch,
+                              say=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
+            raise typer.Exit(code)
         _quiet_libraries()
-        engine = load_engine(target, adapter or [], name=name, device=device)
+        engine = load_engine(target, adapter or [], name=name, device=device, max_batch=max_batch)
         from tunelab.inference.server import configure_logging, run_server
 
         configure_logging()
         auth = "API key required" if api_key else "no API key"
+        batching = f"batches of up to {engine.max_batch}" if engine.max_batch > 1 else "one request at a time"
         console.print(f"serving {', '.join(engine.models)} on http://{host}:{port}/v1 ({auth}, "
-                      f"context {engine.context_length} tokens, max_tokens <= {max_tokens_limit}); Ctrl-C stops", highlight=False)
+                      f"context {engine.context_length} tokens, max_tokens <= {max_tokens_limit}, {batching}); Ctrl-C stops", highlight=False)
         if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
             console.print(f"[yellow]warning:[/] bound to {host} without an API key: anyone who can reach this port can use the model")
-        run_server(engine, host, port, api_key, max_tokens_limit)
+        run_server(engine, host, port, api_key, max_tokens_limit, max_body_bytes=int(max_body_mb * 2**20))
         console.print("server stopped")

@@ -41,7 +41,10 @@ def train(
     _quiet_libraries()
     from tunelab.training.run import train as run_training
 
-    s = run_training(cfg, config_path=config, resume=resume, console=console)
+    import shlex
+
+    command = shlex.join(["tunelab", "train", str(config), *(overrides or [])])
+    s = run_training(cfg, config_path=config, resume=resume, console=console, command=command)
     _print_summary(s)
 
 

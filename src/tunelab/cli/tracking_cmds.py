@@ -53,6 +53,21 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
+def _check_shape(path: Path, type_: str) -> None:
+    """A model artifact is a model or adapter folder; a dataset is data files. Anything else is refused now."""
+    from tunelab.data.sources import SUFFIXES
+    from tunelab.errors import TunelabError
+
+    if type_ == "model":
+        if not (path.is_dir() and ((path / "config.json").is_file() or (path / "adapter_config.json").is_file())):
+            raise TunelabError(f"{path}: a model artifact is a model or adapter folder (with config.json or "
+                               "adapter_config.json)", hint="push data files with --type dataset")
+        return
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    if not any(f.suffix in SUFFIXES for f in files):
+        raise TunelabError(f"{path}: a dataset artifact holds data files ({', '.join(sorted(SUFFIXES))})")
+
+
 def register(app: typer.Typer) -> None:
     """Add `artifacts`, `runs` and `dashboard` to the app."""
     artifacts_app = typer.Typer(help="Versioned datasets and models in the tracker's store (trackio by default).",
@@ -85,6 +100,7 @@ def register(app: typer.Typer) -> None:
             raise TunelabError(f"--type: {type_!r} is not dataset or model")
         if not path.exists():
             raise TunelabError(f"{path}: no such file or folder")
+        _check_shape(path, type_)
         where = "" if store == "mlflow" else f"{project}/"
         for a in alias or ["latest"]:
             ArtifactRef.parse(f"{store}:{where}{name}:{a}")  # the same name and alias rules as references
@@ -150,7 +166,12 @@ def register(app: typer.Typer) -> None:
         dest = out_dir or Path(f"{got.version.name}-{got.version.version}")
         if dest.exists() and any(dest.iterdir()):
             raise TunelabError(f"--out: {dest} exists and is not empty")
-        shutil.copytree(got.path, dest, dirs_exist_ok=True)
+        try:
+            shutil.copytree(got.path, dest, dirs_exist_ok=True)
+        except OSError as e:
+            from tunelab.errors import os_error
+
+            raise os_error(e, dest) from None
         out.print(f"pulled [bold]{got.version.ref}[/] ({', '.join(got.version.aliases)}) to {dest} "
                   f"digest {(got.version.digest or '-')[:16]}", highlight=False, emoji=False)
 

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ValidationError
 from tunelab.config.schema import RunConfig
 from tunelab.errors import ConfigError
 
-_SECRET_KEY = re.compile(r"(token|secret|password|api_key|apikey|(^|_)key$)", re.IGNORECASE)
 _SECRET_ENV = re.compile(r"(TOKEN|_KEY|SECRET|PASSWORD)$", re.IGNORECASE)
 _URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<cred>[^/@\s]+)@", re.IGNORECASE)
 REDACTED = "***"
@@ -31,10 +30,19 @@ _ALIASES = {
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, turning I/O and syntax problems into one-line errors."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError([f"{p}: is a directory, not a config file"])
     if not p.is_file():
         raise ConfigError([f"config file not found: {p}"])
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_bytes().decode("utf-8-sig")  # a BOM (Windows editors) is not part of the YAML
+    except UnicodeDecodeError as e:
+        line = p.read_bytes()[: e.start].count(b"\n") + 1
+        raise ConfigError([f"{p}:{line}: not UTF-8 text (byte {e.object[e.start]:#04x})"]) from None
+    except OSError as e:
+        raise ConfigError([f"{p}: cannot read it ({e.strerror})"]) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark else str(p)
@@ -133,13 +141,19 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     data = apply_overrides(read_yaml(path), list(overrides or []))
     cfg = build_config(data, source=str(path))
     if cfg.output.name is None:
-        cfg.output.name = Path(path).stem
+        cfg.output.name = default_run_name(Path(path))
     anchor_paths(cfg, Path(path).resolve().parent)
     return cfg
 
 
+def default_run_name(config_path: Path) -> str:
+    """The config file's stem as a run name: characters a folder name cannot carry become '-'."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", config_path.stem).strip("-.")
+    return name or "run"
+
+
 def anchor_paths(cfg: RunConfig, base: Path) -> None:
-    """Make relative local paths absolute: data files and a local model folder.
+    """Make relative local paths absolute: data files, a local model folder, output and tracking dirs.
 
     A relative path is looked up from the working directory first, then from the config file's
     folder (`base`). Anchoring it here, once, means the saved run config names the same files from
@@ -160,18 +174,25 @@ def anchor_paths(cfg: RunConfig, base: Path) -> None:
         if src is not None:
             src.path = anchored(src.path)
     cfg.model.name = anchored(cfg.model.name)
+    # Where runs and tracker files go is relative to the working directory (as `runs/` in the
+    # quickstart): made absolute here, a saved run config finds its own artifact store from anywhere.
+    for section in (cfg.output, cfg.tracking):
+        if section.dir is not None and "://" not in section.dir:
+            section.dir = str(Path(section.dir).expanduser().absolute())
 
 
-def redact(obj: Any, key: str = "", _secrets: list[str] | None = None) -> Any:
-    """Replace secret-looking values (by key name, credentials in URIs, values of secret env vars)."""
+def redact(obj: Any, _secrets: list[str] | None = None) -> Any:
+    """Replace secret values: credentials in URIs and the values of secret environment variables.
+
+    Values are matched, not key names: a config entry such as `data.field_map: {q_key: instruction}`
+    is data, and redacting it by its name would break the saved config.
+    """
     secrets = secret_env_values() if _secrets is None else _secrets  # read the environment once per call tree
     if isinstance(obj, dict):
-        return {k: redact(v, str(k), secrets) for k, v in obj.items()}
+        return {k: redact(v, secrets) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [redact(v, key, secrets) for v in obj]
+        return [redact(v, secrets) for v in obj]
     if isinstance(obj, str):
-        if key and _SECRET_KEY.search(key) and obj:
-            return REDACTED
         text = _URI_CREDENTIALS.sub(lambda m: f"{m['scheme']}{REDACTED}@", obj)
         for secret in secrets:
             text = text.replace(secret, REDACTED)

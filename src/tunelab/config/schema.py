@@ -6,11 +6,24 @@ this object. Field descriptions double as documentation (`tunelab config-schema`
 
 from __future__ import annotations
 
+import re
+import string
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DType = Literal["auto", "bf16", "fp16", "fp32"]
+# A run (or artifact) name is one path component: it is joined to output.dir, so '/', '..' or an
+# absolute path would point a run (and output.overwrite) at someone else's files.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
+
+
+def check_name(value: str) -> str:
+    """A single path component of letters, digits, '.', '_' and '-', not '.' or '..' (else ValueError)."""
+    if not NAME_PATTERN.match(value) or value in (".", ".."):
+        raise ValueError("must be one folder name of letters, digits, '.', '_' and '-' (not '.' or '..', no '/')")
+    return value
 
 
 class Section(BaseModel):
@@ -33,6 +46,13 @@ class ModelConfig(Section):
         "(SDPA per packed example instead of a block-diagonal mask over the whole row)."
     )
     use_cache: bool = Field(False, description="KV cache during training (off: it is useless with gradient checkpointing).")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not DEVICE_PATTERN.match(v):
+            raise ValueError("must be auto, cpu, cuda, cuda:N, mps or xpu[:N]")
+        return v
 
 
 class QuantizationConfig(Section):
@@ -116,6 +136,20 @@ class PromptConfig(Section):
         "response", description="Compute the loss on the response only, or on the whole text (the tutorial's choice)."
     )
 
+    @field_validator("template")
+    @classmethod
+    def _template_parses(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            names = [f for _, f, _, _ in string.Formatter().parse(v) if f is not None]
+        except ValueError as e:  # an unmatched '{' or '}'
+            raise ValueError(f"{e} (write a literal brace as {{{{ or }}}})") from None
+        for n in names:
+            if not n.isidentifier():
+                raise ValueError(f"placeholder {{{n}}} is not a plain field name")
+        return v
+
     @model_validator(mode="after")
     def _template_needed(self):
         if self.format == "custom" and not self.template:
@@ -154,11 +188,36 @@ class TrainingConfig(Section):
     )
     dataloader_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
 
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, v: str) -> str:
+        from tunelab.compat import optimizer_names
+
+        return _known(v, optimizer_names())
+
+    @field_validator("lr_scheduler")
+    @classmethod
+    def _scheduler(cls, v: str) -> str:
+        from tunelab.compat import scheduler_names
+
+        return _known(v, scheduler_names())
+
     @model_validator(mode="after")
     def _steps(self):
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError("training.max_steps must be -1 (use epochs) or a positive step count")
         return self
+
+
+def _known(value: str, known: list[str]) -> str:
+    """`value` if it is one of `known`, else a ValueError naming the closest and the known values."""
+    if value in known:
+        return value
+    import difflib
+
+    close = difflib.get_close_matches(value, known, n=1, cutoff=0.6)
+    guess = f"did you mean {close[0]!r}? " if close else ""
+    raise ValueError(f"unknown value; {guess}known: {', '.join(known)}")
 
 
 class SamplesConfig(Section):
@@ -231,8 +290,13 @@ class TrackingConfig(Section):
 
 class OutputConfig(Section):
     dir: str = Field("runs", description="Folder that holds run directories.")
-    name: str | None = Field(None, description="Run directory name (default: the config file's stem).")
-    overwrite: bool = Field(False, description="Replace an existing run directory of the same name.")
+    name: str | None = Field(None, description="Run directory name, one folder name (default: the config file's stem).")
+    overwrite: bool = Field(False, description="Replace an existing run directory of the same name (only one tunelab made).")
+
+    @field_validator("name")
+    @classmethod
+    def _one_component(cls, v: str | None) -> str | None:
+        return v if v is None else check_name(v)
 
 
 class RunConfig(Section):

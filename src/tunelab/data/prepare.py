@@ -24,7 +24,7 @@ from tunelab.data.templates import render_segments
 from tunelab.data.validate import validate_rows
 from tunelab.errors import DataError
 
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"
 
 
 @dataclass
@@ -42,11 +42,15 @@ def load_splits(cfg: RunConfig) -> tuple[RawRows, RawRows, dict[str, Any]]:
 
     configure_for(cfg)  # artifact references among the sources resolve in this config's tracking dir
     d = cfg.data
-    train = validate_rows(read_source(d.train, d.on_bad_row), cfg.prompt, d.field_map, d.on_bad_row)
+    train = validate_rows(read_source(d.train, d.on_bad_row), cfg.prompt, d.field_map, d.on_bad_row, d.train.path)
     rows_read = len(train.rows) + sum(train.skipped.values())
+    if not train.rows:
+        raise DataError(no_rows_message(d.train.path, train), hint=_no_rows_hint(train))
     if d.test is not None:
-        test = validate_rows(read_source(d.test, d.on_bad_row), cfg.prompt, d.field_map, d.on_bad_row)
+        test = validate_rows(read_source(d.test, d.on_bad_row), cfg.prompt, d.field_map, d.on_bad_row, d.test.path)
         rows_read += len(test.rows) + sum(test.skipped.values())
+        if not test.rows:
+            raise DataError(no_rows_message(d.test.path, test, "data.test"), hint=_no_rows_hint(test))
     elif d.test_size is not None:
         n_test = int(round(d.test_size * len(train.rows))) if d.test_size < 1 else int(d.test_size)
         if not 0 < n_test < len(train.rows):
@@ -70,6 +74,23 @@ def load_splits(cfg: RunConfig) -> tuple[RawRows, RawRows, dict[str, Any]]:
     skipped = train.skipped + test.skipped
     stats = {"rows_read": rows_read, "rows_skipped": dict(skipped), "train_rows": len(train.rows), "test_rows": len(test.rows)}
     return train, test, stats
+
+
+def no_rows_message(path: str, raw: RawRows, field: str = "data.train") -> str:
+    """Why a source gave no usable rows: empty files, or every row skipped (with the reasons)."""
+    skipped = sum(raw.skipped.values())
+    if skipped:
+        reasons = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in raw.skipped.most_common(4))
+        return f"{field}: all {skipped} rows of {path} were skipped ({reasons})"
+    if raw.empty:
+        return f"{field}: no rows: " + "; ".join(raw.empty[:3])
+    return f"{field}: {path} holds no rows"
+
+
+def _no_rows_hint(raw: RawRows) -> str | None:
+    if raw.skipped:
+        return "data.on_bad_row: error stops at the first bad row with its file:line"
+    return None
 
 
 def _subset(raw: RawRows, idx, skipped: Counter | None = None) -> RawRows:
@@ -174,38 +195,105 @@ def cache_key(cfg: RunConfig, train: RawRows, test: RawRows, tokenizer: Any) -> 
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def prepare_data(cfg: RunConfig, tokenizer: Any) -> PreparedData:
+def prepare_data(cfg: RunConfig, tokenizer: Any, console=None) -> PreparedData:
     """Validated, tokenized train/test datasets plus statistics, from the cache when possible.
 
-    The tokenized splits are Arrow files, written a chunk at a time and memory-mapped on load.
+    The tokenized splits are Arrow files, written a chunk at a time and memory-mapped on load. A
+    cache entry records the SHA-256 of its files and is checked each time it is used: an entry
+    whose files were truncated or edited is rebuilt, never trained on.
     """
     import datasets
 
     train, test, stats = load_splits(cfg)
     cache_dir = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else cache_root("data")
     entry = cache_dir / cache_key(cfg, train, test, tokenizer)
-    if not (entry / "stats.json").is_file():
-        tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+    hit = (entry / "stats.json").is_file()
+    if hit:
+        problem = _entry_problem(entry)
+        if problem:
+            if console is not None:
+                console.print(f"[yellow]note:[/] tokenized-data cache entry {entry.name} {problem}; rebuilding it", highlight=False)
+            _discard(entry)
+            hit = False
+    if not hit:
+        hit = _build_entry(entry, cfg, tokenizer, train, test, stats)
+    cached = json.loads((entry / "stats.json").read_text())
+    cached.pop("files", None)
+    train_ds = datasets.Dataset.from_file(str(entry / "train.arrow"))
+    test_ds = datasets.Dataset.from_file(str(entry / "test.arrow")) if cached["test_examples"] else None
+    return PreparedData(train_ds, test_ds, test.rows, cached, cache_hit=hit)
+
+
+def _build_entry(entry: Path, cfg: RunConfig, tokenizer: Any, train: RawRows, test: RawRows, stats: dict) -> bool:
+    """Tokenize into a temporary folder and rename it to `entry`; True when another process won the race."""
+    from tunelab.errors import os_error
+
+    tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
         tmp.mkdir(parents=True)
         counts: Counter = Counter()
         tr = write_arrow(train, cfg, tokenizer, tmp / "train.arrow", counts)
         if not tr["examples"]:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise DataError(f"{cfg.data.train.path}: every training example was dropped ({dict(counts)})")
+            raise DataError(_all_dropped(cfg, len(train.rows), counts))
         te = write_arrow(test, cfg, tokenizer, tmp / "test.arrow", counts)
-        stats.update(train_examples=tr["examples"], test_examples=te["examples"], train_tokens=tr["tokens"],
-                     train_loss_tokens=tr["loss_tokens"], **dict(counts))
+        stats = {**stats, "train_examples": tr["examples"], "test_examples": te["examples"], "train_tokens": tr["tokens"],
+                 "train_loss_tokens": tr["loss_tokens"], **dict(counts),
+                 "files": {n: _sha256(tmp / n) for n in ("train.arrow", "test.arrow")}}
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
-        try:
-            tmp.replace(entry)
-            hit = False
-        except OSError:  # another process filled the entry first; ours is identical
-            shutil.rmtree(tmp, ignore_errors=True)
-            hit = True
-    else:
-        hit = True
-    cached = json.loads((entry / "stats.json").read_text())
-    train_ds = datasets.Dataset.from_file(str(entry / "train.arrow"))
-    test_ds = datasets.Dataset.from_file(str(entry / "test.arrow")) if cached["test_examples"] else None
-    return PreparedData(train_ds, test_ds, test.rows, cached, cache_hit=hit)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise os_error(e, entry) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        tmp.replace(entry)
+        return False
+    except OSError:  # another process filled the entry first; ours is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+        return True
+
+
+def _all_dropped(cfg: RunConfig, rows: int, counts: Counter) -> str:
+    n = cfg.training.max_length
+    if counts.get("too_long_dropped") == rows:
+        return f"training.max_length: all {rows} training rows are longer than {n} tokens and data.too_long is drop"
+    if counts.get("no_response_tokens"):
+        return (f"training.max_length: {n} tokens leave no answer tokens in any of the {rows} training rows "
+                f"({counts['no_response_tokens']} lost their answer to truncation)")
+    return f"{cfg.data.train.path}: every training example was dropped ({dict(counts)})"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _entry_problem(entry: Path) -> str | None:
+    """Why a cache entry cannot be used as it is (missing, truncated or edited files), or None."""
+    try:
+        recorded = json.loads((entry / "stats.json").read_text()).get("files")
+    except (OSError, ValueError):
+        return "has an unreadable stats.json"
+    if not isinstance(recorded, dict):
+        return "was written without file digests (an older tunelab)"
+    for name, digest in recorded.items():
+        f = entry / name
+        if not f.is_file():
+            return f"lacks {name}"
+        if _sha256(f) != digest:
+            return f"has a {name} that does not match its recorded digest (truncated or edited)"
+    return None
+
+
+def _discard(entry: Path) -> None:
+    stale = entry.with_name(entry.name + f".stale{os.getpid()}")
+    try:
+        entry.rename(stale)
+    except OSError:
+        return
+    shutil.rmtree(stale, ignore_errors=True)

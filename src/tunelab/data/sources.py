@@ -29,6 +29,7 @@ class RawRows:
     where: list[str] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
     fingerprint: str = ""
+    empty: list[str] = field(default_factory=list)  # "FILE: why it gave no rows", for files that gave none
 
     def add(self, row: dict[str, Any], where: str) -> None:
         self.rows.append(row)
@@ -42,30 +43,45 @@ def _bad(msg: str, reason: str, out: RawRows, on_bad_row: str) -> None:
 
 
 def read_jsonl(path: Path, out: RawRows, on_bad_row: str) -> None:
-    with path.open(encoding="utf-8") as f:
+    lines = 0
+    with path.open(encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Windows exports) is not data
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            lines += 1
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 _bad(f"{path}:{lineno}: malformed JSON ({e.msg})", "malformed_json", out, on_bad_row)
                 continue
+            except RecursionError:
+                _bad(f"{path}:{lineno}: JSON nested too deeply to read", "malformed_json", out, on_bad_row)
+                continue
             if not isinstance(row, dict):
                 _bad(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}", "not_an_object", out, on_bad_row)
                 continue
             out.add(row, f"{path}:{lineno}")
+    if not lines:
+        out.empty.append(f"{path}: the file is empty" if path.stat().st_size == 0 else f"{path}: the file holds only blank lines")
 
 
 def _read_json(path: Path, out: RawRows, on_bad_row: str) -> None:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
+    if not text.strip():
+        out.empty.append(f"{path}: the file is empty")
+        return
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         # a whole-file syntax error cannot be skipped row by row: the rest of the array is unreadable
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to read") from None
     if not isinstance(data, list):
         raise DataError(f"{path}:1: expected a JSON array of objects (or JSON Lines)")
+    if not data:
+        out.empty.append(f"{path}: an empty JSON array")
+        return
     lines = _element_lines(text, len(data))
     for i, row in enumerate(data):
         where = f"{path}:{lines[i]}"
@@ -92,20 +108,31 @@ def _element_lines(text: str, n: int) -> list[int]:
 
 
 def _read_csv(path: Path, out: RawRows, on_bad_row: str) -> None:
-    with path.open(encoding="utf-8", newline="") as f:
+    n = 0
+    with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         for row in reader:
+            n += 1
             where = f"{path}:{reader.line_num}"
             if None in row:
                 _bad(f"{where}: more values than header columns", "malformed_csv", out, on_bad_row)
                 continue
             out.add({k: ("" if v is None else v) for k, v in row.items()}, where)
+        if not n:
+            out.empty.append(f"{path}: a CSV header with no rows" if reader.fieldnames else f"{path}: the file is empty")
 
 
 def _read_parquet(path: Path, out: RawRows) -> None:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    for i, row in enumerate(pq.read_table(path).to_pylist()):
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({(str(e).splitlines() or ['?'])[0][:160]})") from None
+    if not rows:
+        out.empty.append(f"{path}: a Parquet file with no rows")
+    for i, row in enumerate(rows):
         out.add(row, f"{path}:row {i + 1}")
 
 

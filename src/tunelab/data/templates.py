@@ -60,8 +60,20 @@ def render_prompt(row: dict[str, Any], cfg: PromptConfig, tokenizer: Any = None)
         msgs = row["messages"]
         if msgs and msgs[-1]["role"] == "assistant":
             msgs = msgs[:-1]
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        return apply_chat_template(tokenizer, msgs, add_generation_prompt=True)
     return ""
+
+
+def apply_chat_template(tokenizer: Any, messages: list[dict[str, Any]], **kwargs: Any) -> str:
+    """The tokenizer's chat template rendered as text; a template that raises (its own
+    `raise_exception`, or the sandbox refusing an escape) is a user error, not a traceback."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(["prompt.format: messages needs a tokenizer with a chat template; this one has none"])
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+    except Exception as e:  # noqa: BLE001 - jinja2's TemplateError / SecurityError, or what the template raised
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError([f"prompt.format: the model's chat template failed on a conversation ({type(e).__name__}: {first})"]) from None
 
 
 def reference(row: dict[str, Any], cfg: PromptConfig) -> str:
@@ -99,11 +111,11 @@ def _chat_segments(messages: list[dict[str, str]], tokenizer: Any) -> Segments:
     done = ""
     for i, msg in enumerate(messages):
         if msg["role"] == "assistant":
-            before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
+            before = apply_chat_template(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
             if before.startswith(done) and before != done:
                 segs.append((before[len(done):], False))
                 done = before
-        upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        upto = apply_chat_template(tokenizer, messages[: i + 1])
         if not upto.startswith(done):
             raise ConfigError(["prompt.format: the tokenizer's chat template does not render conversations incrementally"])
         segs.append((upto[len(done):], msg["role"] == "assistant"))

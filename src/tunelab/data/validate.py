@@ -11,8 +11,34 @@ from tunelab.data.templates import required_fields
 ROLES = {"system", "user", "assistant", "tool"}
 
 
+def _bad_text(value: Any, where: str) -> str | None:
+    """The first place in `value` holding a string that is not valid Unicode (a lone surrogate from a
+    `\\ud800` escape: no tokenizer can encode it), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for k, v in items:
+        found = _bad_text(v, f"{where}[{k!r}]" if isinstance(k, str) else f"{where}[{k}]")
+        if found:
+            return found
+    return None
+
+
 def row_problem(row: dict[str, Any], cfg: PromptConfig) -> tuple[str, str] | None:
     """(message, reason) for the first problem of a row, or None when it is usable."""
+    for key, value in row.items():
+        bad = _bad_text(value, str(key))
+        if bad:
+            return f"field {bad} holds invalid Unicode (a lone surrogate such as \\ud800)", "invalid_unicode"
     for name in required_fields(cfg):
         if name not in row or row[name] is None:
             return f"missing field {name!r}", f"missing_{name}"
@@ -39,9 +65,26 @@ def _messages_problem(msgs: Any) -> tuple[str, str] | None:
     return None
 
 
-def validate_rows(raw: RawRows, cfg: PromptConfig, field_map: dict[str, str], on_bad_row: str) -> RawRows:
+def check_field_map(raw: RawRows, field_map: dict[str, str], source: str) -> None:
+    """Every `data.field_map` key must be a field of some row: a misspelt one would rename nothing."""
+    if not field_map or not raw.rows:
+        return
+    seen: set[str] = set()
+    for row in raw.rows:
+        seen.update(row)
+    unused = [k for k in field_map if k not in seen]
+    if unused:
+        from tunelab.errors import DataError
+
+        fields = ", ".join(sorted(seen)[:20])
+        raise DataError(f"data.field_map: {', '.join(repr(k) for k in unused)} matches no field of any row in {source} "
+                        f"(its fields: {fields})")
+
+
+def validate_rows(raw: RawRows, cfg: PromptConfig, field_map: dict[str, str], on_bad_row: str, source: str = "the data") -> RawRows:
     """Rename fields, check each row, and keep the good ones (or stop at the first bad one)."""
-    out = RawRows(skipped=raw.skipped.copy(), fingerprint=raw.fingerprint)
+    check_field_map(raw, field_map, source)
+    out = RawRows(skipped=raw.skipped.copy(), fingerprint=raw.fingerprint, empty=list(raw.empty))
     for row, where in zip(raw.rows, raw.where, strict=True):
         if field_map:
             row = {field_map.get(k, k): v for k, v in row.items()}

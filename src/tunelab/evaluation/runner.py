@@ -113,7 +113,8 @@ def auto_baseline(target: Target) -> Target | None:
     if target.adapter is not None:
         return None  # reached through disable_adapter(), see evaluate()
     if target.config is not None:  # a full fine-tune: its base is another set of weights
-        return Target(target.config.model.name, base=target.config.model.name, prompt=target.prompt, config=target.config)
+        return Target(target.config.model.name, base=target.config.model.name, prompt=target.prompt, config=target.config,
+                      trust_remote_code=target.trust_remote_code)
     return None
 
 
@@ -139,6 +140,7 @@ def evaluate(
     batch_size: int | None = None,
     console=None,
     sinks: list[Any] | None = None,
+    trust_remote_code: bool = False,
 ) -> EvalResult:
     """Evaluate a target (and its baseline) and write eval.json + eval_samples.jsonl atomically.
 
@@ -148,9 +150,9 @@ def evaluate(
     `log_samples(step, rows)` with one row per example and model.
     """
     t0 = time.perf_counter()
-    target = resolve_target(target_text)
+    target = resolve_target(target_text, trust_remote_code)
     check_args(target, data, split)
-    base_target = resolve_target(baseline) if baseline else None
+    base_target = resolve_target(baseline, trust_remote_code) if baseline else None
     out = Path(out_dir) if out_dir is not None else target.run_dir
     if out is None:
         raise TunelabError(f"{target_text}: not a run directory; say where to write eval.json", hint="pass --out DIR")

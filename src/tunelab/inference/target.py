@@ -26,12 +26,15 @@ class Target:
     run_dir: Path | None = None
     config: RunConfig | None = None
     prompt_known: bool = True  # False: nothing says how the model was trained; `prompt` is only the default
+    # Whether the command being run allows the model's own code (--trust-remote-code). Never taken
+    # from a saved config or an artifact's metadata: whoever runs a command must ask for it.
+    trust_remote_code: bool = False
 
     @property
     def model_cfg(self) -> ModelConfig:
         if self.config is not None:
-            return self.config.model.model_copy(update={"name": self.base})
-        return ModelConfig(name=self.base)
+            return self.config.model.model_copy(update={"name": self.base, "trust_remote_code": self.trust_remote_code})
+        return ModelConfig(name=self.base, trust_remote_code=self.trust_remote_code)
 
     @property
     def quantization(self) -> QuantizationConfig:
@@ -58,8 +61,29 @@ class Target:
 MODEL_META = "tunelab_model.json"
 
 
-def resolve_target(text: str) -> Target:
-    """The model a TARGET names: its base, its adapter if any, and the prompt format it was trained with."""
+def resolve_target(text: str, trust_remote_code: bool = False) -> Target:
+    """The model a TARGET names: its base, its adapter if any, and the prompt format it was trained with.
+
+    `trust_remote_code` is the command's own permission (its --trust-remote-code flag)."""
+    target = _resolve(text)
+    target.trust_remote_code = trust_remote_code
+    if target.adapter is not None:
+        check_adapter_folder(target.adapter)
+    return target
+
+
+def check_adapter_folder(folder: Path) -> None:
+    """An adapter folder must hold safetensors weights: a pickled adapter_model.bin is never loaded."""
+    if (folder / "adapter_model.safetensors").is_file():
+        return
+    if (folder / "adapter_model.bin").is_file():
+        raise TunelabError(f"{folder / 'adapter_model.bin'}: a pickled adapter; tunelab loads safetensors only",
+                           hint="convert it where you trust the file: PeftModel.from_pretrained(...).save_pretrained(DIR) "
+                                "writes adapter_model.safetensors")
+    raise TunelabError(f"{folder}: holds no adapter_model.safetensors")
+
+
+def _resolve(text: str) -> Target:
     from tunelab.tracking.artifacts import is_artifact_ref
 
     if is_artifact_ref(text):  # trackio:/wandb:/mlflow: model artifact: base, adapter and config from its metadata

@@ -86,3 +86,30 @@ def parameter_report(model: Any) -> dict[str, Any]:
         if p.requires_grad:
             trainable += p.numel()
     return {"total": total, "trainable": trainable, "trainable_pct": round(100.0 * trainable / max(total, 1), 4)}
+
+
+def adapter_warnings(model: Any, cfg: AdapterConfig) -> list[str]:
+    """What a user should hear about an applied LoRA adapter's size; a rank above every adapted
+    layer's full rank is an error (it adds parameters and no expressive power)."""
+    if cfg.type != "lora":
+        return []
+    widths = []
+    for m in model.modules():
+        base = getattr(m, "base_layer", None)
+        if hasattr(m, "lora_A") and base is not None and hasattr(base, "in_features"):
+            widths.append(min(base.in_features, base.out_features))
+    if not widths:
+        return []
+    if cfg.r > max(widths):
+        raise ConfigError([f"adapter.r: {cfg.r} is above the full rank of every adapted layer (at most {max(widths)}); "
+                           f"a rank of {max(widths)} or less can express the same updates"])
+    out = []
+    over = sum(1 for w in widths if cfg.r > w)
+    if over:
+        out.append(f"adapter.r {cfg.r} is above the full rank of {over} of {len(widths)} adapted layers "
+                   f"(the narrowest is {min(widths)}); those layers gain parameters, not expressiveness")
+    report = parameter_report(model)
+    if report["trainable_pct"] > 50:
+        out.append(f"the LoRA adapter trains {report['trainable_pct']:.0f}% of the model's parameters "
+                   f"(adapter.r {cfg.r}); LoRA's savings need a rank far below the layer width")
+    return out

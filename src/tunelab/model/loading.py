@@ -31,6 +31,40 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def _first_line(e: BaseException) -> str:
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return f"{type(e).__name__}: {text[:240]}" if len(text) < 8 else text[:240]
+
+
+def remote_code_files(path: str) -> list[str]:
+    """Files of a local model folder that make transformers run the model's own code (`auto_map`)."""
+    import json
+
+    p = Path(path)
+    if not p.is_dir():
+        return []
+    found = []
+    for name in ("config.json", "tokenizer_config.json", "adapter_config.json"):
+        f = p / name
+        try:
+            data = json.loads(f.read_text()) if f.is_file() else {}
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("auto_map"):
+            found.append(str(f))
+    return found
+
+
+def check_remote_code(path: str, trusted: bool, flag: str = "model.trust_remote_code: true") -> None:
+    """Refuse, in one line naming the file, a local model that ships code when its running was not asked for."""
+    if trusted:
+        return
+    files = remote_code_files(path)
+    if files:
+        raise TunelabError(f"{files[0]} makes the model run its own Python code (auto_map), which is off by default",
+                           hint=f"if you trust that code, allow it with {flag}")
+
+
 def device_for(cfg: ModelConfig) -> str:
     import torch
 
@@ -88,10 +122,14 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None):
     from transformers import AutoTokenizer
 
     path = path or resolve_model_path(cfg.name)
+    check_remote_code(path, cfg.trust_remote_code)
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    except OSError as e:
-        raise TunelabError(f"model.name: cannot load a tokenizer from {cfg.name!r}: {str(e).splitlines()[0][:200]}") from None
+    except Exception as e:  # noqa: BLE001 - missing, truncated or foreign tokenizer files all mean "not loadable"
+        raise TunelabError(f"model.name: cannot load a tokenizer from {cfg.name!r}: {_first_line(e)}",
+                           hint="a model folder needs its tokenizer files (tokenizer.json or tokenizer.model, tokenizer_config.json)") from None
+    if isinstance(tok, bool) or not hasattr(tok, "eos_token"):
+        raise TunelabError(f"model.name: {cfg.name!r} has no tokenizer files")
     if tok.eos_token is None:
         raise TunelabError(f"model.name: the tokenizer of {cfg.name} has no EOS token; tuned models could not learn to stop")
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
@@ -148,10 +186,11 @@ def load_model(cfg: ModelConfig, qcfg: QuantizationConfig, tokenizer=None, path:
     if attn == attention.NAME:
         attention.register()
     kwargs["attn_implementation"] = attn
+    check_remote_code(path, cfg.trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as e:
-        raise TunelabError(f"model.name: cannot load {cfg.name!r}: {str(e).splitlines()[0][:240]}") from None
+    except Exception as e:  # noqa: BLE001 - truncated or garbage safetensors, a config that does not match its weights
+        raise TunelabError(f"model.name: cannot load {cfg.name!r}: {_first_line(e)}") from None
     model.config.use_cache = cfg.use_cache
     if tokenizer is not None:
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:

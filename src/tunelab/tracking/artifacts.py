@@ -28,6 +28,11 @@ _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 _home: dict[str, Any] = {"dir": None, "project": "tunelab", "mlflow_uri": None}
 
 
+def _valid_name(name: str) -> bool:
+    # names become folder and file names in the stores (MLflow's registry included): no '..' escapes
+    return bool(name) and bool(_NAME.match(name)) and not name.startswith(".")
+
+
 def is_artifact_ref(text: str | None) -> bool:
     return bool(text) and text.split(":", 1)[0] in STORES and ":" in text
 
@@ -61,8 +66,9 @@ class ArtifactRef:
         else:
             raise TunelabError(f"{text}: expected {store}:{'[ENTITY/]' if store == 'wandb' else ''}"
                                f"{'' if store == 'mlflow' else 'PROJECT/'}NAME[:VERSION]")
-        if not name or not _NAME.match(name) or (version and not _NAME.match(version)):
-            raise TunelabError(f"{text}: artifact names and versions use letters, digits, '.', '_' and '-'")
+        if not _valid_name(name) or (version and not _valid_name(version)):
+            raise TunelabError(f"{text}: artifact names and versions use letters, digits, '.', '_' and '-' "
+                               "(not '.' or '..', and not starting with '.')")
         return cls(store, project, name, version or None, entity, text)
 
 
@@ -172,18 +178,40 @@ def resolve(text: str, expected_type: str | None = None) -> tuple[Any, ArtifactV
 
 
 def fetch(text: str, expected_type: str | None = None) -> Resolved:
-    """Resolve a reference and return its files, downloaded once and cached by content digest."""
+    """Resolve a reference and return its files, downloaded once and cached by content digest.
+
+    The cached copy is checked against the version's digest every time it is used (cheap next to
+    training on it): a copy edited or truncated since it was downloaded is fetched again, so what a
+    run reads, and records in lineage.json, is what the store holds.
+    """
     store, v = resolve(text, expected_type)
     key = (v.digest or v.native_digest or f"{v.store}-{v.project}-{v.version}")[:16]
     cache = home().resolve() / "artifact-cache" / f"{v.name}-{key}"
+    if cache.is_dir() and v.digest and content_digest(cache) != v.digest:
+        stale = cache.with_name(cache.name + ".stale")
+        shutil.rmtree(stale, ignore_errors=True)
+        cache.rename(stale)
+        shutil.rmtree(stale, ignore_errors=True)
     if not cache.is_dir():
         tmp = cache.with_name(cache.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        store.download(v, tmp)
+        try:
+            tmp.mkdir(parents=True)
+            store.download(v, tmp)
+        except TunelabError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        except Exception as e:  # noqa: BLE001 - the store lost its copy, or the disk is full
+            shutil.rmtree(tmp, ignore_errors=True)
+            from tunelab.errors import as_user_error
+
+            err = as_user_error(e)
+            raise err or TunelabError(f"{text}: the store could not hand out its files ({type(e).__name__}: "
+                                      f"{(str(e).splitlines() or [''])[0][:200]})") from None
         if v.digest and content_digest(tmp) != v.digest:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise TunelabError(f"{text}: downloaded files do not match the recorded digest {v.digest[:12]}")
+            raise TunelabError(f"{text}: the store's files do not match the recorded digest {v.digest[:12]}",
+                               hint="the stored copy was changed after it was logged; push the data again")
         tmp.rename(cache)
     return Resolved(v, cache, text)
 

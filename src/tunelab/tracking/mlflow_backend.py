@@ -62,6 +62,13 @@ class MlflowSink(Sink):
         self.run_id = resume_id
         self.client = None
 
+    def store_paths(self) -> list[Path]:
+        uri = self.tcfg.uri or default_uri(self.dir)
+        if uri.startswith("sqlite:///"):
+            db = Path(uri.removeprefix("sqlite:///"))
+            return [db.parent, db]
+        return []  # a server keeps its own store
+
     def start(self, info: dict[str, Any]) -> None:
         from mlflow.entities import Param, RunTag
 

@@ -66,6 +66,9 @@ def load_adapter_weights(model, adapter_dir: Path) -> None:
     from peft import set_peft_model_state_dict
     from peft.utils import load_peft_weights
 
+    from tunelab.inference.target import check_adapter_folder
+
+    check_adapter_folder(adapter_dir)
     result = set_peft_model_state_dict(model, load_peft_weights(str(adapter_dir)))
     unexpected = getattr(result, "unexpected_keys", None) or []
     if unexpected:

@@ -11,6 +11,7 @@ Besides the trackers, the run directory gets `lineage.json` (artifacts read and 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,31 @@ class Tracking:
         self.last_system = 0.0
         self.lineage: dict[str, list] = {"inputs": [], "outputs": []}
         self.finished = False
+        self.off: dict[str, str] = {}  # tracker -> why it was turned off before it started
+
+    def _store_writable(self, sink) -> bool:
+        """A tracker whose store cannot be written would drop every metric silently (trackio's sender
+        does): it is turned off before training, with one warning, and tracking.json says why."""
+        from tunelab.files import unwritable
+
+        for path in getattr(sink, "store_paths", lambda: [])():
+            why = None
+            if path.is_file() and not os.access(path, os.W_OK):
+                why = f"{path} is read-only"
+            elif path.is_file():
+                try:
+                    with path.open("ab"):
+                        pass
+                except OSError as e:
+                    why = f"{path} cannot be written ({(e.strerror or str(e)).lower()})"
+            elif not path.exists() or path.is_dir():
+                why = unwritable(path)
+            if why:
+                name = getattr(sink, "name", type(sink).__name__)
+                self.off[name] = why
+                self._warn(f"tracking: {name} is off for this run: {why}; the run directory keeps everything")
+                return False
+        return True
 
     # --- start
     def start(self, run, params: dict[str, Any], data_stats: dict[str, Any], device: str, resume: bool = False) -> None:
@@ -95,6 +121,7 @@ class Tracking:
         self.run = run
         t = self.cfg.tracking
         sinks = build_sinks(self.cfg, run.path, resume=resume) if t.backends() else []
+        sinks = [s for s in sinks if self._store_writable(s)]
         self.guards = [GuardedSink(s, t.timeout_s, self._warn) for s in sinks + self.extra]
         self.lineage["inputs"] = self._inputs()
         info = redact({
@@ -216,7 +243,6 @@ class Tracking:
         """Log the final model (tracking.log_model) and the summary; close every tracker."""
         if self.finished:
             return
-        self.finished = True
         if summary.get("status") == "completed" and self.cfg.tracking.log_model and self.run.is_complete():
             metric = summary.get("final_eval_loss")
             metric = summary.get("final_train_loss") if metric is None else metric
@@ -231,12 +257,16 @@ class Tracking:
                     self.console.print(f"[bold]model artifact[/]: {o['ref'] or o['store'] + ' (offline: versioned on sync)'} "
                                        f"({', '.join(o['aliases'])})", highlight=False, emoji=False)
         self._each("finish", redact(summary))
+        self.finished = True  # only now: a finish that failed half-way (full disk) may be retried as failed
         self._write_where()
 
-    def abort(self, status: str, step: int) -> None:
-        """Close the trackers of a run that did not complete, marking it failed there too."""
+    def abort(self, status: str, step: int, reason: str | None = None) -> None:
+        """Close the trackers of a run that did not complete, marking it failed (or interrupted) there too."""
         if self.run is not None:
-            self.finish({"status": status, "steps": step})
+            try:
+                self.finish({"status": status, "steps": step, "reason": reason})
+            except Exception:  # noqa: BLE001 - e.g. a full disk refusing tracking.json: the run's own error wins
+                pass
 
     # --- helpers
     def _each(self, method: str, *args: Any) -> None:
@@ -262,6 +292,8 @@ class Tracking:
                 except Exception:  # noqa: BLE001 - a tracker that never opened its run has nothing to say
                     info = {}
             where[g.name] = {**info, "active": not g.disabled, "seconds": round(g.seconds, 3)}
+        for name, why in self.off.items():
+            where[name] = {"active": False, "seconds": 0.0, "reason": why}
         self.run.write_json(self.run.path / "tracking.json", redact(where))
 
     def _write_lineage(self) -> None:

@@ -35,6 +35,9 @@ class TensorBoardSink(Sink):
         self.writer = None
         self.config: dict[str, Any] = {}
 
+    def store_paths(self) -> list[Path]:
+        return [self.logdir]
+
     def start(self, info: dict[str, Any]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 

@@ -36,6 +36,10 @@ class TrackioSink(Sink):
         self.resume = resume
         self.run = None
 
+    def store_paths(self) -> list[Path]:
+        """Where this tracker writes (probed before training: a read-only store turns it off up front)."""
+        return [self.dir, self.dir / f"{self.project}.db"]
+
     def start(self, info: dict[str, Any]) -> None:
         point_trackio_at(self.dir)
         import trackio

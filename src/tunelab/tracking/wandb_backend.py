@@ -65,6 +65,9 @@ class WandbSink(Sink):
         self.run_id = resume_id or hashlib.sha1(run_key.encode()).hexdigest()[:12]
         self.run = None
 
+    def store_paths(self) -> list[Path]:
+        return [self.dir / "wandb"]
+
     def start(self, info: dict[str, Any]) -> None:
         import wandb
 

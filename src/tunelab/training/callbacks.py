@@ -1,8 +1,12 @@
-"""Trainer callbacks: metrics file, live progress bar, sample generations."""
+"""Trainer callbacks: metrics file, live progress bar, sample generations, a graceful stop on
+Ctrl-C / SIGTERM, and the step intervals a resumed run may change."""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from typing import Any
 
 from transformers import TrainerCallback
@@ -24,10 +28,16 @@ class MetricsCallback(TrainerCallback):
         self.last_train_loss: float | None = None
         self.last_eval_loss: float | None = None
         self.tokens_per_s: float | None = None
+        self.tokens_at_start = 0  # tokens seen before this session (a resumed run)
 
     def on_train_begin(self, args, state, control, **kw):
-        self.last_tokens = state.num_input_tokens_seen or 0
+        self.last_tokens = self.tokens_at_start = state.num_input_tokens_seen or 0
         self.last_time = time.perf_counter()
+
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` spent outside training (sample generation) out of the next tokens/s reading."""
+        if self.last_time is not None:
+            self.last_time += seconds
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = dict(logs or {})
@@ -117,8 +127,9 @@ class SamplesCallback(TrainerCallback):
     """
 
     def __init__(self, run: RunDir, rows: list[dict], prompt_cfg, tokenizer, settings: GenerationSettings, sinks=None,
-                 generation_metrics: bool = False, dense_weights: bool = False):
+                 generation_metrics: bool = False, dense_weights: bool = False, clock: MetricsCallback | None = None):
         self.run = run
+        self.clock = clock  # its tokens/s readings must not count the time spent here
         self.dense_weights = dense_weights  # see generate_batch; train() decides from the memory plan
         self.generation_metrics = generation_metrics
         self.rows = rows
@@ -136,7 +147,10 @@ class SamplesCallback(TrainerCallback):
             return []
         t0 = time.perf_counter()
         answers = generate_batch(model, self.tokenizer, self.prompts, self.settings, dense_weights=self.dense_weights)
-        self.seconds += time.perf_counter() - t0
+        spent = time.perf_counter() - t0
+        self.seconds += spent
+        if self.clock is not None:
+            self.clock.exclude(spent)
         self.last_step = step
         self.history[step] = answers
         table = [
@@ -162,3 +176,55 @@ class SamplesCallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kw):
         self.generate(model, state.global_step)
 
+
+
+class GracefulStop(TrainerCallback):
+    """Ctrl-C or SIGTERM (schedulers, `docker stop`, preemptible VMs): finish the current optimizer
+    step, save a checkpoint, stop. A second Ctrl-C stops at once (KeyboardInterrupt)."""
+
+    def __init__(self, console=None):
+        self.console = console
+        self.signal: int | None = None
+
+    @property
+    def name(self) -> str:
+        return {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}.get(self.signal, "a signal")
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        if self.console is not None:
+            self.console.print(f"[yellow]{self.name}: stopping after this step and saving a checkpoint[/] "
+                               "(Ctrl-C again to stop at once)")
+
+    @contextmanager
+    def installed(self):
+        """The handlers for the duration of training (main thread only), the previous ones restored after."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.signal is not None:
+            control.should_save = True
+            control.should_training_stop = True
+            control.should_evaluate = False
+
+
+class ResumedIntervals(TrainerCallback):
+    """A resumed trainer takes logging / eval / save intervals from the checkpoint's trainer state;
+    the config's values (which `--resume` may change) win."""
+
+    def on_train_begin(self, args, state, control, **kw):
+        state.logging_steps = args.logging_steps
+        if args.eval_steps is not None:
+            state.eval_steps = args.eval_steps
+        if args.save_steps is not None:
+            state.save_steps = args.save_steps
