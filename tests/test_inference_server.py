@@ -138,9 +138,13 @@ def test_concurrent_clients_each_get_their_own_answer(engine):
             barrier.wait()
             return ask(client_for(url), *job)
 
+        steps = engine.scheduler.stats.rows.copy()
         with ThreadPoolExecutor(len(jobs)) as pool:
             answers = list(pool.map(together, jobs))
         assert answers == alone
+        # they really shared forward passes (continuous batching), each with its own adapter's weights
+        ran = engine.scheduler.stats.rows - steps
+        assert max(ran) > 1, ran
         assert httpx.get(f"{url}/health").json() == {"status": "ok"}
 
 

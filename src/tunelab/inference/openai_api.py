@@ -7,6 +7,7 @@ every problem becomes a 4xx with `{"error": {"message", "type", "param", "code"}
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Any, Literal
@@ -98,8 +99,11 @@ def parse_request(body: bytes, model: type[_Sampling]) -> Any:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ApiError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:  # json's C scanner gives up past Python's recursion limit (~1000 levels)
+        raise ApiError(400, "the request body is nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    _check_unicode(body, data)
     for key, allowed in UNSUPPORTED_UNLESS.items():
         if data.get(key) not in allowed:
             raise ApiError(400, f"{key}: not supported by this server", param=key, code="unsupported_parameter")
@@ -115,6 +119,40 @@ def parse_request(body: bytes, model: type[_Sampling]) -> Any:
             msg = "required" if err["type"] == "missing" else err["msg"]
             problems.append(f"{param}: {msg}" if param else msg)
         raise ApiError(400, "; ".join(dict.fromkeys(problems)), param=first, code="invalid_value") from None
+
+
+def _check_unicode(body: bytes, data: Any) -> None:
+    """A 400 for the first string (value or key) holding a lone surrogate.
+
+    JSON's `\\ud800` escapes decode to one; it is not text, and tokenizers (and the UTF-8 encoding of
+    a response quoting it) fail on it. Only such an escape can make one (raw bytes that are not UTF-8
+    fail to parse), so bodies without one skip the walk; the walk is iterative, so a deep body
+    cannot make it recurse.
+    """
+    if not _SURROGATE_ESCAPE.search(body):
+        return
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            _check_text(path, value)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                _check_text(path, k)
+                stack.append((f"{path}.{k}" if path else k, v))
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{i}" if path else str(i), v) for i, v in enumerate(value))
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _check_text(path: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ApiError(400, f"{path or 'body'}: not valid Unicode (a lone surrogate {text[e.start]!r} at character {e.start})",
+                       param=path or None, code="invalid_value") from None
 
 
 class StopTrimmer:

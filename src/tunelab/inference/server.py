@@ -1,10 +1,14 @@
 """`tunelab serve`: an OpenAI-compatible HTTP server (FastAPI + uvicorn) over an `Engine`.
 
-Endpoints: GET /health, GET /v1/models, GET /v1/models/{id}, POST /v1/completions and POST
+Endpoints: GET/HEAD /health, GET /v1/models, GET /v1/models/{id}, POST /v1/completions and POST
 /v1/chat/completions, the last two with `stream: true` as server-sent events. The request's `model`
 picks the adapter (or the base), as vLLM does. Every failure a client can cause is a 4xx in the
 OpenAI error shape; one log line per request says model, tokens in/out and latency, never the API
 key.
+
+The event loop only moves bytes: bodies are capped (`max_body_bytes`, checked against
+Content-Length and again while reading), and parsing, chat templates and tokenization run on a
+worker thread, so one huge or slow request cannot stall the others or /health.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import time
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.errors import TunelabError
@@ -39,11 +43,13 @@ from tunelab.inference.prompts import chat_prompt
 
 log = logging.getLogger("tunelab.serve")
 DEFAULT_COMPLETION_TOKENS = 16  # the OpenAI completions default
+DEFAULT_MAX_BODY_MB = 4.0  # a context's worth of text is well under 1 MB; the cap only stops abuse
 
 
-def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int = 1024) -> FastAPI:
+def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int = 1024,
+               max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 2**20)) -> FastAPI:
     """The ASGI app. `api_key`: required as `Authorization: Bearer KEY` on /v1/*; `max_tokens_limit`:
-    the most tokens one request may ask for."""
+    the most tokens one request may ask for; `max_body_bytes`: the largest request body (413 above)."""
     app = FastAPI(title="tunelab", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(ApiError)
@@ -60,6 +66,7 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
     @app.exception_handler(Exception)
     async def _bug(request: Request, e: Exception):
         log.exception("internal error on %s %s", request.method, request.url.path)
+        request.state.error = "server_error"
         return JSONResponse(ApiError(500, "internal server error", type="server_error").body(), status_code=500)
 
     def authorize(request: Request) -> None:
@@ -79,6 +86,10 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
 
     def plan(prompt: str, requested: int | None, default: int, param: str) -> tuple[list[int], int]:
         """Prompt ids and the number of tokens to generate, checked against the limit and the context."""
+        if len(prompt) > engine.prompt_char_limit:
+            raise ApiError(400, f"this model's maximum context length is {engine.context_length} tokens; the prompt has "
+                           f"{len(prompt)} characters, more than that many tokens can hold", param=param,
+                           code="context_length_exceeded")
         ids = engine.encode(prompt)
         room = engine.context_length - len(ids)
         if requested is not None and requested > max_tokens_limit:
@@ -96,8 +107,10 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
             batch_size=1, seed=req.seed if req.seed is not None else secrets.randbelow(2**31),
         )
 
-    @app.get("/health")
-    async def health():
+    @app.api_route("/health", methods=["GET", "HEAD"])
+    async def health(request: Request):
+        if request.method == "HEAD":  # load balancers probe with HEAD: the status, no body
+            return Response(status_code=200)
         return {"status": "ok"}
 
     @app.get("/v1/models")
@@ -110,13 +123,19 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
         authorize(request)
         return _model_card(lookup(model_id), engine)
 
-    async def accept(request: Request, schema):
-        """Check the key, parse the body as `schema`, find the requested model (logged with the request)."""
+    async def accept(request: Request, schema, jobs_for):
+        """Check the key, read the body; then, on a worker thread, parse it as `schema`, find the requested
+        model (logged with the request) and tokenize its prompts with `jobs_for(req, served)`."""
         authorize(request)
-        req = parse_request(await request.body(), schema)
-        served = lookup(req.model)
-        request.state.model = served.id
-        return req, served
+        body = await read_body(request, max_body_bytes)
+
+        def prepare():
+            req = parse_request(body, schema)
+            served = lookup(req.model)
+            request.state.model = served.id
+            return req, served, jobs_for(req, served), req.stop_list()
+
+        return await asyncio.to_thread(prepare)
 
     async def respond(request: Request, req, served: ServedModel, jobs, stop: list[str], api: _Shape):
         """Run `jobs` [(token ids, settings)] and answer in `api`'s shape, streamed or whole."""
@@ -143,9 +162,7 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
         return {**api.head, "object": api.whole_object,
                 "choices": [api.whole_choice(i, g) for i, g in enumerate(gens)], "usage": _usage(gens)}
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        req, served = await accept(request, CompletionRequest)
+    def completion_jobs(req, served: ServedModel) -> list[tuple[list[int], GenerationSettings]]:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
             raise ApiError(400, "prompt: must not be empty", param="prompt")
@@ -153,14 +170,9 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
         for p in prompts:
             ids, max_new = plan(p, req.max_tokens, DEFAULT_COMPLETION_TOKENS, "prompt")
             jobs.append((ids, settings_for(req, max_new)))
-        return await respond(request, req, served, jobs, req.stop_list(), _Shape(
-            head={"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": served.id},
-            field="text", piece=lambda text: text or "", whole_object="text_completion",
-            whole=lambda g: {"text": g.text}))
+        return jobs
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        req, served = await accept(request, ChatRequest)
+    def chat_jobs(req, served: ServedModel) -> list[tuple[list[int], GenerationSettings]]:
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
         try:
             prompt = chat_prompt(messages, served.prompt, engine.tokenizer)
@@ -169,7 +181,20 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
         except Exception as e:  # the chat template itself refused (e.g. roles must alternate)
             raise ApiError(400, f"the model's chat template rejected the messages: {e}", param="messages") from None
         ids, max_new = plan(prompt, req.max_completion_tokens or req.max_tokens, max_tokens_limit, "messages")
-        return await respond(request, req, served, [(ids, settings_for(req, max_new))], req.stop_list(), _Shape(
+        return [(ids, settings_for(req, max_new))]
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        req, served, jobs, stop = await accept(request, CompletionRequest, completion_jobs)
+        return await respond(request, req, served, jobs, stop, _Shape(
+            head={"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": served.id},
+            field="text", piece=lambda text: text or "", whole_object="text_completion",
+            whole=lambda g: {"text": g.text}))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        req, served, jobs, stop = await accept(request, ChatRequest, chat_jobs)
+        return await respond(request, req, served, jobs, stop, _Shape(
             head={"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": now(), "model": served.id},
             field="delta", piece=lambda text: {} if text is None else {"content": text}, whole_object="chat.completion",
             whole=lambda g: {"message": {"role": "assistant", "content": g.text}},
@@ -177,6 +202,26 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
 
     app.add_middleware(RequestLog)
     return app
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or a 413 as soon as it is known to be over `limit` bytes: from Content-Length
+    before reading anything, else while the chunks arrive (chunked uploads, a lying header)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"the request body is over this server's limit of {limit / 2**20:g} MB (--max-body-mb)",
+                    code="request_too_large")
 
 
 class _Shape:
@@ -259,7 +304,7 @@ class RequestLog:
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         state = scope.setdefault("state", {})
-        status = {"code": 500, "logged": False}
+        status = {"code": 500, "logged": False, "disconnected": False}
 
         def line() -> None:
             if status["logged"]:
@@ -279,11 +324,22 @@ class RequestLog:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 line()
 
+        async def watched_receive():
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                status["disconnected"] = True
+            return message
+
         try:
-            await self.app(scope, receive, logged_send)
+            await self.app(scope, watched_receive, logged_send)
+        except Exception:
+            # the app raised past its handlers (starlette's outer error middleware answers the 500)
+            state.setdefault("error", "server_error")
+            raise
         finally:
             if not status["logged"]:
-                state.setdefault("error", "client_disconnected")
+                # nothing (or not all) was sent: the client left, else the response never finished
+                state.setdefault("error", "client_disconnected" if status["disconnected"] else "no_response")
                 line()
 
 
@@ -297,12 +353,12 @@ def configure_logging() -> None:
 
 
 def run_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-               max_tokens_limit: int = 1024, sock=None) -> None:
+               max_tokens_limit: int = 1024, sock=None, max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 2**20)) -> None:
     """Serve until SIGTERM / Ctrl-C: uvicorn stops taking connections, lets running requests finish
     (10 s at most), then the engine cancels what is left."""
     import uvicorn
 
-    config = uvicorn.Config(create_app(engine, api_key, max_tokens_limit), host=host, port=port, access_log=False,
+    config = uvicorn.Config(create_app(engine, api_key, max_tokens_limit, max_body_bytes), host=host, port=port, access_log=False,
                             log_level="info", timeout_graceful_shutdown=10, lifespan="off")
     server = uvicorn.Server(config)
     # uvicorn shuts down gracefully on SIGTERM / SIGINT, then re-raises the signal to the handler that
