@@ -428,8 +428,8 @@ def case_saved_trust_remote_code_is_not_inherited(ctx):
     (base / "evil.py").write_text("import pathlib; pathlib.Path('MARKER').write_text('ran')\n")
     saved["model"].update(name=str(base), trust_remote_code=True)
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
-    (run / "final" / "tunelab_final.json").write_text(json.dumps({"base_model": str(base), "base_model_path": str(base),
-                                                                 "adapter": "lora", "step": 4, "prompt_format": "alpaca"}))
+    meta = json.loads((run / "final" / "tunelab_model.json").read_text())
+    (run / "final" / "tunelab_model.json").write_text(json.dumps({**meta, "base_model": str(base), "base_model_path": str(base)}))
     o = expect(ctx, ["generate", str(run), "Say hi.", "--max-new-tokens", "2"], "config.json makes the model run its own Python code")
     if (ctx.tmp / "MARKER").exists():
         o.lost = "the model's code ran without --trust-remote-code"

@@ -25,7 +25,7 @@ def trained_run(tmp_path_factory) -> Path:
     """
     root = tmp_path_factory.getbasetemp() / "inference-run"
     run = root / "runs" / RUN_NAME
-    if (run / "final" / "tunelab_final.json").is_file():
+    if (run / "final" / "tunelab_model.json").is_file():
         return run
     root.mkdir(parents=True, exist_ok=True)
     from tunelab.data.synthetic import generate, write_jsonl

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import write_json
 from tunelab.config.schema import PromptConfig, RunConfig
-from tunelab.data.prepare import load_splits, prepare_data, tokenize_rows
+from tunelab.data.prepare import TokenSpec, load_splits, prepare_data, tokenize_rows
 from tunelab.data.sources import RawRows
 from tunelab.data.templates import ALPACA_NO_INPUT, ALPACA_WITH_INPUT, render_prompt, render_segments
 from tunelab.errors import DataError
@@ -103,7 +103,7 @@ def test_labels_mask_the_prompt_and_eos_ends_every_example(tmp_path, tokenizer):
     cfg = cfg_for(p)
     raw = RawRows()
     raw.add({"instruction": "Say hi.", "input": "", "output": "hi there"}, "x:1")
-    cols, _ = tokenize_rows(raw, cfg, tokenizer)
+    cols, _ = tokenize_rows(raw, TokenSpec.of(cfg), tokenizer)
     ids, labels = cols["input_ids"][0], cols["labels"][0]
     assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
     trained = [t for t, lab in zip(ids, labels) if lab != -100]
@@ -111,7 +111,7 @@ def test_labels_mask_the_prompt_and_eos_ends_every_example(tmp_path, tokenizer):
     prompt_len = len(ids) - len(trained)
     assert tokenizer.decode(ids[1:prompt_len]) == ALPACA_NO_INPUT.format(instruction="Say hi.")
     cfg.prompt.train_on = "all"
-    cols, _ = tokenize_rows(raw, cfg, tokenizer)
+    cols, _ = tokenize_rows(raw, TokenSpec.of(cfg), tokenizer)
     assert cols["labels"][0][1:] == cols["input_ids"][0][1:]
 
 
@@ -141,10 +141,10 @@ def test_too_long_examples_truncate_or_drop(tmp_path, tokenizer):
     raw.add(long, "x:1")
     raw.add(short, "x:2")
     cfg = cfg_for(tmp_path / "d.json")
-    cols, counts = tokenize_rows(raw, cfg, tokenizer)
+    cols, counts = tokenize_rows(raw, TokenSpec.of(cfg), tokenizer)
     assert counts == {"too_long_truncated": 1} and len(cols["input_ids"][0]) == 64
     cfg.data.too_long = "drop"
-    cols, counts = tokenize_rows(raw, cfg, tokenizer)
+    cols, counts = tokenize_rows(raw, TokenSpec.of(cfg), tokenizer)
     assert counts == {"too_long_dropped": 1} and len(cols["input_ids"]) == 1
 
 
@@ -170,7 +170,7 @@ def test_messages_format_trains_on_assistant_turns_only(tmp_path, tokenizer):
     cfg = cfg_for(p)
     cfg.prompt.format = "messages"
     train, _, _ = load_splits(cfg)
-    cols, _ = tokenize_rows(train, cfg, tokenizer)
+    cols, _ = tokenize_rows(train, TokenSpec.of(cfg), tokenizer)
     ids, labels = cols["input_ids"][0], cols["labels"][0]
     trained = tokenizer.decode([t for t, lab in zip(ids, labels) if lab != -100])
     assert "hello" in trained and "ciao" in trained and "hi" not in trained.replace("ciao", "") and "bye" not in trained

@@ -80,7 +80,7 @@ def test_response_loss_takes_only_response_tokens_and_ignores_padding(tiny_model
     import torch
 
     from tunelab.config.schema import DataConfig, ModelConfig, QuantizationConfig, RunConfig, SourceConfig
-    from tunelab.data.prepare import tokenize_rows
+    from tunelab.data.prepare import TokenSpec, tokenize_rows
     from tunelab.data.sources import RawRows
     from tunelab.data.synthetic import generate
     from tunelab.evaluation.data import EvalRows
@@ -91,9 +91,9 @@ def test_response_loss_takes_only_response_tokens_and_ignores_padding(tiny_model
     tok = load_tokenizer(cfg.model)
     model = load_model(cfg.model, QuantizationConfig(), tok).eval()
     raw = RawRows(rows=generate(5, seed=1), where=[f"row {i}" for i in range(5)])
-    rows = EvalRows(raw=raw, cfg=cfg, source="test", split="test")
+    rows = EvalRows(raw=raw, spec=TokenSpec.of(cfg), source="test", split="test")
 
-    cols, _ = tokenize_rows(raw, cfg, tok)
+    cols, _ = tokenize_rows(raw, TokenSpec.of(cfg), tok)
     total = count = 0.0
     with torch.no_grad():
         for ids, labels in zip(cols["input_ids"], cols["labels"]):

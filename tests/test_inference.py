@@ -47,7 +47,7 @@ def _logits(model, tok, prompts: list[str]) -> list[torch.Tensor]:
 
 def test_encode_prompt_tokenizes_like_training(tokenizer):
     from tunelab.config import build_config
-    from tunelab.data.prepare import tokenize_rows
+    from tunelab.data.prepare import TokenSpec, tokenize_rows
     from tunelab.data.sources import RawRows
     from tunelab.data.templates import render_prompt
     from tunelab.inference.generate import encode_prompt
@@ -56,7 +56,7 @@ def test_encode_prompt_tokenizes_like_training(tokenizer):
     cfg = build_config({"model": {"name": "tiny:llama-2l"}, "data": {"train": {"path": "x.jsonl"}}})
     raw = RawRows()
     raw.add(row, "x.jsonl:1")
-    cols, _ = tokenize_rows(raw, cfg, tokenizer)
+    cols, _ = tokenize_rows(raw, TokenSpec.of(cfg), tokenizer)
     prompt_ids = encode_prompt(tokenizer, render_prompt(row, cfg.prompt))
     labels = cols["labels"][0]
     first_answer = next(i for i, lab in enumerate(labels) if lab != -100)

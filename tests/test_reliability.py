@@ -11,7 +11,7 @@ import pytest
 
 from tunelab.config.load import build_config
 from tunelab.errors import ConfigError, TunelabError, as_user_error, os_error
-from tunelab.training.rundir import RunDir, RunLock, check_run_dir, prepare_run_dir
+from tunelab.runs import RunDir, RunLock, check_run_dir, prepare_run_dir
 
 MINIMAL = {"model": {"name": "tiny:llama-2l"}, "data": {"train": {"path": "x.jsonl"}}}
 
@@ -72,7 +72,7 @@ def test_the_run_lock_refuses_a_second_holder_and_takes_over_a_dead_one(tmp_path
     script = textwrap.dedent(f"""
         from pathlib import Path
         from tunelab.errors import TunelabError
-        from tunelab.training.rundir import RunLock
+        from tunelab.runs import RunLock
         try:
             RunLock(Path({str(run)!r})).acquire()
         except TunelabError as e:

@@ -46,22 +46,22 @@ def test_tracking_config_defaults_to_trackio_and_checks_backend_names():
 
 
 def test_artifact_references_parse_and_reject_bad_ones():
-    from tunelab.tracking.artifacts import ArtifactRef, is_artifact_ref
+    from tunelab.refs import ArtifactRef, RefError, is_artifact_ref
 
     r = ArtifactRef.parse("wandb:ent/proj/alpaca_gpt4_splitted:v4")
     assert (r.store, r.entity, r.project, r.name, r.version) == ("wandb", "ent", "proj", "alpaca_gpt4_splitted", "v4")
     r = ArtifactRef.parse("trackio:proj/data:latest")
     assert (r.project, r.name, r.version) == ("proj", "data", "latest")
-    assert ArtifactRef.parse("trackio:data", default_project="p").project == "p"
+    assert ArtifactRef.parse("trackio:data").in_project("p").project == "p"
     assert ArtifactRef.parse("mlflow:my-model:3").version == "3"
     assert is_artifact_ref("trackio:p/x") and not is_artifact_ref("tiny:llama-2l") and not is_artifact_ref("data.jsonl")
-    for bad in ("trackio:a/b/c/d", "trackio:p/bad name", "mlflow:p/x:1"):
-        with pytest.raises(TunelabError):
+    for bad in ("trackio:a/b/c/d", "trackio:p/bad name", "mlflow:p/x:1", "mlflow:..", "trackio:p/.hidden"):
+        with pytest.raises(RefError):
             ArtifactRef.parse(bad)
 
 
 def test_trackio_artifact_round_trip_with_versions_aliases_and_digests(tmp_path):
-    from tunelab.tracking.artifacts import configure, content_digest, fetch
+    from tunelab.artifacts import Home, content_digest, fetch
 
     d = tmp_path / "tracking"
     data = tmp_path / "data.jsonl"
@@ -100,10 +100,10 @@ def test_trackio_artifact_round_trip_with_versions_aliases_and_digests(tmp_path)
     # identical content is the same version; a custom alias can still be added to it
     data.write_text('{"instruction": "a", "output": "b"}\n')
     assert cli("artifacts", "push", str(data), "--name", "demo", "--type", "dataset", "--alias", "again", "--dir", str(d)).exit_code == 0
-    configure(d)
-    got = fetch("trackio:tunelab/demo:again", expected_type="dataset")
+    home = Home.default(d)
+    got = fetch("trackio:tunelab/demo:again", home, expected_type="dataset")
     assert got.version.version == "v0" and set(got.version.aliases) == {"gold", "again"}
-    assert got.path == fetch("trackio:tunelab/demo:v0").path  # cached by digest: downloaded once
+    assert got.path == fetch("trackio:tunelab/demo:v0", home).path  # cached by digest: downloaded once
 
     for ref, expected, kind in (
         ("trackio:tunelab/demo:v7", "has no version or alias 'v7' (has: v1 (latest), v0 (", None),
@@ -111,24 +111,33 @@ def test_trackio_artifact_round_trip_with_versions_aliases_and_digests(tmp_path)
         ("trackio:tunelab/demo:gold", "is a dataset artifact, not a model", "model"),
     ):
         with pytest.raises(TunelabError, match=None) as e:
-            fetch(ref, expected_type=kind)
+            fetch(ref, home, expected_type=kind)
         assert expected in e.value.message and "\n" not in e.value.message
     r = cli("artifacts", "pull", "trackio:tunelab/demo:v9", "--dir", str(d))
     assert r.exit_code == 2 and "has no version or alias 'v9'" in r.output and "Traceback" not in r.output
 
 
 def test_trackio_is_pointed_at_the_tracking_dir(tmp_path):
-    """Pins trackio's import-time directory constants (tracking/env.py patches them)."""
-    from tunelab.tracking.env import isolate
+    """Pins trackio's import-time directory constants (tunelab.compat.point_trackio_at patches them), and
+    shows the environment is put back afterwards (a variable the user set is left alone)."""
+    from tunelab.artifacts.env import isolated
 
-    isolate(tmp_path / "a")
-    from trackio import utils
-    from trackio.sqlite_storage import SQLiteStorage
-
-    isolate(tmp_path / "b")
-    assert SQLiteStorage.get_project_db_path("p").parent == (tmp_path / "b" / "trackio").resolve()
-    assert utils.project_artifacts_dir("p").is_relative_to((tmp_path / "b" / "trackio").resolve())
-    assert os.environ["WANDB_DIR"] == str((tmp_path / "b").resolve()) and os.environ["MLFLOW_DISABLE_TELEMETRY"]
+    os.environ["GRADIO_TEMP_DIR"] = str(tmp_path / "mine")
+    wandb_before = os.environ.get("WANDB_DIR")
+    try:
+        with isolated(tmp_path / "a"):
+            from trackio import utils
+            from trackio.sqlite_storage import SQLiteStorage
+        with isolated(tmp_path / "b"):
+            assert SQLiteStorage.get_project_db_path("p").parent == (tmp_path / "b" / "trackio").resolve()
+            assert utils.project_artifacts_dir("p").is_relative_to((tmp_path / "b" / "trackio").resolve())
+            assert os.environ["MLFLOW_DISABLE_TELEMETRY"]
+            assert os.environ["GRADIO_TEMP_DIR"] == str(tmp_path / "mine")
+            if wandb_before is None:
+                assert os.environ["WANDB_DIR"] == str((tmp_path / "b").resolve())
+        assert os.environ.get("WANDB_DIR") == wandb_before and os.environ["GRADIO_TEMP_DIR"] == str(tmp_path / "mine")
+    finally:
+        del os.environ["GRADIO_TEMP_DIR"]
 
 
 class Boom:
@@ -190,19 +199,19 @@ def test_an_unreachable_mlflow_server_costs_one_bounded_warning(tmp_path):
     import socket
 
     from tunelab.tracking.base import GuardedSink
-    from tunelab.tracking.env import isolate
+    from tunelab.artifacts.env import isolated
     from tunelab.tracking.mlflow_backend import MlflowSink
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cfg = build_config({**MINIMAL, "tracking": {"backend": "mlflow", "uri": f"http://127.0.0.1:{port}", "timeout_s": 20}})
-    d = isolate(tmp_path / "t", timeout_s=5)
     warnings = []
-    g = GuardedSink(MlflowSink(d, cfg.tracking, "r"), timeout_s=20, warn=warnings.append)
-    t0 = time.perf_counter()
-    g.call("start", {"config": {}, "tags": [], "notes": None})
-    g.call("log_metrics", {"step": 1, "loss": 1.0})
+    with isolated(tmp_path / "t", timeout_s=5) as d:
+        g = GuardedSink(MlflowSink(d, cfg.tracking, "r"), timeout_s=20, warn=warnings.append)
+        t0 = time.perf_counter()
+        g.call("start", {"config": {}, "tags": [], "notes": None})
+        g.call("log_metrics", {"step": 1, "loss": 1.0})
     assert g.disabled and len(warnings) == 1 and "mlflow failed in start" in warnings[0]
     assert time.perf_counter() - t0 < 20
 
@@ -238,8 +247,8 @@ def test_runs_list_show_and_compare_read_run_directories(tmp_path):
 
 
 def test_mlflow_registry_round_trip_and_wandb_offline_push(tmp_path):
-    from tunelab.tracking.artifacts import content_digest
-    from tunelab.tracking.wandb_offline import read_run
+    from tunelab.artifacts import content_digest
+    from wandb_offline import read_run
 
     d = tmp_path / "tracking"
     folder = tmp_path / "adapter"

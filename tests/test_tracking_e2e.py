@@ -76,7 +76,7 @@ def test_every_backend_started_and_the_run_records_lineage(tracked):
     assert "warning" not in tracked.train.stderr
     (inp,) = tracked.lineage["inputs"]
     assert (inp["ref"], inp["requested"], inp["type"]) == ("trackio:tunelab/synth:v0", "trackio:tunelab/synth:gold", "dataset")
-    final_digest = __import__("tunelab.tracking.artifacts", fromlist=["x"]).content_digest(tracked.run / "final")
+    final_digest = __import__("tunelab.artifacts", fromlist=["x"]).content_digest(tracked.run / "final")
     outs = {o["store"]: o for o in tracked.lineage["outputs"]}
     assert outs["trackio"]["ref"] == f"trackio:tunelab/{RUN}-model:v0" and outs["mlflow"]["ref"] == f"mlflow:{RUN}-model:1"
     assert {"latest", "final", "best", "candidate"} <= set(outs["trackio"]["aliases"])
@@ -98,7 +98,7 @@ def _train_rows(run: Path) -> list[dict]:
 
 
 def test_trackio_reads_back_metrics_samples_config_and_system(tracked):
-    from tunelab.tracking.env import point_trackio_at
+    from tunelab.compat import point_trackio_at
 
     point_trackio_at(tracked.tracking / "trackio")
     from trackio.sqlite_storage import SQLiteStorage
@@ -123,7 +123,7 @@ def test_trackio_reads_back_metrics_samples_config_and_system(tracked):
 
 
 def test_wandb_offline_run_reads_back(tracked):
-    from tunelab.tracking.wandb_offline import read_run, table_rows
+    from wandb_offline import read_run, table_rows
 
     sync_dir = Path(tracked.where["wandb"]["dir"])
     assert tracked.where["wandb"]["mode"] == "offline" and sync_dir.is_relative_to(tracked.tracking)
@@ -178,10 +178,10 @@ def test_tensorboard_reads_back_scalars_and_sample_text(tracked):
 def test_model_artifact_loads_back_and_generates_like_final(tracked):
     from tunelab.inference.generate import GenerationSettings, generate_batch
     from tunelab.inference.target import load_target, resolve_target
-    from tunelab.tracking.artifacts import configure
+    from tunelab.artifacts import Home
 
-    configure(tracked.tracking)
-    from_art = resolve_target(f"trackio:tunelab/{RUN}-model:best")
+    home = Home.default(tracked.tracking)
+    from_art = resolve_target(f"trackio:tunelab/{RUN}-model:best", home=home)
     from_run = resolve_target(str(tracked.run))
     assert from_art.adapter is not None and from_art.prompt == from_run.prompt
     assert from_art.config.quantization == from_run.config.quantization
@@ -195,7 +195,7 @@ def test_model_artifact_loads_back_and_generates_like_final(tracked):
     from tunelab.errors import TunelabError
 
     with pytest.raises(TunelabError, match="has no version or alias 'nope'"):
-        resolve_target(f"trackio:tunelab/{RUN}-model:nope")
+        resolve_target(f"trackio:tunelab/{RUN}-model:nope", home=home)
 
 
 def test_no_secret_reaches_any_file_or_output_and_nothing_lands_in_home(tracked):
@@ -268,9 +268,9 @@ def test_continue_a_model_artifact_while_trackers_fail_mid_run(tracked, tmp_path
     text = io.StringIO()
     summary = train(build_config(cfg), console=Console(file=text, width=200), sinks=[Boom(), Hang()])
     log = text.getvalue()
-    assert summary["status"] == "completed" and summary["steps"] == 4
+    assert summary.status == "completed" and summary.steps == 4
     run = tracked.root / "runs" / "r2"
-    assert (run / "final" / "adapter_model.safetensors").is_file() and (run / "final" / "tunelab_final.json").is_file()
+    assert (run / "final" / "adapter_model.safetensors").is_file() and (run / "final" / "tunelab_model.json").is_file()
     assert log.count("boom failed in log_metrics") == 1 and log.count("hang failed in log_samples (no answer within 2 s)") == 1
     from trackio.sqlite_storage import SQLiteStorage
 
@@ -283,3 +283,26 @@ def test_continue_a_model_artifact_while_trackers_fail_mid_run(tracked, tmp_path
     lineage = json.loads((run / "lineage.json").read_text())
     assert [i["ref"] for i in lineage["inputs"]] == [f"trackio:tunelab/{RUN}-model:v0"]
     assert lineage["outputs"][0]["ref"] == "trackio:tunelab/continued:v0"
+
+
+def test_eval_from_another_folder_resolves_the_run_s_own_artifacts(tracked, tmp_path):
+    """A run whose data and base model are artifact references, evaluated from a folder where no
+    tracking directory is: both references resolve in the run's own store (its saved config)."""
+    cfg = base_config(tracked.root / "synth.jsonl", tracked.root / "runs", samples={"enabled": False},
+                      training={"max_steps": 2, "save_steps": None, "eval_steps": None})
+    cfg["data"]["train"]["path"] = "trackio:tunelab/synth:gold"
+    cfg["model"]["name"] = f"trackio:tunelab/{RUN}-model:final"
+    cfg["tracking"] = {"backend": "trackio", "log_model": False}
+    path = tracked.root / "refs.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = cli("train", str(path), "output.name=refs", env=tracked.env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in tracked.env.items() if k != "TUNELAB_TRACKING_DIR"}
+    r = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "eval", str(tracked.root / "runs" / "refs"), "--limit", "4",
+                        "--max-new-tokens", "4"], capture_output=True, text=True, timeout=600, env=env, cwd=elsewhere)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((tracked.root / "runs" / "refs" / "eval.json").read_text())
+    assert result["data"]["examples"] == 4 and "target" in result["models"]
+    assert not (elsewhere / "runs").exists()  # nothing looked for (or made) a store in the working folder

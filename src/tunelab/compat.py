@@ -31,3 +31,114 @@ def checkpoint_safe_globals():
     from transformers.trainer_pt_utils import safe_globals
 
     return safe_globals()
+
+
+def point_trackio_at(trackio_dir):
+    """Make trackio read and write `trackio_dir`, whether or not trackio is imported yet; returns a
+    function that puts the previous module constants back.
+
+    trackio reads TRACKIO_DIR once, at import, into module constants (`TRACKIO_DIR`, `MEDIA_DIR`,
+    `ARTIFACTS_DIR` in trackio.utils and the modules that imported them).
+    """
+    import os
+    import sys
+    from pathlib import Path
+
+    d = Path(trackio_dir).resolve()
+    os.environ["TRACKIO_DIR"] = str(d)
+    values = {"TRACKIO_DIR": d, "MEDIA_DIR": d / "media", "ARTIFACTS_DIR": d / "artifacts"}
+    saved = []
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "trackio" or name.startswith("trackio.")):
+            continue
+        for attr, value in values.items():
+            old = getattr(module, attr, None)
+            if isinstance(old, Path):
+                saved.append((module, attr, old))
+                setattr(module, attr, value)
+
+    def restore() -> None:
+        for module, attr, old in saved:
+            setattr(module, attr, old)
+
+    return restore
+
+
+def trackio_storage():
+    """trackio's SQLite storage class (`trackio.sqlite_storage.SQLiteStorage`): artifact manifests,
+    logs and lineage are read through it, as trackio's own UI does."""
+    from trackio.sqlite_storage import SQLiteStorage
+
+    return SQLiteStorage
+
+
+def trackio_hydrated_artifact(rec: dict):
+    """A trackio `Artifact` filled from a stored manifest record, so it can download outside a run
+    (trackio hands out hydrated artifacts only from `use_artifact` in a run: `Artifact._hydrate_from_db`)."""
+    import trackio
+
+    art = trackio.Artifact(rec["name"], type=rec["type"])
+    art._hydrate_from_db(project=rec.get("project"), version=rec["version"], aliases=rec["aliases"],
+                         manifest=rec["manifest"], manifest_digest=rec["manifest_digest"],
+                         size_bytes=rec["size_bytes"], metadata=rec["metadata"])
+    return art
+
+
+def wandb_netrc_auth(host: str):
+    """W&B's own .netrc lookup (`wandb.sdk.lib.wbauth.wbnetrc.read_netrc_auth`)."""
+    from wandb.sdk.lib.wbauth.wbnetrc import read_netrc_auth
+
+    return read_netrc_auth(host=host)
+
+
+def dataset_fingerprint(ds) -> str:
+    """A datasets.Dataset's content fingerprint (`Dataset._fingerprint`), which datasets keeps for its own cache."""
+    return ds._fingerprint
+
+
+def trl_uses_triton(device) -> bool:
+    """Whether TRL's chunked log-prob kernel runs as Triton on `device` (`trl.kernels.chunked_logprob._use_triton`)."""
+    from trl.kernels.chunked_logprob import _use_triton
+
+    return _use_triton(device)
+
+
+def trl_fused_output():
+    """The output record TRL's fused LM head returns (`trl.trainer.utils.FusedCausalLMOutput`)."""
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    return FusedCausalLMOutput
+
+
+def sdpa_pieces():
+    """transformers' SDPA attention forward, `repeat_kv` and SDPA mask builder, which the packed-row
+    attention registers and falls back to (`transformers.integrations.sdpa_attention`,
+    `transformers.masking_utils.sdpa_mask`)."""
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+    from transformers.masking_utils import sdpa_mask
+
+    return sdpa_attention_forward, repeat_kv, sdpa_mask
+
+
+# The Trainer method tunelab overrides to rename checkpoints once fully written (transformers'
+# `Trainer._save_checkpoint(model, trial)`).
+SAVE_CHECKPOINT = "_save_checkpoint"
+
+
+def set_hub_offline() -> None:
+    """Offline mode for the hub clients of this process, imported or not: the environment variables
+    and the constants `huggingface_hub.constants.HF_HUB_OFFLINE` and `datasets.config.HF_HUB_OFFLINE`
+    that they read once at import."""
+    import os
+    import sys
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    hub = sys.modules.get("huggingface_hub.constants")
+    if hub is not None:
+        hub.HF_HUB_OFFLINE = True
+    ds = sys.modules.get("datasets.config")
+    if ds is not None:
+        ds.HF_HUB_OFFLINE = True
+        if hasattr(ds, "HF_DATASETS_OFFLINE"):
+            ds.HF_DATASETS_OFFLINE = True

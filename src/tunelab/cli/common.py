@@ -39,6 +39,11 @@ def user_errors(fn):
     return wrapper
 
 
+# Modules whose warnings tunelab's output leaves out (they speak to library authors, not users).
+LIBRARY_MODULES = (r"(transformers|trl|peft|bitsandbytes|torch|datasets|accelerate|huggingface_hub|tokenizers|trackio|"
+                   r"wandb|mlflow|gradio|gradio_client|pydantic|tensorboard|evaluate|rouge_score|sacrebleu|matplotlib)(\.|$)")
+
+
 def _quiet_libraries() -> None:
     """Keep the terminal for tunelab's own output: library progress bars and info logs off."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -57,5 +62,6 @@ def _quiet_libraries() -> None:
     datasets.utils.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     logging.getLogger("trl").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    # the libraries' own deprecation and advice warnings, by module: tunelab's own warnings still show
+    for category in (UserWarning, FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=LIBRARY_MODULES)

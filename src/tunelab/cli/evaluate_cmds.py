@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from tunelab.cli.common import user_errors
+
 # metric key -> (label, format); the order is the table's order
 METRIC_ROWS = {
     "loss": ("loss (response tokens)", "{:.4f}"),
@@ -20,65 +22,59 @@ METRIC_ROWS = {
 }
 
 
-def register(app: typer.Typer) -> None:
-    """Add `eval` and `report` to the app."""
-    from tunelab.cli.main import user_errors
+@user_errors
+def eval_(
+    target: Annotated[str, typer.Argument(help="Run directory, model or adapter folder, or hub id.", show_default=False)],
+    data: Annotated[str | None, typer.Option("--data", help="Evaluate on this source (file, folder, hub id, synthetic:N...) instead of the run's test split.")] = None,
+    split: Annotated[str, typer.Option("--split", help="The run's `test` or `train` split; with --data, the hub split to read.")] = "test",
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N examples.")] = None,
+    baseline: Annotated[str | None, typer.Option("--baseline", help="Compare with this target (default: a LoRA run's base model).")] = None,
+    no_baseline: Annotated[bool, typer.Option("--no-baseline", help="Evaluate the target alone.")] = False,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write eval.json and eval_samples.jsonl (default: the run directory).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Tokens generated per answer (default: the run's samples setting).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Prompts generated together.")] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own Python code; "
+                                                    "a run's saved config never grants it.")] = False,
+):
+    """Score a model on held-out prompts against its base: loss, perplexity, exact match, ROUGE-L, BLEU, chrF."""
+    from tunelab.cli.common import _quiet_libraries, console
+    from tunelab.errors import TunelabError
 
-    @app.command("eval")
-    @user_errors
-    def eval_(
-        target: Annotated[str, typer.Argument(help="Run directory, model or adapter folder, or hub id.", show_default=False)],
-        data: Annotated[str | None, typer.Option("--data", help="Evaluate on this source (file, folder, hub id, synthetic:N...) instead of the run's test split.")] = None,
-        split: Annotated[str, typer.Option("--split", help="The run's `test` or `train` split; with --data, the hub split to read.")] = "test",
-        limit: Annotated[int | None, typer.Option("--limit", help="Only the first N examples.")] = None,
-        baseline: Annotated[str | None, typer.Option("--baseline", help="Compare with this target (default: a LoRA run's base model).")] = None,
-        no_baseline: Annotated[bool, typer.Option("--no-baseline", help="Evaluate the target alone.")] = False,
-        out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write eval.json and eval_samples.jsonl (default: the run directory).")] = None,
-        max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Tokens generated per answer (default: the run's samples setting).")] = None,
-        batch_size: Annotated[int | None, typer.Option("--batch-size", help="Prompts generated together.")] = None,
-        trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own Python code; "
-                                                        "a run's saved config never grants it.")] = False,
-    ):
-        """Score a model on held-out prompts against its base: loss, perplexity, exact match, ROUGE-L, BLEU, chrF."""
-        from tunelab.cli.main import _quiet_libraries, console
-        from tunelab.errors import TunelabError
+    if baseline and no_baseline:
+        raise TunelabError("--baseline and --no-baseline exclude each other")
+    for name, value in (("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size)):
+        if value is not None and value <= 0:
+            raise TunelabError(f"{name} {value}: must be positive")
+    _quiet_libraries()
+    from tunelab.evaluation.runner import evaluate
 
-        if baseline and no_baseline:
-            raise TunelabError("--baseline and --no-baseline exclude each other")
-        for name, value in (("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size)):
-            if value is not None and value <= 0:
-                raise TunelabError(f"{name} {value}: must be positive")
-        _quiet_libraries()
-        from tunelab.evaluation.runner import evaluate
+    result = evaluate(target, data=data, split=split, limit=limit, baseline=baseline, use_baseline=not no_baseline,
+                      out_dir=out_dir, max_new_tokens=max_new_tokens, batch_size=batch_size, console=console,
+                      trust_remote_code=trust_remote_code)
+    _print_results(result)
 
-        result = evaluate(target, data=data, split=split, limit=limit, baseline=baseline, use_baseline=not no_baseline,
-                          out_dir=out_dir, max_new_tokens=max_new_tokens, batch_size=batch_size, console=console,
-                          trust_remote_code=trust_remote_code)
-        _print_results(result)
+@user_errors
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories to compare (one or more).", show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write.")] = Path("report.html"),
+    max_prompts: Annotated[int, typer.Option("--max-prompts", help="Sample prompts shown with their answers.")] = 12,
+):
+    """Write one self-contained HTML file comparing runs: config, curves, metrics, answers, metadata."""
+    from tunelab.cli.common import out
+    from tunelab.errors import TunelabError
+    from tunelab.evaluation.report import write_report
 
-    @app.command()
-    @user_errors
-    def report(
-        runs: Annotated[list[Path], typer.Argument(help="Run directories to compare (one or more).", show_default=False)],
-        output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write.")] = Path("report.html"),
-        max_prompts: Annotated[int, typer.Option("--max-prompts", help="Sample prompts shown with their answers.")] = 12,
-    ):
-        """Write one self-contained HTML file comparing runs: config, curves, metrics, answers, metadata."""
-        from tunelab.cli.main import out
-        from tunelab.errors import TunelabError
-        from tunelab.evaluation.report import write_report
-
-        if max_prompts < 0:
-            raise TunelabError(f"--max-prompts {max_prompts}: must be zero or more")
-        info = write_report(runs, output, max_prompts=max_prompts)
-        gaps = f"; gaps: {', '.join(info['gaps'])}" if info["gaps"] else ""
-        out.print(f"wrote {output} ({len(runs)} run{'s' if len(runs) != 1 else ''}, {info['bytes'] / 1024:,.0f} KiB){gaps}")
+    if max_prompts < 0:
+        raise TunelabError(f"--max-prompts {max_prompts}: must be zero or more")
+    info = write_report(runs, output, max_prompts=max_prompts)
+    gaps = f"; gaps: {', '.join(info['gaps'])}" if info["gaps"] else ""
+    out.print(f"wrote {output} ({len(runs)} run{'s' if len(runs) != 1 else ''}, {info['bytes'] / 1024:,.0f} KiB){gaps}")
 
 
 def _print_results(result) -> None:
     from rich.table import Table
 
-    from tunelab.cli.main import out
+    from tunelab.cli.common import out
     from tunelab.evaluation.metrics import direction
 
     s = result.summary
@@ -107,3 +103,9 @@ def _print_results(result) -> None:
         t.add_row(label, *cells)
     out.print(t)
     out.print(f"wrote {result.out_dir}/eval.json and {result.out_dir}/eval_samples.jsonl ({s['time_s']:.1f} s)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `eval` and `report` to the app."""
+    app.command("eval")(eval_)
+    app.command()(report)

@@ -41,7 +41,7 @@ def _settings(max_new_tokens: int, temperature: float, top_p: float, seed: int, 
 
 def _load(target_text: str, device: str | None, trust_remote_code: bool = False):
     """Resolve and load TARGET; (target, model, tokenizer, prompt format)."""
-    from tunelab.cli.main import _quiet_libraries
+    from tunelab.cli.common import _quiet_libraries
     from tunelab.inference.target import inference_prompt, load_target, resolve_target
 
     target = resolve_target(target_text, trust_remote_code)
@@ -61,7 +61,7 @@ def _check_room(model, n_prompt: int, max_new: int) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add generate, chat, merge, export and serve to the app."""
-    from tunelab.cli.main import user_errors
+    from tunelab.cli.common import user_errors
 
     @app.command()
     @user_errors
@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
         if file is not None:
             _generate_file(target, file, out_file, settings, device, trust_remote_code)
             return
-        from tunelab.cli.main import console
+        from tunelab.cli.common import console
         from tunelab.inference.generate import encode_prompt, stream_generate
         from tunelab.inference.prompts import instruction_row, prompt_text
 
@@ -107,7 +107,7 @@ def register(app: typer.Typer) -> None:
 
         from rich.progress import Progress
 
-        from tunelab.cli.main import console, out
+        from tunelab.cli.common import console, out
         from tunelab.inference.generate import generate_batch
         from tunelab.inference.prompts import prompt_text, read_prompt_rows
         from tunelab.inference.target import resolve_target
@@ -143,7 +143,7 @@ def register(app: typer.Typer) -> None:
         trust_remote_code: Trust = False,
     ):
         """Talk to a model in the terminal: multi-turn for chat-trained models, one instruction at a time for Alpaca-style ones. /reset, /exit."""
-        from tunelab.cli.main import console
+        from tunelab.cli.common import console
         from tunelab.errors import TunelabError
         from tunelab.inference.chat import ChatSession
         from tunelab.inference.generate import context_length, stream_generate
@@ -202,7 +202,7 @@ def register(app: typer.Typer) -> None:
         trust_remote_code: Trust = False,
     ):
         """Merge a LoRA adapter into its base (reloaded unquantized) and check the merged logits match the adapter model's."""
-        from tunelab.cli.main import _quiet_libraries, out
+        from tunelab.cli.common import _quiet_libraries, out
         from tunelab.inference.export import hf_commands
         from tunelab.inference.merge import merge_target
         from tunelab.inference.target import resolve_target
@@ -232,7 +232,7 @@ def register(app: typer.Typer) -> None:
         """Write a folder serving engines load as it is (vLLM, TGI, transformers, PEFT, llama.cpp, Ollama) and print the commands that serve it."""
         from rich.markup import escape
 
-        from tunelab.cli.main import _quiet_libraries, out
+        from tunelab.cli.common import _quiet_libraries, out
         from tunelab.errors import TunelabError
         from tunelab.inference.export import export_target
         from tunelab.inference.export import push_to_hub as push
@@ -281,7 +281,7 @@ def register(app: typer.Typer) -> None:
         device: Device = None,
     ):
         """An OpenAI-compatible server (/v1/completions, /v1/chat/completions, streaming) for TARGET and its adapters."""
-        from tunelab.cli.main import _quiet_libraries, console
+        from tunelab.cli.common import _quiet_libraries, console
         from tunelab.errors import TunelabError
         from tunelab.inference.engine import load_engine, parse_adapter_spec
 

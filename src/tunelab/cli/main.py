@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from tunelab.cli.common import (  # re-exported: the area modules may import them from here
     ConfigArg,
@@ -45,26 +46,59 @@ def train(
 
     command = shlex.join(["tunelab", "train", str(config), *(overrides or [])])
     s = run_training(cfg, config_path=config, resume=resume, console=console, command=command)
-    _print_summary(s)
+    _print_summary(s, cfg)
 
 
-def _print_summary(s: dict) -> None:
+def _print_summary(s, cfg) -> None:
     from rich.table import Table
 
-    t = Table(title=f"run {Path(s['run_dir']).name}: {s['status']}", show_header=False, title_justify="left")
-    t.add_row("steps", str(s["steps"]))
-    t.add_row("final train loss", _fmt(s["final_train_loss"]))
-    t.add_row("final eval loss", _fmt(s["final_eval_loss"]))
-    t.add_row("train tokens/s", f"{s['tokens_per_s']:,.0f}")
-    t.add_row("wall time", f"{s['wall_time_s']:.1f} s (samples {s['sample_time_s']:.1f} s)")
-    t.add_row("peak memory", f"{s['peak_rss_mb']:,.0f} MB RSS" + (f", {s['peak_gpu_mb']:,.0f} MB GPU" if "peak_gpu_mb" in s else ""))
-    if s.get("samples_exact_match_after") is not None:
-        before = s.get("samples_exact_match_before")
-        t.add_row("sample exact match", (f"{before:.1%} before -> " if before is not None else "") + f"{s['samples_exact_match_after']:.1%} after")
-    rd = s["run_dir"]
+    t = Table(title=f"run {Path(s.run_dir).name}: {s.status}", show_header=False, title_justify="left")
+    t.add_row("steps", str(s.steps))
+    t.add_row("final train loss", _fmt(s.final_train_loss))
+    t.add_row("final eval loss", _fmt(s.final_eval_loss))
+    t.add_row("train tokens/s", f"{s.tokens_per_s:,.0f}")
+    t.add_row("wall time", f"{s.wall_time_s:.1f} s (samples {s.sample_time_s:.1f} s)")
+    t.add_row("peak memory", f"{s.peak_rss_mb:,.0f} MB RSS" + (f", {s.peak_gpu_mb:,.0f} MB GPU" if s.peak_gpu_mb else ""))
+    if s.samples_exact_match_after is not None:
+        before = s.samples_exact_match_before
+        t.add_row("sample exact match", (f"{before:.1%} before -> " if before is not None else "") + f"{s.samples_exact_match_after:.1%} after")
+    rd = s.run_dir
     t.add_row("written", f"{rd}/final (model + tokenizer), config.yaml, metrics.jsonl, samples.jsonl, summary.json")
     out.print(t)
-    out.print(f"try it: [bold]tunelab generate {rd} \"Reverse the order of the words.\" --input \"cat dog sun\"[/]")
+    hint = try_it_command(rd, cfg)
+    if hint:
+        # a command is printed whole, never wrapped: it must paste back as it is
+        out.print(Text.assemble("try it: ", (hint, "bold")), soft_wrap=True)
+
+
+def try_it_command(run_dir: str, cfg) -> str | None:
+    """A `tunelab generate` command for one of the run's own held-out prompts, in its prompt format."""
+    import shlex
+
+    from tunelab.data.prepare import load_splits
+
+    try:
+        train, test, _ = load_splits(cfg)
+    except TunelabError:
+        return None
+    rows = test.rows or train.rows
+    if not rows:
+        return None
+    row = rows[0]
+    fmt = cfg.prompt.format
+    if fmt == "alpaca":
+        args = [row["instruction"], *(["--input", row["input"]] if row.get("input") else [])]
+    elif fmt == "messages":
+        users = [m for m in row["messages"] if m.get("role") == "user"]
+        if not users:
+            return None
+        args = [users[-1]["content"]]
+    elif fmt == "text":
+        words = row[cfg.prompt.text_field].split()
+        args = [" ".join(words[: min(8, max(1, len(words) // 2))])]
+    else:
+        return f"tunelab generate {shlex.quote(run_dir)} --file PROMPTS.jsonl   # rows with {cfg.prompt.template!r}'s fields"
+    return shlex.join(["tunelab", "generate", run_dir, *args])
 
 
 def _fmt(x) -> str:

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tunelab.refs import DataRef, ModelRef, RefError, parse_data, parse_model
+
 DType = Literal["auto", "bf16", "fp16", "fp32"]
 # A run (or artifact) name is one path component: it is joined to output.dir, so '/', '..' or an
 # absolute path would point a run (and output.overwrite) at someone else's files.
@@ -23,6 +25,15 @@ def check_name(value: str) -> str:
     """A single path component of letters, digits, '.', '_' and '-', not '.' or '..' (else ValueError)."""
     if not NAME_PATTERN.match(value) or value in (".", ".."):
         raise ValueError("must be one folder name of letters, digits, '.', '_' and '-' (not '.' or '..', no '/')")
+    return value
+
+
+def _parses(parse, value: str) -> str:
+    """`value` when `parse` (a tunelab.refs parser) accepts it; its message as a field error otherwise."""
+    try:
+        parse(value)
+    except RefError as e:
+        raise ValueError(str(e)) from None
     return value
 
 
@@ -46,6 +57,13 @@ class ModelConfig(Section):
         "(SDPA per packed example instead of a block-diagonal mask over the whole row)."
     )
     use_cache: bool = Field(False, description="KV cache during training (off: it is useless with gradient checkpointing).")
+
+    _name_parses = field_validator("name")(lambda cls, v: _parses(parse_model, v))
+
+    @property
+    def ref(self) -> ModelRef:
+        """What `name` names (tiny preset, local folder, artifact, hub id): the one classification."""
+        return parse_model(self.name)
 
     @field_validator("device")
     @classmethod
@@ -92,6 +110,13 @@ class SourceConfig(Section):
     split: str = Field("train", description="Split to read (hub datasets; local files have one split, `train`).")
     subset: str | None = Field(None, description="Hub dataset configuration name.")
     revision: str | None = Field(None, description="Hub dataset revision.")
+
+    _path_parses = field_validator("path")(lambda cls, v: _parses(parse_data, v))
+
+    @property
+    def ref(self) -> DataRef:
+        """What `path` names (synthetic spec, local file or folder, artifact, hub dataset)."""
+        return parse_data(self.path)
 
 
 class DataConfig(Section):
@@ -220,24 +245,32 @@ def _known(value: str, known: list[str]) -> str:
     raise ValueError(f"unknown value; {guess}known: {', '.join(known)}")
 
 
-class SamplesConfig(Section):
-    enabled: bool = Field(True, description="Generate answers for test prompts at every evaluation and at the end.")
-    num_prompts: int = Field(10, ge=0, description="How many test prompts to answer.")
-    at_start: bool = Field(False, description="Also answer them before training (the untrained baseline).")
+class GenerationSettings(Section):
+    """How answers are generated: the sample table during training, `tunelab eval`, generate, chat, serve."""
+
     max_new_tokens: int = Field(256, gt=0, description="Tokens generated per answer.")
     do_sample: bool = Field(False, description="Sample (true) or greedy decoding (false).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     batch_size: int = Field(16, gt=0, description="Prompts generated together (batched, KV cache, left padding).")
     seed: int = Field(0, description="Sampling seed (generation never touches the training RNG).")
+
+    def as_dict(self) -> dict:
+        return self.model_dump()
+
+
+class SamplesConfig(GenerationSettings):
+    enabled: bool = Field(True, description="Generate answers for test prompts at every evaluation and at the end.")
+    num_prompts: int = Field(10, ge=0, description="How many test prompts to answer.")
+    at_start: bool = Field(False, description="Also answer them before training (the untrained baseline).")
     dense_weights: bool = Field(
         True, description="Generate with dense, LoRA-merged weight copies when the memory plan shows room between "
         "steps (faster, above all for 4-bit models); false: always through the quantized and LoRA layers."
     )
 
-    def generation_fields(self) -> dict:
-        """The fields that are generation settings (`tunelab.inference.generate.GenerationSettings`)."""
-        return self.model_dump(exclude={"enabled", "num_prompts", "at_start", "dense_weights"})
+    def generation(self) -> GenerationSettings:
+        """The generation settings alone."""
+        return GenerationSettings(**{k: getattr(self, k) for k in GenerationSettings.model_fields})
 
 
 class EvalConfig(Section):

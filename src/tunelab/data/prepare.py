@@ -18,13 +18,28 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.cache import cache_root
-from tunelab.config.schema import RunConfig
+from tunelab.config.schema import PromptConfig, RunConfig
 from tunelab.data.sources import RawRows, read_source
 from tunelab.data.templates import render_segments
+from tunelab.data.tokens import adds_bos as tokenizer_adds_bos
+from tunelab.data.tokens import needs_bos
 from tunelab.data.validate import validate_rows
 from tunelab.errors import DataError
 
 CACHE_VERSION = "3"
+
+
+@dataclass(frozen=True)
+class TokenSpec:
+    """What tokenizing needs from a run config: the prompt format, the length limit and what to do beyond it."""
+
+    prompt: PromptConfig
+    max_length: int
+    too_long: str = "truncate"
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> TokenSpec:
+        return cls(cfg.prompt, cfg.training.max_length, cfg.data.too_long)
 
 
 @dataclass
@@ -36,18 +51,22 @@ class PreparedData:
     cache_hit: bool = False
 
 
-def load_splits(cfg: RunConfig) -> tuple[RawRows, RawRows, dict[str, Any]]:
-    """Validated train and test rows (no tokenizer needed: `tunelab validate` uses this too)."""
-    from tunelab.tracking.artifacts import configure_for
+def load_splits(cfg: RunConfig, home=None) -> tuple[RawRows, RawRows, dict[str, Any]]:
+    """Validated train and test rows (no tokenizer needed: `tunelab validate` uses this too).
 
-    configure_for(cfg)  # artifact references among the sources resolve in this config's tracking dir
+    `home` (a `tunelab.artifacts.Home`) is where artifact references among the sources resolve;
+    default the config's own tracking directory."""
+    if home is None:
+        from tunelab.artifacts import Home
+
+        home = Home.of(cfg)
     d = cfg.data
-    train = validate_rows(read_source(d.train, d.on_bad_row), cfg.prompt, d.field_map, d.on_bad_row, d.train.path)
+    train = validate_rows(read_source(d.train, d.on_bad_row, home), cfg.prompt, d.field_map, d.on_bad_row, d.train.path)
     rows_read = len(train.rows) + sum(train.skipped.values())
     if not train.rows:
         raise DataError(no_rows_message(d.train.path, train), hint=_no_rows_hint(train))
     if d.test is not None:
-        test = validate_rows(read_source(d.test, d.on_bad_row), cfg.prompt, d.field_map, d.on_bad_row, d.test.path)
+        test = validate_rows(read_source(d.test, d.on_bad_row, home), cfg.prompt, d.field_map, d.on_bad_row, d.test.path)
         rows_read += len(test.rows) + sum(test.skipped.values())
         if not test.rows:
             raise DataError(no_rows_message(d.test.path, test, "data.test"), hint=_no_rows_hint(test))
@@ -109,19 +128,19 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
-def iter_tokenized(raw: RawRows, cfg: RunConfig, tokenizer: Any, counts: Counter, chunk: int = 1000):
+def iter_tokenized(raw: RawRows, spec: TokenSpec, tokenizer: Any, counts: Counter, chunk: int = 1000):
     """Yield batches {input_ids, labels} of rendered, tokenized rows; EOS ends every example.
 
     Works a chunk of rows at a time (the tokenizer's Rust batch call), so memory stays bounded by
     the chunk, not the data set. `counts` collects truncated / dropped examples by reason.
     """
-    max_len = cfg.training.max_length
+    max_len = spec.max_length
     eos = tokenizer.eos_token_id
     bos = tokenizer.bos_token_id
-    adds_bos = bos is not None and tokenizer("a").input_ids[:1] == [bos]
+    adds_bos = tokenizer_adds_bos(tokenizer)
     for start in range(0, len(raw.rows), chunk):
         rows = raw.rows[start : start + chunk]
-        segs = [render_segments(r, cfg.prompt, tokenizer) for r in rows]
+        segs = [render_segments(r, spec.prompt, tokenizer) for r in rows]
         flat = [t for s in segs for t, _ in s]
         enc = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
         ids_out, labels_out = [], []
@@ -129,7 +148,7 @@ def iter_tokenized(raw: RawRows, cfg: RunConfig, tokenizer: Any, counts: Counter
         for s in segs:
             ids: list[int] = []
             labels: list[int] = []
-            if adds_bos and not (s and s[0][0].startswith(tokenizer.bos_token or "\0")):
+            if s and needs_bos(tokenizer, s[0][0], adds_bos):
                 ids.append(bos)
                 labels.append(-100)
             for _, trainable in s:
@@ -141,7 +160,7 @@ def iter_tokenized(raw: RawRows, cfg: RunConfig, tokenizer: Any, counts: Counter
                 ids.append(eos)
                 labels.append(eos)
             if len(ids) > max_len:
-                if cfg.data.too_long == "drop":
+                if spec.too_long == "drop":
                     counts["too_long_dropped"] += 1
                     continue
                 counts["too_long_truncated"] += 1
@@ -155,17 +174,17 @@ def iter_tokenized(raw: RawRows, cfg: RunConfig, tokenizer: Any, counts: Counter
             yield {"input_ids": ids_out, "labels": labels_out}
 
 
-def tokenize_rows(raw: RawRows, cfg: RunConfig, tokenizer: Any) -> tuple[dict[str, list], Counter]:
-    """All rows tokenized in memory (small data, tests); `prepare_data` streams to disk instead."""
+def tokenize_rows(raw: RawRows, spec: TokenSpec, tokenizer: Any) -> tuple[dict[str, list], Counter]:
+    """All rows tokenized in memory (evaluation, tests); `prepare_data` streams to disk instead."""
     counts: Counter = Counter()
     cols: dict[str, list] = {"input_ids": [], "labels": []}
-    for batch in iter_tokenized(raw, cfg, tokenizer, counts):
+    for batch in iter_tokenized(raw, spec, tokenizer, counts):
         cols["input_ids"] += batch["input_ids"]
         cols["labels"] += batch["labels"]
     return cols, counts
 
 
-def write_arrow(raw: RawRows, cfg: RunConfig, tokenizer: Any, path: Path, counts: Counter) -> dict[str, int]:
+def write_arrow(raw: RawRows, spec: TokenSpec, tokenizer: Any, path: Path, counts: Counter) -> dict[str, int]:
     """Tokenize `raw` into an Arrow file at `path`; returns examples, tokens and loss tokens written."""
     from datasets.arrow_writer import ArrowWriter
     from datasets.features import Features, Sequence, Value
@@ -173,7 +192,7 @@ def write_arrow(raw: RawRows, cfg: RunConfig, tokenizer: Any, path: Path, counts
     features = Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32"))})
     n = tokens = loss_tokens = 0
     with ArrowWriter(features=features, path=str(path)) as writer:
-        for batch in iter_tokenized(raw, cfg, tokenizer, counts):
+        for batch in iter_tokenized(raw, spec, tokenizer, counts):
             writer.write_batch(batch)
             n += len(batch["input_ids"])
             tokens += sum(len(x) for x in batch["input_ids"])
@@ -195,7 +214,7 @@ def cache_key(cfg: RunConfig, train: RawRows, test: RawRows, tokenizer: Any) -> 
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def prepare_data(cfg: RunConfig, tokenizer: Any, console=None) -> PreparedData:
+def prepare_data(cfg: RunConfig, tokenizer: Any, console=None, home=None) -> PreparedData:
     """Validated, tokenized train/test datasets plus statistics, from the cache when possible.
 
     The tokenized splits are Arrow files, written a chunk at a time and memory-mapped on load. A
@@ -204,7 +223,7 @@ def prepare_data(cfg: RunConfig, tokenizer: Any, console=None) -> PreparedData:
     """
     import datasets
 
-    train, test, stats = load_splits(cfg)
+    train, test, stats = load_splits(cfg, home)
     cache_dir = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else cache_root("data")
     entry = cache_dir / cache_key(cfg, train, test, tokenizer)
     hit = (entry / "stats.json").is_file()
@@ -233,10 +252,11 @@ def _build_entry(entry: Path, cfg: RunConfig, tokenizer: Any, train: RawRows, te
     try:
         tmp.mkdir(parents=True)
         counts: Counter = Counter()
-        tr = write_arrow(train, cfg, tokenizer, tmp / "train.arrow", counts)
+        spec = TokenSpec.of(cfg)
+        tr = write_arrow(train, spec, tokenizer, tmp / "train.arrow", counts)
         if not tr["examples"]:
             raise DataError(_all_dropped(cfg, len(train.rows), counts))
-        te = write_arrow(test, cfg, tokenizer, tmp / "test.arrow", counts)
+        te = write_arrow(test, spec, tokenizer, tmp / "test.arrow", counts)
         stats = {**stats, "train_examples": tr["examples"], "test_examples": te["examples"], "train_tokens": tr["tokens"],
                  "train_loss_tokens": tr["loss_tokens"], **dict(counts),
                  "files": {n: _sha256(tmp / n) for n in ("train.arrow", "test.arrow")}}

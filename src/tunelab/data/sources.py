@@ -157,24 +157,23 @@ def local_files(path: Path) -> list[Path]:
     return [path]
 
 
-def looks_local(text: str) -> bool:
-    return text.startswith((".", "/", "~")) or Path(text).suffix in SUFFIXES or Path(text).exists()
+def read_source(src: SourceConfig, on_bad_row: str, home=None) -> RawRows:
+    """Read every row of a source (relative paths were anchored when the config was loaded).
 
+    `home` (a `tunelab.artifacts.Home`) is where a dataset artifact reference resolves."""
+    from tunelab.refs import parse_data
 
-def read_source(src: SourceConfig, on_bad_row: str) -> RawRows:
-    """Read every row of a source (relative paths were anchored when the config was loaded)."""
     out = RawRows()
-    from tunelab.tracking.artifacts import is_artifact_ref
-
-    if is_artifact_ref(src.path):
-        from tunelab.tracking.artifacts import fetch
+    ref = parse_data(src.path)
+    if ref.kind == "artifact":
+        from tunelab.artifacts import Home, fetch
 
         # a dataset artifact: resolved, downloaded once (cached by digest), then read as a local folder
-        local = fetch(src.path, expected_type="dataset").path
-        return read_source(src.model_copy(update={"path": str(local)}), on_bad_row)
-    if src.path.startswith("synthetic:"):
-        return _read_synthetic(src.path, out)
-    if looks_local(src.path):
+        local = fetch(src.path, home or Home.default(), expected_type="dataset").path
+        return read_source(src.model_copy(update={"path": str(local)}), on_bad_row, home)
+    if ref.kind == "synthetic":
+        return _read_synthetic(ref.synthetic, src.path, out)
+    if ref.kind == "local":
         path = Path(src.path).expanduser()
         if not path.exists():
             raise DataError(f"data file not found: {src.path}",
@@ -197,24 +196,16 @@ def read_source(src: SourceConfig, on_bad_row: str) -> RawRows:
     return _read_hub(src, out)
 
 
-def _read_synthetic(spec: str, out: RawRows) -> RawRows:
-    """`synthetic:N[:seed=S][:tasks=a,b]`: seeded tasks from `tunelab.data.synthetic`."""
+def _read_synthetic(spec, text: str, out: RawRows) -> RawRows:
+    """`synthetic:N[:seed=S][:tasks=a,b]` (parsed by tunelab.refs): seeded tasks from `tunelab.data.synthetic`."""
     from tunelab.data.synthetic import TASKS, generate
 
-    parts = spec.split(":")[1:]
-    try:
-        n = int(parts[0])
-        opts = dict(p.split("=", 1) for p in parts[1:])
-        seed = int(opts.pop("seed", 0))
-        tasks = opts.pop("tasks").split(",") if "tasks" in opts else None
-    except (ValueError, IndexError, KeyError):
-        raise DataError(f"data source {spec!r}: expected synthetic:N[:seed=S][:tasks=a,b]") from None
-    unknown = [t for t in tasks or [] if t not in TASKS] + list(opts)
-    if unknown or n <= 0:
-        raise DataError(f"data source {spec!r}: unknown {', '.join(unknown) or 'count'} (tasks: {', '.join(TASKS)})")
-    for i, row in enumerate(generate(n, seed, tasks)):
-        out.add(row, f"{spec}:row {i + 1}")
-    out.fingerprint = hashlib.sha256(spec.encode()).hexdigest()
+    unknown = [t for t in spec.tasks or () if t not in TASKS]
+    if unknown:
+        raise DataError(f"data source {text!r}: unknown task {', '.join(unknown)} (tasks: {', '.join(TASKS)})")
+    for i, row in enumerate(generate(spec.n, spec.seed, list(spec.tasks) if spec.tasks else None)):
+        out.add(row, f"{text}:row {i + 1}")
+    out.fingerprint = hashlib.sha256(text.encode()).hexdigest()
     return out
 
 
@@ -230,5 +221,7 @@ def _read_hub(src: SourceConfig, out: RawRows) -> RawRows:
         ) from None
     for i, row in enumerate(ds):
         out.add(dict(row), f"{src.path}[{src.split}]:row {i + 1}")
-    out.fingerprint = hashlib.sha256(f"{src.path}|{src.subset}|{src.split}|{ds._fingerprint}".encode()).hexdigest()
+    from tunelab.compat import dataset_fingerprint
+
+    out.fingerprint = hashlib.sha256(f"{src.path}|{src.subset}|{src.split}|{dataset_fingerprint(ds)}".encode()).hexdigest()
     return out

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tunelab.config.schema import DataConfig, ModelConfig, PromptConfig, RunConfig, SourceConfig
-from tunelab.data.prepare import load_splits
+from tunelab.config.schema import PromptConfig, SourceConfig
+from tunelab.data.prepare import TokenSpec, load_splits
 from tunelab.data.sources import RawRows, read_source
 from tunelab.data.templates import reference, render_prompt
 from tunelab.data.validate import validate_rows
@@ -20,31 +20,35 @@ from tunelab.inference.target import Target
 
 @dataclass
 class EvalRows:
-    """Rows to evaluate, each with where it came from, plus the config used to tokenize them for the loss."""
+    """Rows to evaluate, each with where it came from, and how to tokenize them for the loss."""
 
     raw: RawRows
-    cfg: RunConfig  # the run's config, or a stand-in carrying the prompt format (for tokenize_rows)
+    spec: TokenSpec  # the run's prompt format and length limit (what training tokenized with)
     source: str
     split: str
+
+    @property
+    def prompt(self) -> PromptConfig:
+        return self.spec.prompt
+
+    @property
+    def generates(self) -> bool:
+        """Whether the rows ask something to answer: raw text (continued pre-training) is judged by its loss alone."""
+        return self.prompt.format != "text"
 
     @property
     def rows(self) -> list[dict[str, Any]]:
         return self.raw.rows
 
     def prompts(self, tokenizer: Any) -> list[str]:
-        return [render_prompt(r, self.cfg.prompt, tokenizer) for r in self.rows]
+        return [render_prompt(r, self.prompt, tokenizer) for r in self.rows]
 
     def references(self) -> list[str]:
-        return [reference(r, self.cfg.prompt) for r in self.rows]
+        return [reference(r, self.prompt) for r in self.rows]
 
 
 def check_args(target: Target, data: str | None, split: str) -> None:
     """Refuse impossible requests before any weights are loaded."""
-    if target.prompt.format == "text":
-        raise TunelabError(
-            f"{target.text}: prompt.format is text, so rows have no prompt/answer split to generate and score",
-            hint="tunelab eval scores alpaca, messages and custom prompt formats",
-        )
     if data is None and target.config is None:
         raise TunelabError(
             f"{target.text}: not a run directory, so it has no test split of its own",
@@ -55,21 +59,25 @@ def check_args(target: Target, data: str | None, split: str) -> None:
 
 
 def load_eval_rows(target: Target, data: str | None = None, split: str = "test", limit: int | None = None) -> EvalRows:
-    """The rows to evaluate: validated, with a non-empty reference each, the first `limit` of them."""
+    """The rows to evaluate: validated, with a non-empty reference each, the first `limit` of them.
+
+    A run's own split is read with its saved config (artifact references resolve in the run's own
+    tracking home, wherever the command runs from)."""
+    from tunelab.artifacts import Home
+
     check_args(target, data, split)
+    cfg = target.config
+    spec = TokenSpec.of(cfg) if cfg is not None else TokenSpec(target.prompt, 2048)
     if data is None:
-        cfg = target.config
-        train, test, _ = load_splits(cfg)
+        train, test, _ = load_splits(cfg, Home.of(cfg))
         raw, source = (test if split == "test" else train), f"{target.text} ({split} split)"
         if not raw.rows:
             hint = "pass --data SOURCE, or train with data.test or data.test_size set" if split == "test" else None
             raise DataError(f"{target.text}: the run's {split} split is empty", hint=hint)
     else:
-        cfg = target.config or RunConfig(
-            model=ModelConfig(name=target.base), data=DataConfig(train=SourceConfig(path=data)), prompt=target.prompt
-        )
         src = SourceConfig(path=data, split=split)
-        raw = validate_rows(read_source(src, "error"), cfg.prompt, cfg.data.field_map, "error")
+        home = Home.of(cfg) if cfg is not None else Home.default()
+        raw = validate_rows(read_source(src, "error", home), spec.prompt, cfg.data.field_map if cfg else {}, "error", data)
         source = data
         if not raw.rows:
             raise DataError(f"{data}: no rows to evaluate")
@@ -78,6 +86,6 @@ def load_eval_rows(target: Target, data: str | None = None, split: str = "test",
             raise TunelabError(f"--limit {limit}: must be a positive number of examples")
         raw = RawRows(rows=raw.rows[:limit], where=raw.where[:limit], fingerprint=raw.fingerprint)
     for row, where in zip(raw.rows, raw.where, strict=True):
-        if not reference(row, cfg.prompt).strip():
+        if not reference(row, spec.prompt).strip():
             raise DataError(f"{where}: no reference answer (the last message is not an assistant turn)")
-    return EvalRows(raw=raw, cfg=cfg, source=source, split=split)
+    return EvalRows(raw=raw, spec=spec, source=source, split=split)

@@ -16,7 +16,8 @@ from typing import Any
 
 from tunelab.evaluation.metrics import direction, exact_match
 from tunelab.evaluation.plots import all_curves
-from tunelab.evaluation.rundata import RunData, load_runs
+from tunelab.runs.data import RunData, load_runs
+from tunelab.runs.files import NOT_COMPARED, flatten
 
 TEMPLATES = Path(__file__).parent / "templates"
 # shown in the "same in every run" table when equal; any key that differs is shown regardless
@@ -26,8 +27,6 @@ KEY_SETTINGS = [
     "training.max_steps", "training.epochs", "training.learning_rate", "training.lr_scheduler", "training.batch_size",
     "training.grad_accum", "training.max_length", "training.packing", "training.seed",
 ]
-# config keys that name the run rather than describe it
-NOT_COMPARED = {"output.name", "output.overwrite", "tracking.run_name"}
 EVAL_ROWS = [
     ("exact_match", "exact match", "pct"), ("normalized_exact_match", "normalized exact match", "pct"),
     ("rougeL", "ROUGE-L F1", "{:.3f}"), ("bleu", "BLEU", "{:.1f}"), ("chrf", "chrF", "{:.1f}"),
@@ -42,17 +41,6 @@ def fmt(value: Any, how: str) -> str:
     if how == "pct":
         return f"{value:.1%}"
     return how.format(value)
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def show(value: Any) -> str:
@@ -77,13 +65,42 @@ def config_tables(runs: list[RunData]) -> tuple[list[dict], list[dict]]:
 
 
 def metric_row(label: str, key: str, values: list[float | None], how: str, notes: list[str] | None = None) -> dict:
-    """A table row: formatted cells, the best one(s) marked when two or more runs have a value."""
+    """A table row: formatted cells, the best one marked when it alone is best as shown (a tie, or
+    values that print the same, such as 0.0 and 0.04 at one decimal, gets no star)."""
     d = direction(key)
-    present = [v for v in values if v is not None]
-    best = (max(present) if d > 0 else min(present)) if d and len(present) > 1 and len(set(present)) > 1 else None
-    cells = [{"text": fmt(v, how), "gap": v is None, "best": best is not None and v == best, "note": (notes or [""] * len(values))[i]}
-             for i, v in enumerate(values)]
-    return {"label": label, "cells": cells}
+    texts = [fmt(v, how) if v is not None else None for v in values]
+    present = [(v, t) for v, t in zip(values, texts, strict=True) if v is not None]
+    best_text = None
+    if d and len(present) > 1:
+        best_v = max(v for v, _ in present) if d > 0 else min(v for v, _ in present)
+        candidate = next(t for v, t in present if v == best_v)
+        if sum(1 for _, t in present if t == candidate) == 1:
+            best_text = candidate
+    cells = [{"text": texts[i] or "", "gap": v is None, "best": best_text is not None and texts[i] == best_text,
+              "note": (notes or [""] * len(values))[i]} for i, v in enumerate(values)]
+    return {"label": label, "key": key, "cells": cells, "values": values}
+
+
+def verdict(runs: list[RunData], eval_rows: list[dict], train_rows: list[dict]) -> str | None:
+    """One line: the best run on the primary metric (eval exact match, else eval loss, else
+    training loss) and by how much it leads the next one."""
+    if len(runs) < 2:
+        return None
+    for key, rows in (("exact_match", eval_rows), ("final_eval_loss", train_rows), ("final_train_loss", train_rows)):
+        row = next((r for r in rows if r["key"] == key), None)
+        if row is None:
+            continue
+        scored = [(v, runs[i].name) for i, v in enumerate(row["values"]) if v is not None]
+        if len(scored) < 2:
+            continue
+        scored.sort(key=lambda x: x[0], reverse=direction(key) > 0)
+        (best, name), (second, other) = scored[0], scored[1]
+        if best == second:
+            return f"{name} and {other} tie on {row['label']} ({fmt(best, 'pct' if key == 'exact_match' else '{:.4f}')})."
+        gap = f"{(best - second) * 100:+.1f} points" if key == "exact_match" else f"{best - second:+.4f}"
+        shown = fmt(best, "pct" if key == "exact_match" else "{:.4f}")
+        return f"Best on {row['label']}: {name} ({shown}), {gap} against {other}."
+    return None
 
 
 def metrics_tables(runs: list[RunData]) -> tuple[list[dict], list[dict]]:
@@ -100,14 +117,12 @@ def metrics_tables(runs: list[RunData]) -> tuple[list[dict], list[dict]]:
             if any(v is not None for v in values):
                 eval_rows.append(metric_row(label, key, values, how, notes))
     train_rows = [
-        metric_row("final train loss", "final_train_loss",
-                   [r.summary.get("final_train_loss", r.last("loss")) for r in runs], "{:.4f}"),
-        metric_row("final eval loss", "final_eval_loss",
-                   [r.summary.get("final_eval_loss", r.last("eval_loss")) for r in runs], "{:.4f}"),
+        metric_row("final train loss", "final_train_loss", [r.final("final_train_loss", "loss") for r in runs], "{:.4f}"),
+        metric_row("final eval loss", "final_eval_loss", [r.final("final_eval_loss", "eval_loss") for r in runs], "{:.4f}"),
         metric_row("sample exact match, before training", "before_training",  # a starting point, not a result
-                   [r.summary.get("samples_exact_match_before") for r in runs], "pct"),
+                   [r.final("samples_exact_match_before") for r in runs], "pct"),
         metric_row("sample exact match, last evaluation", "samples_exact_match",
-                   [r.summary.get("samples_exact_match_after", r.last("samples_exact_match")) for r in runs], "pct"),
+                   [r.final("samples_exact_match_after", "samples_exact_match") for r in runs], "pct"),
         metric_row("sample ROUGE-L, last evaluation", "samples_rougeL", [r.last("samples_rougeL") for r in runs], "{:.3f}"),
         metric_row("sample chrF, last evaluation", "samples_chrf", [r.last("samples_chrf") for r in runs], "{:.1f}"),
     ]
@@ -128,7 +143,7 @@ def metadata_rows(runs: list[RunData]) -> list[dict]:
 
 
 def _metadata(r: RunData) -> dict[str, str]:
-    s = r.summary
+    s = r.summary.to_dict() if r.summary is not None else {}
 
     def num(key: str, unit: str = "", digits: int = 0) -> str:
         v = s.get(key)
@@ -164,7 +179,7 @@ def _adapter(r: RunData) -> str:
 
 def _data(r: RunData) -> str:
     train = r.config.get("data", {}).get("train", {})
-    stats = r.summary.get("data", {})
+    stats = (r.summary.data.to_dict() if r.summary is not None and r.summary.data is not None else {})
     text = str(train.get("path", ""))
     if train.get("revision"):
         text += f"@{train['revision']}"
@@ -235,6 +250,7 @@ def build_context(runs: list[RunData], max_prompts: int) -> dict[str, Any]:
     differ, same = config_tables(runs)
     eval_rows, train_rows = metrics_tables(runs)
     return {
+        "verdict": verdict(runs, eval_rows, train_rows),
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "runs": runs,
         "differ": differ,

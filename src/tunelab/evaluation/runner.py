@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data.prepare import tokenize_rows
+from tunelab.runs.records import ModelMeta
 from tunelab.errors import TunelabError
 from tunelab.evaluation.data import EvalRows, check_args, load_eval_rows
 from tunelab.evaluation.metrics import example_scores, generation_metrics
@@ -55,7 +56,7 @@ def response_loss(model, tokenizer, rows: EvalRows, batch_size: int) -> dict[str
     import torch
     import torch.nn.functional as F
 
-    cols, _ = tokenize_rows(rows.raw, rows.cfg, tokenizer)
+    cols, _ = tokenize_rows(rows.raw, rows.spec, tokenizer)
     examples = sorted(zip(cols["input_ids"], cols["labels"]), key=lambda e: -len(e[0]))
     if not examples:
         return {}
@@ -83,7 +84,7 @@ def settings_for(target: Target, max_new_tokens: int | None, batch_size: int | N
     """A run's sample-generation settings (what training used), else the defaults; CLI values win."""
     s = GenerationSettings()
     if target.config is not None:
-        s = GenerationSettings(**target.config.samples.generation_fields())
+        s = target.config.samples.generation()
     if max_new_tokens is not None:
         s.max_new_tokens = max_new_tokens
     if batch_size is not None:
@@ -92,6 +93,9 @@ def settings_for(target: Target, max_new_tokens: int | None, batch_size: int | N
 
 
 def _score(result: ModelResult, model, tokenizer, rows: EvalRows, prompts, references, settings, loss_batch, progress) -> None:
+    if not rows.generates:  # raw text: judged by its loss and perplexity alone, as continued pre-training is
+        result.metrics = response_loss(model, tokenizer, rows, loss_batch)
+        return
     task = progress.add_task(result.label, total=len(prompts)) if progress is not None else None
     on_batch = (lambda n: progress.advance(task, n)) if progress is not None else None
     result.answers = generate_batch(model, tokenizer, prompts, settings, on_batch=on_batch)
@@ -121,9 +125,9 @@ def auto_baseline(target: Target) -> Target | None:
 def run_step(target: Target) -> int | None:
     """The training step of a run target's weights (final/ or step-NNNNNN/), when known."""
     weights = target.adapter if target.adapter is not None else Path(target.base)
-    marker = weights / "tunelab_final.json"
-    if marker.is_file():
-        return json.loads(marker.read_text()).get("step")
+    meta = ModelMeta.read(weights)
+    if meta is not None and meta.step is not None:
+        return meta.step
     name = weights.name
     return int(name.removeprefix("step-")) if name.startswith("step-") and name[5:].isdigit() else None
 
@@ -195,6 +199,8 @@ def evaluate(
             prefix = "eval/" if m.role == "target" else "eval/baseline/"
             record.update({prefix + k: v for k, v in m.metrics.items()})
         sink.log_metrics(record)
+        if not rows.generates:
+            continue
         # the training sample table's shape (what sinks render), the model named in the settings column
         sink.log_samples(step, [
             {"step": step, "prompt": p, "generation": m.answers[i], "reference": r,
@@ -224,7 +230,7 @@ def _summary(target: Target, rows: EvalRows, settings, models: list[ModelResult]
         "step": run_step(target) if target.run_dir is not None else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": {"source": rows.source, "split": rows.split, "examples": len(rows.rows),
-                 "prompt_format": rows.cfg.prompt.format, "reference_words": sum(len(r.split()) for r in refs) / len(refs)},
+                 "prompt_format": rows.prompt.format, "reference_words": sum(len(r.split()) for r in refs) / len(refs)},
         "generation": settings.as_dict(),
         "models": {m.role: {"label": m.label, "model": m.spec, "metrics": m.metrics} for m in models},
         "time_s": round(seconds, 2),
@@ -236,6 +242,8 @@ def _summary(target: Target, rows: EvalRows, settings, models: list[ModelResult]
 
 
 def _sample_records(prompts, references, models: list[ModelResult]) -> list[dict[str, Any]]:
+    if not all(m.answers for m in models):
+        return []  # raw text: nothing was generated, only the loss measured
     return [
         {"index": i, "prompt": p, "reference": r,
          "answers": {m.role: m.answers[i] for m in models}, "scores": {m.role: m.scores[i] for m in models}}

@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 
 from tunelab.errors import TunelabError
-from tunelab.inference.target import MODEL_META, Target
+from tunelab.inference.target import Target
+from tunelab.runs import ModelMeta, RunDir
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "chat_template.jinja",
                    "vocab.json", "merges.txt", "added_tokens.json")
@@ -44,35 +45,37 @@ def base_model_id(target: Target) -> str:
     """The base model as the user named it (hub id, tiny preset or folder)."""
     if target.config is not None:
         return target.config.model.name
-    folder = target.adapter or Path(target.base)
-    for marker in (folder / MODEL_META, folder / "tunelab_final.json"):
-        if marker.is_file():
-            return json.loads(marker.read_text()).get("base_model") or target.base
-    return target.base
+    meta = ModelMeta.read(target.adapter or Path(target.base))
+    return (meta.base_model if meta is not None and meta.base_model else None) or target.base
 
 
 def is_hub_id(name: str) -> bool:
-    return not name.startswith(("tiny:", ".", "/", "~")) and name.count("/") == 1 and not Path(name).exists()
+    from tunelab.refs import RefError, parse_model
+
+    try:
+        return parse_model(name).kind == "hub"
+    except RefError:
+        return False
 
 
 def write_model_meta(folder: Path, target: Target, kind: str, extra: dict[str, Any] | None = None) -> None:
     """tunelab_model.json: what this folder is, where it came from, the prompt format to ask it in."""
-    meta = {
-        "kind": kind,  # merged | full | adapter
-        "source": target.text,
-        "base_model": base_model_id(target),
-        "prompt": target.prompt.model_dump(mode="json"),
-        **(extra or {}),
-    }
-    (folder / MODEL_META).write_text(json.dumps(meta, indent=2))
+    extra = dict(extra or {})
+    known = {k: extra.pop(k) for k in list(extra) if k in ModelMeta.model_fields}
+    ModelMeta(kind=kind, source=target.text, base_model=base_model_id(target), prompt=target.prompt.model_dump(mode="json"),
+              quantization=target.quantization.bits or None, **known, **extra).write(folder)
 
 
-def write_model_card(folder: Path, target: Target, kind: str, check: str | None, usage: list[str]) -> None:
-    """README.md naming the base model, the data and the config, with the logit check and the serving commands."""
+def write_model_card(folder: Path, target: Target, kind: str, check: str | None, usage: list[str],
+                     library: str | None = None) -> None:
+    """README.md naming the base model, the data and the config, with the logit check and the serving commands.
+
+    `library` is the card's `library_name` (default: peft for an adapter, transformers otherwise; gguf for GGUF files)."""
     base = base_model_id(target)
     cfg = target.config
     summary = _run_summary(target)
-    front: dict[str, Any] = {"library_name": "peft" if kind == "adapter" else "transformers", "tags": ["tunelab", "lora" if target.adapter else "full-fine-tune"]}
+    library = library or ("peft" if kind == "adapter" else "transformers")
+    front: dict[str, Any] = {"library_name": library, "tags": ["tunelab", "lora" if target.adapter else "full-fine-tune"]}
     if is_hub_id(base):
         front["base_model"] = base
     data_src = cfg.data.train.path if cfg is not None else None
@@ -111,9 +114,10 @@ def write_model_card(folder: Path, target: Target, kind: str, check: str | None,
 
 
 def _run_summary(target: Target) -> dict[str, Any]:
-    if target.run_dir is None or not (target.run_dir / "summary.json").is_file():
+    if target.run_dir is None:
         return {}
-    return json.loads((target.run_dir / "summary.json").read_text())
+    s = RunDir(target.run_dir).read_summary()
+    return s.to_dict() if s is not None else {}
 
 
 def copy_tokenizer_files(src: Path, dst: Path) -> None:

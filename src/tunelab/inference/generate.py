@@ -12,21 +12,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-
-@dataclass
-class GenerationSettings:
-    max_new_tokens: int = 256
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    batch_size: int = 16
-    seed: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from tunelab.config.schema import GenerationSettings  # noqa: F401 (the one settings model; imported from here too)
+from tunelab.data.tokens import prompt_ids
 
 
 @dataclass
@@ -62,18 +52,8 @@ def inference_mode(model):
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    """Token ids of a rendered prompt exactly as training tokenized its prompt part.
-
-    Training adds BOS once (unless the rendered text already starts with it, as some chat
-    templates do) and tokenizes the text without special tokens; `tokenizer(prompt)` would double
-    such a BOS.
-    """
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    bos = tokenizer.bos_token_id
-    adds_bos = bos is not None and tokenizer("a").input_ids[:1] == [bos]
-    if adds_bos and not prompt.startswith(tokenizer.bos_token or "\0"):
-        ids = [bos, *ids]
-    return ids
+    """Token ids of a rendered prompt exactly as training tokenized its prompt part (`tunelab.data.tokens`)."""
+    return prompt_ids(tokenizer, prompt)
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:

@@ -77,7 +77,7 @@ def export_gguf(target: Target, out: Path, dtype: str, quant: str, overwrite: bo
         kind = "merged" if target.adapter is not None else "full"
         write_model_meta(tmp, target, "gguf", {"quant": quant, "file": file_name, "dtype_merged": _merged_dtype(merged),
                                                "merge_check": merge_check.describe(), "gguf_check": check})
-        write_model_card(tmp, target, kind, f"{merge_check.describe()}\n\nGGUF ({quant}): {check}", usage)
+        write_model_card(tmp, target, kind, f"{merge_check.describe()}\n\nGGUF ({quant}): {check}", usage, library="gguf")
         shutil.rmtree(merged)
         publish(tmp, out)
     finally:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunelab.dtypes import TORCH_NAMES, short_name, torch_dtype
 from tunelab.errors import TunelabError
 from tunelab.inference.folder import publish, staging_dir, write_model_card, write_model_meta
 from tunelab.inference.generate import encode_prompt, stop_token_ids
@@ -30,7 +31,6 @@ CHECK_INSTRUCTIONS = [
 # Largest |merged - adapter| logit difference allowed, relative to the largest |logit|. The merged
 # weights W + BA are rounded to the saved dtype once, the adapter model rounds W and BA x apart.
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 @dataclass
@@ -65,7 +65,7 @@ def saved_dtype(model_path: str) -> str:
         from transformers import AutoConfig
 
         name = str(getattr(AutoConfig.from_pretrained(model_path), "dtype", "") or "").removeprefix("torch.")
-    return {"bfloat16": "bf16", "float16": "fp16"}.get(str(name), "fp32")
+    return short_name(name)
 
 
 def check_inputs(target: Target, tokenizer) -> list[list[int]]:
@@ -107,7 +107,7 @@ def save_full_model(model, tokenizer, folder: Path, dtype: str) -> None:
     """Weights (safetensors) in `dtype`, tokenizer and generation config, ready for serving engines."""
     import torch
 
-    model = model.to(getattr(torch, DTYPES[dtype]))
+    model = model.to(torch_dtype(dtype))
     model.config.use_cache = True  # training turned it off; generate() and serving engines want the KV cache
     gen = model.generation_config
     if gen is not None:
@@ -142,7 +142,7 @@ def write_full_model(target: Target, out: Path, dtype: str = "auto", overwrite: 
 
     if dtype == "auto":
         dtype = saved_dtype(resolve_model_path(target.base))
-    if dtype not in DTYPES:
+    if dtype not in TORCH_NAMES:
         raise TunelabError(f"--dtype: {dtype!r} is not one of bf16, fp16, fp32, auto")
     kind = "merged" if target.adapter is not None else "full"
     dev = device_for(target.model_cfg.model_copy(update={"device": device or target.model_cfg.device}))
@@ -162,7 +162,7 @@ def write_full_model(target: Target, out: Path, dtype: str = "auto", overwrite: 
         del model
         gc.collect()
         reloaded = AutoModelForCausalLM.from_pretrained(
-            tmp, dtype=getattr(torch, DTYPES[work_dtype]), device_map={"": dev}, use_safetensors=True,
+            tmp, dtype=torch_dtype(work_dtype), device_map={"": dev}, use_safetensors=True,
             trust_remote_code=target.model_cfg.trust_remote_code,
         )
         check = compare_logits(reference, logits_for(reloaded, inputs), dtype)

@@ -15,6 +15,7 @@ from typing import Any
 
 from tunelab.config.schema import ModelConfig, PromptConfig, QuantizationConfig, RunConfig
 from tunelab.errors import TunelabError
+from tunelab.runs import MODEL_META, ModelMeta, RunDir  # noqa: F401 (MODEL_META: the metadata file merge/export write)
 
 
 @dataclass
@@ -56,99 +57,110 @@ class Target:
         return p.name
 
 
-# Written by `tunelab merge` / `tunelab export` next to the weights, so an exported folder is
-# prompted the way its run was trained.
-MODEL_META = "tunelab_model.json"
-
-
-def resolve_target(text: str, trust_remote_code: bool = False) -> Target:
+def resolve_target(text: str, trust_remote_code: bool = False, home=None) -> Target:
     """The model a TARGET names: its base, its adapter if any, and the prompt format it was trained with.
 
-    `trust_remote_code` is the command's own permission (its --trust-remote-code flag)."""
-    target = _resolve(text)
+    `trust_remote_code` is the command's own permission (its --trust-remote-code flag); `home` (a
+    `tunelab.artifacts.Home`) is where an artifact reference resolves (default: $TUNELAB_TRACKING_DIR,
+    else ./runs/.tracking)."""
+    from tunelab.artifacts.models import check_adapter_folder
+
+    target = _resolve(text, home)
     target.trust_remote_code = trust_remote_code
     if target.adapter is not None:
         check_adapter_folder(target.adapter)
     return target
 
 
-def check_adapter_folder(folder: Path) -> None:
-    """An adapter folder must hold safetensors weights: a pickled adapter_model.bin is never loaded."""
-    if (folder / "adapter_model.safetensors").is_file():
-        return
-    if (folder / "adapter_model.bin").is_file():
-        raise TunelabError(f"{folder / 'adapter_model.bin'}: a pickled adapter; tunelab loads safetensors only",
-                           hint="convert it where you trust the file: PeftModel.from_pretrained(...).save_pretrained(DIR) "
-                                "writes adapter_model.safetensors")
-    raise TunelabError(f"{folder}: holds no adapter_model.safetensors")
+def _resolve(text: str, home) -> Target:
+    from tunelab.refs import RefError, parse_model
 
-
-def _resolve(text: str) -> Target:
-    from tunelab.tracking.artifacts import is_artifact_ref
-
-    if is_artifact_ref(text):  # trackio:/wandb:/mlflow: model artifact: base, adapter and config from its metadata
-        from tunelab.tracking.models import target_from_artifact
-
-        return target_from_artifact(text)
     p = Path(text).expanduser()
     if p.is_dir() and (p / "config.yaml").is_file() and ((p / "final").is_dir() or (p / "checkpoints").is_dir()):
         return _from_run(text, p)
-    if p.is_dir() and (p / "adapter_config.json").is_file():
-        base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        marker = p / "tunelab_final.json"
-        if marker.is_file():
-            base = json.loads(marker.read_text()).get("base_model_path") or base
-        if not base:
-            raise TunelabError(f"{p}: adapter_config.json names no base model")
-        prompt = _folder_prompt(p)
-        return Target(text, base=base, adapter=p, prompt=prompt or PromptConfig(), prompt_known=prompt is not None)
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise TunelabError(f"{text}: not a run directory, a model folder or an adapter folder")
-        prompt = _folder_prompt(p)
-        return Target(text, base=str(p), prompt=prompt or PromptConfig(), prompt_known=prompt is not None)
-    if text.startswith("tiny:") or (not text.startswith((".", "/", "~")) and text.count("/") == 1):
-        return Target(text, base=text, prompt_known=False)
-    raise TunelabError(f"{text}: not a run directory, a model folder, an adapter folder or a hub id")
+    try:
+        ref = parse_model(text)
+    except RefError:
+        raise TunelabError(f"{text}: not a run directory, a model folder, an adapter folder or a hub id") from None
+    if ref.kind == "artifact":  # a model artifact: base, adapter and config from its metadata
+        from tunelab.artifacts import Home
+
+        return target_from_artifact(text, home or Home.default())
+    if ref.kind == "local":
+        if p.is_dir() and (p / "adapter_config.json").is_file():
+            return _from_adapter_folder(text, p)
+        if p.is_dir() and (p / "config.json").is_file():
+            prompt = _folder_prompt(p)
+            return Target(text, base=str(p), prompt=prompt or PromptConfig(), prompt_known=prompt is not None)
+        raise TunelabError(f"{text}: not a run directory, a model folder or an adapter folder")
+    return Target(text, base=text, prompt_known=False)  # a tiny: preset or a hub id
+
+
+def _from_adapter_folder(text: str, p: Path) -> Target:
+    base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    meta = ModelMeta.read(p)
+    if meta is not None and meta.base_model_path:
+        base = meta.base_model_path
+    if not base:
+        raise TunelabError(f"{p}: adapter_config.json names no base model")
+    prompt = _folder_prompt(p)
+    return Target(text, base=base, adapter=p, prompt=prompt or PromptConfig(), prompt_known=prompt is not None)
 
 
 def _from_run(text: str, run: Path) -> Target:
     from tunelab.config import load_config
-    from tunelab.training.rundir import RunDir
 
     cfg = load_config(run / "config.yaml")
     rd = RunDir(run)
-    weights = rd.final if rd.is_complete() else rd.latest_checkpoint()
+    weights = rd.weights()
     if weights is None:
         raise TunelabError(f"{run}: the run has no final/ model and no checkpoint yet")
-    marker = rd.final / "tunelab_final.json"
-    base = json.loads(marker.read_text())["base_model_path"] if marker.is_file() else cfg.model.name
+    meta = ModelMeta.read(rd.final)
+    base = meta.base_model_path if meta is not None and meta.base_model_path else cfg.model.name
     if cfg.adapter.type == "none":
         return Target(text, base=str(weights), prompt=cfg.prompt, run_dir=run, config=cfg)
     return Target(text, base=base, adapter=weights, prompt=cfg.prompt, run_dir=run, config=cfg)
 
 
+def target_from_artifact(ref: str, home) -> Target:
+    """A TARGET for a model artifact reference: base, adapter and prompt format from its metadata."""
+    from tunelab.artifacts.models import model_from_artifact
+    from tunelab.config.load import build_config
+    from tunelab.errors import ConfigError
+
+    art = model_from_artifact(ref, home)
+    cfg = None
+    if art.config:
+        try:
+            cfg = build_config(art.config)
+        except ConfigError:
+            cfg = None  # recorded by another tunelab version: fall back to the recorded prompt format
+    if cfg is not None:
+        return Target(ref, base=art.base, adapter=art.adapter, prompt=cfg.prompt, config=cfg)
+    fmt = art.resolved.version.metadata.get("prompt_format")
+    known = fmt in ("alpaca", "messages", "text")
+    # nothing else says how it was trained: let inference pick a format when unknown
+    return Target(ref, base=art.base, adapter=art.adapter, prompt=PromptConfig(format=fmt) if known else PromptConfig(),
+                  prompt_known=known)
+
+
 def _folder_prompt(folder: Path) -> PromptConfig | None:
     """The prompt format a model or adapter folder was trained with, or None when nothing says.
 
-    Sources, first found wins: tunelab_model.json (merge / export), the config.yaml of the run the
-    folder sits in (final/ or checkpoints/step-N/), tunelab_final.json (format name only).
+    Sources, first found wins: its tunelab_model.json (a run's final/, merge / export output), the
+    config.yaml of the run the folder sits in (checkpoints/step-N/).
     """
-    meta = folder / MODEL_META
-    if meta.is_file():
-        prompt = json.loads(meta.read_text()).get("prompt")
-        if prompt:
-            return PromptConfig.model_validate(prompt)
+    meta = ModelMeta.read(folder)
+    if meta is not None and meta.prompt:
+        try:
+            return PromptConfig.model_validate(meta.prompt)
+        except ValueError:
+            pass
     run = folder.parent if folder.name == "final" else folder.parent.parent if folder.parent.name == "checkpoints" else None
     if run is not None and (run / "config.yaml").is_file():
         from tunelab.config import load_config
 
         return load_config(run / "config.yaml").prompt
-    marker = folder / "tunelab_final.json"
-    if marker.is_file():
-        fmt = json.loads(marker.read_text()).get("prompt_format")
-        if fmt in ("alpaca", "messages", "text"):
-            return PromptConfig(format=fmt)
     return None
 
 

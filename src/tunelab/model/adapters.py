@@ -68,21 +68,26 @@ def _decoder_layers(model: Any) -> list:
     return list(layers)
 
 
-def parameter_report(model: Any) -> dict[str, Any]:
-    """Total and trainable parameters, counting packed 4-bit weights at their true size.
+def true_numel(p: Any) -> int:
+    """A parameter's element count; packed 4-bit weights at their true size.
 
     bitsandbytes stores two 4-bit values per uint8 element, so such a tensor reports half its
     parameter count; `quant_state.shape` holds the real one.
     """
+    qs = getattr(p, "quant_state", None)
+    if qs is not None and getattr(qs, "shape", None) is not None:
+        n = 1
+        for d in qs.shape:
+            n *= int(d)
+        return n
+    return p.numel()
+
+
+def parameter_report(model: Any) -> dict[str, Any]:
+    """Total and trainable parameters, counting packed 4-bit weights at their true size."""
     total = trainable = 0
     for p in model.parameters():
-        n = p.numel()
-        qs = getattr(p, "quant_state", None)
-        if qs is not None and getattr(qs, "shape", None) is not None:
-            n = 1
-            for d in qs.shape:
-                n *= int(d)
-        total += n
+        total += true_numel(p)
         if p.requires_grad:
             trainable += p.numel()
     return {"total": total, "trainable": trainable, "trainable_pct": round(100.0 * trainable / max(total, 1), 4)}

@@ -17,7 +17,10 @@ _registered = False
 def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kwargs):
     import torch
     import torch.nn.functional as F
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    from tunelab.compat import sdpa_pieces
+
+    sdpa_attention_forward, repeat_kv, _ = sdpa_pieces()
 
     pos = kwargs.get("position_ids")
     if pos is None or query.shape[0] != 1 or query.shape[2] != key.shape[2] or query.shape[2] < 2:
@@ -47,7 +50,10 @@ def register() -> str:
     global _registered
     if not _registered:
         from transformers import AttentionInterface, AttentionMaskInterface
-        from transformers.masking_utils import sdpa_mask
+
+        from tunelab.compat import sdpa_pieces
+
+        sdpa_mask = sdpa_pieces()[2]
 
         AttentionInterface.register(NAME, packed_sdpa)
         AttentionMaskInterface.register(NAME, sdpa_mask)

@@ -69,8 +69,9 @@ def use_direct_lm_head(model, max_chunk_bytes: int = MAX_CHUNK_BYTES) -> bool:
     forward. Returns False, changing nothing, for models whose logits need transforms this path
     does not apply.
     """
-    from trl.kernels.chunked_logprob import _use_triton
-    from trl.trainer.utils import FusedCausalLMOutput
+    from tunelab.compat import trl_fused_output, trl_uses_triton
+
+    FusedCausalLMOutput = trl_fused_output()  # noqa: N806 - TRL's class
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if _unsupported(base.config) or "forward" not in vars(base):
@@ -80,7 +81,7 @@ def use_direct_lm_head(model, max_chunk_bytes: int = MAX_CHUNK_BYTES) -> bool:
     @functools.wraps(type(base).forward)  # generate() validates its kwargs against this signature
     def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
         lm_head = self.get_output_embeddings()
-        if not fused_lm_head or _use_triton(lm_head.weight.device):
+        if not fused_lm_head or trl_uses_triton(lm_head.weight.device):
             return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
                                num_items_in_batch=num_items_in_batch, **kwargs)
         kwargs["use_cache"] = False

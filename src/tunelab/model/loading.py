@@ -10,25 +10,47 @@ from tunelab.config.schema import ModelConfig, QuantizationConfig
 from tunelab.errors import ConfigError, TunelabError
 
 
-def resolve_model_path(name: str) -> str:
-    """A local folder for `tiny:` presets and existing paths; hub ids are returned as they are."""
-    if name.startswith("tiny:"):
+def resolve_model_path(name: str, weights: bool = True) -> str:
+    """A local folder for `tiny:` presets and local paths (checked; `weights=False`: a config.json is
+    enough, as for planning); hub ids are returned as they are. Model artifacts resolve to their base
+    first (`base_model_source`)."""
+    from tunelab.refs import RefError, parse_model
+
+    try:
+        ref = parse_model(name)
+    except RefError as e:
+        raise TunelabError(f"model.name: {e}") from None
+    if ref.kind == "tiny":
         from tunelab.model.tiny import resolve_tiny
 
         return str(resolve_tiny(name))
-    p = Path(name).expanduser()
-    if p.exists() or name.startswith((".", "/", "~")):
+    if ref.kind == "artifact":
+        raise TunelabError(f"model.name: {name} is a model artifact; its base model is resolved from the artifact first")
+    if ref.kind == "local":
+        p = Path(name).expanduser()
         if not p.is_dir():
             raise TunelabError(f"model.name: {name} is not a model folder")
         if not (p / "config.json").is_file():
             raise TunelabError(f"model.name: {p} has no config.json (not a Hugging Face model folder)")
-        if not any(p.glob("*.safetensors")) and not (p / "adapter_config.json").is_file():
+        if weights and not any(p.glob("*.safetensors")) and not (p / "adapter_config.json").is_file():
             raise TunelabError(
                 f"model.name: {p} holds no *.safetensors weights",
                 hint="tunelab loads safetensors only; convert .bin weights with transformers' save_pretrained",
             )
         return str(p)
     return name
+
+
+def base_model_source(cfg, home=None, weights: bool = True) -> str:
+    """Where a run config's base model loads from: its folder or hub id, through a model artifact's
+    metadata when `model.name` is one (`home`: where it resolves, default the config's own)."""
+    name = cfg.model.name
+    if cfg.model.ref.kind == "artifact":
+        from tunelab.artifacts import Home
+        from tunelab.artifacts.models import model_from_artifact
+
+        name = model_from_artifact(name, home or Home.of(cfg)).base
+    return resolve_model_path(name, weights)
 
 
 def _first_line(e: BaseException) -> str:
@@ -95,7 +117,9 @@ def resolve_dtype(name: str, device: str):
     """A dtype name (`auto` resolved for `device`) as a torch dtype."""
     import torch
 
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[auto_dtype(device) if name == "auto" else name]
+    from tunelab.dtypes import torch_dtype
+
+    return torch_dtype(auto_dtype(device) if name == "auto" else name)
 
 
 def run_precision(cfg, device: str) -> str:
@@ -153,7 +177,9 @@ def quantization_config(q: QuantizationConfig, model_dtype):
 
     if q.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
-    compute = model_dtype if q.compute_dtype == "auto" else {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[q.compute_dtype]
+    from tunelab.dtypes import torch_dtype
+
+    compute = model_dtype if q.compute_dtype == "auto" else torch_dtype(q.compute_dtype)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=q.quant_type,

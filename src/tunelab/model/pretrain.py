@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from tunelab.model.tiny import TinySpec
 
 # tasks a 2-layer model learns in well under a minute (reversal and word sorting take far longer)
 QUICKSTART_TASKS = ["first_word", "repeat_word", "uppercase", "count_words", "add_numbers", "sort_digits"]
@@ -23,28 +22,28 @@ def plain_text(row: dict[str, str]) -> str:
     return f"Q: {body}\nA:\n{row['output']}"
 
 
-def pretrain_on_synthetic(folder: Path, spec: TinySpec, batch_size: int = 64, lr: float = 1e-3) -> None:
-    """Full training on plain-text tasks, loss on the answers only."""
+def pretrain_on_synthetic(folder: Path, steps: int, seed: int, batch_size: int = 64, lr: float = 1e-3) -> None:
+    """Full training on plain-text tasks for `steps` steps, loss on the answers only (seeded by `seed`)."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from tunelab.data.synthetic import generate
 
-    torch.manual_seed(spec.seed)
+    torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(folder)
     model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    rows = generate(spec.pretrain_steps * batch_size, seed=spec.seed + 1000, tasks=QUICKSTART_TASKS, unique=False)
+    rows = generate(steps * batch_size, seed=seed + 1000, tasks=QUICKSTART_TASKS, unique=False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    warmup = max(1, spec.pretrain_steps // 20)
+    warmup = max(1, steps // 20)
 
     def schedule(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, spec.pretrain_steps - warmup)))
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     model.train()
-    for step in range(spec.pretrain_steps):
+    for step in range(steps):
         chunk = rows[step * batch_size : (step + 1) * batch_size]
         prompt_lens = [len(ids) for ids in tok([plain_text({**r, "output": ""}) for r in chunk]).input_ids]
         batch = tok([plain_text(r) + tok.eos_token for r in chunk], return_tensors="pt", padding=True)

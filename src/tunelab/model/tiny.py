@@ -114,7 +114,7 @@ def build_tiny(out: str | Path, spec: TinySpec = TinySpec(), texts: list[str] | 
     if spec.pretrain_steps:
         from tunelab.model.pretrain import pretrain_on_synthetic
 
-        pretrain_on_synthetic(tmp, spec)
+        pretrain_on_synthetic(tmp, spec.pretrain_steps, spec.seed)
     if out.exists():
         shutil.rmtree(out)
     tmp.replace(out)

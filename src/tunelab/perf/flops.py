@@ -17,6 +17,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from tunelab.model.adapters import true_numel
+
 
 @dataclass
 class FlopsBreakdown:
@@ -24,16 +26,6 @@ class FlopsBreakdown:
     trainable_params: int
     attention_per_token: float
     per_token: float
-
-
-def _true_numel(p) -> int:
-    qs = getattr(p, "quant_state", None)
-    if qs is not None and getattr(qs, "shape", None) is not None:
-        n = 1
-        for d in qs.shape:
-            n *= int(d)
-        return n
-    return p.numel()
 
 
 def flops_per_token(model, mean_context: float) -> FlopsBreakdown:
@@ -46,9 +38,9 @@ def flops_per_token(model, mean_context: float) -> FlopsBreakdown:
         if id(p) in embeds and not p.requires_grad:
             continue
         if p.requires_grad:
-            trainable += _true_numel(p)
+            trainable += true_numel(p)
         elif p.dim() >= 2 or getattr(p, "quant_state", None) is not None:
-            frozen += _true_numel(p)
+            frozen += true_numel(p)
     cfg = model.config
     layers, d = cfg.num_hidden_layers, cfg.hidden_size
     attn = 12.0 * layers * d * mean_context
@@ -65,7 +57,9 @@ def measure_peak_matmul(dtype_name: str = "bf16", device: str = "cpu", n: int = 
     """Best sustained FLOP/s of square n x n matmuls in this process (FLOP/s, not TFLOP/s)."""
     import torch
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
+    from tunelab.dtypes import torch_dtype
+
+    dtype = torch_dtype(dtype_name)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)

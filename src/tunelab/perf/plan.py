@@ -36,23 +36,24 @@ class Plan:
 
 
 def model_config_for(cfg: RunConfig) -> Any:
-    """The model's config.json, without weights: a local folder, a tiny preset, or the hub cache."""
+    """The model's config.json, without weights: a tiny preset, a local folder, the base of a model
+    artifact, or a hub id (from the local hub cache when offline)."""
     from transformers import AutoConfig
 
-    name = cfg.model.name
-    if name.startswith("tiny:"):
-        from tunelab.model.tiny import resolve_tiny
+    from tunelab.model.loading import base_model_source
 
-        name = str(resolve_tiny(name))
+    name = base_model_source(cfg, weights=False)
     try:
         return AutoConfig.from_pretrained(name, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
     except (OSError, ValueError) as e:
         raise TunelabError(f"model.name: cannot read the config of {cfg.model.name!r}: {str(e).splitlines()[0][:200]}",
-                           hint="pass a local folder with config.json, e.g. model.name=../shared/models/open_llama_3b_v2") from None
+                           hint="point model.name at a local folder that holds the model's config.json") from None
 
 
 def _bytes(dtype: str) -> int:
-    return {"fp32": 4, "bf16": 2, "fp16": 2}[dtype]
+    from tunelab.dtypes import dtype_bytes
+
+    return dtype_bytes(dtype)
 
 
 def estimate(cfg: RunConfig, device: str, checkpointing: bool | None = None, batch_size: int | None = None) -> Plan:

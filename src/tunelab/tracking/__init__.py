@@ -1,7 +1,6 @@
-"""Experiment tracking: trackio (default, local), W&B, MLflow and TensorBoard sinks, versioned artifacts,
-lineage, and the local run index (`tunelab runs`)."""
+"""Experiment tracking: trackio (default, local), W&B, MLflow and TensorBoard sinks, the run's
+tracking session (what it logs, lineage, system metrics) and the trackers' dashboards."""
 
-from tunelab.tracking.artifacts import is_artifact_ref
 from tunelab.tracking.session import Tracking, build_sinks
 
-__all__ = ["Tracking", "build_sinks", "is_artifact_ref"]
+__all__ = ["Tracking", "build_sinks"]

@@ -17,23 +17,10 @@ import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout  # builtin TimeoutError only from Python 3.11
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
+from tunelab.artifacts.core import ArtifactSpec
 from tunelab.config.load import redact
-
-
-@dataclass
-class ArtifactSpec:
-    """What to log: a folder (or file) with a name, a type, aliases and metadata."""
-
-    path: Path
-    name: str
-    type: str
-    aliases: list[str] = field(default_factory=list)
-    metadata: dict[str, Any] = field(default_factory=dict)
-    digest: str = ""  # tunelab's content digest (tracking.artifacts.content_digest)
 
 
 class Sink:
@@ -58,7 +45,7 @@ class Sink:
         return None
 
     def use_artifact(self, ref: dict[str, Any]) -> None:
-        """Record a resolved input artifact (see tracking.artifacts.Resolved.as_record) as used by this run."""
+        """Record a resolved input artifact (see tunelab.artifacts.Resolved.as_record) as used by this run."""
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Log the final summary and close the tracker run."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from tunelab.errors import TunelabError
-from tunelab.tracking.env import isolate
+from tunelab.artifacts.env import isolated
 
 DEFAULT_PORTS = {"trackio": 7860, "mlflow": 5000, "tensorboard": 6006}
 
@@ -30,8 +30,27 @@ def _wait_for_port(port: int, proc: subprocess.Popen | None, timeout_s: float = 
 
 def start(backend: str, tracking_dir: Path, project: str | None, port: int | None,
           uri: str | None = None) -> tuple[str, Callable[[], None]]:
-    """Start the UI; returns (url, stop)."""
-    d = isolate(tracking_dir)
+    """Start the UI, the trackers pointed at `tracking_dir` until it stops; returns (url, stop)."""
+    from contextlib import ExitStack
+
+    stack = ExitStack()
+    d = stack.enter_context(isolated(tracking_dir))
+    try:
+        url, stop = _start(backend, d, project, port, uri)
+    except BaseException:
+        stack.close()
+        raise
+
+    def stop_all() -> None:
+        try:
+            stop()
+        finally:
+            stack.close()
+
+    return url, stop_all
+
+
+def _start(backend: str, d: Path, project: str | None, port: int | None, uri: str | None) -> tuple[str, Callable[[], None]]:
     port = port or DEFAULT_PORTS.get(backend, 0)
     if backend == "trackio":
         import contextlib
@@ -46,7 +65,7 @@ def start(backend: str, tracking_dir: Path, project: str | None, port: int | Non
             url = url.rstrip("/") + f"/?project={project}"
         return url, server.close
     if backend == "mlflow":
-        from tunelab.tracking.mlflow_backend import default_uri
+        from tunelab.artifacts.mlflow_store import default_uri
 
         cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri or default_uri(d),
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]

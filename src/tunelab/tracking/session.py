@@ -10,16 +10,18 @@ Besides the trackers, the run directory gets `lineage.json` (artifacts read and 
 
 from __future__ import annotations
 
-import json
 import os
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from tunelab.artifacts import ArtifactSpec, Home, content_digest, fetch, is_artifact_ref, resolve
+from tunelab.artifacts.env import isolated
 from tunelab.config.load import config_to_dict, redact
-from tunelab.tracking import artifacts
-from tunelab.tracking.base import ArtifactSpec, GuardedSink, Sink
-from tunelab.tracking.env import isolate, tracking_dir
+from tunelab.runs import RunDir, Summary, step_dir_name
+from tunelab.runs.files import read_json
+from tunelab.tracking.base import GuardedSink, Sink
 
 CHECKPOINT_SKIP = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin", "trainer_state.json",
                    "tunelab_data_state.json"}
@@ -32,13 +34,13 @@ def artifact_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
 
 
-def build_sinks(cfg, run_dir: str | Path, resume: bool = False) -> list[Sink]:
-    """One sink per configured backend, logging into the run config's tracking directory."""
+def build_sinks(cfg, run_dir: str | Path, tracking_dir: Path, resume: bool = False) -> list[Sink]:
+    """One sink per configured backend, logging into `tracking_dir` (inside `isolated(tracking_dir)`)."""
     t = cfg.tracking
-    d = isolate(tracking_dir(cfg), t.timeout_s)
+    d = tracking_dir
     run_dir = Path(run_dir)
     name = redact(t.run_name or run_dir.name)
-    previous = _read_json(run_dir / "tracking.json") if resume else {}
+    previous = (read_json(RunDir(run_dir).tracking) or {}) if resume else {}
     sinks: list[Sink] = []
     for b in t.backends():
         if b == "trackio":
@@ -61,18 +63,13 @@ def build_sinks(cfg, run_dir: str | Path, resume: bool = False) -> list[Sink]:
     return sinks
 
 
-def _read_json(p: Path) -> dict[str, Any]:
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 class Tracking:
     """Fan-out to the run's tracker sinks (guarded), plus lineage and system metrics in the run dir."""
 
-    def __init__(self, cfg, config_path: str | Path | None = None, extra_sinks=(), console=None):
+    def __init__(self, cfg, config_path: str | Path | None = None, extra_sinks=(), console=None, home: Home | None = None):
         self.cfg = cfg
+        self.home = home or Home.of(cfg)  # where this config's artifact references resolve
+        self.env = ExitStack()  # the trackers' environment, from start() to finish()
         self.config_path = config_path
         self.extra = list(extra_sinks or [])
         self.console = console
@@ -80,7 +77,6 @@ class Tracking:
             from tunelab.tracking.wandb_backend import preflight
 
             preflight(cfg.tracking.mode)
-        artifacts.configure_for(cfg)  # artifact references in this config resolve in its tracking dir and project
         self.guards: list[GuardedSink] = []
         self.run = None
         self.sampler = None
@@ -120,7 +116,10 @@ class Tracking:
 
         self.run = run
         t = self.cfg.tracking
-        sinks = build_sinks(self.cfg, run.path, resume=resume) if t.backends() else []
+        sinks = []
+        if t.backends():
+            d = self.env.enter_context(isolated(self.home.dir, t.timeout_s))
+            sinks = build_sinks(self.cfg, run.path, d, resume=resume)
         sinks = [s for s in sinks if self._store_writable(s)]
         self.guards = [GuardedSink(s, t.timeout_s, self._warn) for s in sinks + self.extra]
         self.lineage["inputs"] = self._inputs()
@@ -151,8 +150,8 @@ class Tracking:
         refs.append(self.cfg.model.name)
         out = []
         for text in refs:
-            if artifacts.is_artifact_ref(text):
-                out.append(artifacts.fetch(text).as_record())  # already fetched by the loaders: a cache hit
+            if is_artifact_ref(text):
+                out.append(fetch(text, self.home).as_record())  # already fetched by the loaders: a checked cache hit
         return out
 
     # --- the sink interface the trainer callbacks use
@@ -162,7 +161,7 @@ class Tracking:
         if self.sampler is not None and now - self.last_system >= self.cfg.tracking.system_every_s:
             self.last_system = now
             sample = self.sampler.sample()
-            self.run.append_jsonl(self.run.path / "system.jsonl", {"step": record.get("step"), "time": time.time(), **sample})
+            self.run.append_jsonl(self.run.system, {"step": record.get("step"), "time": time.time(), **sample})
             self._each("log_system", record.get("step", 0), sample)
 
     def log_samples(self, step: int, table: list[dict[str, Any]]) -> None:
@@ -176,8 +175,6 @@ class Tracking:
 
         class CheckpointArtifacts(TrainerCallback):
             def on_save(self, args, state, control, **kw):
-                from tunelab.training.rundir import step_dir_name
-
                 ckpt = tracking.run.checkpoints / step_dir_name(state.global_step)
                 if tracking.cfg.tracking.log_checkpoints and ckpt.is_dir():
                     tracking.log_model(ckpt, {"step": state.global_step, "checkpoint": True}, [f"step-{state.global_step}"])
@@ -200,7 +197,7 @@ class Tracking:
                     shutil.copy2(p, staged / p.name)
         path = staged or folder
         meta = redact({
-            "base_model": _root_base_model(cfg.model.name),
+            "base_model": self._root_base_model(cfg.model.name),
             "adapter": cfg.adapter.type,
             "quantization": cfg.quantization.bits,
             "prompt_format": cfg.prompt.format,
@@ -210,7 +207,7 @@ class Tracking:
             "config": config_to_dict(cfg),
             **extra_meta,
         })
-        digest = artifacts.content_digest(path)
+        digest = content_digest(path)
         size_gb = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**30
         # storing copies every byte once more: allow for it beyond the per-call deadline
         deadline = max(self.cfg.tracking.timeout_s, 120 + 60 * size_gb)
@@ -239,34 +236,37 @@ class Tracking:
         self._write_lineage()
         return outputs
 
-    def finish(self, summary: dict[str, Any]) -> None:
+    def finish(self, summary: Summary) -> None:
         """Log the final model (tracking.log_model) and the summary; close every tracker."""
         if self.finished:
             return
-        if summary.get("status") == "completed" and self.cfg.tracking.log_model and self.run.is_complete():
-            metric = summary.get("final_eval_loss")
-            metric = summary.get("final_train_loss") if metric is None else metric
+        if summary.status == "completed" and self.cfg.tracking.log_model and self.run.is_complete():
+            metric = summary.final_eval_loss if summary.final_eval_loss is not None else summary.final_train_loss
             outs = self.log_model(self.run.final, {
-                "step": summary.get("steps"),
-                "final_train_loss": summary.get("final_train_loss"),
-                "final_eval_loss": summary.get("final_eval_loss"),
-                "samples_exact_match_after": summary.get("samples_exact_match_after"),
+                "step": summary.steps,
+                "final_train_loss": summary.final_train_loss,
+                "final_eval_loss": summary.final_eval_loss,
+                "samples_exact_match_after": summary.samples_exact_match_after,
             }, ["final", *self.cfg.tracking.model_aliases], best_metric=metric)
             for o in outs:
                 if self.console is not None:
                     self.console.print(f"[bold]model artifact[/]: {o['ref'] or o['store'] + ' (offline: versioned on sync)'} "
                                        f"({', '.join(o['aliases'])})", highlight=False, emoji=False)
-        self._each("finish", redact(summary))
+        self._each("finish", redact(summary.to_dict()))
         self.finished = True  # only now: a finish that failed half-way (full disk) may be retried as failed
-        self._write_where()
+        try:
+            self._write_where()
+        finally:
+            self.env.close()
 
     def abort(self, status: str, step: int, reason: str | None = None) -> None:
         """Close the trackers of a run that did not complete, marking it failed (or interrupted) there too."""
         if self.run is not None:
             try:
-                self.finish({"status": status, "steps": step, "reason": reason})
+                self.finish(Summary(status=status, steps=step, reason=reason))
             except Exception:  # noqa: BLE001 - e.g. a full disk refusing tracking.json: the run's own error wins
                 pass
+        self.env.close()
 
     # --- helpers
     def _each(self, method: str, *args: Any) -> None:
@@ -294,16 +294,15 @@ class Tracking:
             where[g.name] = {**info, "active": not g.disabled, "seconds": round(g.seconds, 3)}
         for name, why in self.off.items():
             where[name] = {"active": False, "seconds": 0.0, "reason": why}
-        self.run.write_json(self.run.path / "tracking.json", redact(where))
+        self.run.write_json(self.run.tracking, redact(where))
 
     def _write_lineage(self) -> None:
         if self.run is not None:
-            self.run.write_json(self.run.path / "lineage.json", redact(self.lineage))
+            self.run.write_json(self.run.lineage, redact(self.lineage))
 
-
-def _root_base_model(name: str) -> str:
-    """The base model a model artifact ultimately rests on (following artifact references)."""
-    if artifacts.is_artifact_ref(name):
-        _, v = artifacts.resolve(name)
-        return v.metadata.get("base_model") or name
-    return name
+    def _root_base_model(self, name: str) -> str:
+        """The base model a model artifact ultimately rests on (following artifact references)."""
+        if is_artifact_ref(name):
+            _, v = resolve(name, self.home)
+            return v.metadata.get("base_model") or name
+        return name

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from tunelab.runs.files import flatten
 from tunelab.tracking.base import Sink
 from tunelab.tracking.trackio_backend import scalars
 
@@ -67,7 +68,7 @@ class TensorBoardSink(Sink):
             return
         from torch.utils.tensorboard.summary import hparams
 
-        hp = {k: v for k, v in _flat(self.config).items() if isinstance(v, int | float | str | bool)}
+        hp = {k: v for k, v in flatten(self.config).items() if isinstance(v, int | float | str | bool)}
         final = {f"final/{k}": float(v) for k, v in summary.items()
                  if k.startswith("final_") and isinstance(v, int | float) and not isinstance(v, bool)}
         if final:
@@ -77,13 +78,3 @@ class TensorBoardSink(Sink):
             for k, v in final.items():
                 self.writer.add_scalar(k, v, int(summary.get("steps") or 0))
         self.writer.close()
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        elif v is not None:
-            out[f"{prefix}{k}"] = v
-    return out

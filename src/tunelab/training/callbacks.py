@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 from tunelab.data.templates import reference, render_prompt
 from tunelab.evaluation.metrics import exact_match_rate
 from tunelab.inference.generate import GenerationSettings, generate_batch
-from tunelab.training.rundir import RunDir
+from tunelab.runs import RunDir
 
 
 class MetricsCallback(TrainerCallback):

@@ -24,18 +24,11 @@ from tunelab.data.prepare import prepare_data
 from tunelab.errors import Interrupted, TunelabError, as_user_error, os_error
 from tunelab.files import check_writable
 from tunelab.evaluation.metrics import exact_match_rate
-from tunelab.inference.generate import GenerationSettings
 from tunelab.model.adapters import adapter_warnings, apply_adapter, parameter_report
 from tunelab.model.loading import device_for, load_model, load_tokenizer, resolve_model_path, run_precision, run_weight_dtype
 from tunelab.training.callbacks import GracefulStop, MetricsCallback, ProgressCallback, ResumedIntervals, SamplesCallback
-from tunelab.training.rundir import (
-    RunDir,
-    RunLock,
-    check_run_dir,
-    prepare_run_dir,
-    rotate_checkpoints,
-    step_dir_name,
-)
+from tunelab.runs import DataStats, ModelMeta, RunDir, RunLock, Summary, check_run_dir, prepare_run_dir, rotate_checkpoints
+from tunelab.runs import step_dir_name
 
 
 def precision_flags(cfg: RunConfig, device: str) -> dict[str, bool]:
@@ -96,7 +89,7 @@ def make_trainer_class():
         run: RunDir
         keep: int | None = None
 
-        def _save_checkpoint(self, model, trial):
+        def _save_checkpoint(self, model, trial):  # a private Trainer method: pinned in tunelab.compat.SAVE_CHECKPOINT
             super()._save_checkpoint(model, trial)
             step = self.state.global_step
             src = Path(self.args.output_dir) / f"checkpoint-{step}"
@@ -142,7 +135,7 @@ RESUME_MAY_CHANGE = ("training.save_steps", "training.eval_steps", "training.log
 
 
 def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = False, console=None, sinks=None,
-          command: str | None = None, callbacks=None) -> dict[str, Any]:
+          command: str | None = None, callbacks=None) -> Summary:
     """Run a whole training job as configured; returns the summary (also written to summary.json).
 
     `command` is how the user started the run (printed in the resume hint); `callbacks` are extra
@@ -168,13 +161,15 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
         lock.release()
 
 
-def _train(cfg, config_path, resume, console, sinks, command, callbacks, device, run_name, explicit) -> dict[str, Any]:
+def _train(cfg, config_path, resume, console, sinks, command, callbacks, device, run_name, explicit) -> Summary:
     t_start = time.perf_counter()
     sinks = list(sinks or [])
-    from tunelab.tracking import Tracking, is_artifact_ref
-    from tunelab.tracking.models import check_adapter_fits, load_adapter_weights, model_from_artifact
+    from tunelab.artifacts import Home
+    from tunelab.artifacts.models import check_adapter_fits, load_adapter_weights, model_from_artifact
+    from tunelab.tracking import Tracking
 
-    tracking = Tracking(cfg, config_path, extra_sinks=sinks, console=console)  # W&B online without a key stops here
+    home = Home.of(cfg)  # where this config's artifact references resolve
+    tracking = Tracking(cfg, config_path, extra_sinks=sinks, console=console, home=home)  # W&B online without a key stops here
 
     # --- setup: everything that can fail on user input happens before the run dir is touched
     run = _check_run_dir(cfg, run_name, resume, explicit)  # again, now that this process holds the lock
@@ -185,12 +180,12 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
         _check_resume_settings(cfg, run, checkpoint)
         check_checkpoint_files(checkpoint)
     # a model artifact reference resolves (or fails in one line) before any weights load
-    init = model_from_artifact(cfg.model.name) if is_artifact_ref(cfg.model.name) else None
+    init = model_from_artifact(cfg.model.name, home) if cfg.model.ref.kind == "artifact" else None
     if init is not None:
         check_adapter_fits(init, cfg.adapter)
     model_path = resolve_model_path(init.base if init is not None else cfg.model.name)
     tokenizer = load_tokenizer(cfg.model, model_path)
-    data = prepare_data(cfg, tokenizer, console)
+    data = prepare_data(cfg, tokenizer, console, home)
     console.print(f"[bold]data[/]: {data.stats['train_examples']} train / {data.stats['test_examples']} test examples, "
                   f"{data.stats['train_tokens']:,} train tokens{' (cache hit)' if data.cache_hit else ''}")
 
@@ -254,7 +249,7 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
     trainer.add_callback(tracking.callback())
     metrics_cb = MetricsCallback(run, sinks)
     progress_cb = ProgressCallback(metrics_cb, console)
-    settings = GenerationSettings(**cfg.samples.generation_fields())
+    settings = cfg.samples.generation()
     samples_cb = None
     if cfg.samples.enabled and cfg.samples.num_prompts and data.test_rows:
         samples_cb = SamplesCallback(run, data.test_rows[: cfg.samples.num_prompts], cfg.prompt, tokenizer, settings, sinks,
@@ -316,42 +311,42 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
     if samples_cb is not None and samples_cb.history:
         last = samples_cb.history[max(samples_cb.history)]
         after = exact_match_rate(last, samples_cb.references)
-    summary = {
-        "status": "completed",
-        "run_dir": str(run.path),
-        "base_model": cfg.model.name,
-        "adapter": cfg.adapter.type,
-        "quantization": cfg.quantization.bits,
-        "device": device,
-        "host": platform.node(),
-        "steps": trainer.state.global_step,
-        "gradient_checkpointing": checkpointing,
-        "resumed_from": str(checkpoint) if checkpoint else None,
-        "wall_time_s": round(time.perf_counter() - t_start, 2),
-        "train_time_s": round(train_s, 2),
-        "eval_time_s": round(eval_s, 2),
-        "sample_time_s": round(sample_s, 2),
-        "train_tokens": tokens,
-        "session_tokens": session_tokens,
-        "tokens_per_s": round(session_tokens / pure_train_s, 1),
-        "model_flops_per_token": flops.per_token,
-        "achieved_tflops": round(flops.per_token * session_tokens / pure_train_s / 1e12, 5),
+    summary = Summary(
+        status="completed",
+        run_dir=str(run.path),
+        base_model=cfg.model.name,
+        adapter=cfg.adapter.type,
+        quantization=cfg.quantization.bits,
+        device=device,
+        host=platform.node(),
+        steps=trainer.state.global_step,
+        gradient_checkpointing=checkpointing,
+        resumed_from=str(checkpoint) if checkpoint else None,
+        wall_time_s=round(time.perf_counter() - t_start, 2),
+        train_time_s=round(train_s, 2),
+        eval_time_s=round(eval_s, 2),
+        sample_time_s=round(sample_s, 2),
+        train_tokens=tokens,
+        session_tokens=session_tokens,
+        tokens_per_s=round(session_tokens / pure_train_s, 1),
+        model_flops_per_token=flops.per_token,
+        achieved_tflops=round(flops.per_token * session_tokens / pure_train_s / 1e12, 5),
         **peak_memory_mb(device),
-        "final_train_loss": train_losses[-1] if train_losses else None,
-        "final_eval_loss": eval_losses[-1] if eval_losses else None,
-        "samples_exact_match_before": before,
-        "samples_exact_match_after": after,
-        "parameters": params,
-        "data": data.stats,
-        "config": config_to_dict(cfg),
-    }
+        final_train_loss=train_losses[-1] if train_losses else None,
+        final_eval_loss=eval_losses[-1] if eval_losses else None,
+        samples_exact_match_before=before,
+        samples_exact_match_after=after,
+        parameters=params,
+        data=DataStats.model_validate(data.stats),
+        config=config_to_dict(cfg),
+    )
     # "completed" is written last, once the final model, the trackers' records and lineage.json are
     # all in place: a run whose summary says completed is complete.
     try:
         _save_final(trainer, tokenizer, run, cfg, model_path)
         for sink in sinks:
             sink.finish(summary)
-        run.write_json(run.summary, summary)
+        run.write_summary(summary)
     except Exception as e:
         err = e if isinstance(e, TunelabError) else as_user_error(e)
         _close_failed(run, tracking, "failed", err.message if err else f"{type(e).__name__}: {e}", trainer.state.global_step)
@@ -373,7 +368,7 @@ def _close_failed(run: RunDir, tracking, status: str, reason: str | None, step: 
     says what happened, trackers closed. A full disk may refuse even this; the error still reaches the user."""
     run.remove_partial_files()
     try:
-        run.write_json(run.summary, {"status": status, "steps": step, "reason": reason})
+        run.write_summary(Summary(status=status, steps=step, reason=reason))
     except TunelabError:
         pass
     tracking.abort(status, step, reason)
@@ -387,8 +382,8 @@ def _resume_command(command: str | None, config_path) -> str:
 
 def _check_outputs_writable(cfg: RunConfig) -> None:
     """output.dir, the data cache and the tracking dir must be writable before anything is loaded."""
+    from tunelab.artifacts import tracking_dir
     from tunelab.cache import cache_root
-    from tunelab.tracking.env import tracking_dir
 
     check_writable(cfg.output.dir, "output.dir")
     check_writable(Path(cfg.data.cache_dir) if cfg.data.cache_dir else cache_root("data"), "data.cache_dir")
@@ -427,7 +422,7 @@ def _check_resume_settings(cfg: RunConfig, run: RunDir, checkpoint: Path) -> Non
     saved_file = run.config if run.config.is_file() else checkpoint.parent.parent / "config.yaml"
     if not saved_file.is_file():
         return
-    from tunelab.tracking.runs import flatten
+    from tunelab.runs.files import flatten
 
     saved = flatten(read_yaml(saved_file))
     now = flatten(config_to_dict(cfg))
@@ -497,22 +492,22 @@ def _resume_point(run: RunDir) -> Path:
 
 def _save_final(trainer, tokenizer, run: RunDir, cfg: RunConfig, model_path: str) -> None:
     """final/ appears only complete: written to final.tmp, then renamed."""
-    import json
-
     tmp = run.path / "final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(str(tmp))
     tokenizer.save_pretrained(str(tmp))
     (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run's config.yaml says it all
-    (tmp / "tunelab_final.json").write_text(json.dumps({
-        "base_model": cfg.model.name,
-        "base_model_path": model_path,
-        "revision": cfg.model.revision,
-        "adapter": cfg.adapter.type,
-        "quantization": cfg.quantization.bits,
-        "step": trainer.state.global_step,
-        "prompt_format": cfg.prompt.format,
-    }, indent=2))
+    ModelMeta(
+        kind="adapter" if cfg.adapter.type == "lora" else "full",
+        base_model=cfg.model.name,
+        base_model_path=model_path,
+        revision=cfg.model.revision,
+        adapter=cfg.adapter.type,
+        quantization=cfg.quantization.bits,
+        step=trainer.state.global_step,
+        prompt=cfg.prompt.model_dump(mode="json"),
+        source=str(run.path),
+    ).write(tmp)
     if run.final.exists():
         shutil.rmtree(run.final)
     tmp.rename(run.final)

@@ -1,5 +1,5 @@
 """The local run index behind `tunelab runs`: run directories read as they are (config.yaml,
-summary.json, metrics.jsonl, lineage.json, tracking.json), so it works offline and for any backend."""
+summary.json, eval.json, lineage.json, tracking.json), so it works offline and for any backend."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tunelab.errors import TunelabError
+from tunelab.runs.dir import RunDir
+from tunelab.runs.files import NOT_COMPARED, flatten, read_json, read_yaml
 
-# differences that say nothing about the experiment
-NOT_COMPARED = {"output.name", "output.overwrite", "output.dir", "tracking.run_name", "tracking.dir"}
-METRICS = ("status", "steps", "final_train_loss", "final_eval_loss", "samples_exact_match_after", "tokens_per_s",
-           "train_tokens", "wall_time_s", "peak_rss_mb")
+SUMMARY_METRICS = ("status", "steps", "final_train_loss", "final_eval_loss", "samples_exact_match_after", "tokens_per_s",
+                   "train_tokens", "wall_time_s", "peak_rss_mb")
+EVAL_METRICS = ("exact_match", "normalized_exact_match", "rougeL", "bleu", "chrf", "loss", "perplexity")
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -36,55 +35,34 @@ def resolve_run(text: str, root: str | Path) -> Path:
                        hint=f"runs there: {', '.join(known[-10:])}" if known else "list them with: tunelab runs list")
 
 
-def _read(p: Path) -> Any:
-    try:
-        return json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
-    except (OSError, ValueError, yaml.YAMLError):
-        return None
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in (d or {}).items():
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def status_of(run: Path, summary: dict[str, Any]) -> str:
-    if summary.get("status"):
-        return summary["status"]
-    return "incomplete" if (run / "metrics.jsonl").is_file() else "not started"
-
-
 def row(run: Path) -> dict[str, Any]:
     """One line of `tunelab runs list`."""
-    cfg = _read(run / "config.yaml") or {}
-    s = _read(run / "summary.json") or {}
+    rd = RunDir(run)
+    cfg = read_yaml(rd.config) or {}
+    s = rd.read_summary()
     t, a = cfg.get("training", {}), cfg.get("adapter", {})
     return {
         "name": run.name,
-        "status": status_of(run, s),
+        "status": rd.status(),
         "base_model": (cfg.get("model") or {}).get("name"),
         "adapter": f"{a.get('type')} r={a.get('r')}" if a.get("type") == "lora" else a.get("type"),
         "quantization": (cfg.get("quantization") or {}).get("bits"),
         "learning_rate": t.get("learning_rate"),
         "batch": f"{t.get('batch_size')}x{t.get('grad_accum')}",
-        "steps": s.get("steps"),
-        "final_train_loss": s.get("final_train_loss"),
-        "final_eval_loss": s.get("final_eval_loss"),
-        "duration_s": s.get("wall_time_s"),
+        "steps": s.steps if s else None,
+        "final_train_loss": s.final_train_loss if s else None,
+        "final_eval_loss": s.final_eval_loss if s else None,
+        "duration_s": s.wall_time_s if s else None,
         "path": str(run),
     }
 
 
 def show(run: Path) -> dict[str, Any]:
     """Everything `tunelab runs show` prints: the row, the summary, what it read and wrote, where its trackers are."""
-    s = _read(run / "summary.json") or {}
-    lineage = _read(run / "lineage.json") or {"inputs": [], "outputs": []}
-    cfg = _read(run / "config.yaml") or {}
+    rd = RunDir(run)
+    s = rd.read_summary()
+    lineage = read_json(rd.lineage) or {"inputs": [], "outputs": []}
+    cfg = read_yaml(rd.config) or {}
     data = cfg.get("data") or {}
     inputs = lineage.get("inputs", [])
     requested = {i.get("requested") for i in inputs}
@@ -96,23 +74,44 @@ def show(run: Path) -> dict[str, Any]:
     if base and base not in requested:
         reads.append({"ref": base, "type": "base model"})
     files = sorted(p.name + ("/" if p.is_dir() else "") for p in run.iterdir())
+    summary = s.to_dict() if s else {}
     return {
         **row(run),
-        "summary": {k: s.get(k) for k in METRICS if k in s},
+        "summary": {k: summary.get(k) for k in SUMMARY_METRICS if k in summary},
         "reads": reads,
         "writes": lineage.get("outputs", []),
-        "trackers": _read(run / "tracking.json") or {},
+        "trackers": read_json(rd.tracking) or {},
         "files": files,
     }
 
 
+def metrics_of(run: Path) -> dict[str, Any]:
+    """The numbers `runs compare` sets side by side: the summary's, the parameter counts, and
+    `tunelab eval`'s results for the model and its baseline."""
+    rd = RunDir(run)
+    s = rd.read_summary()
+    d = s.to_dict() if s else {}
+    out: dict[str, Any] = {k: d.get(k) for k in SUMMARY_METRICS}
+    out["status"] = rd.status()
+    params = d.get("parameters") or {}
+    out["parameters"], out["trainable_parameters"] = params.get("total"), params.get("trainable")
+    ev = read_json(rd.eval_results) or {}
+    models = ev.get("models") or {}
+    for role, prefix in (("target", "eval_"), ("baseline", "eval_baseline_")):
+        metrics = (models.get(role) or {}).get("metrics") or {}
+        for k in EVAL_METRICS:
+            out[prefix + k] = metrics.get(k)
+    return out
+
+
 def compare(runs: list[Path]) -> dict[str, Any]:
-    """Config keys whose values differ between the runs, and their metrics side by side."""
+    """Config keys whose values differ between the runs, and their metrics side by side (rows
+    that no run has are left out)."""
     if len(runs) < 2:
         raise TunelabError("runs compare: give at least two runs")
-    flat = [flatten(_read(r / "config.yaml") or {}) for r in runs]
+    flat = [flatten(read_yaml(RunDir(r).config) or {}) for r in runs]
     keys = sorted(set().union(*flat) - NOT_COMPARED)
     differ = {k: [f.get(k) for f in flat] for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1}
-    summaries = [_read(r / "summary.json") or {} for r in runs]
-    metrics = {k: [status_of(r, s) if k == "status" else s.get(k) for r, s in zip(runs, summaries, strict=True)] for k in METRICS}
+    per_run = [metrics_of(r) for r in runs]
+    metrics = {k: [m.get(k) for m in per_run] for k in per_run[0] if any(m.get(k) is not None for m in per_run)}
     return {"runs": [r.name for r in runs], "config": differ, "metrics": metrics}

@@ -3,7 +3,7 @@
 The file is W&B's own format: a 7-byte header (`:W&B`, magic 0xBEE1, version 0), then LevelDB-log
 framing (32 KiB blocks; records of CRC32C, length, type FULL/FIRST/MIDDLE/LAST) around protobuf
 `wandb.proto.wandb_internal_pb2.Record` messages. wandb itself no longer ships a Python reader (its
-core is Go), so this small one lets tests and `tunelab runs show` check what an offline run holds.
+core is Go), so this small one lets the tests check what an offline run holds (test support, not shipped).
 """
 
 from __future__ import annotations

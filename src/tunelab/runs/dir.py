@@ -1,6 +1,7 @@
 """Run directories: `runs/<name>/` with config.yaml, checkpoints/step-NNNNNN/, final/, metrics.jsonl,
-samples.jsonl and summary.json. Everything that must not be half-written is written to a temporary
-name and renamed.
+samples.jsonl, summary.json and the files the trackers and `tunelab eval` add. `RunDir` is the one
+reader and writer of that layout. Everything that must not be half-written is written to a
+temporary name and renamed.
 
 Two rules keep a user's files safe. A run directory is marked as tunelab's (`tunelab_run.json`),
 and `output.overwrite` only ever replaces a marked directory. And one process at a time writes a
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError, os_error
+from tunelab.runs.records import ModelMeta, Summary
 
 STEP_PREFIX = "step-"
 MARKER = "tunelab_run.json"
@@ -39,6 +41,11 @@ class RunDir:
     samples = property(lambda self: self.path / "samples.jsonl")
     summary = property(lambda self: self.path / "summary.json")
     marker = property(lambda self: self.path / MARKER)
+    lineage = property(lambda self: self.path / "lineage.json")
+    tracking = property(lambda self: self.path / "tracking.json")
+    system = property(lambda self: self.path / "system.jsonl")
+    eval_results = property(lambda self: self.path / "eval.json")
+    eval_samples = property(lambda self: self.path / "eval_samples.jsonl")
 
     def checkpoint_list(self) -> list[Path]:
         """Complete checkpoints, oldest first (a checkpoint is complete once renamed to step-*)."""
@@ -52,7 +59,12 @@ class RunDir:
         return ckpts[-1] if ckpts else None
 
     def is_complete(self) -> bool:
-        return (self.final / "tunelab_final.json").is_file()
+        """final/ exists only complete (written to final.tmp and renamed), with its metadata."""
+        return ModelMeta.present(self.final)
+
+    def weights(self) -> Path | None:
+        """The run's model: final/ when complete, else its newest checkpoint, else None."""
+        return self.final if self.is_complete() else self.latest_checkpoint()
 
     def is_tunelab_run(self) -> bool:
         """Whether tunelab made this directory: its marker, or (runs from before the marker) a
@@ -89,13 +101,24 @@ class RunDir:
             tmp.unlink(missing_ok=True)
             raise os_error(e, path) from None
 
-    def read_summary(self) -> dict[str, Any]:
-        return json.loads(self.summary.read_text()) if self.summary.is_file() else {}
+    def read_summary(self) -> Summary | None:
+        return Summary.read(self.summary)
+
+    def write_summary(self, summary: Summary) -> None:
+        self.write_json(self.summary, summary.to_dict())
+
+    def status(self) -> str:
+        """completed / failed / interrupted / pruned from the summary; incomplete (training, or
+        killed) when metrics exist without one; not started otherwise."""
+        s = self.read_summary()
+        if s is not None:
+            return s.status
+        return "incomplete" if self.metrics.is_file() else "not started"
 
     def truncate_logs(self, step: int) -> dict[str, int]:
         """Drop the records past `step` from the JSONL logs (a resume re-runs those steps); counts dropped."""
         dropped = {}
-        for path in (self.metrics, self.samples, self.path / "system.jsonl"):
+        for path in (self.metrics, self.samples, self.system):
             if not path.is_file():
                 continue
             keep, n = [], 0

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunelab.artifacts.core import Home, Resolved
+from tunelab.artifacts.resolve import fetch
 from tunelab.errors import TunelabError
-from tunelab.tracking import artifacts
+from tunelab.runs.records import ModelMeta
 
 
 @dataclass
@@ -19,18 +21,18 @@ class ModelArtifact:
     base: str  # what resolve_model_path takes: a tiny: preset, a hub id or a local folder
     adapter: Path | None  # the adapter folder, or None when the artifact is a whole model
     config: dict[str, Any] | None  # the producing run's config (redacted), when recorded
-    resolved: artifacts.Resolved
+    resolved: Resolved
 
 
-def model_from_artifact(ref: str) -> ModelArtifact:
+def model_from_artifact(ref: str, home: Home) -> ModelArtifact:
     """Resolve and download a model artifact; unknown or non-model references fail here, before any weights load."""
-    got = artifacts.fetch(ref, expected_type="model")
+    got = fetch(ref, home, expected_type="model")
     folder, meta = got.path, got.version.metadata
     if (folder / "adapter_config.json").is_file():
         base = meta.get("base_model")
-        marker = folder / "tunelab_final.json"
-        if marker.is_file():
-            local = json.loads(marker.read_text()).get("base_model_path")
+        saved = ModelMeta.read(folder)
+        if saved is not None:
+            local = saved.base_model_path
             # the producer's local base folder when it exists here; else the name it was loaded by
             if local and Path(local).is_dir() and not str(base or "").startswith("tiny:"):
                 base = local
@@ -61,38 +63,24 @@ def check_adapter_fits(art: ModelArtifact, adapter_cfg) -> None:
         raise TunelabError(f"model.name: {art.ref} cannot be continued: " + "; ".join(mismatch))
 
 
+def check_adapter_folder(folder: Path) -> None:
+    """An adapter folder must hold safetensors weights: a pickled adapter_model.bin is never loaded."""
+    if (folder / "adapter_model.safetensors").is_file():
+        return
+    if (folder / "adapter_model.bin").is_file():
+        raise TunelabError(f"{folder / 'adapter_model.bin'}: a pickled adapter; tunelab loads safetensors only",
+                           hint="convert it where you trust the file: PeftModel.from_pretrained(...).save_pretrained(DIR) "
+                                "writes adapter_model.safetensors")
+    raise TunelabError(f"{folder}: holds no adapter_model.safetensors")
+
+
 def load_adapter_weights(model, adapter_dir: Path) -> None:
     """Start the freshly applied LoRA from the artifact's weights."""
     from peft import set_peft_model_state_dict
     from peft.utils import load_peft_weights
-
-    from tunelab.inference.target import check_adapter_folder
 
     check_adapter_folder(adapter_dir)
     result = set_peft_model_state_dict(model, load_peft_weights(str(adapter_dir)))
     unexpected = getattr(result, "unexpected_keys", None) or []
     if unexpected:
         raise TunelabError(f"{adapter_dir}: {len(unexpected)} adapter weights do not fit the model (e.g. {unexpected[0]})")
-
-
-def target_from_artifact(ref: str):
-    """A TARGET (tunelab.inference.target.Target) for a model artifact reference."""
-    from tunelab.config.load import build_config
-    from tunelab.config.schema import PromptConfig
-    from tunelab.errors import ConfigError
-    from tunelab.inference.target import Target
-
-    art = model_from_artifact(ref)
-    cfg = None
-    if art.config:
-        try:
-            cfg = build_config(art.config)
-        except ConfigError:
-            cfg = None  # recorded by another tunelab version: fall back to the default prompt format
-    if cfg is not None:
-        return Target(ref, base=art.base, adapter=art.adapter, prompt=cfg.prompt, config=cfg)
-    fmt = art.resolved.version.metadata.get("prompt_format")
-    known = fmt in ("alpaca", "messages", "text")
-    target = Target(ref, base=art.base, adapter=art.adapter, prompt=PromptConfig(format=fmt) if known else PromptConfig())
-    target.prompt_known = known  # nothing else says how it was trained: let inference pick a format when unknown
-    return target

@@ -1,4 +1,5 @@
-"""Read what a run directory holds for the report: config, metrics, samples, summary, evaluation.
+"""Everything a run directory holds, read for the report and the sweep views: config, metrics,
+samples, summary, evaluation, lineage.
 
 Every file is optional (a run may still be training, or may never have been evaluated): what is
 missing is recorded as a gap for the report to show, never raised. Only a path that is not a run
@@ -7,14 +8,14 @@ directory at all is a user error.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tunelab.errors import TunelabError
+from tunelab.runs.dir import RunDir
+from tunelab.runs.files import read_json, read_jsonl, read_yaml
+from tunelab.runs.records import Summary
 
 
 @dataclass
@@ -24,7 +25,7 @@ class RunData:
     config: dict[str, Any] = field(default_factory=dict)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: Summary | None = None
     eval: dict[str, Any] = field(default_factory=dict)
     eval_samples: list[dict[str, Any]] = field(default_factory=list)
     lineage: dict[str, Any] = field(default_factory=dict)
@@ -32,7 +33,7 @@ class RunData:
 
     @property
     def has_anything(self) -> bool:
-        return bool(self.metrics or self.summary.get("status") == "completed" or self.eval)
+        return bool(self.metrics or (self.summary is not None and self.summary.status == "completed") or self.eval)
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """(steps, values) of one metrics.jsonl key, in logging order, non-numbers skipped."""
@@ -43,36 +44,10 @@ class RunData:
         _, values = self.series(key)
         return values[-1] if values else None
 
-
-def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """Records of a JSON Lines file and how many lines were unreadable (a run still writing may
-    leave a partial last line)."""
-    if not path.is_file():
-        return [], 0
-    out, bad = [], 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-        else:
-            bad += 1
-    return out, bad
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
+    def final(self, summary_key: str, metrics_key: str | None = None) -> Any:
+        """A summary value, else (a run still training, or killed) the last logged `metrics_key`."""
+        value = getattr(self.summary, summary_key, None) if self.summary is not None else None
+        return value if value is not None or metrics_key is None else self.last(metrics_key)
 
 
 def load_run(path: str | Path) -> RunData:
@@ -80,34 +55,34 @@ def load_run(path: str | Path) -> RunData:
     p = Path(path)
     if not p.is_dir():
         raise TunelabError(f"{p}: no such run directory")
-    known = ("config.yaml", "metrics.jsonl", "summary.json", "eval.json")
-    if not any((p / name).is_file() for name in known):
-        raise TunelabError(f"{p}: not a run directory (it holds none of {', '.join(known)})")
+    rd = RunDir(p)
+    known = (rd.config, rd.metrics, rd.summary, rd.eval_results)
+    if not any(f.is_file() for f in known):
+        raise TunelabError(f"{p}: not a run directory (it holds none of {', '.join(f.name for f in known)})")
     run = RunData(path=p, name=p.resolve().name)
-    if (p / "config.yaml").is_file():
-        try:
-            loaded = yaml.safe_load((p / "config.yaml").read_text(encoding="utf-8"))
-            run.config = loaded if isinstance(loaded, dict) else {}
-        except yaml.YAMLError:
+    if rd.config.is_file():
+        cfg = read_yaml(rd.config)
+        run.config = cfg or {}
+        if cfg is None:
             run.gaps.append("config.yaml is unreadable")
     else:
         run.gaps.append("no config.yaml")
-    run.metrics, bad = _read_jsonl(p / "metrics.jsonl")
+    run.metrics, bad = read_jsonl(rd.metrics)
     if not run.metrics:
         run.gaps.append("no metrics yet")
     if bad:
         run.gaps.append(f"{bad} unreadable line(s) in metrics.jsonl")
-    run.samples, _ = _read_jsonl(p / "samples.jsonl")
-    run.summary = _read_json(p / "summary.json") or {}
-    if not run.summary:
+    run.samples, _ = read_jsonl(rd.samples)
+    run.summary = rd.read_summary()
+    if run.summary is None:
         run.gaps.append("no summary.json (not finished)")
-    elif run.summary.get("status") != "completed":
-        run.gaps.append(f"status {run.summary.get('status', 'unknown')}")
-    run.eval = _read_json(p / "eval.json") or {}
+    elif run.summary.status != "completed":
+        run.gaps.append(f"status {run.summary.status}")
+    run.eval = read_json(rd.eval_results) or {}
     if not run.eval:
         run.gaps.append(f"not evaluated (run: tunelab eval {p})")
-    run.eval_samples, _ = _read_jsonl(p / "eval_samples.jsonl")
-    run.lineage = _read_json(p / "lineage.json") or {}  # dataset artifact versions, when tracked
+    run.eval_samples, _ = read_jsonl(rd.eval_samples)
+    run.lineage = read_json(rd.lineage) or {}  # dataset artifact versions, when tracked
     return run
 
 
