@@ -7,15 +7,16 @@ Workloads:
 - `quickstart`: examples/quickstart.yaml (QLoRA, 4-bit base) trained for `--train-steps` steps into a
   scratch folder (or `--target` / an existing runs/quickstart). Its answers end at EOS after a few
   tokens, so this is the prefill-heavy case.
-- `tiny-lora`: tiny:llama-2l with a freshly initialised (random, non-zero) LoRA adapter: it never
-  emits EOS, so every request generates all `--max-tokens` tokens (the issue's 64-token shape).
+- `tiny-lora`: tiny:llama-2l with a freshly initialised (random, non-zero) LoRA adapter: it seldom
+  emits EOS, so nearly every request generates all `--max-tokens` tokens (the issue's 64-token shape).
 
-Per workload and round, the real CLI (`tunelab serve`) is started twice, `--max-batch 1` and
-`--max-batch N`, in that order, and `--clients` threads each send `--requests` greedy completions one
-after another (all start together); it records tokens/s (completion tokens / wall time), latency
-p50/p95, errors, and the share of batched answers identical to the `--max-batch 1` ones. An
-in-process engine comparison (no HTTP) follows: one-at-a-time `generate`, tunelab's scheduler, and
-transformers' continuous batching (`generate_batch`), on the same prompts.
+Per workload and round (5 by default: the numbers move with whatever else runs on the machine), the
+real CLI (`tunelab serve`) is started twice, `--max-batch 1` and `--max-batch N`, in that order, and
+`--clients` threads each send `--requests` greedy completions one after another (all start together).
+It records tokens/s (completion tokens / wall time), latency p50/p95, errors, and the share of
+batched answers identical to the `--max-batch 1` ones. An in-process engine comparison (no HTTP)
+follows: one-at-a-time `generate`, tunelab's scheduler, and transformers' continuous batching
+(`generate_batch`), on the same prompts.
 
 Results: bench/results/serve.json (docs/performance.md and the README quote it).
 """
@@ -42,10 +43,13 @@ PY = sys.executable
 
 
 def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src/tunelab/inference"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
-    return out + ("+uncommitted-inference-changes" if dirty else "")
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def uncommitted() -> list[str]:
+    """Files of the package that differ from the commit (what was measured is the working tree)."""
+    out = subprocess.run(["git", "status", "--porcelain", "--", "src/tunelab"], cwd=ROOT, capture_output=True, text=True).stdout
+    return sorted(line[3:] for line in out.splitlines())
 
 
 def cpu_model() -> str:
@@ -293,7 +297,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=4, help="per client, one after another")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--max-batch", type=int, default=16)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server (OMP_NUM_THREADS)")
     ap.add_argument("--skip-engine", action="store_true", help="skip the in-process engine comparison")
     ap.add_argument("--out", type=Path, default=RESULTS / "serve.json")
@@ -305,7 +309,9 @@ def main() -> None:
            "TUNELAB_CACHE": os.environ.get("TUNELAB_CACHE", str(scratch / "cache"))}
     os.environ.update({k: env[k] for k in ("TUNELAB_CACHE", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")})
     workloads = ["quickstart", "tiny-lora"] if args.workload == "all" else [args.workload]
-    result = {"benchmark": "serve", "date": dt.date.today().isoformat(), "commit": git_commit(), "cpu": cpu_model(),
+    load = [round(x, 2) for x in os.getloadavg()]
+    result = {"benchmark": "serve", "date": dt.date.today().isoformat(), "commit": git_commit(),
+              "uncommitted_files": uncommitted(), "cpu": cpu_model(),
               "cores": os.cpu_count(), "command": " ".join([Path(PY).name, *sys.argv]),
               "setup": {"clients": args.clients, "requests_per_client": args.requests, "max_tokens": args.max_tokens,
                         "max_batch": args.max_batch, "rounds": args.rounds, "server_torch_threads": args.threads,
@@ -319,6 +325,7 @@ def main() -> None:
         if not args.skip_engine:
             entry["engine"] = engine_comparison(target, prompts, args)
         result["workloads"][w] = entry
+    result["load_average_before_after"] = [load, [round(x, 2) for x in os.getloadavg()]]  # the machine may be shared
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
