@@ -158,9 +158,9 @@ def synth(
     out.print(f"wrote {n} rows to {out_file}")
 
 
-from tunelab.cli import evaluate_cmds, inference_cmds, perf_cmds, tracking_cmds  # noqa: E402
+from tunelab.cli import evaluate_cmds, inference_cmds, perf_cmds, sweep_cmds, tracking_cmds  # noqa: E402
 
-for _area in (tracking_cmds, evaluate_cmds, inference_cmds, perf_cmds):
+for _area in (tracking_cmds, evaluate_cmds, inference_cmds, perf_cmds, sweep_cmds):
     _area.register(app)
 
 
