@@ -56,7 +56,7 @@ def main() -> None:
 
     resolve_model_path("tiny:quickstart-base")  # built and cached once, outside both measurements
     pruned = run("quickstart-pruned")
-    unpruned = run("quickstart-unpruned", "pruner.name=none")
+    unpruned = run("quickstart-unpruned", "pruner=none")
     saved = 1 - pruned["optimizer_steps"] / unpruned["optimizer_steps"]
     same = pruned["best"]["settings"] == unpruned["best"]["settings"]
     result = {

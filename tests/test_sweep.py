@@ -63,7 +63,7 @@ def problems(tmp_path: Path, monkeypatch, **changes) -> list[str]:
      "space.training.warmup_ratio: log needs a positive range (got [0.0, 0.2])"),
     ({"method": "tpe", "trials": None}, "trials: required for method tpe"),
     ({"space": {"training.learning_rate": {"float": [1e-4, 1e-2]}}}, "space.training.learning_rate: a range, but method grid"),
-    ({"objective": "eval_los"}, "objective.0.metric: 'eval_los' is no metric a run writes (did you mean eval_loss?"),
+    ({"objective": "eval_los"}, "objective.0.metric: no metric a run writes; did you mean eval_loss? (got 'eval_los')"),
     ({"objective": {"metric": "tokens_per_s"}}, "objective.0.direction: required for tokens_per_s"),
     ({"pruner": "median", "objective": ["eval_loss", {"metric": "tokens_per_s", "direction": "maximize"}]},
      "pruner: Optuna prunes single-objective studies only"),
@@ -106,11 +106,13 @@ def test_a_pruner_needs_evaluations_during_training(tmp_path, monkeypatch):
 
 
 def test_the_cli_exits_2_with_every_problem_and_writes_nothing(tmp_path):
-    sweep = {**SWEEP, "trails": 3, "space": {"adapter.r": [], "adapter.rank": [4]}}
+    sweep = {**SWEEP, "trails": 3, "objective": "eval_los", "space": {"adapter.r": [], "adapter.rank": [4]}}
     r = run_cli("sweep", str(write_sweep(tmp_path, sweep)), cwd=tmp_path, timeout=120)
     assert r.returncode == 2, r.stderr
-    assert "Traceback" not in r.stderr
-    for line in ("trails: unknown key; did you mean trials?", "space.adapter.r: empty choice list"):
+    assert "Traceback" not in r.stderr and "error: 4 config problems" in r.stderr
+    for line in ("trails: unknown key; did you mean trials?", "space.adapter.r: empty choice list",
+                 "space.adapter.rank: no config setting adapter.rank; did you mean adapter.r?",
+                 "objective.0.metric: no metric a run writes; did you mean eval_loss?"):
         assert line in r.stderr
     assert not (tmp_path / "sweeps").exists()
 

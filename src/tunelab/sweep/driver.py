@@ -79,15 +79,20 @@ def run(sweep: Sweep, console, out, resume: bool) -> int:
                   f"{'s' if sweep.spec.parallel > 1 else ''}; storage {sweep.storage_shown()}; "
                   f"trial logs in {sweep.logs_dir}", highlight=False)
     deadline = time.time() + sweep.spec.timeout if sweep.spec.timeout else None
+    code = 1
     try:
         if sweep.spec.parallel == 1:
             code = _in_process(sweep, study, console, deadline)
         else:
             code = _workers(sweep, study, console, deadline, envs)
     finally:
-        finish(sweep, study, console, out)
+        rows = finish(sweep, study, console, out)
+    done = sum(r.state in results.FINISHED for r in rows)
     if code:
         console.print(f"[yellow]sweep stopped[/]; continue it with: [bold]{sweep.command('--resume')}[/]", soft_wrap=True)
+    elif deadline is not None and time.time() >= deadline and done < sweep.budget:
+        console.print(f"[yellow]timeout[/] ({sweep.spec.timeout:g} s): {done} of {sweep.budget} trials finished; "
+                      f"continue with: [bold]{sweep.command('--resume')}[/]", soft_wrap=True)
     return code
 
 

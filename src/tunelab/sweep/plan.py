@@ -142,15 +142,18 @@ def prepare(file: Path, overrides: list[str] | None = None, check_data: bool = T
             p = runner.check_data(cfg)
             if p:
                 add(f"space {where}: data: {p}", key=p)
+    name = spec.name or runner.default_name(file)
+    folder = (Path(spec.dir).expanduser() / name).absolute()
+    try:
+        engine.check_reachable(spec.storage, folder)
+    except ConfigError as e:
+        problems += e.problems
     if problems:
         more = len(problems) - MAX_PROBLEMS
         raise ConfigError(problems[:MAX_PROBLEMS] + ([f"... and {more} more"] if more > 0 else []), source=str(file))
 
     size = space.grid_size(all_axes)
     budget = spec.trials if spec.method != "grid" else min(spec.trials or size, size)
-    name = spec.name or runner.default_name(file)
-    folder = (Path(spec.dir).expanduser() / name).absolute()
-    engine.check_reachable(spec.storage, folder)
     max_steps = first_cfg.training.max_steps if first_cfg.training.max_steps > 0 else None
     sweep = Sweep(file=file, overrides=overrides, spec=spec, name=name, folder=folder, base_path=base_path, base=base,
                   axes=all_axes, budget=budget, objectives=objectives, base_output_dir=Path(first_cfg.output.dir),

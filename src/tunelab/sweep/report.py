@@ -15,7 +15,7 @@ from typing import Any
 
 from tunelab.sweep import runner, space
 from tunelab.sweep.plan import Sweep
-from tunelab.sweep.results import Row, best, counts, fmt, headers
+from tunelab.sweep.results import Row, best, counts, fmt, headers, rel
 
 TOP = 5  # trials whose loss curves are drawn
 STATE_STYLE = {"completed": ("o", "full"), "pruned": ("o", "none"), "running": ("^", "full"),
@@ -38,7 +38,8 @@ SECTION = """
   {% else %}<figure><span class="gapnote">{{ title }}</span></figure>{% endif %}
 {% endfor %}
 </div>
-<p class="legend">Below: the report of every trial (best first), as <span class="key">tunelab report</span> writes it.</p>
+<h2 id="trials">Every trial</h2>
+<p class="legend">The report of every trial (best first), as <span class="key">tunelab report</span> writes it.</p>
 """
 
 
@@ -142,7 +143,7 @@ def importance_plot(sweep: Sweep, study, rows: list[Row]) -> tuple[str, str | No
     ax.barh(names, [imp[n] for n in names], color="#4c72b0")
     for i, n in enumerate(names):
         ax.text(imp[n], i, f" {imp[n]:.2f}", va="center", fontsize=8)
-    ax.set(title=title + f" of {sweep.metric}, {len(done)} completed trials", xlabel="importance", xlim=(0, 1.1))
+    ax.set(title=f"{title}, {len(done)} completed trials", xlabel=f"share of the variance of {sweep.metric}", xlim=(0, 1.1))
     return title, _png(fig)
 
 
@@ -215,17 +216,18 @@ def pareto_plot(sweep: Sweep, rows: list[Row]) -> tuple[str, str | None]:
 
 def _table(sweep: Sweep, rows: list[Row]) -> tuple[list[str], list[dict]]:
     keys = [k for a in sweep.axes for k in a.keys]
+    notes = any(r.reason for r in rows)
     header = ["rank", "trial", *headers(sweep), *(m for m, _ in sweep.objectives), "state", "steps", "time s",
-              "tokens/s", "peak MB", "note"]
+              "tokens/s", "peak MB", *(["note"] if notes else [])]
     out = []
     for r in rows:
         values = r.values + [None] * (len(sweep.objectives) - len(r.values))
         texts = [str(r.rank or "-"), r.name or str(r.number), *(fmt(r.settings.get(k)) for k in keys),
                  *(fmt(v) for v in values), r.state, fmt(r.step), fmt(r.duration_s),
                  f"{r.tokens_per_s:,.0f}" if r.tokens_per_s else "-", f"{r.peak_mb:,.0f}" if r.peak_mb else "-",
-                 r.reason or ""]
+                 *([r.reason or ""] if notes else [])]
         state_at = 2 + len(keys) + len(values)
-        nums = set(range(2, state_at)) | set(range(state_at + 1, len(texts) - 1))
+        nums = set(range(2, state_at)) | set(range(state_at + 1, state_at + 5))
         cls = "best" if r.rank == 1 else ""
         out.append({"cls": {"failed": "failed", "pruned": "stopped"}.get(r.state, ""),
                     "cells": [{"text": t, "cls": " ".join(x for x in (cls, "num" if i in nums else "") if x)}
@@ -244,8 +246,9 @@ def section(sweep: Sweep, study, rows: list[Row], run_paths: list[Path]) -> str:
     best_line = None
     if b is not None:
         shown = ", ".join(f"{k}={space.short_value(v)}" for k, v in b.settings.items())
+        best_file = rel(sweep.best_file)
         best_line = (f"Best: trial {b.name} ({shown}), {sweep.metric} {fmt(b.values[0] if b.values else None)}; "
-                     f"its config: {sweep.best_file} (tunelab train {sweep.best_file})")
+                     f"its config: {best_file} (tunelab train {best_file})")
     plots = [objective_plot(sweep, rows), intermediate_plot(sweep, study, rows), importance_plot(sweep, study, rows),
              params_plot(sweep, rows)]
     if len(sweep.objectives) > 1:
@@ -278,9 +281,9 @@ def write_report(sweep: Sweep, study, rows: list[Row], max_prompts: int = 6) -> 
 
 
 def splice(page: str, fragment: str, name: str) -> str:
-    """The sweep's section into the report page: after its list of runs, before its metrics."""
+    """The sweep's section into the report page: first, above the report's list of runs."""
     page = page.replace("<h1>tunelab report</h1>", f"<h1>tunelab sweep {_escape(name)}</h1>", 1)
-    for anchor in ('<h2 id="metrics">', "</body>"):
+    for anchor in ('<table id="runs">', '<h2 id="metrics">', "</body>"):
         if anchor in page:
             i = page.index(anchor)
             return page[:i] + fragment + page[i:]
@@ -291,3 +294,4 @@ def _escape(text: str) -> str:
     from markupsafe import escape
 
     return str(escape(text))
+

@@ -246,14 +246,15 @@ def write_best(sweep: Sweep, rows: list[Row]) -> Path | None:
         return None
     shown = ", ".join(f"{k}={space.short_value(v)}" for k, v in b.settings.items())
     values = ", ".join(f"{m} {fmt(v)}" for (m, _), v in zip(sweep.objectives, b.values, strict=False))
-    header = (f"# tunelab train {_rel(sweep.best_file)}\n"
+    header = (f"# tunelab train {rel(sweep.best_file)}\n"
               f"# The best trial of sweep {sweep.name}: trial {b.number} ({shown}), {values}.\n"
-              f"# Its run config as it ran ({_rel(sweep.trials_dir / b.name)}/config.yaml), as a new run "
+              f"# Its run config as it ran ({rel(sweep.trials_dir / b.name)}/config.yaml), as a new run "
               f"{sweep.name}-best in {sweep.base_output_dir}.\n")
     return write_text(sweep.best_file, header + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
 
 
-def _rel(p: Path) -> str:
+def rel(p: Path) -> str:
+    """A path from the working directory when it is below it (as a user would type it)."""
     try:
         return str(p.relative_to(Path.cwd()))
     except ValueError:

@@ -197,12 +197,20 @@ def has_test_split(cfg: RunConfig) -> bool:
     return cfg.data.test is not None or cfg.data.test_size is not None
 
 
+def unknown_metric(metric: str) -> str | None:
+    """Why `metric` is no metric any run writes, or None."""
+    if metric in METRICS:
+        return None
+    close = difflib.get_close_matches(metric, METRICS, n=1, cutoff=0.6)
+    if close:
+        return f"no metric a run writes; did you mean {close[0]}?"
+    return f"no metric a run writes (known: {', '.join(METRICS)})"
+
+
 def metric_problem(metric: str, cfg: RunConfig, pruning: bool) -> str | None:
     """Why a run of `cfg` would not write `metric` (or, with `pruning`, not at each evaluation)."""
-    if metric not in METRICS:
-        close = difflib.get_close_matches(metric, METRICS, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}? " if close else ""
-        return f"{metric!r} is no metric a run writes ({hint}known: {', '.join(METRICS)})"
+    if unknown_metric(metric):
+        return unknown_metric(metric)
     name = metric.removeprefix("eval.").removeprefix("final_")
     needs_test = metric.startswith(("eval", "final_eval", "samples_"))
     if needs_test and not has_test_split(cfg):

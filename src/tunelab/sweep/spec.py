@@ -103,6 +103,14 @@ class Objective(Strict):
     def _shorthand(cls, data):
         return {"metric": data} if isinstance(data, str) else data
 
+    @field_validator("metric")
+    @classmethod
+    def _a_run_writes_it(cls, v: str) -> str:
+        problem = runner.unknown_metric(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
 
 class Pruner(Strict):
     name: Literal["none", "median", "hyperband", "successive_halving"] = Field(
@@ -207,14 +215,16 @@ def load_spec(path: Path, overrides: list[str] | None = None) -> SweepSpec:
             data.setdefault("space", {})[".".join(parts[1:])] = value
         else:
             runner.set_dotted(data, ".".join(parts), value)
+    space = data.get("space") if isinstance(data.get("space"), dict) else {}
+    paired = data.get("paired") if isinstance(data.get("paired"), list) else []
+    keys = list(paired[0]) if paired and isinstance(paired[0], dict) else []
+    problems = [f"space.{k}: {p}" for k in space if (p := _key_problem(str(k)))]
+    problems += [f"paired.{k}: {p}" for k in keys if (p := _key_problem(str(k)))]
+    problems += [f"paired.{k}: also in space; a setting is searched once" for k in keys if k in space]
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_problems(e), source=str(path)) from None
-    problems = [f"space.{k}: {p}" for k in spec.space if (p := _key_problem(k))]
-    keys = list((spec.paired or [{}])[0])
-    problems += [f"paired.{k}: {p}" for k in keys if (p := _key_problem(k))]
-    problems += [f"paired.{k}: also in space; a setting is searched once" for k in keys if k in spec.space]
+        raise ConfigError(_problems(e) + problems, source=str(path)) from None
     if problems:
         raise ConfigError(problems, source=str(path))
     return spec
