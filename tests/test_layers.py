@@ -23,6 +23,7 @@ LAYERS = [
     {"training"},
     {"sweep"},
     {"cli"},
+    {"__main__"},  # `python -m tunelab` (what launchers start): the CLI
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 
