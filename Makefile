@@ -19,6 +19,7 @@ quickstart: setup
 	$(VENV)/bin/tunelab train examples/quickstart.yaml
 	$(VENV)/bin/tunelab eval runs/quickstart
 	$(VENV)/bin/tunelab report runs/quickstart -o runs/quickstart/report.html
+	@echo "next: source $(VENV)/bin/activate, then e.g. tunelab generate runs/quickstart (the train output above shows one of its own prompts)"
 
 test: setup
 	scripts/ensure-chromium.sh

@@ -144,7 +144,7 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.communicate()
 
 
-def load_clients(url: str, model: str, prompts: list[str], clients: int, max_tokens: int) -> dict:
+def load_clients(url: str, model: str, prompts: list[str], clients: int, max_tokens: int, ignore_eos: bool = False) -> dict:
     """`clients` threads, each sending its share of `prompts` one after another; answers by prompt index."""
     import httpx
 
@@ -163,7 +163,7 @@ def load_clients(url: str, model: str, prompts: list[str], clients: int, max_tok
                 t0 = time.perf_counter()
                 try:
                     r = http.post(f"{url}/v1/completions", json={"model": model, "prompt": prompts[i], "max_tokens": max_tokens,
-                                                                 "temperature": 0})
+                                                                 "temperature": 0, "ignore_eos": ignore_eos})
                     r.raise_for_status()
                     body = r.json()
                 except Exception as e:  # noqa: BLE001 - counted, not raised: the benchmark reports errors
@@ -205,8 +205,8 @@ def http_rounds(target: str, prompts: list[str], args, env: dict) -> dict:
             proc, url = start_server(target, max_batch, args.max_tokens, env)
             try:
                 model = served_model(url)
-                load_clients(url, model, prompts[: args.clients], args.clients, args.max_tokens)  # warm-up, not counted
-                row[max_batch] = load_clients(url, model, prompts, args.clients, args.max_tokens)
+                load_clients(url, model, prompts[: args.clients], args.clients, args.max_tokens, args.ignore_eos)  # warm-up, not counted
+                row[max_batch] = load_clients(url, model, prompts, args.clients, args.max_tokens, args.ignore_eos)
             finally:
                 stop_server(proc)
             m = row[max_batch]
@@ -296,6 +296,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--requests", type=int, default=4, help="per client, one after another")
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--ignore-eos", action="store_true",
+                    help="every answer is --max-tokens long (vLLM's ignore_eos): the issue's 64-token shape on a model that stops early")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server (OMP_NUM_THREADS)")
@@ -314,6 +316,7 @@ def main() -> None:
               "uncommitted_files": uncommitted(), "cpu": cpu_model(),
               "cores": os.cpu_count(), "command": " ".join([Path(PY).name, *sys.argv]),
               "setup": {"clients": args.clients, "requests_per_client": args.requests, "max_tokens": args.max_tokens,
+                        "ignore_eos": args.ignore_eos,
                         "max_batch": args.max_batch, "rounds": args.rounds, "server_torch_threads": args.threads,
                         "sampling": "greedy (temperature 0), /v1/completions, not streamed"},
               "workloads": {}}

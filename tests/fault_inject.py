@@ -3,7 +3,9 @@
     python tests/fault_inject.py FAULT -- train run.yaml key=value ...
 
 FAULT is one of:
-  crash_after_save:N   die like a killed process (os._exit) right after checkpoint N is saved
+  crash_after_save:N[:RANK]
+                       die like a killed process (os._exit) right after checkpoint N is saved (only
+                       the process of that rank when several are launched, e.g. by torchrun)
   fill_disk_at:N:FREE  after optimizer step N, fill the output folder's file system so that only
                        FREE bytes are left (the next checkpoint write fails with ENOSPC)
   signal_at:N:SIG      send this process SIGTERM or SIGINT after optimizer step N
@@ -25,11 +27,11 @@ from transformers import TrainerCallback
 
 
 class CrashAfterSave(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
+    def __init__(self, step: int, rank: int | None = None):
+        self.step, self.rank = step, rank
 
     def on_save(self, args, state, control, **kw):
-        if state.global_step == self.step:
+        if state.global_step == self.step and self.rank in (None, int(os.environ.get("RANK", "0"))):
             os._exit(75)
 
 
@@ -78,7 +80,7 @@ class PauseAt(TrainerCallback):
 def callbacks_for(fault: str) -> list[TrainerCallback]:
     kind, *args = fault.split(":")
     if kind == "crash_after_save":
-        return [CrashAfterSave(int(args[0]))]
+        return [CrashAfterSave(int(args[0]), int(args[1]) if len(args) > 1 else None)]
     if kind == "fill_disk_at":
         return [FillDisk(int(args[0]), int(args[1]))]
     if kind == "pause_at":

@@ -5,9 +5,12 @@ import torch
 from tunelab import compat
 
 
-def test_transformers_optimizer_and_scheduler_names():
-    assert {"adamw_torch", "adamw_torch_fused", "paged_adamw_8bit"} <= set(compat.optimizer_names())
-    assert {"cosine", "linear", "constant"} <= set(compat.scheduler_names())
+def test_optimizer_and_scheduler_names_mirror_the_installed_transformers():
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    assert compat.optimizer_names() == [o.value for o in OptimizerNames]
+    assert compat.scheduler_names() == [s.value for s in SchedulerType]
 
 
 def test_trainer_safe_globals_load_an_rng_state(tmp_path):
@@ -18,3 +21,48 @@ def test_trainer_safe_globals_load_an_rng_state(tmp_path):
     with compat.checkpoint_safe_globals():
         state = torch.load(f, weights_only=True)
     assert state["numpy"][0] == "MT19937"
+
+
+def test_torchrun_parses_the_launch_tunelab_builds():
+    from torch.distributed.run import parse_args, run  # noqa: F401 - what compat.torchrun calls
+
+    args = parse_args(["--nnodes", "1", "--nproc-per-node", "2", "--node-rank", "0", "--master-addr", "127.0.0.1",
+                       "--master-port", "29500", "--max-restarts", "0", "--shutdown-timeout", "900", "--module", "tunelab",
+                       "train", "cfg.yaml", "--resume"])
+    assert (args.nproc_per_node, args.module, args.training_script, args.training_script_args) == ("2", True, "tunelab",
+                                                                                                   ["train", "cfg.yaml", "--resume"])
+    assert args.shutdown_timeout == 900 and args.max_restarts == 0
+
+
+def test_generation_logits_processors_match_generate(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.config.schema import GenerationSettings
+    from tunelab.inference.generate import generate_kwargs
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    greedy = compat.generation_logits_processors(model, generate_kwargs(model, tok, GenerationSettings()), 5, "cpu")
+    sampled = compat.generation_logits_processors(
+        model, generate_kwargs(model, tok, GenerationSettings(do_sample=True, temperature=0.7, top_p=0.9)), 5, "cpu")
+    assert len(greedy) == 0 and {type(p).__name__ for p in sampled} >= {"TemperatureLogitsWarper", "TopPLogitsWarper"}
+
+
+def test_the_trainer_still_has_the_checkpoint_method_tunelab_overrides():
+    import inspect
+
+    from transformers import Trainer
+
+    assert list(inspect.signature(getattr(Trainer, compat.SAVE_CHECKPOINT)).parameters) == ["self", "model", "trial"]
+
+
+def test_trackio_storage_and_hub_offline_switch(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hub
+
+    restore = compat.point_trackio_at(tmp_path / "trackio")
+    assert compat.trackio_storage().get_project_db_path("p").parent == (tmp_path / "trackio").resolve()
+    restore()
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    compat.set_hub_offline()
+    assert hub.is_offline_mode()

@@ -95,18 +95,28 @@ def test_qlora_gradients_after_an_eval_step_equal_a_fresh_models(tiny_model_dir)
     with torch.no_grad():
         evaluated(**batch)  # an eval step / generation: no-grad forward
     evaluated.train()
-    got = _lora_grads(evaluated, batch)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = _lora_grads(evaluated, batch)
+    # with the workaround no backward pass goes through bitsandbytes' inference kernel (gemv_4bit,
+    # which has no autograd): the training layout's MatMul4Bit carries every gradient
+    assert not [w for w in caught if "gemv_4bit" in str(w.message)]
     for name, g in expected.items():
         torch.testing.assert_close(got[name], g, atol=1e-5, rtol=1e-4, msg=f"LoRA gradient differs for {name}")
 
     if has_avx512bf16():
         # Without the workaround the same sequence gives wrong gradients on this CPU: the trap is real.
+        # The repacked layers then backprop through gemv_4bit, which torch warns about: that warning is
+        # the symptom this test shows, expected here and nowhere else.
         broken, _ = _qlora(tiny_model_dir, fix=False)
         broken.eval()
         with torch.no_grad():
             broken(**batch)
         broken.train()
-        bad = _lora_grads(broken, batch)
+        with pytest.warns(UserWarning, match="gemv_4bit"):
+            bad = _lora_grads(broken, batch)
         worst = max(((bad[n] - g).norm() / g.norm()).item() for n, g in expected.items())
         assert worst > 0.05
 

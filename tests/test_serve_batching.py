@@ -155,12 +155,12 @@ def test_logits_processors_are_the_ones_generate_builds(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer, TemperatureLogitsWarper, TopPLogitsWarper
 
     from tunelab.inference.batching import logits_processors
-    from tunelab.inference.generate import _generate_kwargs
+    from tunelab.inference.generate import generate_kwargs
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    assert len(logits_processors(model, _generate_kwargs(model, tok, settings()), 5, "cpu")) == 0
-    sampled = logits_processors(model, _generate_kwargs(model, tok, settings(temperature=0.7, top_p=0.9)), 5, "cpu")
+    assert len(logits_processors(model, generate_kwargs(model, tok, settings()), 5, "cpu")) == 0
+    sampled = logits_processors(model, generate_kwargs(model, tok, settings(temperature=0.7, top_p=0.9)), 5, "cpu")
     assert [type(p) for p in sampled] == [TemperatureLogitsWarper, TopPLogitsWarper]
     assert sampled[0].temperature == 0.7 and sampled[1].top_p == 0.9
 

@@ -6,23 +6,36 @@ installed versions, so a library upgrade that moves something breaks that test, 
 
 from __future__ import annotations
 
-import functools
+
+# The `optim` and `lr_scheduler_type` values transformers' TrainingArguments accepts, mirrored here so
+# a config validates in a fraction of a second (importing transformers.training_args pulls in torch
+# and takes seconds). tests/test_compat.py compares them with the installed transformers' own enums
+# (`OptimizerNames`, `SchedulerType`), so an upgrade that changes them fails that test loudly.
+OPTIMIZERS = (
+    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adafactor",
+    "adamw_anyprecision", "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad",
+    "adamw_bnb_8bit", "adamw_8bit", "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit",
+    "paged_adamw_8bit", "paged_ademamix_32bit", "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit",
+    "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit", "galore_adamw", "galore_adamw_8bit",
+    "galore_adafactor", "galore_adamw_layerwise", "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise",
+    "lomo", "adalomo", "grokadamw", "schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd",
+    "apollo_adamw", "apollo_adamw_layerwise", "stable_adamw",
+)
+SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+    "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+    "warmup_stable_decay", "greedy",
+)
 
 
-@functools.cache
 def optimizer_names() -> list[str]:
-    """The `optim` values transformers' TrainingArguments accepts (`training.optimizer`)."""
-    from transformers.training_args import OptimizerNames
-
-    return [o.value for o in OptimizerNames]
+    """The values `training.optimizer` may take (transformers' `OptimizerNames`)."""
+    return list(OPTIMIZERS)
 
 
-@functools.cache
 def scheduler_names() -> list[str]:
-    """The `lr_scheduler_type` values transformers accepts (`training.lr_scheduler`)."""
-    from transformers.trainer_utils import SchedulerType
-
-    return [s.value for s in SchedulerType]
+    """The values `training.lr_scheduler` may take (transformers' `SchedulerType`)."""
+    return list(SCHEDULERS)
 
 
 def checkpoint_safe_globals():
@@ -142,3 +155,43 @@ def set_hub_offline() -> None:
         ds.HF_HUB_OFFLINE = True
         if hasattr(ds, "HF_DATASETS_OFFLINE"):
             ds.HF_DATASETS_OFFLINE = True
+
+
+# The loss names TRL's stable preference trainers take (`DPOConfig.loss_type`, `KTOConfig.loss_type`),
+# mirrored so a config validates without importing TRL; tests/test_compat.py checks them against
+# the installed TRL's own help text and choices.
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+KTO_LOSSES = ("kto", "apo_zero_unpaired")
+
+
+def preference_losses(method: str) -> list[str]:
+    """The values `preference.loss_type` may take for `training.method` dpo or kto."""
+    return list(DPO_LOSSES if method == "dpo" else KTO_LOSSES)
+
+
+# The TRL preference-trainer method tunelab overrides so that data it tokenized itself (one BOS rule,
+# the verified cache) goes to TRL's collator as it is: `DPOTrainer._prepare_dataset(dataset,
+# processing_class, args, dataset_name)` and the same on `KTOTrainer`.
+PREPARE_DATASET = "_prepare_dataset"
+
+
+def torchrun(argv: list[str]) -> None:
+    """torch's elastic launcher run in this process exactly as the `torchrun` command runs with `argv`
+    (`torch.distributed.run.parse_args` and `run`); raises its `ChildFailedError` (a worker failed)
+    or `SignalException` (this process got SIGINT / SIGTERM, already passed on to the workers)."""
+    from torch.distributed.run import parse_args, run
+
+    run(parse_args(argv))
+
+
+def generation_logits_processors(model, generate_kwargs: dict, prompt_length: int, device):
+    """The logits processors `model.generate(**generate_kwargs)` would build for a prompt of
+    `prompt_length` tokens (transformers' private `GenerationMixin._prepare_generation_config` and
+    `_get_logits_processor`), for the server's batching scheduler."""
+    from transformers import LogitsProcessorList
+
+    config, _ = model._prepare_generation_config(None, **generate_kwargs)
+    return model._get_logits_processor(generation_config=config, input_ids_seq_length=prompt_length, encoder_input_ids=None,
+                                       prefix_allowed_tokens_fn=None, logits_processor=LogitsProcessorList(),
+                                       device=device, model_kwargs={})

@@ -106,11 +106,15 @@ def parse_model(text: str) -> ModelRef:
     return ModelRef("hub", text)
 
 
+SYNTHETIC_KINDS = ("alpaca", "preference", "tools")
+
+
 @dataclass(frozen=True)
 class SyntheticSpec:
     n: int
     seed: int = 0
     tasks: tuple[str, ...] | None = None
+    kind: str = "alpaca"  # alpaca rows, preference pairs (chosen / rejected), or chat rows with tool calls
 
 
 @dataclass(frozen=True)
@@ -122,23 +126,26 @@ class DataRef:
 
 
 def parse_synthetic(text: str, known_tasks: tuple[str, ...] | None = None) -> SyntheticSpec:
-    """`synthetic:N[:seed=S][:tasks=a,b]`."""
+    """`synthetic:N[:seed=S][:tasks=a,b][:kind=alpaca|preference|tools]`."""
     parts = text.split(":")[1:]
     try:
         n = int(parts[0])
         opts = dict(p.split("=", 1) for p in parts[1:])
         seed = int(opts.pop("seed", 0))
         tasks = tuple(opts.pop("tasks").split(",")) if "tasks" in opts else None
+        kind = opts.pop("kind", "alpaca")
     except (ValueError, IndexError, KeyError):
-        raise RefError(f"{text}: expected synthetic:N[:seed=S][:tasks=a,b]") from None
+        raise RefError(f"{text}: expected synthetic:N[:seed=S][:tasks=a,b][:kind=K]") from None
     if opts:
-        raise RefError(f"{text}: unknown option {', '.join(opts)} (expected synthetic:N[:seed=S][:tasks=a,b])")
+        raise RefError(f"{text}: unknown option {', '.join(opts)} (expected synthetic:N[:seed=S][:tasks=a,b][:kind=K])")
+    if kind not in SYNTHETIC_KINDS:
+        raise RefError(f"{text}: unknown kind {kind!r} (kinds: {', '.join(SYNTHETIC_KINDS)})")
     if n <= 0:
         raise RefError(f"{text}: the row count must be positive")
     unknown = [t for t in tasks or () if known_tasks is not None and t not in known_tasks]
     if unknown:
         raise RefError(f"{text}: unknown task {', '.join(unknown)} (tasks: {', '.join(known_tasks or ())})")
-    return SyntheticSpec(n, seed, tasks)
+    return SyntheticSpec(n, seed, tasks, kind)
 
 
 def parse_data(text: str, known_tasks: tuple[str, ...] | None = None) -> DataRef:

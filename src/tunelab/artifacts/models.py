@@ -21,7 +21,7 @@ class ModelArtifact:
     base: str  # what resolve_model_path takes: a tiny: preset, a hub id or a local folder
     adapter: Path | None  # the adapter folder, or None when the artifact is a whole model
     config: dict[str, Any] | None  # the producing run's config (redacted), when recorded
-    resolved: Resolved
+    resolved: Resolved | None  # None for a run directory or adapter folder
 
 
 def model_from_artifact(ref: str, home: Home) -> ModelArtifact:
@@ -44,6 +44,49 @@ def model_from_artifact(ref: str, home: Home) -> ModelArtifact:
     if (folder / "config.json").is_file():
         return ModelArtifact(ref, str(folder), None, meta.get("config"), got)
     raise TunelabError(f"{ref}: the artifact holds neither an adapter (adapter_config.json) nor a model (config.json)")
+
+
+def model_from_folder(path: str) -> ModelArtifact | None:
+    """A run directory or an adapter folder as the model a run continues (SFT, then DPO on its
+    adapter): its base from the folder's tunelab_model.json (else the adapter's own config), its
+    adapter the run's final/ or the folder itself. None for anything else (a plain model folder)."""
+    from tunelab.runs import RunDir
+
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        return None
+    config = None
+    if (p / "config.yaml").is_file() and ((p / "final").is_dir() or (p / "checkpoints").is_dir()):
+        if not RunDir(p).is_complete():
+            raise TunelabError(f"model.name: {path} is a run that has not finished (no final/)",
+                               hint="continue a checkpoint instead: model.name: RUN/checkpoints/step-N")
+        from tunelab.config.load import read_yaml
+
+        config, p = read_yaml(p / "config.yaml"), RunDir(p).final
+    if not (p / "adapter_config.json").is_file():
+        return None
+    meta = ModelMeta.read(p)
+    base = meta.base_model_path if meta is not None else None
+    if meta is not None and (not base or ("/" in str(base) and not Path(base).exists())):
+        base = meta.base_model  # a folder on another machine (or a rebuilt tiny: cache): the name it was loaded by
+    base = base or json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise TunelabError(f"model.name: {path} names no base model (tunelab_model.json, adapter_config.json)")
+    inner = model_from_folder(str(base)) if Path(str(base)).expanduser().is_dir() else None
+    if inner is not None:  # that run was itself continued from a run: its base, not its adapter, is ours
+        base = inner.base
+    return ModelArtifact(path, str(base), p, config, None)
+
+
+def continued_model(name: str, home: Home) -> ModelArtifact | None:
+    """What a run continues when `model.name` is not a plain base model: a model artifact, a run
+    directory or an adapter folder (base + adapter); None for a base model."""
+    from tunelab.refs import parse_model
+
+    kind = parse_model(name).kind
+    if kind == "artifact":
+        return model_from_artifact(name, home)
+    return model_from_folder(name) if kind == "local" else None
 
 
 def check_adapter_fits(art: ModelArtifact, adapter_cfg) -> None:

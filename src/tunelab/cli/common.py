@@ -13,13 +13,36 @@ from rich.text import Text
 
 from tunelab.errors import TunelabError
 
-console = Console(stderr=True)
-out = Console()
+# emoji off: user text such as `synthetic:100:...` must print as written, not as an emoji code
+console = Console(stderr=True, emoji=False)
+out = Console(emoji=False)
 
 ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML).", show_default=False)]
 OverridesArg = Annotated[
     list[str] | None, typer.Argument(help="Dotted overrides, e.g. adapter.r=16 training.learning_rate=1e-4.", show_default=False)
 ]
+
+
+def print_table(columns: list[str], rows: list[list], title: str | None = None) -> None:
+    """A table on stdout: boxed in a terminal; outside one (a file, a pipe, grep) tab-separated with
+    every value whole, one row per line, so nothing is squeezed into `qui…`."""
+    cells = [["-" if v is None else str(v) for v in row] for row in rows]
+    if not out.is_terminal:
+        import sys
+
+        sys.stdout.write("\t".join(columns) + "\n")
+        for row in cells:
+            sys.stdout.write("\t".join(c.replace("\t", " ").replace("\n", " ") for c in row) + "\n")
+        sys.stdout.flush()
+        return
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for row in cells:
+        t.add_row(*(Text(c) for c in row))  # values shown as they are: `[x]` is not markup
+    out.print(t)
 
 
 def user_errors(fn):
@@ -31,9 +54,10 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except TunelabError as e:
             # user text (paths, data values) may hold rich markup or emoji codes: print it as it is
-            console.print(Text.assemble(("error:", "bold red"), " ", e.message), highlight=False)
+            # soft_wrap: a message (and the command in a hint) is never broken across lines
+            console.print(Text.assemble(("error:", "bold red"), " ", e.message), highlight=False, soft_wrap=True)
             if e.hint:
-                console.print(Text(f"hint: {e.hint}", style="dim"), highlight=False)
+                console.print(Text(f"hint: {e.hint}", style="dim"), highlight=False, soft_wrap=True)
             raise typer.Exit(getattr(e, "exit_code", 2)) from None
 
     return wrapper

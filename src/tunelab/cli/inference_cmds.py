@@ -279,6 +279,7 @@ def register(app: typer.Typer) -> None:
         backend: Annotated[str, typer.Option(help="tunelab: this process serves the model; vllm: start vLLM's OpenAI server on it "
                                              "(base + LoRA modules, same model ids; needs vLLM installed).")] = "tunelab",
         device: Device = None,
+        trust_remote_code: Trust = False,
     ):
         """An OpenAI-compatible server (/v1/completions, /v1/chat/completions, streaming) for TARGET and its adapters."""
         from tunelab.cli.common import _quiet_libraries, console
@@ -303,10 +304,12 @@ def register(app: typer.Typer) -> None:
             from tunelab.inference.vllm_backend import serve_vllm
 
             code = serve_vllm(target, adapter or [], name, host, port, api_key, max_batch,
-                              say=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
+                              say=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
+                              trust_remote_code=trust_remote_code)
             raise typer.Exit(code)
         _quiet_libraries()
-        engine = load_engine(target, adapter or [], name=name, device=device, max_batch=max_batch)
+        engine = load_engine(target, adapter or [], name=name, device=device, max_batch=max_batch,
+                             trust_remote_code=trust_remote_code)
         from tunelab.inference.server import configure_logging, run_server
 
         configure_logging()

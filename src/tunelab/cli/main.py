@@ -9,12 +9,13 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from tunelab.cli.common import (  # re-exported: the area modules may import them from here
+from tunelab.cli.common import (
     ConfigArg,
     OverridesArg,
     _quiet_libraries,
     console,
     out,
+    print_table,
     user_errors,
 )
 from tunelab.errors import TunelabError
@@ -34,19 +35,40 @@ def train(
     config: ConfigArg,
     overrides: OverridesArg = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its newest checkpoint.")] = False,
+    nproc: Annotated[int, typer.Option("--nproc", help="Processes on this machine, one per GPU, started through torch's "
+                                       "elastic launcher (torchrun); the config's distributed section says how they share the run.")] = 1,
+    nnodes: Annotated[int, typer.Option("--nnodes", help="Machines in the job; run this command on each with its --node-rank.")] = 1,
+    node_rank: Annotated[int, typer.Option("--node-rank", help="This machine's number, 0 to nnodes-1 (0 hosts the rendezvous).")] = 0,
+    master_addr: Annotated[str | None, typer.Option("--master-addr", help="Address of the --node-rank 0 machine (needed with --nnodes > 1).",
+                                                    show_default=False)] = None,
+    master_port: Annotated[int | None, typer.Option("--master-port", help="Rendezvous port there (default: a free one on one "
+                                                    "machine, 29500 across machines).", show_default=False)] = None,
 ):
-    """Fine-tune a model as the config says; writes runs/<name>/."""
+    """Fine-tune a model as the config says; writes runs/<name>/.
+
+    With --nproc N (and --nnodes M) the run is N x M processes: DDP for LoRA / QLoRA, FSDP2 for full
+    fine-tuning that does not fit one GPU (config: distributed.strategy). `torchrun -m tunelab train ...`
+    and `accelerate launch -m tunelab train ...` work the same way. Each step then takes
+    batch_size x grad_accum x N x M sequences.
+    """
     from tunelab.config import load_config
 
     cfg = load_config(config, overrides)
+    if (nproc, nnodes) != (1, 1):
+        from tunelab.training.launch import Launch, early_checks, launch_run
+
+        launch = Launch(nproc, nnodes, node_rank, master_addr, master_port)
+        port = early_checks(cfg, launch)  # the flags, the strategy, the port: refused before any library loads
+        raise typer.Exit(launch_run(cfg, config, overrides, resume, launch, port, console))
     _quiet_libraries()
+    from tunelab.training.distributed import World, launch_command
     from tunelab.training.run import train as run_training
 
-    import shlex
-
-    command = shlex.join(["tunelab", "train", str(config), *(overrides or [])])
+    world = World.from_env()  # one of several processes started by a launcher, or alone
+    command = launch_command(config, overrides, world)
     s = run_training(cfg, config_path=config, resume=resume, console=console, command=command)
-    _print_summary(s, cfg)
+    if world.is_main:
+        _print_summary(s, cfg)
 
 
 def _print_summary(s, cfg) -> None:
@@ -56,9 +78,14 @@ def _print_summary(s, cfg) -> None:
     t.add_row("steps", str(s.steps))
     t.add_row("final train loss", _fmt(s.final_train_loss))
     t.add_row("final eval loss", _fmt(s.final_eval_loss))
-    t.add_row("train tokens/s", f"{s.tokens_per_s:,.0f}")
+    t.add_row("train tokens/s", f"{s.tokens_per_s:,.0f}" + (f" ({s.world_size} processes, {s.strategy})" if (s.world_size or 1) > 1 else ""))
+    if s.global_batch:
+        t.add_row("global batch", f"{s.global_batch} sequences per step")
     t.add_row("wall time", f"{s.wall_time_s:.1f} s (samples {s.sample_time_s:.1f} s)")
-    t.add_row("peak memory", f"{s.peak_rss_mb:,.0f} MB RSS" + (f", {s.peak_gpu_mb:,.0f} MB GPU" if s.peak_gpu_mb else ""))
+    t.add_row("peak memory", f"{s.peak_rss_mb:,.0f} MB RSS" + (f", {s.peak_gpu_mb:,.0f} MB GPU" if s.peak_gpu_mb else "")
+              + (" (all processes)" if (s.world_size or 1) > 1 else ""))
+    if s.mfu is not None:
+        t.add_row("MFU", f"{s.mfu:.1%} of {s.peak_tflops:,.2f} TFLOP/s measured")
     if s.samples_exact_match_after is not None:
         before = s.samples_exact_match_before
         t.add_row("sample exact match", (f"{before:.1%} before -> " if before is not None else "") + f"{s.samples_exact_match_after:.1%} after")
@@ -107,23 +134,58 @@ def _fmt(x) -> str:
 
 @app.command()
 @user_errors
-def validate(config: ConfigArg, overrides: OverridesArg = None):
-    """Check a config and its data without loading any weights."""
+def validate(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Check as for `train --resume` (a checkpoint to continue).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 2 on notes too (things that could not be checked, e.g. offline).")] = False,
+):
+    """Check everything about a run without loading weights: config, device, precision, model, data, output folders.
+
+    Every problem is reported at once; what cannot be checked here (a hub model while offline) is a
+    note, and the rest still counts.
+    """
     from tunelab.config import load_config
-    from tunelab.data.prepare import load_splits
-    from tunelab.model.tiny import PRESETS
+    from tunelab.training.preflight import preflight
 
     cfg = load_config(config, overrides)
-    name = cfg.model.name
-    if name.startswith("tiny:") and name.removeprefix("tiny:") not in PRESETS:
-        raise TunelabError(f"model.name: unknown tiny preset {name!r} (known: {', '.join('tiny:' + p for p in PRESETS)})")
-    if not name.startswith("tiny:") and (name.startswith((".", "/", "~")) or Path(name).exists()):
-        from tunelab.model.loading import resolve_model_path
+    report = preflight(cfg, resume=resume)
+    for f in report.findings:  # diagnostics on stderr; the verdict on stdout
+        style = {"problem": "red", "note": "yellow", "ok": "green"}[f.kind]
+        console.print(Text.assemble((f"{f.kind:7s} ", style), f.line()), highlight=False, soft_wrap=True)
+    problems, notes = report.problems, report.notes
+    if problems or (strict and notes):
+        n = len(problems) + (len(notes) if strict else 0)
+        raise TunelabError(f"{config}: {n} problem{'s' if n != 1 else ''} (listed above)")
+    rows = report.stats
+    what = f"{rows['train_rows']} train rows, {rows['test_rows']} test rows" if rows else "data not checked"
+    skipped = f", skipped {rows['rows_skipped']}" if rows.get("rows_skipped") else ""
+    note = f" ({len(notes)} note{'s' if len(notes) != 1 else ''})" if notes else ""
+    out.print(Text.assemble(("ok", "green"), f" {config}: {what}{skipped}{note}"), highlight=False, soft_wrap=True)
 
-        resolve_model_path(name)
-    _, _, stats = load_splits(cfg)
-    skipped = f", skipped {stats['rows_skipped']}" if stats["rows_skipped"] else ""
-    out.print(f"[green]ok[/] {config}: {stats['train_rows']} train rows, {stats['test_rows']} test rows{skipped}")
+
+@app.command("config")
+@user_errors
+def config_schema(
+    section: Annotated[str | None, typer.Argument(help="Only this section (model, data, training, ...).", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The JSON schema of the whole config instead.")] = False,
+):
+    """Every config field: its dotted key, type, default and what it does."""
+    import json
+
+    from tunelab.config.describe import describe_fields
+    from tunelab.config.schema import RunConfig
+
+    if as_json:
+        out.print_json(json.dumps(RunConfig.model_json_schema()))
+        return
+    rows = describe_fields(RunConfig)
+    if section is not None:
+        rows = [r for r in rows if r[0].split(".")[0] == section]
+        if not rows:
+            sections = sorted({r[0].split(".")[0] for r in describe_fields(RunConfig)})
+            raise TunelabError(f"{section}: no such config section (sections: {', '.join(sections)})")
+    print_table(["key", "type", "default", "description"], rows, title="tunelab run config")
 
 
 @app.command()

@@ -16,31 +16,61 @@ def plan(
     memory: Annotated[str | None, typer.Option(help="Memory to plan for, e.g. 24GB (default: this machine's).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: the config's device).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    nproc: Annotated[int, typer.Option("--nproc", help="Processes per machine (as for train --nproc): plan one rank's memory "
+                                       "under the config's distributed.strategy.")] = 1,
+    nnodes: Annotated[int, typer.Option("--nnodes", help="Machines (as for train --nnodes).")] = 1,
+    model_config: Annotated[Path | None, typer.Option("--model-config", help="Plan with this config.json (or a folder holding "
+                                                      "one) instead of model.name's: a hub model while offline.",
+                                                      show_default=False)] = None,
 ):
-    """Estimate a run's peak memory from the model config alone (no weights are loaded)."""
+    """Estimate a run's peak memory from the model config alone (no weights are loaded); with --nproc,
+    the memory of each rank."""
+    from rich.text import Text
     from rich.table import Table
 
     from tunelab.cli.common import _quiet_libraries
     from tunelab.config import load_config
-    from tunelab.perf.plan import GIB, advise, available_memory, describe, estimate, parse_memory, plan_to_json
+    from tunelab.errors import TunelabError
+    from tunelab.perf.plan import GIB, advise, available_memory, describe, parse_memory, plan_to_json
+    from tunelab.perf.sharding import plan_summary, rank_estimator
 
     cfg = load_config(config, overrides)
+    shown = cfg.model.name
+    if nproc < 1 or nnodes < 1:
+        raise TunelabError(f"--{'nproc' if nproc < 1 else 'nnodes'}: give at least 1")
+    if model_config is not None:
+        folder = model_config.parent if model_config.name == "config.json" else model_config
+        if not (folder / "config.json").is_file():
+            raise TunelabError(f"--model-config: {model_config} is no config.json (nor a folder holding one)")
+        cfg.model.name = str(folder.resolve())
     _quiet_libraries()
     dev = device or ("cuda" if cfg.model.device.startswith("cuda") else "cpu")
     if cfg.model.device == "auto" and device is None:
         import torch
 
         dev = "cuda" if torch.cuda.is_available() else "cpu"
-    budget = parse_memory(memory) if memory else available_memory(dev)
+    from tunelab.training.distributed import check_strategy, resolve_strategy
+
+    world = nproc * nnodes
+    strategy = resolve_strategy(cfg, world, dev, nproc)
+    refused = None
+    try:
+        check_strategy(cfg, strategy, dev == "cpu")
+    except TunelabError as e:
+        refused = e.message
+    budget = parse_memory(memory) if memory else available_memory(dev) / (1 if dev.startswith("cuda") else nproc)
+    estimate = rank_estimator(strategy, world)
     ck = cfg.training.gradient_checkpointing
     the_plan = estimate(cfg, dev, checkpointing=None if ck != "auto" else False)
-    advice = advise(cfg, dev, budget)
+    advice = advise(cfg, dev, budget, estimator=estimate)
     if ck == "auto" and advice["checkpointing_needed"]:
         the_plan = estimate(cfg, dev, checkpointing=True)
     if as_json:
-        out.print_json(json.dumps({**plan_to_json(the_plan), "budget_bytes": int(budget), **advice}))
+        out.print_json(json.dumps({**plan_to_json(the_plan), "budget_bytes": int(budget), **advice,
+                                   **plan_summary(strategy, world), "refused": refused}))
         return
-    t = Table(title=f"memory plan: {cfg.model.name} on {dev}, micro-batch {cfg.training.batch_size} x "
+    ranks = f", per rank of {world} ({strategy})" if world > 1 else ""
+    t = Table(title=f"memory plan: {shown} on {dev}{ranks}, micro-batch {cfg.training.batch_size} x "
                     f"{cfg.training.max_length} tokens, checkpointing {'on' if the_plan.checkpointing else 'off'}",
               title_justify="left")
     t.add_column("part")
@@ -53,6 +83,12 @@ def plan(
               f"checkpointing {'needed' if advice['checkpointing_needed'] else 'not needed'}; largest micro-batch: "
               f"{advice['largest_micro_batch']['without_checkpointing']} without checkpointing, "
               f"{advice['largest_micro_batch']['with_checkpointing']} with it")
+    if world > 1:
+        from tunelab.training.distributed import batch_note
+
+        out.print(f"each of the {world} ranks needs {the_plan.total / GIB:,.2f} GiB; {batch_note(cfg, world)}", highlight=False)
+    if refused:
+        out.print(Text(f"note: tunelab train would refuse this: {refused}", style="yellow"), soft_wrap=True)
 
 
 

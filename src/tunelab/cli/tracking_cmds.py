@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from tunelab.cli.common import user_errors
+from tunelab.cli.common import print_table, user_errors
 
 TrackingDirOpt = Annotated[
     Path | None, typer.Option("--dir", help="Tracking directory (default $TUNELAB_TRACKING_DIR, else runs/.tracking).")
@@ -34,13 +34,6 @@ def _fmt(x) -> str:
     if isinstance(x, float):
         return f"{x:.4g}"
     return str(x)
-
-
-def _cell(x):
-    """A table cell shown as it is: `mlflow:m:2` must not turn into an emoji, nor `[x]` into markup."""
-    from rich.text import Text
-
-    return Text(x if isinstance(x, str) else _fmt(x))
 
 
 def _size(n: int | None) -> str:
@@ -115,8 +108,6 @@ def artifacts_list(
     as_json: JsonOpt = False,
 ):
     """Every version of every artifact, newest first, with aliases, digest and producing run."""
-    from rich.table import Table
-
     from tunelab.cli.common import _quiet_libraries, out
     from tunelab.artifacts import store_for
     from tunelab.artifacts.env import isolated
@@ -129,13 +120,9 @@ def artifacts_list(
     if as_json:
         out.print_json(json.dumps([v.as_record() for v in versions]))
         return
-    t = Table(title=f"{store} artifacts in {d}", title_justify="left")
-    for col in ("reference", "type", "aliases", "digest", "size", "made by run"):
-        t.add_column(col, overflow="fold")
-    for v in versions:
-        t.add_row(*map(_cell, (v.ref, v.type, ", ".join(v.aliases), (v.digest or v.native_digest or "-")[:12],
-                               _size(v.size_bytes), v.producer_run or "-")))
-    out.print(t)
+    print_table(["reference", "type", "aliases", "digest", "size", "made by run"],
+                [[v.ref, v.type, ", ".join(v.aliases), (v.digest or v.native_digest or "-")[:12], _size(v.size_bytes),
+                  v.producer_run or "-"] for v in versions], title=f"{store} artifacts in {d}")
 
 @user_errors
 def artifacts_pull(
@@ -199,8 +186,6 @@ def artifacts_show(
 @user_errors
 def runs_list(runs_dir: RunsDirOpt = Path("runs"), as_json: JsonOpt = False):
     """A table of the runs: status, base model, key hyper-parameters, final losses, duration."""
-    from rich.table import Table
-
     from tunelab.cli.common import out
     from tunelab.runs.index import find_runs, row
 
@@ -208,14 +193,9 @@ def runs_list(runs_dir: RunsDirOpt = Path("runs"), as_json: JsonOpt = False):
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    t = Table(title=f"runs in {runs_dir}", title_justify="left")
     cols = ("name", "status", "base_model", "adapter", "quantization", "learning_rate", "batch", "steps",
             "final_train_loss", "final_eval_loss", "duration_s")
-    for c in cols:
-        t.add_column(c.replace("_", " "))
-    for r in rows:
-        t.add_row(*(_cell(_fmt(r[c])) for c in cols))
-    out.print(t)
+    print_table([c.replace("_", " ") for c in cols], [[_fmt(r[c]) for c in cols] for r in rows], title=f"runs in {runs_dir}")
 
 @user_errors
 def runs_show(run: Annotated[str, typer.Argument(help="Run directory or run name.", show_default=False)],
@@ -251,8 +231,6 @@ def runs_show(run: Annotated[str, typer.Argument(help="Run directory or run name
 def runs_compare(runs: Annotated[list[str], typer.Argument(help="Two or more runs (directories or names).", show_default=False)],
                  runs_dir: RunsDirOpt = Path("runs"), as_json: JsonOpt = False):
     """Config differences and metrics side by side."""
-    from rich.table import Table
-
     from tunelab.cli.common import out
     from tunelab.runs.index import compare, resolve_run
 
@@ -261,15 +239,8 @@ def runs_compare(runs: Annotated[list[str], typer.Argument(help="Two or more run
         out.print_json(json.dumps(res, default=str))
         return
     for title, rows in (("config differences", res["config"]), ("metrics", res["metrics"])):
-        t = Table(title=title, title_justify="left")
-        t.add_column("")
-        for name in res["runs"]:
-            t.add_column(name)
-        for k, values in rows.items():
-            t.add_row(_cell(k), *(_cell(_fmt(v)) for v in values))
-        if not rows:
-            t.add_row("(none)", *("" for _ in res["runs"]))
-        out.print(t)
+        body = [[k, *(_fmt(v) for v in values)] for k, values in rows.items()] or [["(none)", *("" for _ in res["runs"])]]
+        print_table([title, *res["runs"]], body, title=title)
 
 @user_errors
 def dashboard(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,32 @@ def format_validation_error(err: ValidationError, model: type[BaseModel] = RunCo
     return unique
 
 
+def key_problem(key: str) -> str | None:
+    """Why `key` (dotted) names no setting of the run config, or None when it does."""
+    model: type[BaseModel] = RunConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        here = ".".join(parts[: i + 1])
+        fields = model.model_fields
+        if part not in fields:
+            alias = _ALIASES.get(part)
+            close = [alias] if alias in fields else difflib.get_close_matches(part, list(fields), n=1, cutoff=0.5)
+            prefix = ".".join(parts[:i])
+            hint = f"; did you mean {(prefix + '.' if prefix else '') + close[0]}?" if close else ""
+            return f"no config setting {here}{hint}"
+        ann = fields[part].annotation
+        members = (ann, *typing.get_args(ann))
+        sub = next((m for m in members if isinstance(m, type) and issubclass(m, BaseModel)), None)
+        if i == len(parts) - 1:
+            return None
+        if sub is None:
+            if any(typing.get_origin(m) is dict or m is dict for m in members):
+                return None  # a mapping such as data.field_map takes any key
+            return f"{here} is a value, it has no setting {parts[i + 1]!r}"
+        model = sub
+    return None
+
+
 def build_config(data: dict[str, Any], source: str | None = None) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
@@ -170,9 +197,8 @@ def anchor_paths(cfg: RunConfig, base: Path) -> None:
                 return str(candidate.resolve())
         return text
 
-    for src in (cfg.data.train, cfg.data.test):
-        if src is not None:
-            src.path = anchored(src.path)
+    for src in cfg.data.sources:
+        src.path = anchored(src.path)
     cfg.model.name = anchored(cfg.model.name)
     # Where runs and tracker files go is relative to the working directory (as `runs/` in the
     # quickstart): made absolute here, a saved run config finds its own artifact store from anywhere.

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tunelab.config.distributed import DistributedConfig
 from tunelab.refs import DataRef, ModelRef, RefError, parse_data, parse_model
 
 DType = Literal["auto", "bf16", "fp16", "fp32"]
@@ -101,17 +102,58 @@ class AdapterConfig(Section):
     freeze: FreezeConfig = Field(default_factory=FreezeConfig, description="Layer freezing for full fine-tuning.")
 
 
+# ShareGPT role names (the `from` values of the common public files) and the chat turn each becomes.
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
+                  "system": "system", "function_call": "tool_call", "observation": "tool", "tool": "tool"}
+SourceFormat = Literal["auto", "alpaca", "sharegpt", "messages", "text"]
+
+
+class ShareGPTConfig(Section):
+    """Where a ShareGPT row keeps its turns, and what its role names mean."""
+
+    conversations: str = Field("conversations", description="Field holding the list of turns.")
+    role: str = Field("from", description="Key of a turn's role name.")
+    content: str = Field("value", description="Key of a turn's text.")
+    system: str = Field("system", description="Field holding a system prompt (optional in each row).")
+    tools: str = Field("tools", description="Field holding the tool definitions, a list or a JSON string (optional).")
+    roles: dict[str, Literal["user", "assistant", "system", "tool_call", "tool"]] = Field(
+        default_factory=dict, description="Role names on top of the usual ones (human/user, gpt/assistant, system, "
+        "function_call = an assistant's tool call, observation/tool = a tool's result), e.g. {bot: assistant}."
+    )
+
+    def role_map(self) -> dict[str, str]:
+        return {**SHAREGPT_ROLES, **self.roles}
+
+
 class SourceConfig(Section):
     path: str = Field(
-        description="Local file (.json/.jsonl/.csv/.parquet), folder of such files, hub dataset id, "
-        "synthetic:N[:seed=S][:tasks=a,b] for generated tasks with exact answers, or a dataset artifact "
-        "(trackio:PROJECT/NAME:VERSION, wandb:ENTITY/PROJECT/NAME:VERSION)."
+        description="Local file (.json/.jsonl/.csv/.parquet/.txt), folder of such files, hub dataset id, "
+        "synthetic:N[:seed=S][:tasks=a,b][:kind=alpaca|preference|tools] for generated rows with exact answers, or a "
+        "dataset artifact (trackio:PROJECT/NAME:VERSION, wandb:ENTITY/PROJECT/NAME:VERSION)."
     )
     split: str = Field("train", description="Split to read (hub datasets; local files have one split, `train`).")
     subset: str | None = Field(None, description="Hub dataset configuration name.")
     revision: str | None = Field(None, description="Hub dataset revision.")
+    format: SourceFormat = Field(
+        "auto", description="Shape of this source's rows, converted to prompt.format: auto = prompt.format's own "
+        "(under messages, ShareGPT rows are detected and converted, with a note); sharegpt and alpaca rows become chat "
+        "messages; text is raw text."
+    )
+    sharegpt: ShareGPTConfig = Field(default_factory=ShareGPTConfig, description="ShareGPT keys and role names.")
+    field_map: dict[str, str] | None = Field(None, description="Rename this source's fields (default: data.field_map).")
+    documents: Literal["file", "blank_lines"] = Field(
+        "file", description=".txt files: each file is one document, or each block between blank lines is one."
+    )
+    weight: float | None = Field(None, gt=0, description="In a mixture: this source's share of the training rows "
+                                 "(weights are normalised; rows are counted exactly, seeded).")
+    rows: int | None = Field(None, gt=0, description="Exactly this many training rows from this source (seeded; a "
+                             "source with fewer rows is repeated).")
+    test_size: float | int | None = Field(
+        None, description="Carve this source's own test rows: a fraction (0-1) or a row count (default data.test_size)."
+    )
 
     _path_parses = field_validator("path")(lambda cls, v: _parses(parse_data, v))
+    _test_size_ok = field_validator("test_size")(lambda cls, v: _check_test_size(v))
 
     @property
     def ref(self) -> DataRef:
@@ -119,38 +161,88 @@ class SourceConfig(Section):
         return parse_data(self.path)
 
 
+def _check_test_size(v):
+    if v is not None and (v <= 0 or (isinstance(v, float) and v >= 1 and not float(v).is_integer())):
+        raise ValueError("must be a fraction in (0, 1) or a positive row count")
+    return v
+
+
 class DataConfig(Section):
-    train: SourceConfig = Field(description="Training data.")
+    train: SourceConfig | list[SourceConfig] = Field(
+        description="Training data: one source, or a list of sources mixed by their weight or rows (with data.seed)."
+    )
     test: SourceConfig | None = Field(None, description="Test data from another file or a named split of a hub dataset.")
     test_size: float | int | None = Field(
         None, description="Carve the test split from train: a fraction (0-1) or a row count, seeded."
     )
-    train_rows: int | None = Field(None, gt=0, description="Use only the first N training rows (after shuffling).")
+    train_rows: int | None = Field(None, gt=0, description="Use only the first N training rows (after shuffling); "
+                                  "in a mixture, the total that the weighted sources share.")
     test_rows: int | None = Field(None, gt=0, description="Use only the first N test rows.")
     shuffle: bool = Field(True, description="Shuffle the training rows (seeded) before selecting.")
     seed: int = Field(42, description="Seed for shuffling and test carving.")
     field_map: dict[str, str] = Field(default_factory=dict, description="Rename source fields, e.g. {question: instruction}.")
     on_bad_row: Literal["error", "skip"] = Field("error", description="Stop at the first bad row, or skip and count it.")
-    too_long: Literal["truncate", "drop"] = Field("truncate", description="What to do with examples over max_length.")
+    too_long: Literal["truncate", "drop", "split"] = Field(
+        "truncate", description="What to do with examples over max_length: truncate, drop, or split into max_length "
+        "pieces, each its own packed example (TRL's bfd_split; continued pre-training on long documents; needs "
+        "training.packing: true). Blocks (training.packing: blocks) never cut an example short."
+    )
+    max_lost_answers: float = Field(
+        0.5, ge=0, le=1, description="Largest share of training rows that may lose every answer token to truncation "
+        "before the run stops with an error (1.0: never stop; such rows are always dropped, and counted)."
+    )
     cache_dir: str | None = Field(None, description="Tokenized-data cache; default ~/.cache/tunelab/data.")
 
-    @field_validator("test_size")
-    @classmethod
-    def _test_size(cls, v):
-        if v is not None and (v <= 0 or (isinstance(v, float) and v >= 1 and not float(v).is_integer())):
-            raise ValueError("must be a fraction in (0, 1) or a positive row count")
-        return v
+    _test_size_ok = field_validator("test_size")(lambda cls, v: _check_test_size(v))
+
+    @property
+    def train_sources(self) -> list[SourceConfig]:
+        """The training sources, one or several."""
+        return list(self.train) if isinstance(self.train, list) else [self.train]
+
+    @property
+    def sources(self) -> list[SourceConfig]:
+        """Every source the data reads: the training ones, then data.test."""
+        return self.train_sources + ([self.test] if self.test is not None else [])
+
+    @property
+    def is_mixture(self) -> bool:
+        """Rows are picked per source (several sources, or one with an exact row count); else one source is read as it is."""
+        srcs = self.train_sources
+        return len(srcs) > 1 or srcs[0].rows is not None or srcs[0].test_size is not None
 
     @model_validator(mode="after")
     def _one_test_source(self):
         if self.test is not None and self.test_size is not None:
             raise ValueError("set either data.test or data.test_size, not both")
+        if self.test is not None and any(s.test_size is not None for s in self.train_sources):
+            raise ValueError("set either data.test or the sources' own test_size, not both")
+        if isinstance(self.train, list) and not self.train:
+            raise ValueError("data.train: an empty list of sources")
+        if self.test is not None:
+            for name in ("weight", "rows", "test_size"):
+                if getattr(self.test, name) is not None:
+                    raise ValueError(f"data.test.{name}: only training sources take a {name}")
+        srcs = self.train_sources
+        weighted = [s for s in srcs if s.weight is not None]
+        if weighted and len(srcs) == 1:
+            raise ValueError("data.train.weight: a weight shares rows among several sources; one source takes rows: N")
+        if any(s.weight is not None and s.rows is not None for s in srcs):
+            raise ValueError("data.train: give a source a weight or rows, not both")
+        plain = [s for s in srcs if s.weight is None and s.rows is None]
+        if len(srcs) > 1 and plain and len(plain) != len(srcs):
+            raise ValueError("data.train: in a mixture give every source a weight or rows (or none of them a "
+                             "weight or rows: then every row of every source is used)")
+        if weighted and len(weighted) < len(srcs) and self.train_rows is None:
+            raise ValueError("data.train_rows: sources with rows and sources with a weight together need the total "
+                             "(data.train_rows) that the weighted ones share")
         return self
 
 
 class PromptConfig(Section):
     format: Literal["alpaca", "messages", "text", "custom"] = Field(
-        "alpaca", description="alpaca template, chat `messages`, raw `text`, or a `custom` template."
+        "alpaca", description="alpaca template, chat `messages` (the tokenizer's chat template; OpenAI-style rows, with "
+        "tool calls and a `tools` list, and ShareGPT rows), raw `text`, or a `custom` template."
     )
     template: str | None = Field(
         None, description="custom: template with {field} placeholders; the response field is appended after it."
@@ -160,6 +252,14 @@ class PromptConfig(Section):
     train_on: Literal["response", "all"] = Field(
         "response", description="Compute the loss on the response only, or on the whole text (the tutorial's choice)."
     )
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _sharegpt_is_chat(cls, v):
+        if v == "sharegpt":
+            raise ValueError("ShareGPT rows are chat: set prompt.format: messages (ShareGPT rows are detected), or "
+                             "data.train.format: sharegpt to say so explicitly")
+        return v
 
     @field_validator("template")
     @classmethod
@@ -201,9 +301,19 @@ class TrainingConfig(Section):
     loss_kernel: Literal["auto", "trl"] = Field(
         "auto", description="Loss over the LM head: auto = TRL's Triton kernel on GPUs, one fp32 log-softmax elsewhere; trl = TRL's always."
     )
-    packing: bool = Field(True, description="Pack examples into max_length rows (no cross-attention between them).")
+    method: Literal["sft", "dpo", "kto"] = Field(
+        "sft", description="sft (TRL's SFTTrainer), or preference tuning with TRL's stable trainers: dpo (pairs: "
+        "chosen / rejected) or kto (completion + label, or pairs). ORPO is only in trl.experimental and is refused."
+    )
+    packing: bool | Literal["blocks"] = Field(
+        True, description="true: pack examples into max_length rows, each attending only to itself; blocks: concatenate "
+        "every example (EOS between) and cut the stream into max_length blocks whose attention crosses examples, as "
+        "pre-training does; false: one example per row, padded. Preference methods never pack."
+    )
     max_length: int = Field(1024, gt=0, description="Tokens per (packed) sequence.")
     logging_steps: int = Field(1, gt=0, description="Log training metrics every N steps.")
+    progress_every_s: float = Field(30.0, gt=0, description="Without a terminal (a log file, a pipe): print a progress line "
+                                    "(step, loss, tokens/s, ETA) every N seconds.")
     eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (null: only at the end).")
     save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps (null: no intermediate checkpoints).")
     save_total_limit: int | None = Field(None, gt=0, description="Keep only the newest N checkpoints.")
@@ -212,6 +322,14 @@ class TrainingConfig(Section):
         False, description="`auto`: continue from the newest checkpoint of this run; or a checkpoint path."
     )
     dataloader_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _stable_methods(cls, v):
+        if isinstance(v, str) and v.lower() in ("orpo", "cpo", "simpo", "bco"):
+            raise ValueError(f"{v} is not in TRL's stable API (only trl.experimental); use dpo (preference.loss_type "
+                             "sigmoid, ipo, hinge, ...) or kto")
+        return v
 
     @field_validator("optimizer")
     @classmethod
@@ -234,6 +352,30 @@ class TrainingConfig(Section):
         return self
 
 
+class PreferenceConfig(Section):
+    """Preference tuning (training.method dpo | kto): TRL's DPOConfig / KTOConfig settings."""
+
+    beta: float = Field(0.1, gt=0, description="How far the policy may move from the reference (higher: less far).")
+    loss_type: str | list[str] | None = Field(
+        None, description="TRL's loss: dpo sigmoid (default), hinge, ipo, robust, exo_pair, bco_pair, sppo_hard, "
+        "nca_pair, aot, aot_unpaired, apo_zero, apo_down, discopop, sigmoid_norm, sft, or a list of them added up "
+        "(e.g. [sigmoid, sft]: DPO plus the NLL of the chosen answer, as RPO does); kto kto (default), apo_zero_unpaired."
+    )
+    loss_weights: list[float] | None = Field(None, description="dpo: the weight of each loss in a loss_type list (default 1 each).")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="dpo robust / exo_pair: probability that a label is flipped.")
+    desirable_weight: float = Field(1.0, gt=0, description="kto: weight of the losses of desirable completions.")
+    undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of the losses of undesirable completions.")
+    eval_pairs: int = Field(64, ge=0, description="Held-out pairs scored at every evaluation: the share whose chosen "
+                            "answer the model finds likelier than the rejected one (preference_accuracy).")
+
+    def loss(self, method: str) -> str | list[str]:
+        return self.loss_type or ("kto" if method == "kto" else "sigmoid")
+
+    def losses(self, method: str) -> list[str]:
+        loss = self.loss(method)
+        return loss if isinstance(loss, list) else [loss]
+
+
 def _known(value: str, known: list[str]) -> str:
     """`value` if it is one of `known`, else a ValueError naming the closest and the known values."""
     if value in known:
@@ -254,6 +396,8 @@ class GenerationSettings(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     batch_size: int = Field(16, gt=0, description="Prompts generated together (batched, KV cache, left padding).")
     seed: int = Field(0, description="Sampling seed (generation never touches the training RNG).")
+    ignore_eos: bool = Field(False, description="Generate max_new_tokens tokens even past an end-of-sequence token "
+                             "(throughput measurements; vLLM's ignore_eos).")
 
     def as_dict(self) -> dict:
         return self.model_dump()
@@ -293,6 +437,8 @@ class TrackingConfig(Section):
     run_name: str | None = Field(None, description="Tracker run name (default: the run directory name).")
     tags: list[str] = Field(default_factory=list, description="Run tags.")
     job_type: str = Field("train", description="Run job type.")
+    group: str | None = Field(None, description="Group of runs shown together (W&B group, trackio group, MLflow tag "
+                              "tunelab.group); a sweep sets its name.")
     notes: str | None = Field(None, description="Free-text notes.")
     dir: str | None = Field(None, description="Tracker files (all backends, artifact cache); default <output.dir>/.tracking.")
     mode: Literal["offline", "online"] | None = Field(
@@ -333,7 +479,7 @@ class OutputConfig(Section):
 
 
 class RunConfig(Section):
-    """A whole run. Sections: model, quantization, adapter, data, prompt, training, samples, eval, tracking, output."""
+    """A whole run. Sections: model, quantization, adapter, data, prompt, training, preference, samples, eval, tracking, distributed, output."""
 
     model: ModelConfig
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
@@ -341,9 +487,11 @@ class RunConfig(Section):
     data: DataConfig
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     samples: SamplesConfig = Field(default_factory=SamplesConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -352,4 +500,34 @@ class RunConfig(Section):
             raise ValueError(
                 "quantization.bits: full fine-tuning (adapter.type: none) of a quantized model is impossible; use LoRA"
             )
+        fmt = self.prompt.format
+        for i, src in enumerate(self.data.train_sources):
+            if src.format not in SOURCE_FORMATS_FOR[fmt]:
+                where = f"data.train[{i}]" if isinstance(self.data.train, list) else "data.train"
+                raise ValueError(f"{where}.format: {src.format} rows cannot be rendered as prompt.format {fmt} "
+                                 f"(it takes {', '.join(SOURCE_FORMATS_FOR[fmt])})")
+        if self.data.too_long == "split" and self.training.packing is not True:
+            raise ValueError("data.too_long: split cuts long examples into packed pieces; it needs training.packing: true")
+        method = self.training.method
+        if method != "sft":
+            if fmt == "text":
+                raise ValueError(f"training.method: {method} needs prompts to prefer answers to; prompt.format text has "
+                                 "none (use alpaca, messages, or custom with template '{prompt}')")
+            from tunelab.compat import preference_losses
+
+            known, p = preference_losses(method), self.preference
+            for loss in p.losses(method):
+                if loss not in known:
+                    raise ValueError(f"preference.loss_type: {loss!r} is not a {method} loss (known: {', '.join(known)})")
+            if isinstance(p.loss_type, list) and (method != "dpo" or not p.loss_type):
+                raise ValueError("preference.loss_type: a list of losses is for dpo (kto takes one)")
+            if p.loss_weights is not None and len(p.loss_weights) != len(p.losses(method)):
+                raise ValueError("preference.loss_weights: one weight per preference.loss_type entry")
+            if method == "kto" and self.preference.loss(method) == "kto" and self.training.batch_size < 2:
+                raise ValueError("training.batch_size: kto's KL term needs at least 2 completions per micro-batch")
         return self
+
+
+# Which row shapes (data.train[i].format) each prompt.format renders.
+SOURCE_FORMATS_FOR = {"alpaca": ("auto", "alpaca"), "messages": ("auto", "messages", "sharegpt", "alpaca"),
+                      "text": ("auto", "text"), "custom": ("auto",)}

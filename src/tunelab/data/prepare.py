@@ -1,8 +1,11 @@
-"""The data pipeline: read, validate, split, select, render, tokenize (with label masks), cache.
+"""The data pipeline: read, validate, split, mix, select, render, tokenize (with label masks), cache.
 
 The result is a pair of Arrow datasets with `input_ids` and `labels` (-100 where no loss is taken),
-which TRL's SFTTrainer packs as it is. Tokenized data is cached on disk under a key made of the
-data's content digest, the data / prompt settings and the tokenizer's fingerprint.
+which TRL's SFTTrainer packs as it is (its `wrapped` strategy for `training.packing: blocks`, its
+`bfd_split` for `data.too_long: split`: examples then stay whole here), or, for preference methods, `prompt_ids` with
+`chosen_ids` / `rejected_ids` (or `completion_ids` / `label`) for TRL's preference collators.
+Tokenized data is cached on disk under a key made of the data's content digest, the data / prompt
+settings and the tokenizer's fingerprint.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from tunelab.data.templates import render_segments
 from tunelab.data.tokens import adds_bos as tokenizer_adds_bos
 from tunelab.data.tokens import needs_bos
 from tunelab.data.validate import validate_rows
-from tunelab.errors import DataError
+from tunelab.errors import ConfigError, DataError
 
-CACHE_VERSION = "3"
+CACHE_VERSION = "4"
 
 
 @dataclass(frozen=True)
@@ -36,10 +39,13 @@ class TokenSpec:
     prompt: PromptConfig
     max_length: int
     too_long: str = "truncate"
+    whole: bool = False  # examples keep their length: TRL's packing cuts them (packing: blocks, too_long: split)
+    on_bad_row: str = "error"  # a conversation the chat template refuses: a file:line error, or skipped and counted
 
     @classmethod
     def of(cls, cfg: RunConfig) -> TokenSpec:
-        return cls(cfg.prompt, cfg.training.max_length, cfg.data.too_long)
+        whole = cfg.training.method == "sft" and (cfg.training.packing == "blocks" or cfg.data.too_long == "split")
+        return cls(cfg.prompt, cfg.training.max_length, cfg.data.too_long, whole=whole, on_bad_row=cfg.data.on_bad_row)
 
 
 @dataclass
@@ -51,22 +57,36 @@ class PreparedData:
     cache_hit: bool = False
 
 
+def read_validated(src, cfg: RunConfig, home, label: str = "data.train"):
+    """One source's rows, read and validated with its own field map and row shape."""
+    d = cfg.data
+    field_map = src.field_map if src.field_map is not None else d.field_map
+    raw = read_source(src, d.on_bad_row, home)
+    return validate_rows(raw, cfg.prompt, field_map, d.on_bad_row, src.path, shape=src, method=cfg.training.method)
+
+
 def load_splits(cfg: RunConfig, home=None) -> tuple[RawRows, RawRows, dict[str, Any]]:
     """Validated train and test rows (no tokenizer needed: `tunelab validate` uses this too).
 
     `home` (a `tunelab.artifacts.Home`) is where artifact references among the sources resolve;
-    default the config's own tracking directory."""
+    default the config's own tracking directory. Several training sources (or one with `rows`) are
+    mixed by `load_mixture`; one source is read exactly as it always was."""
     if home is None:
         from tunelab.artifacts import Home
 
         home = Home.of(cfg)
     d = cfg.data
-    train = validate_rows(read_source(d.train, d.on_bad_row, home), cfg.prompt, d.field_map, d.on_bad_row, d.train.path)
+    if d.is_mixture:
+        return load_mixture(cfg, home)
+    src = d.train_sources[0]
+    train = read_validated(src, cfg, home)
     rows_read = len(train.rows) + sum(train.skipped.values())
+    notes = list(train.notes)
     if not train.rows:
-        raise DataError(no_rows_message(d.train.path, train), hint=_no_rows_hint(train))
+        raise DataError(no_rows_message(src.path, train), hint=_no_rows_hint(train))
     if d.test is not None:
-        test = validate_rows(read_source(d.test, d.on_bad_row, home), cfg.prompt, d.field_map, d.on_bad_row, d.test.path)
+        test = read_validated(d.test, cfg, home, "data.test")
+        notes += test.notes
         rows_read += len(test.rows) + sum(test.skipped.values())
         if not test.rows:
             raise DataError(no_rows_message(d.test.path, test, "data.test"), hint=_no_rows_hint(test))
@@ -89,10 +109,121 @@ def load_splits(cfg: RunConfig, home=None) -> tuple[RawRows, RawRows, dict[str, 
     if d.test_rows is not None:
         test = _subset(test, range(min(d.test_rows, len(test.rows))), skipped=test.skipped)
     if not train.rows:
-        raise DataError(f"{d.train.path}: no usable training rows (skipped: {dict(train.skipped) or 'none'})")
+        raise DataError(f"{src.path}: no usable training rows (skipped: {dict(train.skipped) or 'none'})")
     skipped = train.skipped + test.skipped
     stats = {"rows_read": rows_read, "rows_skipped": dict(skipped), "train_rows": len(train.rows), "test_rows": len(test.rows)}
+    if notes:
+        stats["format_notes"] = notes
     return train, test, stats
+
+
+def load_mixture(cfg: RunConfig, home) -> tuple[RawRows, RawRows, dict[str, Any]]:
+    """Training rows drawn from several sources: `rows: N` exactly N from a source, `weight`s share
+    data.train_rows (or, without it, the largest total no source has to repeat a row for) in
+    proportion, counted exactly (largest remainders); sources without either give all their rows.
+
+    Each source's test rows are carved from it first (its `test_size`, else data.test_size); rows
+    are drawn from the rest without replacement, seeded, repeating a source only when it has fewer
+    rows than asked. Every row remembers its source (`origin`), so tokens are counted per source."""
+    d = cfg.data
+    srcs = d.train_sources
+    parts, notes, per_source, prints = [], [], [], []
+    skipped: Counter = Counter()
+    for i, src in enumerate(srcs):
+        label = f"data.train[{i}]"
+        raw = read_validated(src, cfg, home, label)
+        notes += raw.notes
+        skipped += raw.skipped
+        dropped = sum(raw.skipped.values())
+        read = len(raw.rows) + dropped
+        if not raw.rows:
+            raise DataError(no_rows_message(src.path, raw, label), hint=_no_rows_hint(raw))
+        test_size = src.test_size if src.test_size is not None else d.test_size
+        test = RawRows()
+        if test_size is not None:
+            n_test = int(round(test_size * len(raw.rows))) if test_size < 1 else int(test_size)
+            if not 0 < n_test < len(raw.rows):
+                raise DataError(f"{label}.test_size: {test_size} leaves no train or no test rows out of {len(raw.rows)} "
+                                f"in {src.path}")
+            order = list(range(len(raw.rows)))
+            random.Random(d.seed + i).shuffle(order)
+            test = _subset(raw, sorted(order[:n_test]), origin=i)
+            raw = _subset(raw, sorted(order[n_test:]), origin=i)
+        parts.append((raw, test))
+        prints.append(raw.fingerprint)
+        per_source.append({"path": src.path, "weight": src.weight, "rows": src.rows, "rows_read": read,
+                           "rows_skipped": dropped})
+    counts = mixture_counts([len(r.rows) for r, _ in parts], srcs, d.train_rows)
+    digest = hashlib.sha256("|".join(prints).encode()).hexdigest()  # the selection itself follows from the config
+    train, test = RawRows(skipped=skipped, fingerprint=digest), RawRows(fingerprint=digest)
+    for i, ((raw, held), n) in enumerate(zip(parts, counts, strict=True)):
+        order = list(range(len(raw.rows)))
+        random.Random(d.seed + 1000 + i).shuffle(order)
+        for k in range(n):
+            j = order[k % len(order)]
+            train.add(raw.rows[j], raw.where[j], i)
+        for row, where in zip(held.rows, held.where, strict=True):
+            test.add(row, where, i)
+        per_source[i].update(train_rows=n, test_rows=len(held.rows), repeated_rows=max(0, n - len(raw.rows)))
+        if n > len(raw.rows):
+            notes.append(f"data.train[{i}]: {srcs[i].path} has {len(raw.rows)} training rows; {n} were asked, so "
+                         f"{n - len(raw.rows)} repeat")
+    test_read = 0
+    if d.test is not None:
+        held = read_validated(d.test, cfg, home, "data.test")
+        notes += held.notes
+        skipped += held.skipped
+        test_read = len(held.rows) + sum(held.skipped.values())
+        test.fingerprint = hashlib.sha256(f"{digest}|{held.fingerprint}".encode()).hexdigest()
+        if not held.rows:
+            raise DataError(no_rows_message(d.test.path, held, "data.test"), hint=_no_rows_hint(held))
+        for row, where in zip(held.rows, held.where, strict=True):
+            test.add(row, where, -1)
+    if d.shuffle:
+        for raw, seed in ((train, d.seed), (test, d.seed + 1)):
+            order = list(range(len(raw.rows)))
+            random.Random(seed).shuffle(order)
+            shuffled = _subset(raw, order, skipped=raw.skipped)
+            raw.rows, raw.where, raw.origin = shuffled.rows, shuffled.where, shuffled.origin
+    weighted = any(s.weight is not None for s in srcs)
+    if d.train_rows is not None and not weighted:
+        train = _subset(train, range(min(d.train_rows, len(train.rows))), skipped=train.skipped)
+    if d.test_rows is not None:
+        test = _subset(test, range(min(d.test_rows, len(test.rows))))
+    if not train.rows:
+        raise DataError(f"data.train: no usable training rows (skipped: {dict(skipped) or 'none'})")
+    for i, info in enumerate(per_source):  # what was kept after data.train_rows / data.test_rows
+        info["train_rows"] = train.origin.count(i)
+        info["test_rows"] = test.origin.count(i)
+    stats = {"rows_read": sum(s["rows_read"] for s in per_source) + test_read,
+             "rows_skipped": dict(skipped), "train_rows": len(train.rows), "test_rows": len(test.rows),
+             "sources": per_source}
+    if notes:
+        stats["format_notes"] = notes
+    return train, test, stats
+
+
+def mixture_counts(available: list[int], srcs, total: int | None) -> list[int]:
+    """Training rows to draw from each source (see `load_mixture`)."""
+    counts = [s.rows if s.rows is not None else (n if s.weight is None else 0) for s, n in zip(srcs, available, strict=True)]
+    weighted = [i for i, s in enumerate(srcs) if s.weight is not None]
+    if not weighted:
+        return counts
+    w = sum(srcs[i].weight for i in weighted)
+    share = {i: srcs[i].weight / w for i in weighted}
+    if total is not None:
+        pool = total - sum(c for i, c in enumerate(counts) if i not in share)
+        if pool <= 0:
+            raise DataError(f"data.train_rows: {total} leaves no rows for the weighted sources after those with rows: N")
+    else:  # the largest mixture in these proportions that repeats no row
+        pool = min(int(available[i] / share[i] + 1e-9) for i in weighted)
+    exact = {i: pool * share[i] for i in weighted}
+    for i in weighted:
+        counts[i] = int(exact[i])
+    left = pool - sum(counts[i] for i in weighted)
+    for i in sorted(weighted, key=lambda i: (-(exact[i] - int(exact[i])), i))[:left]:
+        counts[i] += 1
+    return counts
 
 
 def no_rows_message(path: str, raw: RawRows, field: str = "data.train") -> str:
@@ -112,10 +243,10 @@ def _no_rows_hint(raw: RawRows) -> str | None:
     return None
 
 
-def _subset(raw: RawRows, idx, skipped: Counter | None = None) -> RawRows:
+def _subset(raw: RawRows, idx, skipped: Counter | None = None, origin: int | None = None) -> RawRows:
     out = RawRows(skipped=(skipped or Counter()).copy(), fingerprint=raw.fingerprint)
     for i in idx:
-        out.add(raw.rows[i], raw.where[i])
+        out.add(raw.rows[i], raw.where[i], raw.origin[i] if origin is None and raw.origin else origin or 0)
     return out
 
 
@@ -128,11 +259,28 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
+def _render(raw: RawRows, start: int, rows: list[dict[str, Any]], spec: TokenSpec, tokenizer: Any, counts: Counter):
+    """(row index, segments) of each row the template renders; a conversation it refuses (roles out of
+    order, say) is a `file:line` error, or skipped and counted (`template_refused`) under on_bad_row: skip."""
+    out = []
+    for i, r in enumerate(rows):
+        try:
+            out.append((start + i, render_segments(r, spec.prompt, tokenizer)))
+        except ConfigError as e:
+            where = raw.where[start + i] if raw.where else f"row {start + i + 1}"
+            if spec.on_bad_row == "error":
+                raise DataError(f"{where}: {e.problems[0]}") from None
+            counts["template_refused"] += 1
+    return out
+
+
 def iter_tokenized(raw: RawRows, spec: TokenSpec, tokenizer: Any, counts: Counter, chunk: int = 1000):
-    """Yield batches {input_ids, labels} of rendered, tokenized rows; EOS ends every example.
+    """Yield batches {input_ids, labels, origin} of rendered, tokenized rows; EOS ends every example.
 
     Works a chunk of rows at a time (the tokenizer's Rust batch call), so memory stays bounded by
-    the chunk, not the data set. `counts` collects truncated / dropped examples by reason.
+    the chunk, not the data set. `counts` collects truncated / dropped examples by reason; `origin`
+    is each example's training source. With `spec.whole` examples keep their full length (TRL's
+    packing cuts them: `wrapped` blocks, or `bfd_split` pieces, counted as `too_long_split`).
     """
     max_len = spec.max_length
     eos = tokenizer.eos_token_id
@@ -140,12 +288,14 @@ def iter_tokenized(raw: RawRows, spec: TokenSpec, tokenizer: Any, counts: Counte
     adds_bos = tokenizer_adds_bos(tokenizer)
     for start in range(0, len(raw.rows), chunk):
         rows = raw.rows[start : start + chunk]
-        segs = [render_segments(r, spec.prompt, tokenizer) for r in rows]
+        rendered = _render(raw, start, rows, spec, tokenizer, counts)
+        segs = [s for _, s in rendered]
         flat = [t for s in segs for t, _ in s]
         enc = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
-        ids_out, labels_out = [], []
+        ids_out, labels_out, origin_out = [], [], []
         k = 0
-        for s in segs:
+        for (index, s) in rendered:
+            origin = raw.origin[index] if raw.origin else 0
             ids: list[int] = []
             labels: list[int] = []
             if s and needs_bos(tokenizer, s[0][0], adds_bos):
@@ -159,7 +309,10 @@ def iter_tokenized(raw: RawRows, spec: TokenSpec, tokenizer: Any, counts: Counte
             if not ids or ids[-1] != eos:
                 ids.append(eos)
                 labels.append(eos)
-            if len(ids) > max_len:
+            if len(ids) > max_len and spec.whole:
+                if spec.too_long == "split":
+                    counts["too_long_split"] += 1
+            elif len(ids) > max_len:
                 if spec.too_long == "drop":
                     counts["too_long_dropped"] += 1
                     continue
@@ -170,8 +323,9 @@ def iter_tokenized(raw: RawRows, spec: TokenSpec, tokenizer: Any, counts: Counte
                 continue
             ids_out.append(ids)
             labels_out.append(labels)
+            origin_out.append(origin)
         if ids_out:
-            yield {"input_ids": ids_out, "labels": labels_out}
+            yield {"input_ids": ids_out, "labels": labels_out, "origin": origin_out}
 
 
 def tokenize_rows(raw: RawRows, spec: TokenSpec, tokenizer: Any) -> tuple[dict[str, list], Counter]:
@@ -184,21 +338,45 @@ def tokenize_rows(raw: RawRows, spec: TokenSpec, tokenizer: Any) -> tuple[dict[s
     return cols, counts
 
 
-def write_arrow(raw: RawRows, spec: TokenSpec, tokenizer: Any, path: Path, counts: Counter) -> dict[str, int]:
-    """Tokenize `raw` into an Arrow file at `path`; returns examples, tokens and loss tokens written."""
+def write_arrow(raw: RawRows, spec: TokenSpec, tokenizer: Any, path: Path, counts: Counter, method: str = "sft",
+                per_source: dict[int, Counter] | None = None) -> dict[str, int]:
+    """Tokenize `raw` into an Arrow file at `path`; returns examples, tokens and loss tokens written.
+
+    `method` dpo / kto writes preference columns (`tunelab.data.preference`); `per_source`, when
+    given, collects examples and tokens by training source."""
     from datasets.arrow_writer import ArrowWriter
     from datasets.features import Features, Sequence, Value
 
-    features = Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32"))})
+    ids = Sequence(Value("int32"))
+    if method == "sft":
+        features = Features({"input_ids": ids, "labels": ids})
+        batches = iter_tokenized(raw, spec, tokenizer, counts)
+    else:
+        from tunelab.data.preference import iter_pairs
+
+        answer = {"completion_ids": ids, "label": Value("bool")} if method == "kto" else {"chosen_ids": ids, "rejected_ids": ids}
+        features = Features({"prompt_ids": ids, **answer})
+        batches = iter_pairs(raw, spec, tokenizer, counts, method)
     n = tokens = loss_tokens = 0
     with ArrowWriter(features=features, path=str(path)) as writer:
-        for batch in iter_tokenized(raw, spec, tokenizer, counts):
+        for batch in batches:
+            origins = batch.pop("origin")
             writer.write_batch(batch)
-            n += len(batch["input_ids"])
-            tokens += sum(len(x) for x in batch["input_ids"])
-            loss_tokens += sum(sum(1 for v in lab if v != -100) for lab in batch["labels"])
+            for i, o in enumerate(origins):
+                t, lt = _example_tokens(batch, i, method)
+                n, tokens, loss_tokens = n + 1, tokens + t, loss_tokens + lt
+                if per_source is not None:
+                    per_source.setdefault(o, Counter()).update(examples=1, tokens=t)
         writer.finalize()
     return {"examples": n, "tokens": tokens, "loss_tokens": loss_tokens}
+
+
+def _example_tokens(batch: dict[str, list], i: int, method: str) -> tuple[int, int]:
+    if method != "sft":
+        from tunelab.data.preference import example_tokens
+
+        return example_tokens(batch, i)
+    return len(batch["input_ids"][i]), sum(1 for v in batch["labels"][i] if v != -100)
 
 
 def cache_key(cfg: RunConfig, train: RawRows, test: RawRows, tokenizer: Any) -> str:
@@ -207,6 +385,8 @@ def cache_key(cfg: RunConfig, train: RawRows, test: RawRows, tokenizer: Any) -> 
         "data": cfg.data.model_dump(mode="json", exclude={"cache_dir"}),
         "prompt": cfg.prompt.model_dump(mode="json"),
         "max_length": cfg.training.max_length,
+        **({"method": cfg.training.method} if cfg.training.method != "sft" else {}),
+        **({"whole": True} if TokenSpec.of(cfg).whole else {}),
         "train": train.fingerprint,
         "test": test.fingerprint,
         "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -224,6 +404,14 @@ def prepare_data(cfg: RunConfig, tokenizer: Any, console=None, home=None) -> Pre
     import datasets
 
     train, test, stats = load_splits(cfg, home)
+    if console is not None:
+        for line in stats.get("format_notes", []):
+            console.print(f"[bold]note[/]: {line}", highlight=False, soft_wrap=True)
+    if cfg.prompt.format == "messages":
+        from tunelab.data.tools import check_tool_template, needs_tools
+
+        if needs_tools(train.rows) or needs_tools(test.rows):
+            check_tool_template(tokenizer, cfg.model.name)  # before any weights load
     cache_dir = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else cache_root("data")
     entry = cache_dir / cache_key(cfg, train, test, tokenizer)
     hit = (entry / "stats.json").is_file()
@@ -253,12 +441,18 @@ def _build_entry(entry: Path, cfg: RunConfig, tokenizer: Any, train: RawRows, te
         tmp.mkdir(parents=True)
         counts: Counter = Counter()
         spec = TokenSpec.of(cfg)
-        tr = write_arrow(train, spec, tokenizer, tmp / "train.arrow", counts)
+        method = cfg.training.method
+        per_source: dict[int, Counter] = {}
+        tr = write_arrow(train, spec, tokenizer, tmp / "train.arrow", counts, method, per_source)
         if not tr["examples"]:
             raise DataError(_all_dropped(cfg, len(train.rows), counts))
-        te = write_arrow(test, spec, tokenizer, tmp / "test.arrow", counts)
+        train_counts = {f"train_{k}": v for k, v in counts.items()}
+        te = write_arrow(test, spec, tokenizer, tmp / "test.arrow", counts, method)
+        for i, info in enumerate(stats.get("sources", [])):
+            got = per_source.get(i, Counter())
+            info.update(train_examples=got["examples"], train_tokens=got["tokens"])
         stats = {**stats, "train_examples": tr["examples"], "test_examples": te["examples"], "train_tokens": tr["tokens"],
-                 "train_loss_tokens": tr["loss_tokens"], **dict(counts),
+                 "train_loss_tokens": tr["loss_tokens"], **dict(counts), **train_counts,
                  "files": {n: _sha256(tmp / n) for n in ("train.arrow", "test.arrow")}}
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
     except OSError as e:
@@ -282,7 +476,40 @@ def _all_dropped(cfg: RunConfig, rows: int, counts: Counter) -> str:
     if counts.get("no_response_tokens"):
         return (f"training.max_length: {n} tokens leave no answer tokens in any of the {rows} training rows "
                 f"({counts['no_response_tokens']} lost their answer to truncation)")
-    return f"{cfg.data.train.path}: every training example was dropped ({dict(counts)})"
+    return f"{', '.join(s.path for s in cfg.data.train_sources)}: every training example was dropped ({dict(counts)})"
+
+
+def data_notes(stats: dict[str, Any], cfg: RunConfig) -> list[str]:
+    """One line per non-zero loss of training signal: rows truncated, rows dropped (too long, or no
+    answer token left after truncation), for the train split and for the rest."""
+    n, out = cfg.training.max_length, []
+    rows = stats.get("train_rows") or 0
+    parts = [("train", {k: stats.get(f"train_{k}", 0) for k in ("too_long_truncated", "too_long_dropped", "no_response_tokens")}, rows),
+             ("test", {k: stats.get(k, 0) - stats.get(f"train_{k}", 0) for k in ("too_long_truncated", "too_long_dropped",
+                                                                               "no_response_tokens")}, stats.get("test_rows") or 0)]
+    for split, c, total in parts:
+        if not total:
+            continue
+        if c["too_long_truncated"]:
+            out.append(f"{c['too_long_truncated']} of {total} {split} rows truncated to {n} tokens "
+                       f"({c['too_long_truncated'] / total:.0%})")
+        if c["too_long_dropped"]:
+            out.append(f"{c['too_long_dropped']} of {total} {split} rows dropped: longer than {n} tokens (data.too_long: drop)")
+        if c["no_response_tokens"]:
+            out.append(f"{c['no_response_tokens']} of {total} {split} rows dropped: no answer tokens left after truncation "
+                       f"({c['no_response_tokens'] / total:.0%}); raise training.max_length or set data.too_long: drop")
+    return out
+
+
+def check_lost_answers(stats: dict[str, Any], cfg: RunConfig) -> None:
+    """Losing most rows' answers to truncation is a config mistake unless the user opted in."""
+    rows = stats.get("train_rows") or 0
+    lost = stats.get("train_no_response_tokens", 0)
+    limit = cfg.data.max_lost_answers
+    if rows and lost / rows > limit:
+        raise DataError(f"training.max_length: {lost} of {rows} training rows ({lost / rows:.0%}) lose every answer token to "
+                        f"truncation at {cfg.training.max_length} tokens (data.max_lost_answers allows {limit:.0%})",
+                        hint="raise training.max_length, or set data.max_lost_answers: 1.0 to train on what is left")
 
 
 def _sha256(path: Path) -> str:

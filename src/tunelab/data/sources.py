@@ -18,7 +18,7 @@ from typing import Any
 from tunelab.config.schema import SourceConfig
 from tunelab.errors import DataError
 
-SUFFIXES = {".json", ".jsonl", ".csv", ".parquet"}
+SUFFIXES = {".json", ".jsonl", ".csv", ".parquet", ".txt"}
 
 
 @dataclass
@@ -30,10 +30,13 @@ class RawRows:
     skipped: Counter = field(default_factory=Counter)
     fingerprint: str = ""
     empty: list[str] = field(default_factory=list)  # "FILE: why it gave no rows", for files that gave none
+    origin: list[int] = field(default_factory=list)  # each row's training source (data.train[i]) in a mixture
+    notes: list[str] = field(default_factory=list)  # one line each: what was detected while reading
 
-    def add(self, row: dict[str, Any], where: str) -> None:
+    def add(self, row: dict[str, Any], where: str, origin: int = 0) -> None:
         self.rows.append(row)
         self.where.append(where)
+        self.origin.append(origin)
 
 
 def _bad(msg: str, reason: str, out: RawRows, on_bad_row: str) -> None:
@@ -122,6 +125,28 @@ def _read_csv(path: Path, out: RawRows, on_bad_row: str) -> None:
             out.empty.append(f"{path}: a CSV header with no rows" if reader.fieldnames else f"{path}: the file is empty")
 
 
+def read_text_documents(path: Path, out: RawRows, documents: str = "file") -> None:
+    """A .txt file as rows {text}: the whole file as one document, or (`blank_lines`) each block of
+    lines between blank lines, located by the line it starts on."""
+    text = path.read_text(encoding="utf-8-sig")
+    if not text.strip():
+        out.empty.append(f"{path}: the file is empty" if not text else f"{path}: the file holds only blank lines")
+        return
+    if documents == "file":
+        out.add({"text": text}, f"{path}:1")
+        return
+    block: list[str] = []
+    start = 0
+    for lineno, line in enumerate([*text.splitlines(), ""], 1):
+        if line.strip():
+            if not block:
+                start = lineno
+            block.append(line)
+        elif block:
+            out.add({"text": "\n".join(block)}, f"{path}:{start}")
+            block = []
+
+
 def _read_parquet(path: Path, out: RawRows) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -150,10 +175,10 @@ def local_files(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
         if not files:
-            raise DataError(f"{path}: folder holds no .json, .jsonl, .csv or .parquet files")
+            raise DataError(f"{path}: folder holds no .json, .jsonl, .csv, .parquet or .txt files")
         return files
     if path.suffix not in SUFFIXES:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .json, .jsonl, .csv or .parquet)")
+        raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .json, .jsonl, .csv, .parquet or .txt)")
     return [path]
 
 
@@ -187,6 +212,8 @@ def read_source(src: SourceConfig, on_bad_row: str, home=None) -> RawRows:
                     _read_json(f, out, on_bad_row)
                 elif f.suffix == ".csv":
                     _read_csv(f, out, on_bad_row)
+                elif f.suffix == ".txt":
+                    read_text_documents(f, out, src.documents)
                 else:
                     _read_parquet(f, out)
             except UnicodeDecodeError as e:
@@ -197,24 +224,32 @@ def read_source(src: SourceConfig, on_bad_row: str, home=None) -> RawRows:
 
 
 def _read_synthetic(spec, text: str, out: RawRows) -> RawRows:
-    """`synthetic:N[:seed=S][:tasks=a,b]` (parsed by tunelab.refs): seeded tasks from `tunelab.data.synthetic`."""
-    from tunelab.data.synthetic import TASKS, generate
+    """`synthetic:N[:seed=S][:tasks=a,b][:kind=K]` (parsed by tunelab.refs): seeded rows from `tunelab.data.synthetic`."""
+    from tunelab.data.synthetic import TASKS, generate, preference_pairs, tool_conversations
 
     unknown = [t for t in spec.tasks or () if t not in TASKS]
     if unknown:
         raise DataError(f"data source {text!r}: unknown task {', '.join(unknown)} (tasks: {', '.join(TASKS)})")
-    for i, row in enumerate(generate(spec.n, spec.seed, list(spec.tasks) if spec.tasks else None)):
+    tasks = list(spec.tasks) if spec.tasks else None
+    rows = (preference_pairs(spec.n, spec.seed, tasks) if spec.kind == "preference"
+            else tool_conversations(spec.n, spec.seed) if spec.kind == "tools" else generate(spec.n, spec.seed, tasks))
+    for i, row in enumerate(rows):
         out.add(row, f"{text}:row {i + 1}")
     out.fingerprint = hashlib.sha256(text.encode()).hexdigest()
     return out
 
 
 def _read_hub(src: SourceConfig, out: RawRows) -> RawRows:
+    from tunelab.hub import ensure_offline_if_unreachable, unreachable_message
+
+    offline = ensure_offline_if_unreachable()  # before datasets reads its offline flag
     import datasets
 
     try:
         ds = datasets.load_dataset(src.path, src.subset, split=src.split, revision=src.revision)
     except Exception as e:  # the hub client raises many types; all mean "could not get it"
+        if offline:
+            raise DataError(unreachable_message("data.train.path", src.path).replace("hub cache", "datasets cache")) from None
         raise DataError(
             f"cannot load dataset {src.path!r} (split {src.split!r}): {str(e).splitlines()[0][:200]}",
             hint="check the id and split; offline machines need a local file or a cached dataset",

@@ -1,4 +1,5 @@
-"""Seeded, verifiable Alpaca-format tasks: every row has one exact answer.
+"""Seeded, verifiable Alpaca-format tasks: every row has one exact answer (also as preference pairs, and
+as chat rows that call a tool).
 
 Used by the quickstart, the tests and the benchmarks: a model that learned the tasks scores high on
 exact match, one that did not scores near zero. Payloads draw from a small word list and single
@@ -92,6 +93,66 @@ def generate(n: int, seed: int = 0, tasks: list[str] | None = None, unique: bool
                 break
         else:
             kinds.remove(kind)
+    return rows
+
+
+def wrong_answer(row: dict[str, str], rng: random.Random) -> str:
+    """A plausible wrong answer to a generated task (never the right one): the words unsorted or
+    unreversed, the sum or count off by one, the wrong word, the input not upper-cased."""
+    right, inst, words = row["output"], row["instruction"], row["input"].split()
+    candidates: list[str] = []
+    if inst.startswith(("Reverse", "Sort")):
+        candidates = [row["input"], " ".join(sorted(words, reverse=True)), " ".join(words[1:] + words[:1])]
+    elif "upper case" in inst:
+        candidates = [row["input"], row["input"].title()]
+    elif inst.startswith("Which word"):
+        candidates = [words[-1], words[1] if len(words) > 1 else words[0] + "s"]
+    elif inst.startswith("Repeat"):
+        w = right.split()
+        candidates = [" ".join(w + w[:1]), " ".join(w[:-1])]
+    elif right.isdigit():
+        n = int(right)
+        candidates = [str(n + 1), str(n - 1) if n > 0 else str(n + 2)]
+    wrong = [c for c in candidates if c and c != right]
+    return rng.choice(wrong) if wrong else right + " " + right
+
+
+def preference_pairs(n: int, seed: int = 0, tasks: list[str] | None = None) -> list[dict[str, str]]:
+    """`n` tasks as preference pairs: `chosen` is the exact answer, `rejected` a plausible wrong one
+    (Alpaca fields instruction / input, so the prompt is asked as an Alpaca prompt)."""
+    rng = random.Random(seed + 1)
+    return [{"instruction": r["instruction"], "input": r["input"], "chosen": r["output"], "rejected": wrong_answer(r, rng)}
+            for r in generate(n, seed, tasks)]
+
+
+# The tools the synthetic tool-calling conversations may call (OpenAI function schemas).
+TOOLS = [
+    {"type": "function", "function": {"name": "add", "description": "Add two numbers.", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}},
+    {"type": "function", "function": {"name": "upper", "description": "Write text in upper case.", "parameters": {
+        "type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}},
+]
+
+
+def tool_conversations(n: int, seed: int = 0) -> list[dict]:
+    """`n` chat rows in the OpenAI shape that call a tool: the user asks, the assistant calls `add` or
+    `upper` with the arguments read off the question, the tool answers, the assistant repeats the result."""
+    rng = random.Random(seed)
+    rows: list[dict] = []
+    for i in range(n):
+        if i % 2 == 0:
+            a, b = rng.randint(0, 9), rng.randint(0, 9)
+            ask, call, result = f"What is {a} plus {b}?", ("add", {"a": a, "b": b}), str(a + b)
+        else:
+            text = " ".join(_words(rng, 1, 3))
+            ask, call, result = f"Write in upper case: {text}", ("upper", {"text": text}), text.upper()
+        rows.append({"messages": [
+            {"role": "user", "content": ask},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"type": "function", "function": {"name": call[0], "arguments": call[1]}}]},
+            {"role": "tool", "content": result},
+            {"role": "assistant", "content": result},
+        ], "tools": TOOLS})
     return rows
 
 

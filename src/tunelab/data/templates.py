@@ -60,15 +60,18 @@ def render_prompt(row: dict[str, Any], cfg: PromptConfig, tokenizer: Any = None)
         msgs = row["messages"]
         if msgs and msgs[-1]["role"] == "assistant":
             msgs = msgs[:-1]
-        return apply_chat_template(tokenizer, msgs, add_generation_prompt=True)
+        return apply_chat_template(tokenizer, msgs, add_generation_prompt=True, tools=row.get("tools"))
     return ""
 
 
-def apply_chat_template(tokenizer: Any, messages: list[dict[str, Any]], **kwargs: Any) -> str:
-    """The tokenizer's chat template rendered as text; a template that raises (its own
-    `raise_exception`, or the sandbox refusing an escape) is a user error, not a traceback."""
+def apply_chat_template(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict] | None = None, **kwargs: Any) -> str:
+    """The tokenizer's chat template rendered as text (`tools`: the function definitions, passed on
+    only when there are some); a template that raises (its own `raise_exception`, or the sandbox
+    refusing an escape) is a user error, not a traceback."""
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(["prompt.format: messages needs a tokenizer with a chat template; this one has none"])
+    if tools:
+        kwargs["tools"] = tools
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
     except Exception as e:  # noqa: BLE001 - jinja2's TemplateError / SecurityError, or what the template raised
@@ -93,7 +96,7 @@ def render_segments(row: dict[str, Any], cfg: PromptConfig, tokenizer: Any = Non
     if cfg.format == "text":
         segs: Segments = [(row[cfg.text_field], True)]
     elif cfg.format == "messages":
-        segs = _chat_segments(row["messages"], tokenizer)
+        segs = _chat_segments(row["messages"], tokenizer, row.get("tools"))
     else:
         segs = [(render_prompt(row, cfg), False), (reference(row, cfg), True)]
     if cfg.train_on == "all":
@@ -101,23 +104,32 @@ def render_segments(row: dict[str, Any], cfg: PromptConfig, tokenizer: Any = Non
     return [(t, m) for t, m in segs if t]
 
 
-def _chat_segments(messages: list[dict[str, str]], tokenizer: Any) -> Segments:
-    """Every assistant turn is trainable; the rest (system, user, template glue) is not.
+def _chat_segments(messages: list[dict[str, Any]], tokenizer: Any, tools: list[dict] | None = None) -> Segments:
+    """Every assistant turn (its text and its tool calls) is trainable; the rest (system, user, tool
+    results, template glue) is not.
 
-    Renders growing prefixes of the conversation with the tokenizer's own chat template and takes
-    the differences, so any template works without generation markers.
+    Renders the conversation up to each assistant turn (with the generation prompt) and through it
+    with the tokenizer's own chat template, and takes the differences, so any template works
+    without generation markers. Only these boundaries need to render incrementally: templates that
+    merge consecutive tool results into one turn (Qwen's) still split cleanly.
     """
     segs: Segments = []
     done = ""
     for i, msg in enumerate(messages):
-        if msg["role"] == "assistant":
-            before = apply_chat_template(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
-            if before.startswith(done) and before != done:
-                segs.append((before[len(done):], False))
-                done = before
-        upto = apply_chat_template(tokenizer, messages[: i + 1])
+        if msg["role"] != "assistant":
+            continue
+        before = apply_chat_template(tokenizer, messages[:i], tools, add_generation_prompt=True) if i else ""
+        if before.startswith(done) and before != done:
+            segs.append((before[len(done):], False))
+            done = before
+        upto = apply_chat_template(tokenizer, messages[: i + 1], tools)
         if not upto.startswith(done):
             raise ConfigError(["prompt.format: the tokenizer's chat template does not render conversations incrementally"])
-        segs.append((upto[len(done):], msg["role"] == "assistant"))
+        segs.append((upto[len(done):], True))
         done = upto
+    if messages[-1]["role"] != "assistant":
+        full = apply_chat_template(tokenizer, messages, tools)
+        if not full.startswith(done):
+            raise ConfigError(["prompt.format: the tokenizer's chat template does not render conversations incrementally"])
+        segs.append((full[len(done):], False))
     return segs

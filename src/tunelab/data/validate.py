@@ -1,14 +1,14 @@
-"""Row validation: required fields present, of the right type, not empty."""
+"""Row validation: required fields present, of the right type, not empty; rows of another shape
+(ShareGPT, Alpaca under a chat format) converted; preference rows checked for their answers."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from tunelab.config.schema import PromptConfig
+from tunelab.config.schema import PromptConfig, ShareGPTConfig, SourceConfig
+from tunelab.data.chat import ROLES, RowProblem, from_alpaca, from_sharegpt, is_sharegpt, normalize_messages  # noqa: F401
 from tunelab.data.sources import RawRows, _bad
 from tunelab.data.templates import required_fields
-
-ROLES = {"system", "user", "assistant", "tool"}
 
 
 def _bad_text(value: Any, where: str) -> str | None:
@@ -35,34 +35,67 @@ def _bad_text(value: Any, where: str) -> str | None:
 
 def row_problem(row: dict[str, Any], cfg: PromptConfig) -> tuple[str, str] | None:
     """(message, reason) for the first problem of a row, or None when it is usable."""
+    try:
+        check_row(row, cfg)
+    except RowProblem as e:
+        return e.message, e.reason
+    return None
+
+
+def check_row(row: dict[str, Any], cfg: PromptConfig, shape: SourceConfig | None = None, method: str = "sft") -> dict[str, Any]:
+    """The row, converted to the prompt format's shape and normalised, or RowProblem.
+
+    `shape` is the source it came from (its `format` and ShareGPT keys); `method` a preference
+    method when the rows are pairs (or KTO completions) rather than single answers."""
     for key, value in row.items():
         bad = _bad_text(value, str(key))
         if bad:
-            return f"field {bad} holds invalid Unicode (a lone surrogate such as \\ud800)", "invalid_unicode"
+            raise RowProblem(f"field {bad} holds invalid Unicode (a lone surrogate such as \\ud800)", "invalid_unicode")
+    fmt = shape.format if shape is not None else "auto"
+    if cfg.format == "messages":
+        sg = shape.sharegpt if shape is not None else ShareGPTConfig()
+        if fmt == "sharegpt" or (fmt == "auto" and is_sharegpt(row, sg)):
+            row = from_sharegpt(row, sg)
+        elif fmt == "alpaca":
+            row = from_alpaca(row) if method == "sft" else _alpaca_prompt(row)
+    answer = "output" if cfg.format == "alpaca" else cfg.response_field if cfg.format == "custom" else None
     for name in required_fields(cfg):
+        if method != "sft" and (name == answer or name == "messages"):
+            continue  # preference rows hold their answers as chosen / rejected (or completion)
         if name not in row or row[name] is None:
-            return f"missing field {name!r}", f"missing_{name}"
+            chat = cfg.format == "alpaca" and ("conversations" in row or "messages" in row)
+            raise RowProblem(f"missing field {name!r}" + (" (a chat row: set prompt.format: messages)" if chat else ""),
+                             f"missing_{name}")
         if name == "messages":
-            return _messages_problem(row[name])
+            msgs, tools = normalize_messages(row["messages"], row.get("tools"))
+            row = {**row, "messages": msgs}
+            if tools:
+                row["tools"] = tools
+            else:
+                row.pop("tools", None)
+            continue
         if not isinstance(row[name], str):
-            return f"field {name!r} should be a string, got {type(row[name]).__name__}", f"bad_type_{name}"
+            raise RowProblem(f"field {name!r} should be a string, got {type(row[name]).__name__}", f"bad_type_{name}")
         if not row[name].strip():
-            what = "empty output" if name in ("output", cfg.response_field) else f"empty field {name!r}"
-            return what, f"empty_{name}"
+            raise RowProblem("empty output" if name == answer else f"empty field {name!r}", f"empty_{name}")
     if cfg.format == "alpaca" and row.get("input") is not None and not isinstance(row["input"], str):
-        return f"field 'input' should be a string, got {type(row['input']).__name__}", "bad_type_input"
-    return None
+        raise RowProblem(f"field 'input' should be a string, got {type(row['input']).__name__}", "bad_type_input")
+    if method != "sft":
+        from tunelab.data.preference import preference_row
+
+        row = preference_row(row, cfg, method)
+    if cfg.format == "alpaca":
+        row = {**row, "input": row.get("input") or ""}
+    return row
 
 
-def _messages_problem(msgs: Any) -> tuple[str, str] | None:
-    if not isinstance(msgs, list) or not msgs:
-        return "field 'messages' should be a non-empty list of {role, content}", "bad_messages"
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
-            return f"messages[{i}] should be {{role: system|user|assistant|tool, content: str}}", "bad_messages"
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
-        return "conversation has no assistant turn to learn from", "no_assistant_turn"
-    return None
+def _alpaca_prompt(row: dict[str, Any]) -> dict[str, Any]:
+    """An Alpaca preference row's instruction (and input) as a chat prompt."""
+    inst, inp = row.get("instruction"), row.get("input") or ""
+    if not isinstance(inst, str) or not inst.strip():
+        raise RowProblem("missing field 'instruction'", "missing_instruction")
+    rest = {k: v for k, v in row.items() if k not in ("instruction", "input")}
+    return {**rest, "prompt": f"{inst}\n\n{inp}" if isinstance(inp, str) and inp else inst}
 
 
 def check_field_map(raw: RawRows, field_map: dict[str, str], source: str) -> None:
@@ -81,18 +114,29 @@ def check_field_map(raw: RawRows, field_map: dict[str, str], source: str) -> Non
                         f"(its fields: {fields})")
 
 
-def validate_rows(raw: RawRows, cfg: PromptConfig, field_map: dict[str, str], on_bad_row: str, source: str = "the data") -> RawRows:
-    """Rename fields, check each row, and keep the good ones (or stop at the first bad one)."""
+def validate_rows(raw: RawRows, cfg: PromptConfig, field_map: dict[str, str], on_bad_row: str, source: str = "the data",
+                  shape: SourceConfig | None = None, method: str = "sft") -> RawRows:
+    """Rename fields, check (and convert) each row, and keep the good ones (or stop at the first bad one).
+
+    ShareGPT rows read under prompt.format messages with format auto are detected and converted;
+    the result's `notes` says so in one line."""
     check_field_map(raw, field_map, source)
     out = RawRows(skipped=raw.skipped.copy(), fingerprint=raw.fingerprint, empty=list(raw.empty))
+    sg = shape.sharegpt if shape is not None else ShareGPTConfig()
+    detect = cfg.format == "messages" and (shape is None or shape.format == "auto")
+    detected = 0
     for row, where in zip(raw.rows, raw.where, strict=True):
         if field_map:
             row = {field_map.get(k, k): v for k, v in row.items()}
-        problem = row_problem(row, cfg)
-        if problem:
-            _bad(f"{where}: {problem[0]}", problem[1], out, on_bad_row)
+        if detect and is_sharegpt(row, sg):
+            detected += 1
+        try:
+            row = check_row(row, cfg, shape, method)
+        except RowProblem as e:
+            _bad(f"{where}: {e.message}", e.reason, out, on_bad_row)
             continue
-        if cfg.format == "alpaca":
-            row = {**row, "input": row.get("input") or ""}
         out.add(row, where)
+    if detected:
+        out.notes.append(f"{source}: {detected} ShareGPT rows ({sg.conversations} of {sg.role} / {sg.content} turns) "
+                         "read as chat messages")
     return out

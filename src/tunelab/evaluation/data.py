@@ -77,10 +77,14 @@ def load_eval_rows(target: Target, data: str | None = None, split: str = "test",
     else:
         src = SourceConfig(path=data, split=split)
         home = Home.of(cfg) if cfg is not None else Home.default()
-        raw = validate_rows(read_source(src, "error", home), spec.prompt, cfg.data.field_map if cfg else {}, "error", data)
+        raw = validate_rows(read_source(src, "error", home), spec.prompt, cfg.data.field_map if cfg else {}, "error", data,
+                            method=cfg.training.method if cfg else "sft")
         source = data
         if not raw.rows:
             raise DataError(f"{data}: no rows to evaluate")
+    if any(r.get("label", True) is False for r in raw.rows):  # KTO: an undesirable completion is no reference
+        keep = [i for i, r in enumerate(raw.rows) if r.get("label", True) is not False]
+        raw = RawRows(rows=[raw.rows[i] for i in keep], where=[raw.where[i] for i in keep], fingerprint=raw.fingerprint)
     if limit is not None:
         if limit <= 0:
             raise TunelabError(f"--limit {limit}: must be a positive number of examples")

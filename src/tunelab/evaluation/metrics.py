@@ -13,7 +13,8 @@ from functools import lru_cache
 from statistics import fmean
 
 # Higher is better for these; loss and perplexity are lower-is-better; answer length has no direction.
-HIGHER_IS_BETTER = ("exact_match", "normalized_exact_match", "rougeL", "bleu", "chrf")
+HIGHER_IS_BETTER = ("exact_match", "normalized_exact_match", "rougeL", "bleu", "chrf", "preference_accuracy",
+                    "preference_margin", "preference_accuracy_after")
 LOWER_IS_BETTER = ("loss", "perplexity")
 
 

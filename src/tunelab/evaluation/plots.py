@@ -21,6 +21,14 @@ CURVES = [
     ("samples_exact_match", "sample exact match", "exact match", False, False),
     ("samples_chrf", "sample chrF", "chrF", False, False),
 ]
+# Preference runs (training.method dpo / kto) also log these; drawn only when some run has them.
+PREFERENCE_CURVES = [
+    ("preference_accuracy", "held-out preference accuracy (chosen likelier)", "share of pairs", False, False),
+    ("preference_margin", "held-out log-probability margin (chosen - rejected)", "nats", False, False),
+    ("rewards/margins", "reward margin (training batches)", "beta x log-ratio", False, True),
+    ("rewards/accuracies", "reward accuracy (training batches)", "share of pairs", False, True),
+    ("eval_rewards/accuracies", "reward accuracy (eval)", "share of pairs", False, False),
+]
 
 
 @dataclass
@@ -87,4 +95,5 @@ def curve(runs: list[RunData], key: str, title: str, ylabel: str, log: bool = Fa
 
 
 def all_curves(runs: list[RunData]) -> list[Plot]:
-    return [curve(runs, *spec) for spec in CURVES]
+    extra = [spec for spec in PREFERENCE_CURVES if any(run.series(spec[0])[0] for run in runs)]
+    return [curve(runs, *spec) for spec in CURVES + extra]

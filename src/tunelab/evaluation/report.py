@@ -23,8 +23,8 @@ TEMPLATES = Path(__file__).parent / "templates"
 # shown in the "same in every run" table when equal; any key that differs is shown regardless
 KEY_SETTINGS = [
     "model.name", "quantization.bits", "adapter.type", "adapter.r", "adapter.alpha", "adapter.dropout",
-    "adapter.target_modules", "data.train.path", "data.test_size", "data.train_rows", "prompt.format", "prompt.train_on",
-    "training.max_steps", "training.epochs", "training.learning_rate", "training.lr_scheduler", "training.batch_size",
+    "adapter.target_modules", "data.train.path", "data.train", "data.test_size", "data.train_rows", "prompt.format", "prompt.train_on",
+    "training.method", "preference.beta", "preference.loss_type", "training.max_steps", "training.epochs", "training.learning_rate", "training.lr_scheduler", "training.batch_size",
     "training.grad_accum", "training.max_length", "training.packing", "training.seed",
 ]
 EVAL_ROWS = [
@@ -32,6 +32,8 @@ EVAL_ROWS = [
     ("rougeL", "ROUGE-L F1", "{:.3f}"), ("bleu", "BLEU", "{:.1f}"), ("chrf", "chrF", "{:.1f}"),
     ("loss", "loss (response tokens)", "{:.4f}"), ("perplexity", "perplexity", "{:.2f}"),
     ("answer_words", "answer length (words)", "{:.2f}"),
+    ("preference_accuracy", "preference accuracy (chosen likelier)", "pct"),
+    ("preference_margin", "preference margin (nats)", "{:.3f}"),
 ]
 
 
@@ -125,6 +127,11 @@ def metrics_tables(runs: list[RunData]) -> tuple[list[dict], list[dict]]:
                    [r.final("samples_exact_match_after", "samples_exact_match") for r in runs], "pct"),
         metric_row("sample ROUGE-L, last evaluation", "samples_rougeL", [r.last("samples_rougeL") for r in runs], "{:.3f}"),
         metric_row("sample chrF, last evaluation", "samples_chrf", [r.last("samples_chrf") for r in runs], "{:.1f}"),
+        metric_row("preference accuracy, before training", "before_training",
+                   [r.final("preference_accuracy_before") for r in runs], "pct"),
+        metric_row("preference accuracy, last evaluation", "preference_accuracy",
+                   [r.final("preference_accuracy_after", "preference_accuracy") for r in runs], "pct"),
+        metric_row("reward margin, last log", "rewards/margins", [r.last("rewards/margins") for r in runs], "{:.3f}"),
     ]
     train_rows = [row for row in train_rows if not all(c["gap"] for c in row["cells"])]
     return eval_rows, train_rows

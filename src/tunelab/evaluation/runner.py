@@ -25,6 +25,7 @@ from tunelab.runs.records import ModelMeta
 from tunelab.errors import TunelabError
 from tunelab.evaluation.data import EvalRows, check_args, load_eval_rows
 from tunelab.evaluation.metrics import example_scores, generation_metrics
+from tunelab.evaluation.preference import has_pairs, preference_scores, tokenized_pairs
 from tunelab.inference.generate import GenerationSettings, generate_batch
 from tunelab.inference.target import Target, load_target, resolve_target
 
@@ -102,6 +103,8 @@ def _score(result: ModelResult, model, tokenizer, rows: EvalRows, prompts, refer
     result.scores = [example_scores(a, r) for a, r in zip(result.answers, references, strict=True)]
     result.metrics = {**response_loss(model, tokenizer, rows, loss_batch),
                       **generation_metrics(result.answers, references, result.scores)}
+    if has_pairs(rows.rows):  # preference rows: is the chosen answer the likelier one?
+        result.metrics.update(preference_scores(model, tokenizer, tokenized_pairs(rows.raw, rows.spec, tokenizer), loss_batch))
 
 
 def _release_memory() -> None:

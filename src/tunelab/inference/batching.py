@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunelab.inference.batch_cache import Rows
-from tunelab.inference.generate import Generation, GenerationSettings, _generate_kwargs, stop_token_ids
+from tunelab.inference.generate import Generation, GenerationSettings, finish_generation, generate_kwargs, stop_token_ids
 
 log = logging.getLogger("tunelab.serve")
 
@@ -221,7 +221,7 @@ class BatchScheduler:
     def _prepare(self, seq: _Seq) -> None:
         import torch
 
-        kwargs = _generate_kwargs(self.model, self.tokenizer, seq.settings)
+        kwargs = generate_kwargs(self.model, self.tokenizer, seq.settings)
         seq.processors = logits_processors(self.model, kwargs, len(seq.prompt), self._device)
         if seq.settings.do_sample:
             seq.generator = torch.Generator(device=self._device).manual_seed(seq.settings.seed)
@@ -307,16 +307,10 @@ class BatchScheduler:
     def _finish(self, seq: _Seq, cancelled: bool = False) -> None:
         """Answer the sequence with the rules of `generate_one`: text cut before the first stop string,
         finish_reason "stop" for EOS / a stop string / a cancel, "length" at max_tokens."""
-        new = seq.new
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
-        finish = "stop" if new and new[-1] in self._eos else "length"
-        cut = min((i for i in (text.find(s) for s in seq.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            text, finish = text[:cut], "stop"
-        elif finish == "length" and (cancelled or len(new) < seq.settings.max_new_tokens):
-            finish = "stop"
+        answer = finish_generation(self.tokenizer, seq.new, self._eos, seq.stops, len(seq.prompt),
+                                   seq.settings.max_new_tokens, cancelled)
         _end(seq.streamer)
-        _resolve(seq.future, Generation(text=text, prompt_tokens=len(seq.prompt), completion_tokens=len(new), finish_reason=finish))
+        _resolve(seq.future, answer)
 
     def _fail(self, seq: _Seq, error: BaseException) -> None:
         _end(seq.streamer)
@@ -343,17 +337,13 @@ def _prefill_chunks(seqs: list[_Seq]) -> list[list[_Seq]]:
 def logits_processors(model: Any, generate_kwargs: dict[str, Any], prompt_length: int, device: Any) -> Any:
     """The logits processors `model.generate(**generate_kwargs)` would apply to a prompt of this length.
 
-    Built by transformers itself (its private `_prepare_generation_config` and `_get_logits_processor`),
-    so batched answers follow the same rules as `generate`, including anything the model's
-    generation_config.json adds (a repetition penalty, suppressed tokens). tests/test_serve_batching.py
-    checks that sampled answers equal `generate`'s, so a transformers change that moves these breaks there.
+    Built by transformers itself (pinned in `tunelab.compat.generation_logits_processors`), so batched
+    answers follow the same rules as `generate`, including anything the model's generation_config.json
+    adds (a repetition penalty, suppressed tokens).
     """
-    from transformers import LogitsProcessorList
+    from tunelab.compat import generation_logits_processors
 
-    config, _ = model._prepare_generation_config(None, **generate_kwargs)
-    return model._get_logits_processor(generation_config=config, input_ids_seq_length=prompt_length, encoder_input_ids=None,
-                                       prefix_allowed_tokens_fn=None, logits_processor=LogitsProcessorList(),
-                                       device=device, model_kwargs={})
+    return generation_logits_processors(model, generate_kwargs, prompt_length, device)
 
 
 def _forward_params(model: Any) -> set[str]:

@@ -158,7 +158,8 @@ class ServePlan:
     models: list[ServedModel]
 
 
-def plan_models(target_text: str, adapters: Sequence[str] = (), name: str | None = None) -> ServePlan:
+def plan_models(target_text: str, adapters: Sequence[str] = (), name: str | None = None,
+                trust_remote_code: bool = False) -> ServePlan:
     """Resolve TARGET and each `name=PATH` adapter over the same base, and name the models served.
 
     Model ids: the target under `name` (default: the run's or folder's name); when the target is a
@@ -167,11 +168,11 @@ def plan_models(target_text: str, adapters: Sequence[str] = (), name: str | None
     """
     from tunelab.model.loading import resolve_model_path
 
-    target = resolve_target(target_text)
+    target = resolve_target(target_text, trust_remote_code)
     extras: list[tuple[str, Target]] = []
     for spec in adapters:
         adapter_name, path = parse_adapter_spec(spec)
-        t = resolve_target(path)
+        t = resolve_target(path, trust_remote_code)
         if t.adapter is None:
             raise TunelabError(f"--adapter {adapter_name}={path}: not a LoRA adapter (a full model)", hint="serve full models on their own")
         if resolve_model_path(t.base) != resolve_model_path(target.base):
@@ -194,9 +195,9 @@ def plan_models(target_text: str, adapters: Sequence[str] = (), name: str | None
 
 
 def load_engine(target_text: str, adapters: Sequence[str] = (), name: str | None = None, quantize: bool | None = None,
-                device: str | None = None, max_batch: int = DEFAULT_MAX_BATCH) -> Engine:
+                device: str | None = None, max_batch: int = DEFAULT_MAX_BATCH, trust_remote_code: bool = False) -> Engine:
     """Load the models `plan_models` names over one base (each adapter next to the others) for serving."""
-    plan = plan_models(target_text, adapters, name)
+    plan = plan_models(target_text, adapters, name, trust_remote_code)
     model, tokenizer = load_target(plan.target, quantize=quantize, device=device, adapter_name=plan.target_id)
     if plan.extras:
         from peft import PeftModel

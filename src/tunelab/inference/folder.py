@@ -78,9 +78,9 @@ def write_model_card(folder: Path, target: Target, kind: str, check: str | None,
     front: dict[str, Any] = {"library_name": library, "tags": ["tunelab", "lora" if target.adapter else "full-fine-tune"]}
     if is_hub_id(base):
         front["base_model"] = base
-    data_src = cfg.data.train.path if cfg is not None else None
-    if data_src and is_hub_id(data_src):
-        front["datasets"] = [data_src]
+    hub_data = [s.path for s in cfg.data.train_sources if is_hub_id(s.path)] if cfg is not None else []
+    if hub_data:
+        front["datasets"] = hub_data
     what = {"merged": "A LoRA fine-tune, its adapter merged into the base weights", "full": "A fully fine-tuned model",
             "adapter": "A LoRA adapter (PEFT) to load over its base model"}[kind]
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {target.name}", "",
@@ -90,7 +90,9 @@ def write_model_card(folder: Path, target: Target, kind: str, check: str | None,
     lines += ["", "## Data", ""]
     if cfg is not None:
         d = cfg.data
-        lines.append(f"- train: `{d.train.path}` (split `{d.train.split}`)")
+        for src in d.train_sources:
+            share = f", weight {src.weight}" if src.weight is not None else f", {src.rows} rows" if src.rows is not None else ""
+            lines.append(f"- train: `{src.path}` (split `{src.split}`{share})")
         if d.test is not None:
             lines.append(f"- test: `{d.test.path}` (split `{d.test.split}`)")
         elif d.test_size is not None:

@@ -72,7 +72,8 @@ def context_length(model) -> int:
     return int(getattr(config, "max_position_embeddings", None) or 2048)
 
 
-def _generate_kwargs(model, tokenizer, settings: GenerationSettings) -> dict[str, Any]:
+def generate_kwargs(model, tokenizer, settings: GenerationSettings) -> dict[str, Any]:
+    """The keyword arguments `model.generate` gets for `settings` (stop ids, greedy or sampling)."""
     kwargs: dict[str, Any] = dict(
         max_new_tokens=settings.max_new_tokens,
         do_sample=settings.do_sample,
@@ -84,6 +85,8 @@ def _generate_kwargs(model, tokenizer, settings: GenerationSettings) -> dict[str
         kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=None)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
+    if settings.ignore_eos:  # EOS suppressed until the limit: every answer is max_new_tokens long
+        kwargs["min_new_tokens"] = settings.max_new_tokens
     return kwargs
 
 
@@ -115,7 +118,7 @@ def generate_batch(model, tokenizer, prompts: list[str], settings: GenerationSet
     # Longest first: batches of similar length waste less compute on padding.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list[str] = [""] * len(prompts)
-    kwargs = _generate_kwargs(model, tokenizer, settings)
+    kwargs = generate_kwargs(model, tokenizer, settings)
     try:
         with inference_mode(model), generation_weights(model, _dense(model, dense_weights)):
             torch.manual_seed(settings.seed)
@@ -162,7 +165,7 @@ def generate_one(
             return torch.full((input_ids.shape[0],), cancel is not None and cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
     device = next(model.parameters()).device
-    kwargs = _generate_kwargs(model, tokenizer, settings)
+    kwargs = generate_kwargs(model, tokenizer, settings)
     stops = [s for s in stop if s]
     if stops:
         kwargs.update(stop_strings=stops, tokenizer=tokenizer)
@@ -174,15 +177,22 @@ def generate_one(
             stopping_criteria=StoppingCriteriaList([_Cancelled()]), **kwargs,
         )
     new = gen[0, ids.shape[1] :].tolist()
-    eos = set(kwargs["eos_token_id"])
-    text = tokenizer.decode(new, skip_special_tokens=True)
+    return finish_generation(tokenizer, new, set(kwargs["eos_token_id"]), stops, len(input_ids), settings.max_new_tokens)
+
+
+def finish_generation(tokenizer, new: Sequence[int], eos: set[int], stops: Sequence[str], prompt_tokens: int,
+                      max_new_tokens: int, cancelled: bool = False) -> Generation:
+    """The answer for generated ids `new`: text cut before the first stop string; finish_reason
+    "stop" for EOS, a stop string or a cancel, "length" when max_new_tokens ran out. One rule for
+    every generation path (one prompt, the server's batches)."""
+    text = tokenizer.decode(list(new), skip_special_tokens=True)
     finish = "stop" if new and new[-1] in eos else "length"
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
     if cut >= 0:
         text, finish = text[:cut], "stop"
-    elif finish == "length" and len(new) < settings.max_new_tokens:
-        finish = "stop"  # cancelled
-    return Generation(text=text, prompt_tokens=len(input_ids), completion_tokens=len(new), finish_reason=finish)
+    elif finish == "length" and (cancelled or len(new) < max_new_tokens):
+        finish = "stop"  # cancelled before the limit
+    return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(new), finish_reason=finish)
 
 
 def stream_generate(model, tokenizer, input_ids: Sequence[int], settings: GenerationSettings,

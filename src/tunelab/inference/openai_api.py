@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # Parameters this server does not implement: accepted only at their "off" values, else a 400 (a
 # client asking for them must not silently get something else).
@@ -22,8 +22,9 @@ UNSUPPORTED_UNLESS = {
     "echo": (None, False),
     "best_of": (None, 1),
     "suffix": (None, ""),
-    "tools": (None, []),
-    "functions": (None, []),
+    "functions": (None, []),  # the legacy form of `tools`
+    "function_call": (None, "none", "auto"),
+    "parallel_tool_calls": (None, True),
     "logit_bias": (None, {}),
     "presence_penalty": (None, 0, 0.0),
     "frequency_penalty": (None, 0, 0.0),
@@ -62,6 +63,7 @@ class _Sampling(_Strict):
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     user: str | None = None
+    ignore_eos: bool = False  # vLLM's extension: keep generating past EOS up to max_tokens (benchmarks)
 
     def stop_list(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -79,18 +81,92 @@ class TextPart(_Strict):
     text: str
 
 
+class CalledFunction(_Strict):
+    name: str = Field(min_length=1)
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(_Strict):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+    def for_template(self) -> dict[str, Any]:
+        """The call as chat templates take it: arguments as a JSON object."""
+        try:
+            args = json.loads(self.function.arguments) if self.function.arguments.strip() else {}
+        except json.JSONDecodeError as e:
+            raise ApiError(400, f"tool_calls: arguments of {self.function.name!r} are not valid JSON ({e.msg})",
+                           param="messages", code="invalid_value") from None
+        if not isinstance(args, dict):
+            raise ApiError(400, f"tool_calls: arguments of {self.function.name!r} must be a JSON object", param="messages",
+                           code="invalid_value")
+        out = {"type": "function", "function": {"name": self.function.name, "arguments": args}}
+        return {**out, "id": self.id} if self.id else out
+
+
+class FunctionDef(_Strict):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDef(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
 class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    # validated in this order: `content` is checked against the role and the tool calls before it
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    tool_calls: list[ToolCall] | None = None
+    content: str | list[TextPart] | None = Field(None, validate_default=True)
     name: str | None = None
+    tool_call_id: str | None = None
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _calls_are_the_assistants(cls, v, info):
+        if v and info.data.get("role") != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return v
+
+    @field_validator("content", mode="after")
+    @classmethod
+    def _content_needed(cls, v, info):
+        if v is None and not (info.data.get("role") == "assistant" and info.data.get("tool_calls")):
+            raise ValueError("required (only an assistant message with tool_calls may leave it out)")
+        return v
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+    def for_template(self) -> dict[str, Any]:
+        """The message as the tokenizer's chat template takes it."""
+        msg: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        if self.tool_calls:
+            msg["tool_calls"] = [c.for_template() for c in self.tool_calls]
+        if self.tool_call_id:
+            msg["tool_call_id"] = self.tool_call_id
+        if self.name and self.role == "tool":
+            msg["name"] = self.name
+        return msg
 
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["none", "auto"] | None = None  # "required" and a named function are not supported
+
+    def tool_list(self) -> list[dict[str, Any]] | None:
+        """The tools the model is told about (none when tool_choice is none)."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        return [t.model_dump(exclude_none=True) for t in self.tools]
 
 
 def parse_request(body: bytes, model: type[_Sampling]) -> Any:

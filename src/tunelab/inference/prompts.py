@@ -66,17 +66,37 @@ def read_prompt_rows(path: Path, cfg: PromptConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def chat_prompt(messages: list[dict[str, str]], cfg: PromptConfig | None, tokenizer: Any) -> str:
-    """The prompt for a conversation.
+def chat_prompt(messages: list[dict[str, Any]], cfg: PromptConfig | None, tokenizer: Any, tools: list[dict] | None = None) -> str:
+    """The prompt for a conversation (and the tools it may call).
 
     Models trained on `messages` and base models (cfg None) get the tokenizer's chat template over
-    the whole conversation. Models trained on single instructions (alpaca, custom, text) never saw
-    a conversation: the last user message is asked through their template on its own.
+    the whole conversation, with `tools` as the template takes them. Models trained on single
+    instructions (alpaca, custom, text) never saw a conversation: the last user message is asked
+    through their template on its own, and they take no tools.
     """
     if cfg is None or cfg.format == "messages":
         if not getattr(tokenizer, "chat_template", None):
             raise TunelabError("the model's tokenizer has no chat template", hint="send raw text to the completions endpoint instead")
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if tools:
+            from tunelab.data.tools import check_tool_template
+
+            _first_problem(check_tool_template, tokenizer)
+        from tunelab.data.templates import apply_chat_template
+
+        return _first_problem(apply_chat_template, tokenizer, messages, tools, add_generation_prompt=True)
+    if tools:
+        raise TunelabError(f"tools: this model was trained on {cfg.format} prompts, which hold no tools; only chat "
+                           "(prompt.format messages) models take them")
     if not messages or messages[-1]["role"] != "user":
         raise TunelabError("the last message must be the user's")
     return prompt_text(instruction_row(messages[-1]["content"], "", cfg), cfg, tokenizer)
+
+
+def _first_problem(fn, *args, **kwargs):
+    """`fn(...)`, with a ConfigError from the templates turned into its one-line problem."""
+    from tunelab.errors import ConfigError
+
+    try:
+        return fn(*args, **kwargs)
+    except ConfigError as e:
+        raise TunelabError(e.problems[0].removeprefix("prompt.format: ").removeprefix("model.name: ")) from None

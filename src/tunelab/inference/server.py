@@ -104,7 +104,7 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
     def settings_for(req, max_new: int) -> GenerationSettings:
         return GenerationSettings(
             max_new_tokens=max_new, do_sample=req.temperature > 0, temperature=req.temperature or 1.0, top_p=req.top_p,
-            batch_size=1, seed=req.seed if req.seed is not None else secrets.randbelow(2**31),
+            batch_size=1, seed=req.seed if req.seed is not None else secrets.randbelow(2**31), ignore_eos=req.ignore_eos,
         )
 
     @app.api_route("/health", methods=["GET", "HEAD"])
@@ -172,14 +172,29 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
             jobs.append((ids, settings_for(req, max_new)))
         return jobs
 
+    tool_formats: dict[str, Any] = {}
+
+    def call_format():
+        """How the served chat template writes a tool call (read once off a rendered probe)."""
+        from tunelab.data.tools import tool_format
+
+        if "fmt" not in tool_formats:
+            try:
+                tool_formats["fmt"] = tool_format(engine.tokenizer)
+            except TunelabError as e:
+                raise ApiError(400, f"tools: {e.message.splitlines()[-1].strip(' -')}", param="tools") from None
+        return tool_formats["fmt"]
+
     def chat_jobs(req, served: ServedModel) -> list[tuple[list[int], GenerationSettings]]:
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        messages = [m.for_template() for m in req.messages]
         try:
-            prompt = chat_prompt(messages, served.prompt, engine.tokenizer)
+            prompt = chat_prompt(messages, served.prompt, engine.tokenizer, req.tool_list())
         except TunelabError as e:
             raise ApiError(400, e.message, param="messages") from None
         except Exception as e:  # the chat template itself refused (e.g. roles must alternate)
             raise ApiError(400, f"the model's chat template rejected the messages: {e}", param="messages") from None
+        if req.tool_list():
+            call_format()  # a template whose calls cannot be read back is refused before generating
         ids, max_new = plan(prompt, req.max_completion_tokens or req.max_tokens, max_tokens_limit, "messages")
         return [(ids, settings_for(req, max_new))]
 
@@ -191,9 +206,49 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
             field="text", piece=lambda text: text or "", whole_object="text_completion",
             whole=lambda g: {"text": g.text}))
 
+    def read_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
+        """A generated answer's text and tool calls, read with the chat template's own call convention."""
+        from tunelab.data.tools import parse_tool_calls
+
+        return parse_tool_calls(text, call_format())
+
+    async def respond_with_tools(request: Request, req, served: ServedModel, jobs, stop: list[str]):
+        """A chat answer that may call tools: generated whole (a call is only known once complete), then
+        sent as one message, or for `stream: true` as the chunks OpenAI sends (role, content, each call)."""
+        gens = [await engine.generate(served, ids, settings, stop) for ids, settings in jobs]
+        _record(request, gens)
+        head = {"id": new_id("chatcmpl"), "created": now(), "model": served.id}
+        content, calls = read_calls(gens[0].text)
+        finish = "tool_calls" if calls else gens[0].finish_reason
+        if not req.stream:
+            message = {"role": "assistant", "content": content if content or not calls else None}
+            if calls:
+                message["tool_calls"] = calls
+            return {**head, "object": "chat.completion", "usage": _usage(gens),
+                    "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]}
+
+        def chunk(delta, reason=None):
+            return sse({**head, "object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]})
+
+        async def events():
+            yield chunk({"role": "assistant", "content": ""})
+            if content:
+                yield chunk({"content": content})
+            for i, call in enumerate(calls):
+                yield chunk({"tool_calls": [{"index": i, **call}]})
+            yield chunk({}, finish)
+            if req.stream_options and req.stream_options.include_usage:
+                yield sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": _usage(gens)})
+            yield sse("[DONE]")
+
+        return _event_stream(events(), request)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req, served, jobs, stop = await accept(request, ChatRequest, chat_jobs)
+        if req.tool_list():
+            return await respond_with_tools(request, req, served, jobs, stop)
         return await respond(request, req, served, jobs, stop, _Shape(
             head={"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": now(), "model": served.id},
             field="delta", piece=lambda text: {} if text is None else {"content": text}, whole_object="chat.completion",

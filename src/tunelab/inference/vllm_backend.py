@@ -44,13 +44,15 @@ def require_vllm() -> None:
 
 
 def vllm_command(serve: VllmServe, host: str, port: int, max_batch: int | None = None,
-                 python: str = sys.executable) -> list[str]:
+                 python: str = sys.executable, trust_remote_code: bool = False) -> list[str]:
     """The command line that starts vLLM's OpenAI server for `serve` (the API key goes in VLLM_API_KEY,
     not here: a command line is visible to every user of the machine)."""
     cmd = [python, "-m", VLLM_SERVER, "--model", serve.model, "--served-model-name", serve.served_name,
            "--host", host, "--port", str(port)]
     if max_batch is not None:
         cmd += ["--max-num-seqs", str(max_batch)]
+    if trust_remote_code:  # only when this command was given --trust-remote-code
+        cmd.append("--trust-remote-code")
     if serve.loras:
         rank = max(r for _, _, r in serve.loras)
         cmd += ["--enable-lora", "--lora-modules", *(f"{name}={folder}" for name, folder, _ in serve.loras),
@@ -82,15 +84,15 @@ def prepare_vllm(plan: ServePlan, workdir: Path) -> VllmServe:
 
 
 def serve_vllm(target_text: str, adapters: Sequence[str], name: str | None, host: str, port: int, api_key: str | None,
-               max_batch: int | None, say=print) -> int:
+               max_batch: int | None, say=print, trust_remote_code: bool = False) -> int:
     """Run vLLM's server in the foreground until it exits (SIGTERM / Ctrl-C are passed on); its exit code."""
     require_vllm()  # before any export work
-    plan = plan_models(target_text, adapters, name)
+    plan = plan_models(target_text, adapters, name, trust_remote_code)
     with tempfile.TemporaryDirectory(prefix="tunelab-vllm-") as tmp:
         serve = prepare_vllm(plan, Path(tmp))
         for note in serve.notes:
             say(f"note: {note}")
-        cmd = vllm_command(serve, host, port, max_batch)
+        cmd = vllm_command(serve, host, port, max_batch, trust_remote_code=trust_remote_code)
         say(f"serving {', '.join(m.id for m in plan.models)} with vLLM: {' '.join(cmd)}")
         env = {**os.environ, **({"VLLM_API_KEY": api_key} if api_key else {})}
         proc = subprocess.Popen(cmd, env=env)

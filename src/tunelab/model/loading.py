@@ -8,6 +8,7 @@ from typing import Any
 
 from tunelab.config.schema import ModelConfig, QuantizationConfig
 from tunelab.errors import ConfigError, TunelabError
+from tunelab.hub import unreachable_message
 
 
 def resolve_model_path(name: str, weights: bool = True) -> str:
@@ -43,14 +44,29 @@ def resolve_model_path(name: str, weights: bool = True) -> str:
 
 def base_model_source(cfg, home=None, weights: bool = True) -> str:
     """Where a run config's base model loads from: its folder or hub id, through a model artifact's
-    metadata when `model.name` is one (`home`: where it resolves, default the config's own)."""
+    metadata when `model.name` is one, or the base of a run directory or adapter folder it continues
+    (`home`: where an artifact resolves, default the config's own)."""
     name = cfg.model.name
-    if cfg.model.ref.kind == "artifact":
+    if cfg.model.ref.kind in ("artifact", "local"):
         from tunelab.artifacts import Home
-        from tunelab.artifacts.models import model_from_artifact
+        from tunelab.artifacts.models import continued_model
 
-        name = model_from_artifact(name, home or Home.of(cfg)).base
+        init = continued_model(name, home or Home.of(cfg))
+        if init is not None:
+            name = init.base
     return resolve_model_path(name, weights)
+
+
+def _hub_offline(path: str) -> bool:
+    """For a hub id: switch the hub clients offline when the hub is unreachable (fast failure); True if so."""
+    from tunelab.hub import ensure_offline_if_unreachable
+    from tunelab.refs import RefError, parse_model
+
+    try:
+        is_hub = parse_model(path).kind == "hub"
+    except RefError:
+        return False
+    return ensure_offline_if_unreachable() if is_hub else False
 
 
 def _first_line(e: BaseException) -> str:
@@ -127,6 +143,14 @@ def run_precision(cfg, device: str) -> str:
     return auto_dtype(device) if cfg.training.precision == "auto" else cfg.training.precision
 
 
+def precision_flags(cfg, device: str) -> dict[str, bool]:
+    """`training.precision` -> SFTConfig bf16 / fp16 flags (auto: bf16 on GPUs that have it, fp16 on others, fp32 on CPU)."""
+    p = run_precision(cfg, device)
+    if p == "fp16" and not device.startswith("cuda"):
+        raise TunelabError("training.precision: fp16 mixed precision needs a GPU; use bf16 or fp32 on the CPU")
+    return {"bf16": p == "bf16", "fp16": p == "fp16"}
+
+
 def run_weight_dtype(cfg, device: str) -> str:
     """The weight dtype a training run loads (`model.dtype`, with `auto` resolved for the run).
 
@@ -147,9 +171,12 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None):
 
     path = path or resolve_model_path(cfg.name)
     check_remote_code(path, cfg.trust_remote_code)
+    offline = _hub_offline(path)
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except Exception as e:  # noqa: BLE001 - missing, truncated or foreign tokenizer files all mean "not loadable"
+        if offline:
+            raise TunelabError(unreachable_message("model.name", path)) from None
         raise TunelabError(f"model.name: cannot load a tokenizer from {cfg.name!r}: {_first_line(e)}",
                            hint="a model folder needs its tokenizer files (tokenizer.json or tokenizer.model, tokenizer_config.json)") from None
     if isinstance(tok, bool) or not hasattr(tok, "eos_token"):
@@ -213,9 +240,12 @@ def load_model(cfg: ModelConfig, qcfg: QuantizationConfig, tokenizer=None, path:
         attention.register()
     kwargs["attn_implementation"] = attn
     check_remote_code(path, cfg.trust_remote_code)
+    offline = _hub_offline(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as e:  # noqa: BLE001 - truncated or garbage safetensors, a config that does not match its weights
+        if offline:
+            raise TunelabError(unreachable_message("model.name", path)) from None
         raise TunelabError(f"model.name: cannot load {cfg.name!r}: {_first_line(e)}") from None
     model.config.use_cache = cfg.use_cache
     if tokenizer is not None:

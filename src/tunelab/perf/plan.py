@@ -40,12 +40,17 @@ def model_config_for(cfg: RunConfig) -> Any:
     artifact, or a hub id (from the local hub cache when offline)."""
     from transformers import AutoConfig
 
+    from tunelab.hub import ensure_offline_if_unreachable, unreachable_message
     from tunelab.model.loading import base_model_source
 
     name = base_model_source(cfg, weights=False)
+    offline = cfg.model.ref.kind == "hub" and ensure_offline_if_unreachable()
     try:
         return AutoConfig.from_pretrained(name, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
     except (OSError, ValueError) as e:
+        if offline:
+            raise TunelabError(unreachable_message("model.name", name),
+                               hint="point model.name at a local folder that holds the model's config.json") from None
         raise TunelabError(f"model.name: cannot read the config of {cfg.model.name!r}: {str(e).splitlines()[0][:200]}",
                            hint="point model.name at a local folder that holds the model's config.json") from None
 
@@ -166,15 +171,17 @@ def available_memory(device: str) -> float:
     return float(psutil.virtual_memory().total)
 
 
-def advise(cfg: RunConfig, device: str, budget: float) -> dict[str, Any]:
-    """Largest micro-batch that fits and whether checkpointing is needed for the configured one."""
-    without = estimate(cfg, device, checkpointing=False)
-    with_ck = estimate(cfg, device, checkpointing=True)
+def advise(cfg: RunConfig, device: str, budget: float, estimator=None) -> dict[str, Any]:
+    """Largest micro-batch that fits and whether checkpointing is needed for the configured one
+    (`estimator`: `estimate` for one process; `perf.sharding.rank_estimator` for one of several)."""
+    estimator = estimator or estimate
+    without = estimator(cfg, device, checkpointing=False)
+    with_ck = estimator(cfg, device, checkpointing=True)
     largest = {}
     for ck in (False, True):
         best = 0
         for bs in (1, 2, 4, 8, 16, 32, 64, 128):
-            if estimate(cfg, device, checkpointing=ck, batch_size=bs).total <= budget:
+            if estimator(cfg, device, checkpointing=ck, batch_size=bs).total <= budget:
                 best = bs
         largest["with_checkpointing" if ck else "without_checkpointing"] = best
     return {

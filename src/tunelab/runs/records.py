@@ -77,8 +77,14 @@ class Summary(Record):
     tokens_per_s: float | None = None
     model_flops_per_token: float | None = None
     achieved_tflops: float | None = None
-    peak_rss_mb: float | None = None
+    mfu: float | None = None  # achieved / peak_tflops, the ranks' matmul peaks measured at the end of the run
+    peak_tflops: float | None = None
+    peak_rss_mb: float | None = None  # the whole job: summed over its processes (each one's in per_rank)
     peak_gpu_mb: float | None = None
+    world_size: int | None = None  # processes that trained together
+    strategy: str | None = None  # ddp, fsdp2, deepspeed_zero2/3 (several processes)
+    global_batch: int | None = None  # sequences per optimizer step: batch_size x grad_accum x world_size
+    per_rank: list[dict[str, Any]] | None = None  # several processes: each rank's host, devices, tokens, speed, MFU, memory
     final_train_loss: float | None = None
     final_eval_loss: float | None = None
     samples_exact_match_before: float | None = None

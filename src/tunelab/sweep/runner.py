@@ -121,32 +121,9 @@ def default_tracking_dir(cfg: RunConfig) -> Path:
 
 def config_key_problem(key: str) -> str | None:
     """Why `key` (dotted) names no setting of the run config, or None when it does."""
-    model: type[BaseModel] = RunConfig
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        here = ".".join(parts[: i + 1])
-        fields = model.model_fields
-        if part not in fields:
-            from tunelab.config.load import (
-                _ALIASES,  # names from other tools (lr, rank): train's own hints
-            )
+    from tunelab.config.load import key_problem
 
-            alias = _ALIASES.get(part)
-            close = [alias] if alias in fields else difflib.get_close_matches(part, list(fields), n=1, cutoff=0.5)
-            prefix = ".".join(parts[:i])
-            hint = f"; did you mean {(prefix + '.' if prefix else '') + close[0]}?" if close else ""
-            return f"no config setting {here}{hint}"
-        ann = fields[part].annotation
-        members = (ann, *typing.get_args(ann))
-        sub = next((m for m in members if isinstance(m, type) and issubclass(m, BaseModel)), None)
-        if i == len(parts) - 1:
-            return None
-        if sub is None:
-            if any(typing.get_origin(m) is dict or m is dict for m in members):
-                return None  # a mapping such as data.field_map takes any key
-            return f"{here} is a value, it has no setting {parts[i + 1]!r}"
-        model = sub
-    return None
+    return key_problem(key)
 
 
 def check_config(cfg: RunConfig) -> list[str]:

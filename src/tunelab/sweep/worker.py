@@ -148,6 +148,9 @@ class Reporter(TrainerCallback):
         self.progress = progress
         self.pruned_at: int | None = None
         self.last: tuple[int, float] | None = None
+        # read by train(): a run this callback stopped ends with this status in its summary and trackers
+        self.stop_status: str | None = None
+        self.stop_reason: str | None = None
 
     def on_evaluate(self, args, state, control, metrics=None, **kw):
         step = state.global_step
@@ -162,6 +165,7 @@ class Reporter(TrainerCallback):
         if self.prune and step < state.max_steps and self.trial.should_prune():
             self.pruned_at = step
             self.trial.set_user_attr("pruned_at", step)  # a worker killed from here on still knows
+            self.stop_status, self.stop_reason = "pruned", f"pruned at step {step}"
             control.should_training_stop = True
         if self.progress:
             self.progress()

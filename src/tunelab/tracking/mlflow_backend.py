@@ -45,6 +45,8 @@ class MlflowSink(Sink):
         self.client, self.uri = client(self.dir, self.tcfg.uri)
         exp = experiment_id(self.client, self.dir, self.uri, self.tcfg.project)
         tags = {"mlflow.runName": self.run_name, "job_type": self.tcfg.job_type, "tunelab.tags": ", ".join(info["tags"])}
+        if self.tcfg.group:
+            tags["tunelab.group"] = self.tcfg.group  # MLflow's UI groups and filters runs by tags
         for t in info["tags"]:  # each tag also as a key, as MLflow's UI filters them; keys allow few characters
             key = re.sub(r"[^A-Za-z0-9_\-. :/]", "_", t)
             if key.strip("_"):
@@ -112,7 +114,8 @@ class MlflowSink(Sink):
         finals = {k: v for k, v in summary.items() if k.startswith("final_") and isinstance(v, int | float)}
         if finals:
             self._metrics(finals, int(summary.get("steps") or 0))
-        self.client.set_terminated(self.run_id, "FINISHED" if summary.get("status") == "completed" else "FAILED")
+        status = {"completed": "FINISHED", "pruned": "KILLED", "interrupted": "KILLED"}.get(summary.get("status"), "FAILED")
+        self.client.set_terminated(self.run_id, status)
 
 
 def _number(v: str):

@@ -46,7 +46,7 @@ def build_sinks(cfg, run_dir: str | Path, tracking_dir: Path, resume: bool = Fal
         if b == "trackio":
             from tunelab.tracking.trackio_backend import TrackioSink
 
-            sinks.append(TrackioSink(d, t.project, name, resume=resume))
+            sinks.append(TrackioSink(d, t.project, name, resume=resume, group=t.group))
         elif b == "wandb":
             from tunelab.tracking.wandb_backend import WandbSink
 
@@ -146,7 +146,7 @@ class Tracking:
             self.sampler = SystemSampler()
 
     def _inputs(self) -> list[dict[str, Any]]:
-        refs = [s.path for s in (self.cfg.data.train, self.cfg.data.test) if s is not None]
+        refs = [s.path for s in self.cfg.data.sources]
         refs.append(self.cfg.model.name)
         out = []
         for text in refs:

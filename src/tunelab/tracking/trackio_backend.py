@@ -30,8 +30,9 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
 class TrackioSink(Sink):
     name = "trackio"
 
-    def __init__(self, tracking_dir: Path, project: str, run_name: str, resume: bool = False):
+    def __init__(self, tracking_dir: Path, project: str, run_name: str, resume: bool = False, group: str | None = None):
         self.dir = tracking_dir / "trackio"
+        self.group = group
         self.project = project
         self.run_name = run_name
         self.resume = resume
@@ -46,7 +47,7 @@ class TrackioSink(Sink):
         import trackio
 
         config = {**info["config"], "tunelab": {k: v for k, v in info.items() if k != "config"}}
-        self.run = trackio.init(project=self.project, name=self.run_name, config=config,
+        self.run = trackio.init(project=self.project, name=self.run_name, group=self.group, config=config,
                                 resume="allow" if self.resume else "never", embed=False,
                                 auto_log_cpu=False, auto_log_gpu=False)  # tunelab samples the system itself
 

@@ -38,7 +38,7 @@ class WandbSink(Sink):
 
         t = self.tcfg
         self.run = wandb.init(
-            project=t.project, entity=t.entity, name=self.run_name, id=self.run_id, resume="allow",
+            project=t.project, entity=t.entity, name=self.run_name, id=self.run_id, resume="allow", group=t.group,
             tags=info["tags"], job_type=t.job_type, notes=info["notes"], dir=str(self.dir),
             config={**info["config"], "tunelab": {k: v for k, v in info.items() if k not in ("config", "tags", "notes")}},
             settings=settings(self.mode, t.timeout_s), reinit="create_new",

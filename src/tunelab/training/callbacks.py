@@ -67,17 +67,27 @@ class MetricsCallback(TrainerCallback):
 
 
 class ProgressCallback(TrainerCallback):
-    """A rich progress bar: step, loss, tokens/s, ETA."""
+    """Progress while training: a rich bar in a terminal; elsewhere (a log file, a pipe, a scheduler's
+    output) one plain line every `every_s` seconds: step, loss, tokens/s, ETA."""
 
-    def __init__(self, metrics: MetricsCallback, console=None):
+    def __init__(self, metrics: MetricsCallback, console=None, every_s: float = 30.0, global_batch: int | None = None):
         from rich.console import Console
 
         self.metrics = metrics
+        self.global_batch = global_batch  # sequences per optimizer step, over every process
         self.console = console or Console(stderr=True)
+        self.every_s = every_s
         self.progress = None
         self.task = None
+        self.started: float | None = None
+        self.start_step = 0
+        self.last_line = 0.0
 
     def on_train_begin(self, args, state, control, **kw):
+        self.started = self.last_line = time.perf_counter()
+        self.start_step = state.global_step
+        if not self.console.is_terminal:
+            return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.progress = Progress(
@@ -94,9 +104,7 @@ class ProgressCallback(TrainerCallback):
         self.progress.start()
         self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, info="")
 
-    def on_step_end(self, args, state, control, **kw):
-        if self.progress is None:
-            return
+    def _info(self) -> str:
         m = self.metrics
         info = []
         if m.last_train_loss is not None:
@@ -105,10 +113,26 @@ class ProgressCallback(TrainerCallback):
             info.append(f"eval {m.last_eval_loss:.4f}")
         if m.tokens_per_s:
             info.append(f"{m.tokens_per_s:,.0f} tok/s")
-        self.progress.update(self.task, completed=state.global_step, info="  ".join(info))
+        if self.global_batch:
+            info.append(f"batch {self.global_batch}")
+        return "  ".join(info)
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step, info=self._info())
+            return
+        now = time.perf_counter()
+        if self.started is None or now - self.last_line < self.every_s:
+            return
+        self.last_line = now
+        done = state.global_step - self.start_step
+        eta = (now - self.started) / done * (state.max_steps - state.global_step) if done else 0.0
+        self.console.print(f"train step {state.global_step}/{state.max_steps}  {self._info()}  "
+                           f"elapsed {_clock(now - self.started)}  eta {_clock(eta)}", highlight=False, soft_wrap=True)
 
     def on_log(self, args, state, control, **kw):
-        self.on_step_end(args, state, control)  # runs after MetricsCallback: show the newest loss
+        if self.progress is not None:  # runs after MetricsCallback: show the newest loss
+            self.progress.update(self.task, completed=state.global_step, info=self._info())
 
     def on_train_end(self, args, state, control, **kw):
         self.stop()
@@ -117,6 +141,11 @@ class ProgressCallback(TrainerCallback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 class SamplesCallback(TrainerCallback):
@@ -180,11 +209,15 @@ class SamplesCallback(TrainerCallback):
 
 class GracefulStop(TrainerCallback):
     """Ctrl-C or SIGTERM (schedulers, `docker stop`, preemptible VMs): finish the current optimizer
-    step, save a checkpoint, stop. A second Ctrl-C stops at once (KeyboardInterrupt)."""
+    step, save a checkpoint, stop. A second Ctrl-C stops at once (KeyboardInterrupt).
 
-    def __init__(self, console=None):
+    `agree` (several processes) turns this rank's signal into the one any rank has seen, so every
+    rank stops, and saves, after the same step."""
+
+    def __init__(self, console=None, agree=None):
         self.console = console
         self.signal: int | None = None
+        self.agree = agree
 
     @property
     def name(self) -> str:
@@ -212,6 +245,8 @@ class GracefulStop(TrainerCallback):
                 signal.signal(s, h)
 
     def on_step_end(self, args, state, control, **kw):
+        if self.agree is not None:
+            self.signal = self.agree(self.signal)
         if self.signal is not None:
             control.should_save = True
             control.should_training_stop = True

@@ -20,26 +20,24 @@ from rich.text import Text
 
 from tunelab.config import RunConfig, save_config
 from tunelab.config.load import config_to_dict
-from tunelab.data.prepare import prepare_data
+from tunelab.data.prepare import check_lost_answers, data_notes, prepare_data
 from tunelab.errors import Interrupted, TunelabError, as_user_error, os_error
-from tunelab.files import check_writable
 from tunelab.evaluation.metrics import exact_match_rate
 from tunelab.model.adapters import adapter_warnings, apply_adapter, parameter_report
-from tunelab.model.loading import device_for, load_model, load_tokenizer, resolve_model_path, run_precision, run_weight_dtype
+from tunelab.model.loading import load_model, load_tokenizer, precision_flags, resolve_model_path
+from tunelab.model.loading import run_precision, run_weight_dtype
 from tunelab.training.callbacks import GracefulStop, MetricsCallback, ProgressCallback, ResumedIntervals, SamplesCallback
-from tunelab.runs import DataStats, ModelMeta, RunDir, RunLock, Summary, check_run_dir, prepare_run_dir, rotate_checkpoints
+from tunelab.training.preference import PreferenceCallback, preference_args, preference_trainer, sample_rows, sequence_lengths
+from tunelab.training import distributed as dist
+from tunelab.training.checks import check_outputs_writable as _check_outputs_writable
+from tunelab.training.checks import check_run_dir_for as _check_run_dir
+from tunelab.training.checks import explicit_checkpoint as _explicit_checkpoint
+from tunelab.training.checks import resume_point as _resume_point
+from tunelab.runs import DataStats, ModelMeta, RunDir, RunLock, Summary, prepare_run_dir, rotate_checkpoints
 from tunelab.runs import step_dir_name
 
 
-def precision_flags(cfg: RunConfig, device: str) -> dict[str, bool]:
-    """`training.precision` -> SFTConfig bf16 / fp16 flags (auto: bf16 on GPUs that have it, fp16 on others, fp32 on CPU)."""
-    p = run_precision(cfg, device)
-    if p == "fp16" and not device.startswith("cuda"):
-        raise TunelabError("training.precision: fp16 mixed precision needs a GPU; use bf16 or fp32 on the CPU")
-    return {"bf16": p == "bf16", "fp16": p == "fp16"}
-
-
-def sft_config(cfg: RunConfig, run: RunDir, device: str, has_test: bool, checkpointing: bool):
+def sft_config(cfg: RunConfig, run: RunDir, device: str, has_test: bool, checkpointing: bool, extra: dict | None = None):
     from trl import SFTConfig
 
     t = cfg.training
@@ -72,18 +70,23 @@ def sft_config(cfg: RunConfig, run: RunDir, device: str, has_test: bool, checkpo
         data_seed=t.seed,
         report_to="none",
         disable_tqdm=True,
-        packing=t.packing,
-        packing_strategy="bfd",
+        packing=bool(t.packing),
+        # bfd: whole examples, each attending to itself; bfd_split: long ones cut into pieces first
+        # (data.too_long: split); wrapped: the example stream cut into blocks (training.packing: blocks)
+        packing_strategy="wrapped" if t.packing == "blocks" else "bfd_split" if cfg.data.too_long == "split" else "bfd",
         max_length=t.max_length,
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=t.dataloader_workers,
+        **(extra or {}),  # several processes: the strategy's own arguments (training.distributed.trainer_args)
     )
 
 
-def make_trainer_class():
+def make_trainer_class(method: str = "sft"):
     from trl import SFTTrainer
 
-    class TunelabTrainer(SFTTrainer):
+    base = SFTTrainer if method == "sft" else preference_trainer(method)  # TRL's DPOTrainer / KTOTrainer
+
+    class TunelabTrainer(dist.RankTokens, base):
         """SFTTrainer whose checkpoints land in checkpoints/step-NNNNNN/ once fully written."""
 
         run: RunDir
@@ -91,14 +94,17 @@ def make_trainer_class():
 
         def _save_checkpoint(self, model, trial):  # a private Trainer method: pinned in tunelab.compat.SAVE_CHECKPOINT
             super()._save_checkpoint(model, trial)
-            step = self.state.global_step
-            src = Path(self.args.output_dir) / f"checkpoint-{step}"
-            dst = self.run.checkpoints / step_dir_name(step)
-            if dst.exists():
-                shutil.rmtree(dst)
-            # The rename is the commit point: a crash mid-save leaves checkpoint-N, which resume ignores.
-            src.rename(dst)
-            rotate_checkpoints(self.run, self.keep)
+            self.accelerator.wait_for_everyone()  # several processes: every rank's RNG state is in checkpoint-N
+            if self.args.should_save:  # rank 0
+                step = self.state.global_step
+                src = Path(self.args.output_dir) / f"checkpoint-{step}"
+                dst = self.run.checkpoints / step_dir_name(step)
+                if dst.exists():
+                    shutil.rmtree(dst)
+                # The rename is the commit point: a crash mid-save leaves checkpoint-N, which resume ignores.
+                src.rename(dst)
+                rotate_checkpoints(self.run, self.keep)
+            self.accelerator.wait_for_everyone()  # step-N is complete before any rank goes on (or dies)
 
     return TunelabTrainer
 
@@ -117,6 +123,8 @@ def row_lengths(dataset) -> list[int]:
     """Token count of every row, read from the Arrow column (no token lists built in Python)."""
     import pyarrow.compute as pc
 
+    if "input_ids" not in dataset.column_names:
+        return sequence_lengths(dataset)  # preference pairs: prompt + each answer
     return pc.list_value_length(dataset.data.column("input_ids")).to_pylist()
 
 
@@ -130,8 +138,8 @@ def packing_efficiency(dataset, max_length: int) -> float | None:
 # Settings that `--resume` may change: they do not alter what the optimizer steps compute. Any
 # other difference from the run's saved config would silently give a run that is neither.
 RESUME_MAY_CHANGE = ("training.save_steps", "training.eval_steps", "training.logging_steps", "training.save_total_limit",
-                     "training.dataloader_workers", "training.resume", "model.device", "output.",
-                     "samples.", "eval.", "tracking.")
+                     "training.dataloader_workers", "training.progress_every_s", "data.max_lost_answers", "training.resume", "model.device", "output.",
+                     "samples.", "eval.", "tracking.", "distributed.backend", "distributed.timeout_s")
 
 
 def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = False, console=None, sinks=None,
@@ -145,27 +153,37 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
 
     console = console or Console(stderr=True)
     resume = resume or cfg.training.resume not in (False, None)
-    device = device_for(cfg.model)
+    world = dist.World.from_env()  # launched as one of several processes (torchrun, accelerate launch, --nproc)?
+    backend = world.start(cfg)
+    if not world.is_main:
+        console.quiet = True  # rank 0 speaks for the job (the others' tracebacks still reach stderr)
+    device = world.device(cfg.model)  # cuda:LOCAL_RANK, never device_map="auto"
     precision_flags(cfg, device)  # fail before anything is written
+    strategy = dist.resolve_strategy(cfg, world.size, device, world.local_size)
+    dist.check_strategy(cfg, strategy, device == "cpu")
     explicit = _explicit_checkpoint(cfg)  # a training.resume path that is no checkpoint is named first
     run_name = cfg.output.name or "run"
     _check_outputs_writable(cfg)
     run = _check_run_dir(cfg, run_name, resume, explicit)
-    lock = RunLock(run.path).acquire()  # one process per run directory, for the whole run
+    # one job per run directory: rank 0 holds the lock for the whole run, the others learn whether it could
+    lock = world.on_main(lambda: RunLock(run.path).acquire())
     try:
-        if lock.took_over:
+        if lock is not None and lock.took_over:
             console.print(Text(f"note: took over the lock of {run.path} left by PID {lock.took_over.get('pid')} on "
                                f"{lock.took_over.get('host')}, which is gone", style="yellow"))
-        return _train(cfg, config_path, resume, console, sinks, command, callbacks, device, run_name, explicit)
+        return _train(cfg, config_path, resume, console, sinks, command, callbacks, device, run_name, explicit,
+                      world, strategy, backend)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
-def _train(cfg, config_path, resume, console, sinks, command, callbacks, device, run_name, explicit) -> Summary:
+def _train(cfg, config_path, resume, console, sinks, command, callbacks, device, run_name, explicit,
+           world=dist.World(), strategy="none", backend=None) -> Summary:
     t_start = time.perf_counter()
     sinks = list(sinks or [])
     from tunelab.artifacts import Home
-    from tunelab.artifacts.models import check_adapter_fits, load_adapter_weights, model_from_artifact
+    from tunelab.artifacts.models import check_adapter_fits, continued_model, load_adapter_weights
     from tunelab.tracking import Tracking
 
     home = Home.of(cfg)  # where this config's artifact references resolve
@@ -179,20 +197,28 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
     if checkpoint is not None:
         _check_resume_settings(cfg, run, checkpoint)
         check_checkpoint_files(checkpoint)
+        dist.check_resume_world(checkpoint, world.size)
     # a model artifact reference resolves (or fails in one line) before any weights load
-    init = model_from_artifact(cfg.model.name, home) if cfg.model.ref.kind == "artifact" else None
+    # (rank 0 first: an artifact is fetched, a tiny: model built, once into the cache the others read)
+    init = world.main_first(lambda: continued_model(cfg.model.name, home))  # a model artifact, or a run / adapter folder (SFT, then DPO)
     if init is not None:
         check_adapter_fits(init, cfg.adapter)
-    model_path = resolve_model_path(init.base if init is not None else cfg.model.name)
+    model_path = world.main_first(lambda: resolve_model_path(init.base if init is not None else cfg.model.name))
     tokenizer = load_tokenizer(cfg.model, model_path)
-    data = prepare_data(cfg, tokenizer, console, home)
+    data = world.main_first(lambda: prepare_data(cfg, tokenizer, console, home))  # rank 0 tokenizes, the others read its cache
     console.print(f"[bold]data[/]: {data.stats['train_examples']} train / {data.stats['test_examples']} test examples, "
                   f"{data.stats['train_tokens']:,} train tokens{' (cache hit)' if data.cache_hit else ''}")
+    notes = data_notes(data.stats, cfg)
+    for line in notes:  # lost training signal is said before training starts (and reaches the trackers)
+        console.print(Text(f"warning: {line}", style="yellow"), soft_wrap=True)
+    data.stats["notes"] = notes
+    check_lost_answers(data.stats, cfg)
 
     from transformers import set_seed
 
     set_seed(cfg.training.seed)  # the adapter's initialisation is part of the run's reproducibility
-    model = load_model(cfg.model.model_copy(update={"dtype": run_weight_dtype(cfg, device)}), cfg.quantization, tokenizer, model_path)
+    model = load_model(cfg.model.model_copy(update={"dtype": run_weight_dtype(cfg, device), "device": device}), cfg.quantization,
+                       tokenizer, model_path)
     checkpointing = cfg.training.gradient_checkpointing
     if checkpointing == "auto":
         from tunelab.perf.plan import decide_checkpointing
@@ -204,18 +230,22 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
     dense_samples = _dense_samples_fit(cfg, device, checkpointing, model)
     if init is not None and init.adapter is not None:
         load_adapter_weights(model, init.adapter)  # continue the artifact's adapter
-    # the model and adapter loaded: only now is the run directory created (or replaced)
-    run = prepare_run_dir(cfg.output.dir, run_name, resume=checkpoint is not None, overwrite=cfg.output.overwrite)
-    if checkpoint is not None:
-        run.remove_partial_files()
-        dropped = run.truncate_logs(_checkpoint_step(checkpoint))
-        if dropped:
-            console.print(f"[dim]resume: dropped the records after step {_checkpoint_step(checkpoint)} from "
-                          f"{', '.join(f'{k} ({v})' for k, v in dropped.items())}; those steps run again[/]")
-    try:
-        save_config(cfg, run.config)
-    except OSError as e:
-        raise os_error(e, run.config) from None
+    # the model and adapter loaded: only now is the run directory created (or replaced), by rank 0 alone
+    def open_run_dir() -> RunDir:
+        run = prepare_run_dir(cfg.output.dir, run_name, resume=checkpoint is not None, overwrite=cfg.output.overwrite)
+        if checkpoint is not None:
+            run.remove_partial_files()
+            dropped = run.truncate_logs(_checkpoint_step(checkpoint))
+            if dropped:
+                console.print(f"[dim]resume: dropped the records after step {_checkpoint_step(checkpoint)} from "
+                              f"{', '.join(f'{k} ({v})' for k, v in dropped.items())}; those steps run again[/]")
+        try:
+            save_config(cfg, run.config)
+        except OSError as e:
+            raise os_error(e, run.config) from None
+        return run
+
+    run = world.on_main(open_run_dir) or run
     params = parameter_report(model)
     from tunelab.perf.flops import flops_per_token, mean_attended_context
 
@@ -224,15 +254,17 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
                   f"{params['trainable_pct']}%){', ' + str(cfg.quantization.bits) + '-bit' if cfg.quantization.bits else ''}, "
                   f"device {device}", highlight=False)
 
-    trainer_cls = make_trainer_class()
+    trainer_cls = make_trainer_class(cfg.training.method)
+    args = sft_config(cfg, run, device, data.test is not None, checkpointing, dist.trainer_args(cfg, strategy, backend, model))
     trainer = trainer_cls(
         model=model,
-        args=sft_config(cfg, run, device, data.test is not None, checkpointing),
+        args=args if cfg.training.method == "sft" else preference_args(cfg, args),
         train_dataset=data.train,
         eval_dataset=data.test,
         processing_class=tokenizer,
     )
     trainer.run, trainer.keep = run, cfg.training.save_total_limit
+    dist.check_trainer_world(trainer, world, device, strategy)  # a silent fall-back to one process is a bug, said loudly
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl replace its dict dumps
@@ -240,23 +272,34 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
     from tunelab.model.loading import keep_bnb_training_layout
 
     keep_bnb_training_layout(trainer.model)  # again: TRL may have re-wrapped layers
-    if cfg.training.loss_kernel == "auto":
+    if cfg.training.loss_kernel == "auto" and cfg.training.method == "sft":  # the preference losses need TRL's outputs
         use_direct_lm_head(trainer.model)  # TRL's tiled LM head is slow without Triton (a no-op with it)
-    data.stats["packing_efficiency"] = packing_efficiency(trainer.train_dataset, cfg.training.max_length) if cfg.training.packing else None
+    packed = cfg.training.packing and cfg.training.method == "sft"
+    data.stats["packing_efficiency"] = packing_efficiency(trainer.train_dataset, cfg.training.max_length) if packed else None
+    _print_plan(cfg, data, trainer, console)
 
-    tracking.start(run, params, data.stats, device, resume=checkpoint is not None)
+    if world.is_main:  # one tracker run, one metrics file, one progress bar, one samples table: rank 0's
+        tracking.start(run, params, data.stats, device, resume=checkpoint is not None)
+        trainer.add_callback(tracking.callback())
     sinks = [tracking]  # the trackers (and any sinks passed in), each guarded
-    trainer.add_callback(tracking.callback())
     metrics_cb = MetricsCallback(run, sinks)
-    progress_cb = ProgressCallback(metrics_cb, console)
+    progress_cb = ProgressCallback(metrics_cb, console, cfg.training.progress_every_s, dist.global_batch(cfg, world.size))
     settings = cfg.samples.generation()
     samples_cb = None
-    if cfg.samples.enabled and cfg.samples.num_prompts and data.test_rows:
-        samples_cb = SamplesCallback(run, data.test_rows[: cfg.samples.num_prompts], cfg.prompt, tokenizer, settings, sinks,
+    if dist.shards_weights(strategy) and cfg.samples.enabled:
+        console.print(Text(f"warning: samples: off under {strategy} (no rank holds the whole model to generate with); "
+                           "score the final model with tunelab eval", style="yellow"), soft_wrap=True)
+    elif cfg.samples.enabled and cfg.samples.num_prompts and data.test_rows and world.is_main:
+        # rank 0 generates between steps while the others wait in the next step's all-reduce
+        samples_cb = SamplesCallback(run, sample_rows(data.test_rows)[: cfg.samples.num_prompts], cfg.prompt, tokenizer, settings, sinks,
                                      generation_metrics=cfg.eval.generation_metrics, dense_weights=dense_samples,
                                      clock=metrics_cb)
-    stopper = GracefulStop(console)
-    for cb in (metrics_cb, progress_cb, samples_cb, ResumedIntervals(), stopper, *(callbacks or [])):
+    pref_cb = None
+    if cfg.training.method != "sft" and cfg.preference.eval_pairs and data.test_rows and world.is_main:
+        pref_cb = PreferenceCallback(run, _held_out_pairs(cfg, data.test_rows, tokenizer), tokenizer, sinks, clock=metrics_cb)
+    stopper = GracefulStop(console, agree=world.agree_signal)  # every rank stops after the same step
+    for cb in (*((metrics_cb, progress_cb, samples_cb, pref_cb) if world.is_main else ()), ResumedIntervals(), stopper,
+               *(callbacks or [])):
         if cb is not None:
             trainer.add_callback(cb)
 
@@ -292,7 +335,7 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
     finally:
         progress_cb.stop()
         train_s = time.perf_counter() - t_train
-        if status != "completed":
+        if status != "completed" and world.is_main:
             _close_failed(run, tracking, status, reason, trainer.state.global_step)
     if status == "interrupted":
         saved = run.latest_checkpoint()
@@ -307,12 +350,21 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
     sample_s = samples_cb.seconds if samples_cb else 0.0
     eval_s = sum(h.get("eval_runtime", 0.0) for h in history if h.get("step", 0) > _checkpoint_step(checkpoint))
     pure_train_s = max(train_s - sample_s - eval_s, 1e-9)
+    # where each rank ran and what it did; speeds over rank 0's clock (the others waited out its samples)
+    prec = run_precision(cfg, device)
+    per_rank = world.gather(dist.rank_record(world, device, str(trainer.args.device), str(next(model.parameters()).device),
+                                             trainer.rank_tokens, dist.peak_flops(device, prec if prec != "fp32" else run_weight_dtype(cfg, device)),
+                                             peak_memory_mb(device)))
+    job = dist.job_figures(per_rank, pure_train_s, flops.per_token)
     after = None
     if samples_cb is not None and samples_cb.history:
         last = samples_cb.history[max(samples_cb.history)]
         after = exact_match_rate(last, samples_cb.references)
+    # a callback that stopped training on purpose (the sweep's pruner) names the status the run ends in
+    stopped_by = next((cb for cb in callbacks or [] if getattr(cb, "stop_status", None)), None)
     summary = Summary(
-        status="completed",
+        status=stopped_by.stop_status if stopped_by is not None else "completed",
+        reason=getattr(stopped_by, "stop_reason", None),
         run_dir=str(run.path),
         base_model=cfg.model.name,
         adapter=cfg.adapter.type,
@@ -331,11 +383,19 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
         tokens_per_s=round(session_tokens / pure_train_s, 1),
         model_flops_per_token=flops.per_token,
         achieved_tflops=round(flops.per_token * session_tokens / pure_train_s / 1e12, 5),
-        **peak_memory_mb(device),
+        mfu=job["mfu"],
+        peak_tflops=job["peak_tflops"],
+        peak_rss_mb=job["peak_rss_mb"],
+        peak_gpu_mb=job.get("peak_gpu_mb"),
+        world_size=world.size,
+        strategy=None if strategy == "none" else strategy,
+        global_batch=dist.global_batch(cfg, world.size),
+        per_rank=per_rank if world.distributed else None,
         final_train_loss=train_losses[-1] if train_losses else None,
         final_eval_loss=eval_losses[-1] if eval_losses else None,
         samples_exact_match_before=before,
         samples_exact_match_after=after,
+        **(pref_cb.summary() if pref_cb is not None else {}),
         parameters=params,
         data=DataStats.model_validate(data.stats),
         config=config_to_dict(cfg),
@@ -343,24 +403,49 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
     # "completed" is written last, once the final model, the trackers' records and lineage.json are
     # all in place: a run whose summary says completed is complete.
     try:
-        _save_final(trainer, tokenizer, run, cfg, model_path)
-        for sink in sinks:
-            sink.finish(summary)
-        run.write_summary(summary)
+        _save_final(trainer, tokenizer, run, cfg, model_path, world)
+        if world.is_main:
+            for sink in sinks:
+                sink.finish(summary)
+            run.write_summary(summary)
     except Exception as e:
         err = e if isinstance(e, TunelabError) else as_user_error(e)
-        _close_failed(run, tracking, "failed", err.message if err else f"{type(e).__name__}: {e}", trainer.state.global_step)
+        if world.is_main:
+            _close_failed(run, tracking, "failed", err.message if err else f"{type(e).__name__}: {e}", trainer.state.global_step)
         if err is None:
             raise
         raise err from None
     return summary
 
 
-def _check_run_dir(cfg: RunConfig, run_name: str, resume: bool, explicit: Path | None) -> RunDir:
-    """`check_run_dir` for this run: an explicit `training.resume` checkpoint may start a new run directory."""
-    if explicit is not None:
-        resume = (Path(cfg.output.dir) / run_name).is_dir()
-    return check_run_dir(cfg.output.dir, run_name, resume=resume, overwrite=cfg.output.overwrite)
+def _held_out_pairs(cfg: RunConfig, rows: list[dict], tokenizer) -> list:
+    """Up to preference.eval_pairs test pairs, tokenized as DPO training tokenizes them."""
+    from tunelab.data.prepare import TokenSpec
+    from tunelab.data.sources import RawRows
+    from tunelab.evaluation.preference import tokenized_pairs
+
+    return tokenized_pairs(RawRows(rows=rows[: cfg.preference.eval_pairs]), TokenSpec.of(cfg), tokenizer)
+
+
+def _print_plan(cfg: RunConfig, data, trainer, console) -> None:
+    """What the run will do, before it does it: rows, tokens, optimizer steps, the effective batch."""
+    import math
+
+    t = cfg.training
+    per_step = t.batch_size * t.grad_accum * max(1, trainer.args.world_size)
+    sequences = len(trainer.train_dataset)
+    world_size = max(1, trainer.args.world_size)
+    per_epoch = max(1, math.ceil(math.ceil(sequences / (t.batch_size * world_size)) / t.grad_accum))
+    steps = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * per_epoch)
+    packed = f" packed into {sequences} rows of {t.max_length}" if t.packing and t.method == "sft" else ""
+    world = f" x {trainer.args.world_size} processes" if trainer.args.world_size > 1 else ""
+    console.print(f"[bold]plan[/]: {data.stats['train_examples']} examples ({data.stats['train_tokens']:,} tokens){packed} -> "
+                  f"{steps} optimizer steps at batch {t.batch_size} x grad_accum {t.grad_accum}{world} = {per_step} "
+                  f"sequences per step", highlight=False, soft_wrap=True)
+    if steps < 10:
+        console.print(Text(f"warning: only {steps} optimizer steps: the learning-rate warmup and schedule have little room, "
+                           "and the loss curve says little; add data or epochs, or lower the batch (batch_size x grad_accum)",
+                           style="yellow"), soft_wrap=True)
 
 
 def _close_failed(run: RunDir, tracking, status: str, reason: str | None, step: int) -> None:
@@ -378,30 +463,6 @@ def _resume_command(command: str | None, config_path) -> str:
     if command:
         return command if "--resume" in command.split() else f"{command} --resume"
     return f"tunelab train {config_path or 'CONFIG'} --resume"
-
-
-def _check_outputs_writable(cfg: RunConfig) -> None:
-    """output.dir, the data cache and the tracking dir must be writable before anything is loaded."""
-    from tunelab.artifacts import tracking_dir
-    from tunelab.cache import cache_root
-
-    check_writable(cfg.output.dir, "output.dir")
-    check_writable(Path(cfg.data.cache_dir) if cfg.data.cache_dir else cache_root("data"), "data.cache_dir")
-    if cfg.tracking.backends():
-        check_writable(tracking_dir(cfg), "tracking.dir")
-
-
-def _explicit_checkpoint(cfg: RunConfig) -> Path | None:
-    """`training.resume: PATH`: that checkpoint, checked now; None for `auto` / off."""
-    explicit = cfg.training.resume
-    if explicit in (False, None, "auto", True):
-        return None
-    p = Path(str(explicit)).expanduser()
-    if not p.exists():
-        raise TunelabError(f"training.resume: {p} does not exist")
-    if not (p / "trainer_state.json").is_file():
-        raise TunelabError(f"training.resume: {p} is not a checkpoint (no trainer_state.json)")
-    return p
 
 
 def _checkpoint_step(checkpoint: Path | None) -> int:
@@ -426,8 +487,11 @@ def _check_resume_settings(cfg: RunConfig, run: RunDir, checkpoint: Path) -> Non
 
     saved = flatten(read_yaml(saved_file))
     now = flatten(config_to_dict(cfg))
+    # a setting the saved config predates (the schema grew since) counts as unchanged at its default
+    defaults = flatten(config_to_dict(RunConfig.model_validate({"model": {"name": "tiny:x"}, "data": {"train": {"path": "x"}}})))
     changed = [k for k in sorted(set(saved) | set(now))
-               if saved.get(k) != now.get(k) and not k.startswith(RESUME_MAY_CHANGE)]
+               if saved.get(k) != now.get(k) and not k.startswith(RESUME_MAY_CHANGE)
+               and not (k not in saved and k in defaults and now.get(k) == defaults[k])]
     if changed:
         shown = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
         raise TunelabError(f"--resume cannot change {', '.join(changed)} ({shown})",
@@ -444,8 +508,8 @@ def check_checkpoint_files(checkpoint: Path) -> None:
 
     from tunelab.compat import checkpoint_safe_globals
 
-    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "scaler.pt"):
-        f = checkpoint / name
+    names = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "scaler.pt")
+    for f in [checkpoint / n for n in names] + sorted(checkpoint.glob("rng_state_*.pth")):  # one RNG file per rank
         if not f.is_file():
             continue
         try:
@@ -482,21 +546,21 @@ def _evaluated_at(trainer, step: int) -> bool:
     return any("eval_loss" in h and h.get("step") == step for h in trainer.state.log_history)
 
 
-def _resume_point(run: RunDir) -> Path:
-    ckpt = run.latest_checkpoint()
-    if ckpt is None:
-        raise TunelabError(f"nothing to resume in {run.path}: no complete checkpoint under checkpoints/",
-                           hint="checkpoints are written every training.save_steps steps")
-    return ckpt
-
-
-def _save_final(trainer, tokenizer, run: RunDir, cfg: RunConfig, model_path: str) -> None:
-    """final/ appears only complete: written to final.tmp, then renamed."""
+def _save_final(trainer, tokenizer, run: RunDir, cfg: RunConfig, model_path: str, world=dist.World()) -> None:
+    """final/ appears only complete: written to final.tmp, then renamed (by rank 0; every rank takes
+    part in saving, which a sharded model needs)."""
     tmp = run.path / "final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if world.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    world.barrier()
     trainer.save_model(str(tmp))
+    world.barrier()
+    if not world.is_main:
+        return
     tokenizer.save_pretrained(str(tmp))
     (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run's config.yaml says it all
+    if cfg.training.method != "sft":
+        shutil.rmtree(tmp / "ref", ignore_errors=True)  # TRL's frozen reference copy of a continued adapter
     ModelMeta(
         kind="adapter" if cfg.adapter.type == "lora" else "full",
         base_model=cfg.model.name,
