@@ -33,8 +33,10 @@ def fresh_adapter(folder: Path, base: Path, seed: int) -> Path:
 
     if not (folder / "adapter_model.safetensors").is_file():
         torch.manual_seed(seed)
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                               LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(base),
+            LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False),
+        )
         model.save_pretrained(folder)
     return folder
 
@@ -80,8 +82,14 @@ _ALONE: dict = {}
 def settings(max_new: int = 12, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0):
     from tunelab.inference.generate import GenerationSettings
 
-    return GenerationSettings(max_new_tokens=max_new, do_sample=temperature > 0, temperature=temperature or 1.0, top_p=top_p,
-                              batch_size=1, seed=seed)
+    return GenerationSettings(
+        max_new_tokens=max_new,
+        do_sample=temperature > 0,
+        temperature=temperature or 1.0,
+        top_p=top_p,
+        batch_size=1,
+        seed=seed,
+    )
 
 
 def middle_stop(text: str) -> str:
@@ -97,7 +105,9 @@ def middle_stop(text: str) -> str:
 
 async def together(engine, jobs):
     """All jobs (served id, prompt, settings, stop) submitted at once; their Generations in order."""
-    return await asyncio.gather(*[engine.generate(engine.models[mid], engine.encode(p), s, stop) for mid, p, s, stop in jobs])
+    return await asyncio.gather(
+        *[engine.generate(engine.models[mid], engine.encode(p), s, stop) for mid, p, s, stop in jobs]
+    )
 
 
 # --- the padded cache -----------------------------------------------------------------------------------
@@ -121,8 +131,13 @@ def test_rows_that_join_and_leave_decode_as_they_would_alone(tiny_model_dir):
         pos = rows.positions()
         mask = rows.grow()
         with torch.inference_mode():
-            return model(input_ids=torch.tensor(tokens)[:, None], attention_mask=mask, position_ids=pos, cache=rows.cache,
-                         use_cache=True).logits[:, -1]
+            return model(
+                input_ids=torch.tensor(tokens)[:, None],
+                attention_mask=mask,
+                position_ids=pos,
+                cache=rows.cache,
+                use_cache=True,
+            ).logits[:, -1]
 
     singles = [prefill(p) for p in prompts]
     alone = [step(*prefill(p)[:1], [tok]) for p, (_, tok) in zip(prompts, singles, strict=True)]
@@ -145,7 +160,14 @@ def test_models_whose_cache_cannot_be_stacked_are_served_one_at_a_time():
 
     from tunelab.inference.batch_cache import batching_unsupported
 
-    shape = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    shape = dict(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     assert batching_unsupported(types.SimpleNamespace(config=LlamaConfig(**shape))) is None
     reason = batching_unsupported(types.SimpleNamespace(config=MistralConfig(sliding_window=16, **shape)))
     assert reason and "DynamicSlidingWindowLayer" in reason
@@ -195,11 +217,36 @@ def test_concurrent_requests_share_forward_passes_and_keep_their_settings(engine
     print(f"identical to single-request answers: {sum(same)}/{len(same)}")
     # a batch computes other matmul shapes than a lone request; on this model none flipped a token (12/12),
     # one is allowed for CPUs whose kernels round differently
-    assert sum(same) >= len(jobs) - 1, [(j[1][:20], a, r) for j, a, r, ok in zip(jobs, answers, reference, same, strict=True) if not ok]
+    assert sum(same) >= len(jobs) - 1, [
+        (j[1][:20], a, r) for j, a, r, ok in zip(jobs, answers, reference, same, strict=True) if not ok
+    ]
     assert answers[6].completion_tokens == 3 and answers[6].finish_reason == "length"
     assert answers[7].text == answers[8].text  # a seed is per request
     assert answers[10].text == text[: text.find(stop)] and answers[10].finish_reason == "stop"
     assert len({a.text for a in answers[:6]}) >= 4
+
+
+def test_ignore_eos_generates_max_tokens_past_an_end_token(engine, adapters, monkeypatch):
+    """vLLM's ignore_eos (the serving benchmark's fixed-length answers): the scheduler suppresses the
+    end tokens as `generate`'s min_new_tokens does. The greedy first token is made an end token here,
+    so without the setting every answer stops at once and with it each runs to max_tokens."""
+    import torch
+
+    from tunelab.inference.generate import encode_prompt
+
+    target = str(adapters["a"])
+    alone(target, PROMPTS[0], settings(max_new=1))  # loads the model on its own
+    model, tok = _MODELS[target]
+    with torch.no_grad():
+        first = int(model(torch.tensor([encode_prompt(tok, PROMPTS[0])])).logits[0, -1].argmax())
+    monkeypatch.setattr(engine.scheduler, "_eos", {*engine.scheduler._eos, first})
+    plain = settings(max_new=10)
+    forced = plain.model_copy(update={"ignore_eos": True})
+    stopped, *full = asyncio.run(
+        together(engine, [("a", PROMPTS[0], plain, ()), ("a", PROMPTS[0], forced, ()), ("a", PROMPTS[1], forced, ())])
+    )
+    assert stopped.finish_reason == "stop" and stopped.completion_tokens <= 1
+    assert all(a.completion_tokens == 10 and a.finish_reason == "length" for a in full), full
 
 
 def _base_dir(adapters) -> str:
@@ -281,14 +328,19 @@ def test_close_answers_running_requests_and_cancels_queued_ones(adapters):
     eng = load_engine(str(adapters["a"]), name="a", max_batch=2)
 
     async def run():
-        tasks = [asyncio.create_task(eng.generate(eng.models["a"], eng.encode(PROMPTS[3]), settings(max_new=400))) for _ in range(3)]
+        tasks = [
+            asyncio.create_task(eng.generate(eng.models["a"], eng.encode(PROMPTS[3]), settings(max_new=400)))
+            for _ in range(3)
+        ]
         while eng.scheduler.in_flight() < 2:
             await asyncio.sleep(0.01)
         await asyncio.to_thread(eng.close)
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     results = asyncio.run(run())
-    assert [r.finish_reason for r in results[:2]] == ["stop", "stop"] and all(0 < r.completion_tokens < 400 for r in results[:2])
+    assert [r.finish_reason for r in results[:2]] == ["stop", "stop"] and all(
+        0 < r.completion_tokens < 400 for r in results[:2]
+    )
     assert isinstance(results[2], asyncio.CancelledError)
 
 
@@ -298,8 +350,11 @@ def test_close_answers_running_requests_and_cancels_queued_ones(adapters):
 def test_streaming_under_batching_through_the_openai_client(engine):
     with running_server(engine) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
-        whole = {(mid, p): client.completions.create(model=mid, prompt=p, max_tokens=12, temperature=0).choices[0].text
-                 for mid in ("a", "b") for p in PROMPTS[:3]}
+        whole = {
+            (mid, p): client.completions.create(model=mid, prompt=p, max_tokens=12, temperature=0).choices[0].text
+            for mid in ("a", "b")
+            for p in PROMPTS[:3]
+        }
         text = whole[("a", PROMPTS[2])]
         stop = middle_stop(text)
         results: dict = {}
@@ -308,7 +363,9 @@ def test_streaming_under_batching_through_the_openai_client(engine):
         def ask(key, stop=None):
             c = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
             barrier.wait()
-            chunks = c.completions.create(model=key[0], prompt=key[1], max_tokens=12, temperature=0, stream=True, stop=stop)
+            chunks = c.completions.create(
+                model=key[0], prompt=key[1], max_tokens=12, temperature=0, stream=True, stop=stop
+            )
             results[key if stop is None else "stop"] = "".join(ch.choices[0].text for ch in chunks)
 
         threads = [threading.Thread(target=ask, args=(k,)) for k in whole]
@@ -321,14 +378,19 @@ def test_streaming_under_batching_through_the_openai_client(engine):
         assert max((n for n in engine.scheduler.stats.rows if engine.scheduler.stats.rows[n] > steps[n]), default=0) > 1
 
         # stop-string holdback still works while batched
-        chunks = client.completions.create(model="a", prompt=PROMPTS[2], max_tokens=12, temperature=0, stream=True, stop=[stop])
+        chunks = client.completions.create(
+            model="a", prompt=PROMPTS[2], max_tokens=12, temperature=0, stream=True, stop=[stop]
+        )
         assert "".join(ch.choices[0].text for ch in chunks) == text[: text.find(stop)]
 
         # a client that leaves mid-stream frees its row
         import httpx
 
-        with httpx.stream("POST", f"{url}/v1/completions", json={"model": "a", "prompt": PROMPTS[3], "max_tokens": 400,
-                                                                "temperature": 0, "stream": True}) as r:
+        with httpx.stream(
+            "POST",
+            f"{url}/v1/completions",
+            json={"model": "a", "prompt": PROMPTS[3], "max_tokens": 400, "temperature": 0, "stream": True},
+        ) as r:
             assert next(r.iter_lines()).startswith("data: {")
         deadline = time.monotonic() + 10
         while engine.scheduler.in_flight() and time.monotonic() < deadline:

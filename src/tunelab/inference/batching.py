@@ -31,7 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunelab.inference.batch_cache import Rows
-from tunelab.inference.generate import Generation, GenerationSettings, finish_generation, generate_kwargs, stop_token_ids
+from tunelab.inference.generate import (
+    GenerationSettings,
+    finish_generation,
+    generate_kwargs,
+    stop_token_ids,
+)
 
 log = logging.getLogger("tunelab.serve")
 
@@ -82,8 +87,9 @@ class BatchScheduler:
     one for a forward pass.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, max_batch: int,
-                 activate: Callable[[str | None], AbstractContextManager]):
+    def __init__(
+        self, model: Any, tokenizer: Any, max_batch: int, activate: Callable[[str | None], AbstractContextManager]
+    ):
         self.model, self.tokenizer, self.max_batch, self.activate = model, tokenizer, max_batch, activate
         self.stats = BatchStats()
         self._eos = set(stop_token_ids(model, tokenizer))
@@ -101,10 +107,19 @@ class BatchScheduler:
         self._thread = threading.Thread(target=self._run, name="tunelab-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, adapter: str | None, input_ids: Sequence[int], settings: GenerationSettings,
-               stop: Sequence[str] = (), streamer: Any = None, cancel: threading.Event | None = None) -> Future:
+    def submit(
+        self,
+        adapter: str | None,
+        input_ids: Sequence[int],
+        settings: GenerationSettings,
+        stop: Sequence[str] = (),
+        streamer: Any = None,
+        cancel: threading.Event | None = None,
+    ) -> Future:
         """Queue one generation; the future gets its `Generation` (or the error that ended it)."""
-        seq = _Seq(adapter, list(input_ids), settings, [s for s in stop if s], streamer, cancel or threading.Event(), Future())
+        seq = _Seq(
+            adapter, list(input_ids), settings, [s for s in stop if s], streamer, cancel or threading.Event(), Future()
+        )
         with self._lock:
             if self._closed:
                 raise RuntimeError("the engine is closed")
@@ -206,7 +221,9 @@ class BatchScheduler:
         stay = []
         for i, seq in enumerate(seqs):
             if seq.streamer is not None:
-                seq.streamer.put(torch.tensor([seq.prompt]))  # as `generate` does: the prompt first (skip_prompt drops it)
+                seq.streamer.put(
+                    torch.tensor([seq.prompt])
+                )  # as `generate` does: the prompt first (skip_prompt drops it)
             if self._advance(seq, self._choose(seq, logits[i : i + 1])):
                 self._finish(seq)
             else:
@@ -247,8 +264,13 @@ class BatchScheduler:
         mask = rows.grow()
         try:
             with self.activate(adapter):
-                out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                                 **{self._cache_arg: rows.cache})
+                out = self.model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    use_cache=True,
+                    **{self._cache_arg: rows.cache},
+                )
         except Exception as e:  # a failed step fails its group, not the server
             del self._groups[adapter]
             for seq in group.seqs:
@@ -258,8 +280,16 @@ class BatchScheduler:
         self.stats.adapter_steps[adapter] += 1
         logits = out.logits[:, -1]
         greedy = torch.argmax(logits.float(), dim=-1).tolist()  # one argmax for the plain greedy rows
-        stay = [i for i, seq in enumerate(group.seqs)
-                if not self._advance(seq, self._choose(seq, logits[i : i + 1]) if seq.processors or seq.settings.do_sample else greedy[i])]
+        stay = [
+            i
+            for i, seq in enumerate(group.seqs)
+            if not self._advance(
+                seq,
+                self._choose(seq, logits[i : i + 1])
+                if seq.processors or seq.settings.do_sample or seq.settings.ignore_eos
+                else greedy[i],
+            )
+        ]
         for i, seq in enumerate(group.seqs):
             if i not in stay:
                 self._finish(seq)
@@ -285,6 +315,10 @@ class BatchScheduler:
         scores = logits.to(copy=True, dtype=torch.float32)
         if seq.processors:
             scores = seq.processors(torch.tensor([seq.prompt + seq.new], device=self._device), scores)
+        if seq.settings.ignore_eos:
+            # what `generate`'s min_new_tokens does; the processors built outside `generate` lack its
+            # EOS tensor, so they never add that step themselves
+            scores[:, sorted(self._eos)] = float("-inf")
         if seq.settings.do_sample:
             probs = torch.nn.functional.softmax(scores, dim=-1)
             return int(torch.multinomial(probs, num_samples=1, generator=seq.generator))
@@ -307,8 +341,9 @@ class BatchScheduler:
     def _finish(self, seq: _Seq, cancelled: bool = False) -> None:
         """Answer the sequence with the rules of `generate_one`: text cut before the first stop string,
         finish_reason "stop" for EOS / a stop string / a cancel, "length" at max_tokens."""
-        answer = finish_generation(self.tokenizer, seq.new, self._eos, seq.stops, len(seq.prompt),
-                                   seq.settings.max_new_tokens, cancelled)
+        answer = finish_generation(
+            self.tokenizer, seq.new, self._eos, seq.stops, len(seq.prompt), seq.settings.max_new_tokens, cancelled
+        )
         _end(seq.streamer)
         _resolve(seq.future, answer)
 
