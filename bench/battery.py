@@ -26,17 +26,26 @@ import battery  # noqa: E402
 
 def main() -> int:
     names = sys.argv[1:] or None
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tunelab-battery-") as d:
         os.environ.setdefault("TUNELAB_CACHE", str(Path(d) / "cache"))
         results = battery.run_all(Path(d), names)
     counts = battery.counts(results)
     record = {
-        "date": time.strftime("%Y-%m-%d"), "commit": commit, "machine": platform.node(), "python": platform.python_version(),
-        "root": os.geteuid() == 0, "seconds": round(time.perf_counter() - t0, 1), "counts": counts,
-        "cases": {n: {"group": battery.GROUPS[n], "verdict": o.verdict, "rc": o.rc, "skipped": o.skipped, "lost": o.lost}
-                  for n, o in results.items()},
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": commit,
+        "machine": platform.node(),
+        "python": platform.python_version(),
+        "root": os.geteuid() == 0,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "counts": counts,
+        "cases": {
+            n: {"group": battery.GROUPS[n], "verdict": o.verdict, "rc": o.rc, "skipped": o.skipped, "lost": o.lost}
+            for n, o in results.items()
+        },
     }
     if names is None:
         out = ROOT / "bench" / "results" / "battery.json"
