@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch that this machine keeps on disk; on a CUDA machine use e.g. TORCH_SPEC=torch==2.13.0+cu128
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup quickstart test test-fast bench clean llama-cpp
+.PHONY: setup quickstart test test-fast lint bench clean llama-cpp
 
 setup: $(VENV)/.installed
 
@@ -21,9 +21,14 @@ quickstart: setup
 	$(VENV)/bin/tunelab report runs/quickstart -o runs/quickstart/report.html
 	@echo "next: source $(VENV)/bin/activate, then e.g. tunelab generate runs/quickstart (the train output above shows one of its own prompts)"
 
-test: setup
+test: setup lint
 	scripts/ensure-chromium.sh
 	$(PY) -m pytest -q
+
+# ruff's lint rules and formatting (pyproject.toml [tool.ruff]); part of make test
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -43,12 +43,16 @@ PY = sys.executable
 
 
 def git_commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def uncommitted() -> list[str]:
     """Files of the package that differ from the commit (what was measured is the working tree)."""
-    out = subprocess.run(["git", "status", "--porcelain", "--", "src/tunelab"], cwd=ROOT, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "--", "src/tunelab"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
     return sorted(line[3:] for line in out.splitlines())
 
 
@@ -67,8 +71,17 @@ def quickstart_target(scratch: Path, steps: int, env: dict) -> str:
     run = scratch / "runs" / "quickstart"
     if not (run / "final").is_dir():
         print(f"training examples/quickstart.yaml for {steps} steps into {run.parent} ...", flush=True)
-        cmd = [PY, "-m", "tunelab.cli.main", "train", str(ROOT / "examples" / "quickstart.yaml"), f"training.max_steps={steps}",
-               "training.eval_steps=null", "samples.enabled=false", f"output.dir={run.parent}"]
+        cmd = [
+            PY,
+            "-m",
+            "tunelab.cli.main",
+            "train",
+            str(ROOT / "examples" / "quickstart.yaml"),
+            f"training.max_steps={steps}",
+            "training.eval_steps=null",
+            "samples.enabled=false",
+            f"output.dir={run.parent}",
+        ]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if r.returncode != 0:
             sys.exit(r.stderr[-3000:])
@@ -76,7 +89,7 @@ def quickstart_target(scratch: Path, steps: int, env: dict) -> str:
 
 
 def tiny_lora_target(scratch: Path) -> str:
-    """tiny:llama-2l + a LoRA adapter with random A and B (PEFT's init_lora_weights=False), so it changes the answers."""
+    """tiny:llama-2l + a LoRA adapter with random A and B (PEFT's init_lora_weights=False): it changes answers."""
     folder = scratch / "tiny-lora"
     if (folder / "adapter_model.safetensors").is_file():
         return str(folder)
@@ -88,8 +101,10 @@ def tiny_lora_target(scratch: Path) -> str:
 
     base = resolve_model_path("tiny:llama-2l")
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False),
+    )
     model.save_pretrained(folder)
     return str(folder)
 
@@ -107,7 +122,9 @@ def prompts_for(target: str, n: int) -> list[str]:
     t = resolve_target(target)
     cfg = t.prompt if t.prompt_known else PromptConfig(format="alpaca")
     tok = AutoTokenizer.from_pretrained(resolve_model_path(t.base))
-    return [prompt_text(instruction_row(r["instruction"], r.get("input", ""), cfg), cfg, tok) for r in generate(n, seed=11)]
+    return [
+        prompt_text(instruction_row(r["instruction"], r.get("input", ""), cfg), cfg, tok) for r in generate(n, seed=11)
+    ]
 
 
 def start_server(target: str, max_batch: int, max_tokens: int, env: dict) -> tuple[subprocess.Popen, str]:
@@ -116,8 +133,19 @@ def start_server(target: str, max_batch: int, max_tokens: int, env: dict) -> tup
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [PY, "-m", "tunelab.cli.main", "serve", target, "--port", str(port), "--max-batch", str(max_batch),
-           "--max-tokens-limit", str(max_tokens)]
+    cmd = [
+        PY,
+        "-m",
+        "tunelab.cli.main",
+        "serve",
+        target,
+        "--port",
+        str(port),
+        "--max-batch",
+        str(max_batch),
+        "--max-tokens-limit",
+        str(max_tokens),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -144,7 +172,9 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.communicate()
 
 
-def load_clients(url: str, model: str, prompts: list[str], clients: int, max_tokens: int, ignore_eos: bool = False) -> dict:
+def load_clients(
+    url: str, model: str, prompts: list[str], clients: int, max_tokens: int, ignore_eos: bool = False
+) -> dict:
     """`clients` threads, each sending its share of `prompts` one after another; answers by prompt index."""
     import httpx
 
@@ -162,8 +192,16 @@ def load_clients(url: str, model: str, prompts: list[str], clients: int, max_tok
             for i in range(c * per, (c + 1) * per):
                 t0 = time.perf_counter()
                 try:
-                    r = http.post(f"{url}/v1/completions", json={"model": model, "prompt": prompts[i], "max_tokens": max_tokens,
-                                                                 "temperature": 0, "ignore_eos": ignore_eos})
+                    r = http.post(
+                        f"{url}/v1/completions",
+                        json={
+                            "model": model,
+                            "prompt": prompts[i],
+                            "max_tokens": max_tokens,
+                            "temperature": 0,
+                            "ignore_eos": ignore_eos,
+                        },
+                    )
                     r.raise_for_status()
                     body = r.json()
                 except Exception as e:  # noqa: BLE001 - counted, not raised: the benchmark reports errors
@@ -184,10 +222,18 @@ def load_clients(url: str, model: str, prompts: list[str], clients: int, max_tok
         t.join()
     wall = time.perf_counter() - start
     lat = sorted(latencies)
-    return {"wall_s": round(wall, 2), "requests": len(prompts), "completion_tokens": tokens[0],
-            "tokens_per_s": round(tokens[0] / wall, 1), "requests_per_s": round(len(latencies) / wall, 1), "latency_p50_s": round(statistics.median(lat), 3) if lat else None,
-            "latency_p95_s": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 3) if lat else None,
-            "errors": len(errors), "error_samples": errors[:3], "answers": answers}
+    return {
+        "wall_s": round(wall, 2),
+        "requests": len(prompts),
+        "completion_tokens": tokens[0],
+        "tokens_per_s": round(tokens[0] / wall, 1),
+        "requests_per_s": round(len(latencies) / wall, 1),
+        "latency_p50_s": round(statistics.median(lat), 3) if lat else None,
+        "latency_p95_s": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 3) if lat else None,
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "answers": answers,
+    }
 
 
 def served_model(url: str) -> str:
@@ -205,27 +251,39 @@ def http_rounds(target: str, prompts: list[str], args, env: dict) -> dict:
             proc, url = start_server(target, max_batch, args.max_tokens, env)
             try:
                 model = served_model(url)
-                load_clients(url, model, prompts[: args.clients], args.clients, args.max_tokens, args.ignore_eos)  # warm-up, not counted
+                load_clients(
+                    url, model, prompts[: args.clients], args.clients, args.max_tokens, args.ignore_eos
+                )  # warm-up, not counted
                 row[max_batch] = load_clients(url, model, prompts, args.clients, args.max_tokens, args.ignore_eos)
             finally:
                 stop_server(proc)
             m = row[max_batch]
-            print(f"  round {r + 1} --max-batch {max_batch:>2}: {m['tokens_per_s']:7.1f} tok/s, {m['requests_per_s']} req/s, "
-                  f"p50 {m['latency_p50_s']} s, "
-                  f"p95 {m['latency_p95_s']} s, {m['completion_tokens']} tokens, {m['errors']} errors", flush=True)
+            print(
+                f"  round {r + 1} --max-batch {max_batch:>2}: {m['tokens_per_s']:7.1f} tok/s, "
+                f"{m['requests_per_s']} req/s, p50 {m['latency_p50_s']} s, "
+                f"p95 {m['latency_p95_s']} s, {m['completion_tokens']} tokens, {m['errors']} errors",
+                flush=True,
+            )
         one, many = row[1], row[args.max_batch]
         same = sum(one["answers"].get(i) == many["answers"].get(i) for i in range(len(prompts)))
-        rounds.append({"one_at_a_time": {k: v for k, v in one.items() if k != "answers"},
-                       "batched": {k: v for k, v in many.items() if k != "answers"},
-                       "speedup": round(many["tokens_per_s"] / one["tokens_per_s"], 2),
-                       "identical_greedy_answers": f"{same}/{len(prompts)}"})
-        print(f"  round {r + 1}: batched / one-at-a-time = {rounds[-1]['speedup']}x, identical answers {same}/{len(prompts)}",
-              flush=True)
+        rounds.append(
+            {
+                "one_at_a_time": {k: v for k, v in one.items() if k != "answers"},
+                "batched": {k: v for k, v in many.items() if k != "answers"},
+                "speedup": round(many["tokens_per_s"] / one["tokens_per_s"], 2),
+                "identical_greedy_answers": f"{same}/{len(prompts)}",
+            }
+        )
+        print(
+            f"  round {r + 1}: batched / one-at-a-time = {rounds[-1]['speedup']}x, "
+            f"identical answers {same}/{len(prompts)}",
+            flush=True,
+        )
     return {"rounds": rounds, "speedup_median": statistics.median(x["speedup"] for x in rounds)}
 
 
 def engine_comparison(target: str, prompts: list[str], args) -> dict:
-    """The same prompts in-process, no HTTP: one-at-a-time generate, tunelab's scheduler, transformers' generate_batch."""
+    """Same prompts in-process, no HTTP: one-at-a-time generate, tunelab's scheduler, transformers' generate_batch."""
     import torch
     from transformers import ContinuousBatchingConfig, GenerationConfig
 
@@ -256,17 +314,29 @@ def engine_comparison(target: str, prompts: list[str], args) -> dict:
         finally:
             sched.close()
         same = sum(a.text == b.text for a, b in zip(gens, ref, strict=True))
-        out["tunelab_scheduler"] = {"wall_s": round(wall, 2), "tokens_per_s": round(sum(g.completion_tokens for g in gens) / wall, 1),
-                                    "identical_greedy_answers": f"{same}/{len(ids)}", "steps_by_rows": dict(sorted(sched.stats.rows.items()))}
+        out["tunelab_scheduler"] = {
+            "wall_s": round(wall, 2),
+            "tokens_per_s": round(sum(g.completion_tokens for g in gens) / wall, 1),
+            "identical_greedy_answers": f"{same}/{len(ids)}",
+            "steps_by_rows": dict(sorted(sched.stats.rows.items())),
+        }
 
         # transformers' continuous batching with the best of the settings tried on this machine (page size
         # 32-256, block sharing on/off, max_batch_tokens 512 or auto); its paged cache is sized for the
         # workload, as its default takes 60 % of free RAM
         longest = max(len(x) for x in ids) + args.max_tokens
-        cb = ContinuousBatchingConfig(max_requests_per_batch=args.max_batch, page_size=256, max_batch_tokens=512,
-                                      num_blocks=args.max_batch * (longest // 256 + 2))
-        gc = GenerationConfig(max_new_tokens=args.max_tokens, do_sample=False, eos_token_id=stop_token_ids(model, tok),
-                              pad_token_id=tok.pad_token_id)
+        cb = ContinuousBatchingConfig(
+            max_requests_per_batch=args.max_batch,
+            page_size=256,
+            max_batch_tokens=512,
+            num_blocks=args.max_batch * (longest // 256 + 2),
+        )
+        gc = GenerationConfig(
+            max_new_tokens=args.max_tokens,
+            do_sample=False,
+            eos_token_id=stop_token_ids(model, tok),
+            pad_token_id=tok.pad_token_id,
+        )
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         attn = base.config._attn_implementation
         base.set_attn_implementation("sdpa")  # it takes sdpa, eager or flash, not tunelab's packed attention
@@ -281,8 +351,12 @@ def engine_comparison(target: str, prompts: list[str], args) -> dict:
         texts = [tok.decode(r.generated_tokens, skip_special_tokens=True) for r in res]
         n = sum(len(r.generated_tokens) for r in res)
         same = sum(a == b.text for a, b in zip(texts, ref, strict=True))
-        out["transformers_generate_batch"] = {"wall_s_first": round(runs[0], 2), "wall_s": round(runs[1], 2),
-                                              "tokens_per_s": round(n / runs[1], 1), "identical_greedy_answers": f"{same}/{len(ids)}"}
+        out["transformers_generate_batch"] = {
+            "wall_s_first": round(runs[0], 2),
+            "wall_s": round(runs[1], 2),
+            "tokens_per_s": round(n / runs[1], 1),
+            "identical_greedy_answers": f"{same}/{len(ids)}",
+        }
     for k, v in out.items():
         print(f"  engine {k}: {v}", flush=True)
     return out
@@ -296,8 +370,12 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--requests", type=int, default=4, help="per client, one after another")
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--ignore-eos", action="store_true",
-                    help="every answer is --max-tokens long (vLLM's ignore_eos): the issue's 64-token shape on a model that stops early")
+    ap.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="every answer is --max-tokens long (vLLM's ignore_eos): "
+        "the issue's 64-token shape on a model that stops early",
+    )
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server (OMP_NUM_THREADS)")
@@ -307,21 +385,42 @@ def main() -> None:
 
     scratch = Path(tempfile.gettempdir()) / "tunelab-serve-bench"
     scratch.mkdir(exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "TUNELAB_CACHE": os.environ.get("TUNELAB_CACHE", str(scratch / "cache"))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "TUNELAB_CACHE": os.environ.get("TUNELAB_CACHE", str(scratch / "cache")),
+    }
     os.environ.update({k: env[k] for k in ("TUNELAB_CACHE", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")})
     workloads = ["quickstart", "tiny-lora"] if args.workload == "all" else [args.workload]
     load = [round(x, 2) for x in os.getloadavg()]
-    result = {"benchmark": "serve", "date": dt.date.today().isoformat(), "commit": git_commit(),
-              "uncommitted_files": uncommitted(), "cpu": cpu_model(),
-              "cores": os.cpu_count(), "command": " ".join([Path(PY).name, *sys.argv]),
-              "setup": {"clients": args.clients, "requests_per_client": args.requests, "max_tokens": args.max_tokens,
-                        "ignore_eos": args.ignore_eos,
-                        "max_batch": args.max_batch, "rounds": args.rounds, "server_torch_threads": args.threads,
-                        "sampling": "greedy (temperature 0), /v1/completions, not streamed"},
-              "workloads": {}}
+    result = {
+        "benchmark": "serve",
+        "date": dt.date.today().isoformat(),
+        "commit": git_commit(),
+        "uncommitted_files": uncommitted(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "command": " ".join([Path(PY).name, *sys.argv]),
+        "setup": {
+            "clients": args.clients,
+            "requests_per_client": args.requests,
+            "max_tokens": args.max_tokens,
+            "ignore_eos": args.ignore_eos,
+            "max_batch": args.max_batch,
+            "rounds": args.rounds,
+            "server_torch_threads": args.threads,
+            "sampling": "greedy (temperature 0), /v1/completions, not streamed",
+        },
+        "workloads": {},
+    }
     for w in workloads:
-        target = (args.target or quickstart_target(scratch, args.train_steps, env)) if w == "quickstart" else tiny_lora_target(scratch)
+        target = (
+            (args.target or quickstart_target(scratch, args.train_steps, env))
+            if w == "quickstart"
+            else tiny_lora_target(scratch)
+        )
         prompts = prompts_for(target, args.clients * args.requests)
         print(f"{w}: {target}, {len(prompts)} requests", flush=True)
         entry = {"target": target, "http": http_rounds(target, prompts, args, env)}

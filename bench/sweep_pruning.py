@@ -32,8 +32,14 @@ def git_commit() -> str:
 
 def run(name: str, *overrides: str) -> dict:
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "sweep", str(SWEEP), f"name={name}", *overrides],
-                       cwd=OUT, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "tunelab.cli.main", "sweep", str(SWEEP), f"name={name}", *overrides],
+        cwd=OUT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        check=False,
+    )
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         sys.exit(f"sweep {name} failed ({r.returncode}):\n{r.stderr[-3000:]}")
@@ -72,9 +78,11 @@ def main() -> None:
         "same_best_trial": same,
     }
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"optimizer steps: {pruned['optimizer_steps']} pruned vs {unpruned['optimizer_steps']} without pruning "
-          f"({result['steps_saved_pct']} % fewer); wall {pruned['wall_s']} s vs {unpruned['wall_s']} s; "
-          f"best trial {'the same' if same else 'DIFFERENT'}: {pruned['best']['name']} / {unpruned['best']['name']}")
+    print(
+        f"optimizer steps: {pruned['optimizer_steps']} pruned vs {unpruned['optimizer_steps']} without pruning "
+        f"({result['steps_saved_pct']} % fewer); wall {pruned['wall_s']} s vs {unpruned['wall_s']} s; "
+        f"best trial {'the same' if same else 'DIFFERENT'}: {pruned['best']['name']} / {unpruned['best']['name']}"
+    )
     print(f"wrote {RESULT}")
 
 

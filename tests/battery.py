@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ def case(group: str):
         CASES[fn.__name__.removeprefix("case_")] = fn
         GROUPS[fn.__name__.removeprefix("case_")] = group
         return fn
+
     return register
 
 
@@ -79,13 +79,26 @@ class Context:
         return p
 
     def cli(self, *args: str, timeout: float = 300, fault: str | None = None) -> tuple[int | None, str, bool]:
-        cmd = [sys.executable, "-m", "tunelab.cli.main", *args] if fault is None else \
-            [sys.executable, str(ROOT / "tests" / "fault_inject.py"), fault, "--", *args]
+        cmd = (
+            [sys.executable, "-m", "tunelab.cli.main", *args]
+            if fault is None
+            else [sys.executable, str(ROOT / "tests" / "fault_inject.py"), fault, "--", *args]
+        )
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.tmp,
-                               env={**os.environ, **self.env, "COLUMNS": "200"})
+            r = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                cwd=self.tmp,
+                env={**os.environ, **self.env, "COLUMNS": "200"},
+            )
         except subprocess.TimeoutExpired as e:
-            return None, (e.stdout or b"").decode() + (e.stderr or b"").decode() if isinstance(e.stdout, bytes) else "", True
+            return (
+                None,
+                (e.stdout or b"").decode() + (e.stderr or b"").decode() if isinstance(e.stdout, bytes) else "",
+                True,
+            )
         return r.returncode, r.stdout + r.stderr, False
 
     def data(self, n: int = 120, name: str = "data.jsonl") -> Path:
@@ -99,8 +112,16 @@ class Context:
             "model": {"name": "tiny:llama-2l"},
             "adapter": {"r": 8, "alpha": 16, "dropout": 0.0},
             "data": {"train": {"path": str(self.data())}, "test_size": 8},
-            "training": {"max_steps": 4, "batch_size": 4, "grad_accum": 1, "max_length": 128, "learning_rate": 1e-3,
-                         "eval_steps": None, "save_steps": 2, "gradient_checkpointing": False},
+            "training": {
+                "max_steps": 4,
+                "batch_size": 4,
+                "grad_accum": 1,
+                "max_length": 128,
+                "learning_rate": 1e-3,
+                "eval_steps": None,
+                "save_steps": 2,
+                "gradient_checkpointing": False,
+            },
             "samples": {"enabled": False},
             "tracking": {"backend": "none"},
             "output": {"dir": str(self.tmp / "runs")},
@@ -130,7 +151,11 @@ class Context:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()} if folder.exists() else {}
+    return (
+        {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        if folder.exists()
+        else {}
+    )
 
 
 def lost_files(before: dict[str, bytes], folder: Path) -> str | None:
@@ -184,11 +209,14 @@ def expect(ctx: Context, args: list[str], text: str, rc: int = 2, **kw) -> Outco
 
 # --- data loss: run names, overwrite, two writers ---------------------------------------------
 
+
 def _name_case(ctx: Context, name: str, guard: Path) -> Outcome:
     guard.mkdir(parents=True, exist_ok=True)
     (guard / "keep.txt").write_text("user file")
     before = snapshot(guard)
-    cfg = ctx.config(f"name-{abs(hash(name))}.yaml", output={"dir": str(ctx.tmp / "runs"), "name": name, "overwrite": True})
+    cfg = ctx.config(
+        f"name-{abs(hash(name))}.yaml", output={"dir": str(ctx.tmp / "runs"), "name": name, "overwrite": True}
+    )
     o = expect(ctx, ["train", str(cfg)], "output.name: must be one folder name")
     o.lost = lost_files(before, guard)
     return o
@@ -231,11 +259,20 @@ def case_overwrite_refuses_a_foreign_directory(ctx):
 
 @case("data loss")
 def case_two_writers_one_run(ctx):
-    cfg = ctx.config("two.yaml", training={"max_steps": 40, "save_steps": None},
-                     output={"dir": str(ctx.tmp / "runs"), "name": "shared", "overwrite": True})
+    cfg = ctx.config(
+        "two.yaml",
+        training={"max_steps": 40, "save_steps": None},
+        output={"dir": str(ctx.tmp / "runs"), "name": "shared", "overwrite": True},
+    )
     # the first run holds the run open (a pause after step 1) while the second one starts
-    first = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fault_inject.py"), "pause_at:1:25", "--", "train", str(cfg)], cwd=ctx.tmp,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "fault_inject.py"), "pause_at:1:25", "--", "train", str(cfg)],
+        cwd=ctx.tmp,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     lock = ctx.tmp / "runs" / ".shared.lock"
     deadline = time.monotonic() + 120
     while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
@@ -260,11 +297,13 @@ def case_stale_lock_is_taken_over(ctx):
 
 # --- faults: full disk, signals, tampered caches, read-only stores -----------------------------
 
+
 @case("fault")
 def case_full_disk_at_a_checkpoint(ctx):
     with small_disk(ctx.tmp / "disk") as disk:
-        cfg = ctx.config("full.yaml", training={"max_steps": 6, "save_steps": 3},
-                         output={"dir": str(disk / "runs"), "name": "full"})
+        cfg = ctx.config(
+            "full.yaml", training={"max_steps": 6, "save_steps": 3}, output={"dir": str(disk / "runs"), "name": "full"}
+        )
         o = expect(ctx, ["train", str(cfg)], "out of disk space writing", fault="fill_disk_at:2:12288")
         run = disk / "runs" / "full"
         left = [str(p) for p in run.rglob("*.tmp")] + [str(p) for p in run.rglob("checkpoint-*")]
@@ -278,10 +317,19 @@ def case_full_disk_at_a_checkpoint(ctx):
 
 def _signal_case(ctx: Context, sig: str, rc: int) -> Outcome:
     name = f"sig{sig.lower()}"
-    cfg = ctx.config(f"{name}.yaml", training={"max_steps": 8, "save_steps": None},
-                     tracking={"backend": "trackio"}, output={"dir": str(ctx.tmp / "runs"), "name": name})
-    o = expect(ctx, ["train", str(cfg), "training.learning_rate=0.001"], "continue with: tunelab train", rc=rc,
-               fault=f"signal_at:3:{sig}")
+    cfg = ctx.config(
+        f"{name}.yaml",
+        training={"max_steps": 8, "save_steps": None},
+        tracking={"backend": "trackio"},
+        output={"dir": str(ctx.tmp / "runs"), "name": name},
+    )
+    o = expect(
+        ctx,
+        ["train", str(cfg), "training.learning_rate=0.001"],
+        "continue with: tunelab train",
+        rc=rc,
+        fault=f"signal_at:3:{sig}",
+    )
     run = ctx.tmp / "runs" / name
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     tracking = json.loads((run / "tracking.json").read_text()) if (run / "tracking.json").is_file() else {}
@@ -320,8 +368,12 @@ def case_tampered_artifact_cache_is_fetched_again(ctx):
     ctx.cli("artifacts", "pull", "trackio:tunelab/ds:latest", "--out", str(pulled), "--dir", str(tracking))
     cached = next((tracking / "artifact-cache").rglob("data.jsonl"))
     cached.write_text('{"instruction": "tampered", "output": "x"}\n')
-    o = expect(ctx, ["artifacts", "pull", "trackio:tunelab/ds:latest", "--out", str(ctx.tmp / "pulled2"),
-                     "--dir", str(tracking)], "pulled", rc=0)
+    o = expect(
+        ctx,
+        ["artifacts", "pull", "trackio:tunelab/ds:latest", "--out", str(ctx.tmp / "pulled2"), "--dir", str(tracking)],
+        "pulled",
+        rc=0,
+    )
     if (ctx.tmp / "pulled2" / "data.jsonl").read_bytes() != data.read_bytes():
         o.lost = "the tampered cache copy was handed out"
     return o
@@ -372,6 +424,7 @@ def case_kill_9_then_resume_loses_nothing(ctx):
 
 # --- resume bookkeeping -----------------------------------------------------------------------
 
+
 @case("bad input")
 def case_resume_applies_a_save_steps_override(ctx):
     cfg = ctx.config("rs.yaml", training={"max_steps": 6, "save_steps": 2})
@@ -389,14 +442,21 @@ def case_resume_refuses_a_changed_learning_rate(ctx):
     run = ctx.copy_run("lr")
     shutil.rmtree(run / "final")
     cfg = ctx.config("trained.yaml")
-    return expect(ctx, ["train", str(cfg), "output.name=lr", "training.learning_rate=0.5", "--resume"],
-                  "--resume cannot change training.learning_rate")
+    return expect(
+        ctx,
+        ["train", str(cfg), "output.name=lr", "training.learning_rate=0.5", "--resume"],
+        "--resume cannot change training.learning_rate",
+    )
 
 
 @case("bad input")
 def case_resume_from_a_missing_path(ctx):
     cfg = ctx.config("rmiss.yaml")
-    return expect(ctx, ["train", str(cfg), "training.resume=/nonexistent/step-9"], "training.resume: /nonexistent/step-9 does not exist")
+    return expect(
+        ctx,
+        ["train", str(cfg), "training.resume=/nonexistent/step-9"],
+        "training.resume: /nonexistent/step-9 does not exist",
+    )
 
 
 @case("bad input")
@@ -405,8 +465,11 @@ def case_resume_with_a_pickled_optimizer(ctx):
     shutil.rmtree(run / "final")
     (run / "checkpoints" / "step-000004" / "optimizer.pt").write_bytes(b"\x80\x04cos\nsystem\n(S'touch PWNED'\ntR.")
     before = snapshot(run)
-    o = expect(ctx, ["train", str(ctx.config("trained.yaml")), "output.name=pickled", "--resume"],
-               "optimizer.pt: not loadable as weights-only data")
+    o = expect(
+        ctx,
+        ["train", str(ctx.config("trained.yaml")), "output.name=pickled", "--resume"],
+        "optimizer.pt: not loadable as weights-only data",
+    )
     if (ctx.tmp / "PWNED").exists():
         o.lost = "the pickle ran"
     o.lost = o.lost or lost_files(before, run)
@@ -414,6 +477,7 @@ def case_resume_with_a_pickled_optimizer(ctx):
 
 
 # --- code nobody opted into -------------------------------------------------------------------
+
 
 @case("bad input")
 def case_saved_trust_remote_code_is_not_inherited(ctx):
@@ -429,8 +493,14 @@ def case_saved_trust_remote_code_is_not_inherited(ctx):
     saved["model"].update(name=str(base), trust_remote_code=True)
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
     meta = json.loads((run / "final" / "tunelab_model.json").read_text())
-    (run / "final" / "tunelab_model.json").write_text(json.dumps({**meta, "base_model": str(base), "base_model_path": str(base)}))
-    o = expect(ctx, ["generate", str(run), "Say hi.", "--max-new-tokens", "2"], "config.json makes the model run its own Python code")
+    (run / "final" / "tunelab_model.json").write_text(
+        json.dumps({**meta, "base_model": str(base), "base_model_path": str(base)})
+    )
+    o = expect(
+        ctx,
+        ["generate", str(run), "Say hi.", "--max-new-tokens", "2"],
+        "config.json makes the model run its own Python code",
+    )
     if (ctx.tmp / "MARKER").exists():
         o.lost = "the model's code ran without --trust-remote-code"
     return o
@@ -446,6 +516,7 @@ def case_pickled_adapter_is_refused(ctx):
 
 
 # --- one-line errors where tracebacks were ----------------------------------------------------
+
 
 def _config_error(ctx: Context, field: str, overrides: list[str], name: str, verbs=("validate", "train")) -> Outcome:
     """A config problem: `validate` and `train` both exit 2 naming `field`, and an existing run
@@ -464,12 +535,19 @@ def _config_error(ctx: Context, field: str, overrides: list[str], name: str, ver
 
 @case("bad input")
 def case_optimizer_typo(ctx):
-    return _config_error(ctx, "training.optimizer: unknown value; did you mean 'adamw_torch'?", ["training.optimizer=adamw_torchh"], "opt")
+    return _config_error(
+        ctx,
+        "training.optimizer: unknown value; did you mean 'adamw_torch'?",
+        ["training.optimizer=adamw_torchh"],
+        "opt",
+    )
 
 
 @case("bad input")
 def case_scheduler_typo(ctx):
-    return _config_error(ctx, "training.lr_scheduler: unknown value; did you mean 'cosine'?", ["training.lr_scheduler=cosinee"], "sched")
+    return _config_error(
+        ctx, "training.lr_scheduler: unknown value; did you mean 'cosine'?", ["training.lr_scheduler=cosinee"], "sched"
+    )
 
 
 @case("bad input")
@@ -479,19 +557,31 @@ def case_unknown_device(ctx):
 
 @case("bad input")
 def case_template_with_an_unmatched_brace(ctx):
-    return _config_error(ctx, "prompt.template: expected '}' before end of string", ["prompt.format=custom", "prompt.template='Q: {instruction'"], "tpl")
+    return _config_error(
+        ctx,
+        "prompt.template: expected '}' before end of string",
+        ["prompt.format=custom", "prompt.template='Q: {instruction'"],
+        "tpl",
+    )
 
 
 @case("bad input")
 def case_output_dir_under_a_file(ctx):
     (ctx.tmp / "a-file").write_text("x")
-    return expect(ctx, ["train", str(ctx.config("odf.yaml")), f"output.dir={ctx.tmp / 'a-file' / 'runs'}"], "output.dir: cannot write")
+    return expect(
+        ctx,
+        ["train", str(ctx.config("odf.yaml")), f"output.dir={ctx.tmp / 'a-file' / 'runs'}"],
+        "output.dir: cannot write",
+    )
 
 
 def _read_only_case(ctx: Context, key: str, sub: str) -> Outcome:
     with read_only(ctx.tmp / sub):
-        o = expect(ctx, ["train", str(ctx.config(f"{sub}.yaml")), f"{key}={ctx.tmp / sub / 'inner'}", "tracking.backend=trackio"],
-                   f"{key}: cannot write")
+        o = expect(
+            ctx,
+            ["train", str(ctx.config(f"{sub}.yaml")), f"{key}={ctx.tmp / sub / 'inner'}", "tracking.backend=trackio"],
+            f"{key}: cannot write",
+        )
     if (ctx.tmp / "runs" / sub).exists():
         o.lost = "a run directory was left behind"
     return o
@@ -525,7 +615,9 @@ def case_config_is_a_directory(ctx):
     return expect(ctx, ["validate", str(ctx.tmp / "cfgdir")], "is a directory")
 
 
-def _data_case(ctx: Context, name: str, content: bytes, message: str, rc: int = 2, extra: list[str] | None = None) -> Outcome:
+def _data_case(
+    ctx: Context, name: str, content: bytes, message: str, rc: int = 2, extra: list[str] | None = None
+) -> Outcome:
     p = ctx.path(name)
     p.write_bytes(content)
     cfg = ctx.config(f"{name}.yaml", data={"train": {"path": str(p)}, "test_size": 2})
@@ -540,8 +632,12 @@ def case_corrupt_parquet(ctx):
 @case("bad input")
 def case_jsonl_nested_200k_deep(ctx):
     deep = b"[" * 200_000 + b"]" * 200_000
-    return _data_case(ctx, "deep.jsonl", b'{"instruction": "a", "output": "b"}\n{"x": ' + deep + b"}\n",
-                      "deep.jsonl:2: JSON nested too deeply")
+    return _data_case(
+        ctx,
+        "deep.jsonl",
+        b'{"instruction": "a", "output": "b"}\n{"x": ' + deep + b"}\n",
+        "deep.jsonl:2: JSON nested too deeply",
+    )
 
 
 @case("bad input")
@@ -580,28 +676,47 @@ def case_every_row_skipped(ctx):
 def case_bom_files_are_accepted(ctx):
     rows = [{"instruction": f"say {i}", "output": str(i)} for i in range(20)]
     outcomes = [
-        _data_case(ctx, "bom.jsonl", b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode(), "18 train rows", rc=0),
+        _data_case(
+            ctx,
+            "bom.jsonl",
+            b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode(),
+            "18 train rows",
+            rc=0,
+        ),
         _data_case(ctx, "bom.json", b"\xef\xbb\xbf" + json.dumps(rows).encode(), "18 train rows", rc=0),
-        _data_case(ctx, "bom.csv", b"\xef\xbb\xbfinstruction,output\n" + "".join(f"say {i},{i}\n" for i in range(20)).encode(),
-                   "18 train rows", rc=0),
+        _data_case(
+            ctx,
+            "bom.csv",
+            b"\xef\xbb\xbfinstruction,output\n" + "".join(f"say {i},{i}\n" for i in range(20)).encode(),
+            "18 train rows",
+            rc=0,
+        ),
     ]
     return next((o for o in outcomes if o.verdict != "clean"), outcomes[0])
 
 
 @case("bad input")
 def case_field_map_key_matches_nothing(ctx):
-    cfg = ctx.config("fm.yaml", data={"train": {"path": str(ctx.data())}, "test_size": 8, "field_map": {"questoin": "instruction"}})
+    cfg = ctx.config(
+        "fm.yaml", data={"train": {"path": str(ctx.data())}, "test_size": 8, "field_map": {"questoin": "instruction"}}
+    )
     return expect(ctx, ["validate", str(cfg)], "data.field_map: 'questoin' matches no field")
 
 
 @case("bad input")
 def case_max_length_too_small(ctx):
-    return expect(ctx, ["train", str(ctx.config("ml.yaml")), "training.max_length=2"], "training.max_length: 2 tokens leave no answer")
+    return expect(
+        ctx,
+        ["train", str(ctx.config("ml.yaml")), "training.max_length=2"],
+        "training.max_length: 2 tokens leave no answer",
+    )
 
 
 @case("bad input")
 def case_rank_above_the_layer_width(ctx):
-    return expect(ctx, ["train", str(ctx.config("rank.yaml")), "adapter.r=4096"], "adapter.r: 4096 is above the full rank")
+    return expect(
+        ctx, ["train", str(ctx.config("rank.yaml")), "adapter.r=4096"], "adapter.r: 4096 is above the full rank"
+    )
 
 
 def _tiny_path() -> str:
@@ -631,6 +746,7 @@ def case_model_folder_without_tokenizer(ctx):
     def drop(f: Path):
         for n in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
             (f / n).unlink(missing_ok=True)
+
     return _model_case(ctx, "no-tok", drop, "model.name: cannot load a tokenizer")
 
 
@@ -639,12 +755,18 @@ def case_truncated_safetensors(ctx):
     def cut(f: Path):
         w = f / "model.safetensors"
         w.write_bytes(w.read_bytes()[: w.stat().st_size // 3])
+
     return _model_case(ctx, "cut-weights", cut, "model.name: cannot load")
 
 
 @case("bad input")
 def case_garbage_safetensors(ctx):
-    return _model_case(ctx, "garbage-weights", lambda f: (f / "model.safetensors").write_bytes(os.urandom(4096)), "model.name: cannot load")
+    return _model_case(
+        ctx,
+        "garbage-weights",
+        lambda f: (f / "model.safetensors").write_bytes(os.urandom(4096)),
+        "model.name: cannot load",
+    )
 
 
 @case("bad input")
@@ -653,6 +775,7 @@ def case_config_does_not_match_weights(ctx):
         c = json.loads((f / "config.json").read_text())
         c["hidden_size"] *= 2
         (f / "config.json").write_text(json.dumps(c))
+
     return _model_case(ctx, "mismatch", widen, "model.name: cannot load")
 
 
@@ -662,12 +785,22 @@ def _chat_template_case(ctx: Context, name: str, template: str, message: str) ->
         tc = json.loads((f / "tokenizer_config.json").read_text())
         tc.pop("chat_template", None)
         (f / "tokenizer_config.json").write_text(json.dumps(tc))
+
     folder = _model_folder(ctx, name, set_template)
     rows = ctx.path(f"{name}.jsonl")
-    rows.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}) + "\n"
-                            for i in range(20)))
-    cfg = ctx.config(f"{name}.yaml", model={"name": str(folder)}, prompt={"format": "messages"},
-                     data={"train": {"path": str(rows)}, "test_size": 2})
+    rows.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]})
+            + "\n"
+            for i in range(20)
+        )
+    )
+    cfg = ctx.config(
+        f"{name}.yaml",
+        model={"name": str(folder)},
+        prompt={"format": "messages"},
+        data={"train": {"path": str(rows)}, "test_size": 2},
+    )
     o = expect(ctx, ["train", str(cfg), f"output.name={name}"], message)
     if (ctx.tmp / "runs" / name).exists():
         o.lost = "a run directory was left behind"
@@ -681,7 +814,9 @@ def case_chat_template_that_raises(ctx):
 
 @case("bad input")
 def case_chat_template_escaping_its_sandbox(ctx):
-    return _chat_template_case(ctx, "escaping-template", "{{ ''.__class__.__mro__[1].__subclasses__() }}", "chat template")
+    return _chat_template_case(
+        ctx, "escaping-template", "{{ ''.__class__.__mro__[1].__subclasses__() }}", "chat template"
+    )
 
 
 @case("bad input")
@@ -689,20 +824,59 @@ def case_artifacts_pull_to_a_read_only_folder(ctx):
     tracking = ctx.tmp / "runs" / ".tracking"
     ctx.cli("artifacts", "push", str(ctx.data()), "--name", "pullme", "--type", "dataset", "--dir", str(tracking))
     with read_only(ctx.tmp / "ro-pull"):
-        return expect(ctx, ["artifacts", "pull", "trackio:tunelab/pullme", "--out", str(ctx.tmp / "ro-pull" / "x"),
-                            "--dir", str(tracking)], "cannot write")
+        return expect(
+            ctx,
+            [
+                "artifacts",
+                "pull",
+                "trackio:tunelab/pullme",
+                "--out",
+                str(ctx.tmp / "ro-pull" / "x"),
+                "--dir",
+                str(tracking),
+            ],
+            "cannot write",
+        )
 
 
 @case("bad input")
 def case_artifacts_push_dotdot_to_mlflow(ctx):
-    return expect(ctx, ["artifacts", "push", str(ctx.data()), "--name", "..", "--type", "dataset", "--store", "mlflow",
-                        "--dir", str(ctx.tmp / "runs" / ".tracking")], "artifact names and versions use letters")
+    return expect(
+        ctx,
+        [
+            "artifacts",
+            "push",
+            str(ctx.data()),
+            "--name",
+            "..",
+            "--type",
+            "dataset",
+            "--store",
+            "mlflow",
+            "--dir",
+            str(ctx.tmp / "runs" / ".tracking"),
+        ],
+        "artifact names and versions use letters",
+    )
 
 
 @case("bad input")
 def case_artifacts_push_a_file_as_a_model(ctx):
-    return expect(ctx, ["artifacts", "push", str(ctx.data()), "--name", "m", "--type", "model",
-                        "--dir", str(ctx.tmp / "runs" / ".tracking")], "a model artifact is a model or adapter folder")
+    return expect(
+        ctx,
+        [
+            "artifacts",
+            "push",
+            str(ctx.data()),
+            "--name",
+            "m",
+            "--type",
+            "model",
+            "--dir",
+            str(ctx.tmp / "runs" / ".tracking"),
+        ],
+        "a model artifact is a model or adapter folder",
+    )
 
 
 @case("bad input")
@@ -741,7 +915,10 @@ def run_all(tmp: Path, names: list[str] | None = None, log=print) -> dict[str, O
 
 def counts(results: dict[str, Outcome]) -> dict[str, int]:
     verdicts = [o.verdict for o in results.values()]
-    return {"cases": len(verdicts), **{v: verdicts.count(v) for v in ("clean", "traceback", "hang", "data lost", "wrong", "skipped")}}
+    return {
+        "cases": len(verdicts),
+        **{v: verdicts.count(v) for v in ("clean", "traceback", "hang", "data lost", "wrong", "skipped")},
+    }
 
 
 if __name__ == "__main__":

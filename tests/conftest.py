@@ -55,7 +55,11 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproce
     """Run the real `tunelab` CLI in a subprocess."""
     return subprocess.run(
         [sys.executable, "-m", "tunelab.cli.main", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "COLUMNS": "200"},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200"},
     )
 
 
@@ -65,8 +69,16 @@ def base_config(data_path: Path, out_dir: Path, **sections) -> dict:
         "model": {"name": "tiny:llama-2l"},
         "adapter": {"r": 8, "alpha": 16, "dropout": 0.0},
         "data": {"train": {"path": str(data_path)}, "test_size": 16},
-        "training": {"max_steps": 4, "batch_size": 4, "grad_accum": 2, "max_length": 256, "learning_rate": 1e-3,
-                     "eval_steps": 2, "save_steps": 2, "gradient_checkpointing": False},
+        "training": {
+            "max_steps": 4,
+            "batch_size": 4,
+            "grad_accum": 2,
+            "max_length": 256,
+            "learning_rate": 1e-3,
+            "eval_steps": 2,
+            "save_steps": 2,
+            "gradient_checkpointing": False,
+        },
         "samples": {"num_prompts": 4, "max_new_tokens": 8},
         "output": {"dir": str(out_dir)},
     }
@@ -79,5 +91,9 @@ def run_faulty(fault: str, *args: str, cwd: Path | None = None, timeout: int = 6
     """Run the real CLI with a fault injected (tests/fault_inject.py): a crash, a full disk, a signal."""
     return subprocess.run(
         [sys.executable, str(ROOT / "tests" / "fault_inject.py"), fault, "--", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "COLUMNS": "200"},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200"},
     )

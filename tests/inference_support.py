@@ -31,8 +31,13 @@ def trained_run(tmp_path_factory) -> Path:
     from tunelab.data.synthetic import generate, write_jsonl
 
     data = write_jsonl(generate(200, seed=3), root / "synth.jsonl")
-    cfg = base_config(data, root / "runs", training={"learning_rate": 3e-3, "eval_steps": None},
-                      samples={"enabled": False}, data={"test_size": None})
+    cfg = base_config(
+        data,
+        root / "runs",
+        training={"learning_rate": 3e-3, "eval_steps": None},
+        samples={"enabled": False},
+        data={"test_size": None},
+    )
     cfg_path = root / "run.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     r = run_cli("train", str(cfg_path), f"output.name={RUN_NAME}")
@@ -50,7 +55,9 @@ def running_server(engine, **app_kwargs):
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, **app_kwargs), lifespan="off", access_log=False, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(engine, **app_kwargs), lifespan="off", access_log=False, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

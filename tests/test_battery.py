@@ -19,4 +19,6 @@ def test_case_is_clean(ctx, name):
         outcome = battery.CASES[name](ctx)
     except battery.Skip as e:
         pytest.skip(str(e))
-    assert outcome.verdict == "clean", f"{outcome.verdict}: rc={outcome.rc} lost={outcome.lost}\n{outcome.output[-2500:]}"
+    assert outcome.verdict == "clean", (
+        f"{outcome.verdict}: rc={outcome.rc} lost={outcome.lost}\n{outcome.output[-2500:]}"
+    )

@@ -29,8 +29,9 @@ def _verbs() -> list[list[str]]:
 
 @pytest.mark.parametrize("verb", _verbs(), ids=lambda v: " ".join(v))
 def test_help_snapshot(verb):
-    r = CliRunner().invoke(app, [*verb, "--help"], env={"COLUMNS": "120", "NO_COLOR": "1", "TERM": "dumb"},
-                           prog_name="tunelab")
+    r = CliRunner().invoke(
+        app, [*verb, "--help"], env={"COLUMNS": "120", "NO_COLOR": "1", "TERM": "dumb"}, prog_name="tunelab"
+    )
     assert r.exit_code == 0, r.output
     text = re.sub(r"[ \t]+\n", "\n", r.output)
     path = SNAPSHOTS / f"{'_'.join(verb)}.txt"
@@ -39,7 +40,9 @@ def test_help_snapshot(verb):
         path.write_text(text)
         if os.environ.get("TUNELAB_UPDATE_SNAPSHOTS") != "1":
             pytest.fail(f"new snapshot written: {path} (commit it)")
-    assert text == path.read_text(), f"`tunelab {' '.join(verb)} --help` changed; rerun with TUNELAB_UPDATE_SNAPSHOTS=1 if intended"
+    assert text == path.read_text(), (
+        f"`tunelab {' '.join(verb)} --help` changed; rerun with TUNELAB_UPDATE_SNAPSHOTS=1 if intended"
+    )
 
 
 def test_every_verb_has_a_snapshot():

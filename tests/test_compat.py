@@ -26,11 +26,35 @@ def test_trainer_safe_globals_load_an_rng_state(tmp_path):
 def test_torchrun_parses_the_launch_tunelab_builds():
     from torch.distributed.run import parse_args, run  # noqa: F401 - what compat.torchrun calls
 
-    args = parse_args(["--nnodes", "1", "--nproc-per-node", "2", "--node-rank", "0", "--master-addr", "127.0.0.1",
-                       "--master-port", "29500", "--max-restarts", "0", "--shutdown-timeout", "900", "--module", "tunelab",
-                       "train", "cfg.yaml", "--resume"])
-    assert (args.nproc_per_node, args.module, args.training_script, args.training_script_args) == ("2", True, "tunelab",
-                                                                                                   ["train", "cfg.yaml", "--resume"])
+    args = parse_args(
+        [
+            "--nnodes",
+            "1",
+            "--nproc-per-node",
+            "2",
+            "--node-rank",
+            "0",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            "29500",
+            "--max-restarts",
+            "0",
+            "--shutdown-timeout",
+            "900",
+            "--module",
+            "tunelab",
+            "train",
+            "cfg.yaml",
+            "--resume",
+        ]
+    )
+    assert (args.nproc_per_node, args.module, args.training_script, args.training_script_args) == (
+        "2",
+        True,
+        "tunelab",
+        ["train", "cfg.yaml", "--resume"],
+    )
     assert args.shutdown_timeout == 900 and args.max_restarts == 0
 
 
@@ -44,7 +68,8 @@ def test_generation_logits_processors_match_generate(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     greedy = compat.generation_logits_processors(model, generate_kwargs(model, tok, GenerationSettings()), 5, "cpu")
     sampled = compat.generation_logits_processors(
-        model, generate_kwargs(model, tok, GenerationSettings(do_sample=True, temperature=0.7, top_p=0.9)), 5, "cpu")
+        model, generate_kwargs(model, tok, GenerationSettings(do_sample=True, temperature=0.7, top_p=0.9)), 5, "cpu"
+    )
     assert len(greedy) == 0 and {type(p).__name__ for p in sampled} >= {"TemperatureLogitsWarper", "TopPLogitsWarper"}
 
 

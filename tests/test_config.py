@@ -28,7 +28,9 @@ def test_minimal_config_gets_defaults_and_name_from_file(tmp_path):
 
 
 def test_dotted_overrides_are_typed(tmp_path):
-    cfg = load_config(write(tmp_path, MINIMAL), ["adapter.r=16", "training.learning_rate=1e-4", "adapter.target_modules=[q_proj]"])
+    cfg = load_config(
+        write(tmp_path, MINIMAL), ["adapter.r=16", "training.learning_rate=1e-4", "adapter.target_modules=[q_proj]"]
+    )
     assert cfg.adapter.r == 16
     assert cfg.training.learning_rate == pytest.approx(1e-4)
     assert cfg.adapter.target_modules == ["q_proj"]
@@ -89,9 +91,13 @@ def test_saved_config_round_trips_and_redacts_secrets(tmp_path, monkeypatch):
 def test_redact_matches_secret_values_not_key_names(monkeypatch):
     monkeypatch.setenv("MY_SERVICE_TOKEN", "canary-secret-123456")
     # a field map whose keys look like secret names is data (issue 10: it was saved as '***' and broke eval)
-    assert redact({"field_map": {"q_key": "instruction", "a_token": "output"}}) == {"field_map": {"q_key": "instruction", "a_token": "output"}}
+    assert redact({"field_map": {"q_key": "instruction", "a_token": "output"}}) == {
+        "field_map": {"q_key": "instruction", "a_token": "output"}
+    }
     assert redact({"anything": "x canary-secret-123456 y", "uri": "https://u:pw1234@h/x"}) == {
-        "anything": "x *** y", "uri": "https://***@h/x"}
+        "anything": "x *** y",
+        "uri": "https://***@h/x",
+    }
 
 
 def test_field_map_with_secret_looking_keys_survives_a_round_trip(tmp_path):
@@ -101,8 +107,11 @@ def test_field_map_with_secret_looking_keys_survives_a_round_trip(tmp_path):
     assert load_config(tmp_path / "saved.yaml").data.field_map == {"q_key": "instruction"}
 
 
-@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "examples").glob("*.yaml") if not p.name.startswith("sweep-")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in (ROOT / "examples").glob("*.yaml") if not p.name.startswith("sweep-")),
+    ids=lambda p: p.name,
+)
 def test_every_example_config_loads(path):  # sweep files (examples/sweep-*.yaml) are checked in tests/test_sweep.py
     cfg = load_config(path)
     assert cfg.model.name
@@ -113,12 +122,36 @@ def test_every_example_config_loads(path):  # sweep files (examples/sweep-*.yaml
 def test_reference_recipe_has_the_tutorial_values():
     cfg = load_config(ROOT / "examples" / "openllama-3b-alpaca-qlora.yaml")
     assert cfg.model.name == "openlm-research/open_llama_3b_v2" and cfg.model.use_cache is False
-    assert (cfg.quantization.bits, cfg.quantization.quant_type, cfg.quantization.double_quant, cfg.quantization.compute_dtype) == (4, "nf4", True, "fp16")
+    assert (
+        cfg.quantization.bits,
+        cfg.quantization.quant_type,
+        cfg.quantization.double_quant,
+        cfg.quantization.compute_dtype,
+    ) == (4, "nf4", True, "fp16")
     a = cfg.adapter
-    assert (a.r, a.alpha, a.dropout, a.bias, a.target_modules) == (64, 16, 0.1, "none", ["q_proj", "k_proj", "v_proj", "o_proj"])
+    assert (a.r, a.alpha, a.dropout, a.bias, a.target_modules) == (
+        64,
+        16,
+        0.1,
+        "none",
+        ["q_proj", "k_proj", "v_proj", "o_proj"],
+    )
     assert (cfg.data.train_rows, cfg.data.test_rows) == (512, 10)
     t = cfg.training
-    assert (t.packing, t.max_length, t.batch_size, t.grad_accum, t.epochs, t.precision) == (True, 1024, 2, 16, 1, "fp16")
-    assert (t.learning_rate, t.lr_scheduler, t.warmup_ratio, t.gradient_checkpointing, t.logging_steps) == (2e-4, "cosine", 0.1, True, 1)
+    assert (t.packing, t.max_length, t.batch_size, t.grad_accum, t.epochs, t.precision) == (
+        True,
+        1024,
+        2,
+        16,
+        1,
+        "fp16",
+    )
+    assert (t.learning_rate, t.lr_scheduler, t.warmup_ratio, t.gradient_checkpointing, t.logging_steps) == (
+        2e-4,
+        "cosine",
+        0.1,
+        True,
+        1,
+    )
     assert t.eval_steps == t.save_steps == 512 // (2 * 16)
     assert cfg.prompt.format == "alpaca" and cfg.prompt.train_on == "all"

@@ -11,19 +11,25 @@ from tunelab.errors import DataError
 
 
 def cfg_for(path, **data):
-    return RunConfig.model_validate({
-        "model": {"name": "tiny:llama-2l"},
-        "data": {"train": {"path": str(path)}, "shuffle": False, "cache_dir": str(path.parent / "cache"), **data},
-        "training": {"max_length": 64},
-    })
+    return RunConfig.model_validate(
+        {
+            "model": {"name": "tiny:llama-2l"},
+            "data": {"train": {"path": str(path)}, "shuffle": False, "cache_dir": str(path.parent / "cache"), **data},
+            "training": {"max_length": 64},
+        }
+    )
 
 
 def test_alpaca_template_is_byte_exact():
-    no_input = ("Below is an instruction that describes a task. Write a response that appropriately completes the request."
-                "\n\n### Instruction:\n{instruction}\n\n### Response:\n{output}")
-    with_input = ("Below is an instruction that describes a task, paired with an input that provides further context. "
-                  "Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n"
-                  "### Input:\n{input}\n\n### Response:\n{output}")
+    no_input = (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+        "\n\n### Instruction:\n{instruction}\n\n### Response:\n{output}"
+    )
+    with_input = (
+        "Below is an instruction that describes a task, paired with an input that provides further context. "
+        "Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n"
+        "### Input:\n{input}\n\n### Response:\n{output}"
+    )
     cfg = cfg_for(__import__("pathlib").Path("/x.json")).prompt
     row = {"instruction": "Add.", "input": "", "output": "4"}
     assert "".join(t for t, _ in render_segments(row, cfg)) == no_input.format(**row)
@@ -52,10 +58,18 @@ def test_json_array_row_problems_point_at_lines(tmp_path):
 @pytest.mark.parametrize(
     "row, message, reason",
     [
-        ({"instruction": "a", "input": "", "output": 3}, "field 'output' should be a string, got int", "bad_type_output"),
+        (
+            {"instruction": "a", "input": "", "output": 3},
+            "field 'output' should be a string, got int",
+            "bad_type_output",
+        ),
         ({"instruction": "a", "input": "", "output": "  "}, "empty output", "empty_output"),
         ({"input": "", "output": "x"}, "missing field 'instruction'", "missing_instruction"),
-        ({"instruction": "a", "input": 5, "output": "x"}, "field 'input' should be a string, got int", "bad_type_input"),
+        (
+            {"instruction": "a", "input": 5, "output": "x"},
+            "field 'input' should be a string, got int",
+            "bad_type_input",
+        ),
     ],
 )
 def test_bad_rows_error_or_skip(tmp_path, row, message, reason):
@@ -106,7 +120,7 @@ def test_labels_mask_the_prompt_and_eos_ends_every_example(tmp_path, tokenizer):
     cols, _ = tokenize_rows(raw, TokenSpec.of(cfg), tokenizer)
     ids, labels = cols["input_ids"][0], cols["labels"][0]
     assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
-    trained = [t for t, lab in zip(ids, labels) if lab != -100]
+    trained = [t for t, lab in zip(ids, labels, strict=True) if lab != -100]
     assert tokenizer.decode(trained) == "hi there" + tokenizer.eos_token
     prompt_len = len(ids) - len(trained)
     assert tokenizer.decode(ids[1:prompt_len]) == ALPACA_NO_INPUT.format(instruction="Say hi.")
@@ -163,8 +177,14 @@ def test_tokenized_data_is_cached_by_content(synth_file, tokenizer):
 
 
 def test_messages_format_trains_on_assistant_turns_only(tmp_path, tokenizer):
-    convo = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                          {"role": "user", "content": "bye"}, {"role": "assistant", "content": "ciao"}]}
+    convo = {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "bye"},
+            {"role": "assistant", "content": "ciao"},
+        ]
+    }
     p = tmp_path / "c.jsonl"
     p.write_text(json.dumps(convo) + "\n")
     cfg = cfg_for(p)
@@ -172,7 +192,7 @@ def test_messages_format_trains_on_assistant_turns_only(tmp_path, tokenizer):
     train, _, _ = load_splits(cfg)
     cols, _ = tokenize_rows(train, TokenSpec.of(cfg), tokenizer)
     ids, labels = cols["input_ids"][0], cols["labels"][0]
-    trained = tokenizer.decode([t for t, lab in zip(ids, labels) if lab != -100])
+    trained = tokenizer.decode([t for t, lab in zip(ids, labels, strict=True) if lab != -100])
     assert "hello" in trained and "ciao" in trained and "hi" not in trained.replace("ciao", "") and "bye" not in trained
     rendered = tokenizer.apply_chat_template(convo["messages"], tokenize=False)
     assert tokenizer.decode(ids) == tokenizer.bos_token + rendered + tokenizer.eos_token

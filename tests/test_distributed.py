@@ -19,7 +19,6 @@ import pytest
 import yaml
 
 from conftest import ROOT, base_config, run_cli
-
 from tunelab.config import build_config
 from tunelab.errors import TunelabError
 from tunelab.training import distributed as dist
@@ -63,8 +62,11 @@ def test_strategy_auto_shards_a_full_fine_tune_that_does_not_fit_one_gpu(monkeyp
 
 
 def test_strategies_that_cannot_work_are_refused_in_one_line(monkeypatch):
-    with pytest.raises(TunelabError, match=r"fsdp2 with quantization.bits 4 .* installed bitsandbytes \S+, accelerate \S+, "
-                                           r"torch \S+ \(bitsandbytes#1945"):
+    with pytest.raises(
+        TunelabError,
+        match=r"fsdp2 with quantization.bits 4 .* installed bitsandbytes \S+, accelerate \S+, "
+        r"torch \S+ \(bitsandbytes#1945",
+    ):
         dist.check_strategy(_cfg(quantization={"bits": 4}, distributed={"strategy": "fsdp2"}), "fsdp2", on_cpu=False)
     with pytest.raises(TunelabError, match="fsdp2 shards over GPUs only"):
         dist.check_strategy(_cfg(adapter={"type": "none"}), "fsdp2", on_cpu=True)
@@ -72,7 +74,8 @@ def test_strategies_that_cannot_work_are_refused_in_one_line(monkeypatch):
         with pytest.raises(TunelabError, match="deepspeed_zero3 needs the deepspeed package, which is not installed"):
             dist.check_strategy(_cfg(), "deepspeed_zero3", on_cpu=None)
     dist.check_strategy(_cfg(quantization={"bits": 4}), "ddp", on_cpu=True)  # QLoRA + DDP is the supported way
-    # the refusal follows the installed versions: once a fixed release is named and installed, it lets FSDP2 + 4-bit through
+    # the refusal follows the installed versions: once a fixed release is named and installed,
+    # it lets FSDP2 + 4-bit through
     monkeypatch.setattr(dist, "FSDP_QUANTIZED_FIXED_IN", {"torch": "1.0"})
     dist.check_strategy(_cfg(quantization={"bits": 4}), "fsdp2", on_cpu=False)
     monkeypatch.setattr(dist, "FSDP_QUANTIZED_FIXED_IN", {"torch": "999.0"})
@@ -102,7 +105,10 @@ def test_a_resume_needs_the_number_of_processes_that_wrote_the_checkpoint(tmp_pa
 
 
 def test_job_figures_sum_the_ranks():
-    ranks = [{"tokens": 100, "peak_tflops": 1.0, "peak_rss_mb": 500.0}, {"tokens": 300, "peak_tflops": 1.0, "peak_rss_mb": 700.0}]
+    ranks = [
+        {"tokens": 100, "peak_tflops": 1.0, "peak_rss_mb": 500.0},
+        {"tokens": 300, "peak_tflops": 1.0, "peak_rss_mb": 700.0},
+    ]
     job = dist.job_figures(ranks, seconds=2.0, flops_per_token=1e10)
     assert [r["tokens_per_s"] for r in ranks] == [50.0, 150.0]
     assert ranks[1]["mfu"] == pytest.approx(1.5e12 / 1e12) and job["mfu"] == pytest.approx(2e12 / 2e12)
@@ -112,14 +118,20 @@ def test_job_figures_sum_the_ranks():
 def test_global_batch_and_how_to_keep_one_process_batch():
     cfg = _cfg(training={"batch_size": 2, "grad_accum": 16})
     assert dist.global_batch(cfg, 2) == 64
-    assert dist.batch_note(cfg, 2).endswith("= 64 sequences per step (one process steps 32; training.grad_accum=8 would match it)")
+    assert dist.batch_note(cfg, 2).endswith(
+        "= 64 sequences per step (one process steps 32; training.grad_accum=8 would match it)"
+    )
 
 
 def test_launch_flags_are_checked_before_anything_loads():
     cfg = _cfg()
-    for launch, message in [(Launch(nproc=0), "--nproc: 0 processes"), (Launch(nproc=2, nnodes=0), "--nnodes"),
-                            (Launch(nproc=2, nnodes=2, node_rank=2, master_addr="h"), "--node-rank: 2 is not in 0..1"),
-                            (Launch(nproc=2, nnodes=2), "--master-addr: needed"), (Launch(nproc=2, master_port=70000), "no TCP port")]:
+    for launch, message in [
+        (Launch(nproc=0), "--nproc: 0 processes"),
+        (Launch(nproc=2, nnodes=0), "--nnodes"),
+        (Launch(nproc=2, nnodes=2, node_rank=2, master_addr="h"), "--node-rank: 2 is not in 0..1"),
+        (Launch(nproc=2, nnodes=2), "--master-addr: needed"),
+        (Launch(nproc=2, master_port=70000), "no TCP port"),
+    ]:
         with pytest.raises(TunelabError, match=message):
             early_checks(cfg, launch)
     with pytest.raises(TunelabError, match="model.device: cuda:1 pins every process"):
@@ -147,7 +159,9 @@ def test_rank_plans_ddp_replicates_and_fsdp2_shards():
     assert fsdp.parts["activations"] == one.parts["activations"]  # each rank's own micro-batch
     assert fsdp.total < one.total
     zero2 = rank_plan(cfg, one, "deepspeed_zero2", 4)
-    assert zero2.parts["weights"] == one.parts["weights"] and zero2.parts["gradients"] == pytest.approx(one.parts["gradients"] / 4)
+    assert zero2.parts["weights"] == one.parts["weights"] and zero2.parts["gradients"] == pytest.approx(
+        one.parts["gradients"] / 4
+    )
     assert rank_plan(cfg, one, "ddp", 1) is one
 
 
@@ -169,8 +183,23 @@ def _env() -> dict[str, str]:
 
 def _torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """What a user runs: torchrun starting two tunelab processes (or the fault-injecting wrapper)."""
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                           str(_free_port()), *args], capture_output=True, text=True, timeout=timeout, env=_env(), cwd=ROOT)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(_free_port()),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
+        cwd=ROOT,
+    )
 
 
 def _losses(run: Path, key: str = "loss") -> dict[int, float]:
@@ -186,9 +215,20 @@ def _adapter(run: Path):
 
 def _config(tmp: Path, data: Path, bits: int | None) -> Path:
     # dropout 0: each rank draws dropout masks from its own RNG stream, which no single process reproduces
-    cfg = base_config(data, tmp / "runs", quantization={"bits": bits}, adapter={"dropout": 0.0},
-                      training={"max_steps": STEPS, "batch_size": 2, "grad_accum": 1, "max_length": 128, "eval_steps": 3,
-                                "save_steps": 2})
+    cfg = base_config(
+        data,
+        tmp / "runs",
+        quantization={"bits": bits},
+        adapter={"dropout": 0.0},
+        training={
+            "max_steps": STEPS,
+            "batch_size": 2,
+            "grad_accum": 1,
+            "max_length": 128,
+            "eval_steps": 3,
+            "save_steps": 2,
+        },
+    )
     path = tmp / "ddp.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -250,8 +290,15 @@ def test_the_trainer_ran_on_two_ranks_each_on_its_own_device(lora):
 def test_only_rank_0_writes_one_run_directory_summary_tracker_run_and_samples_table(lora):
     two = lora["two"]
     assert sorted(p.name for p in two.parent.iterdir()) == [".tracking", "one", "two"]  # no lock file left behind
-    assert [p.name for p in sorted((two / "checkpoints").glob("step-*"))] == ["step-000002", "step-000004", "step-000006"]
-    assert {p.name for p in (two / "checkpoints" / "step-000006").glob("rng_state*")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    assert [p.name for p in sorted((two / "checkpoints").glob("step-*"))] == [
+        "step-000002",
+        "step-000004",
+        "step-000006",
+    ]
+    assert {p.name for p in (two / "checkpoints" / "step-000006").glob("rng_state*")} == {
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    }
     samples = [json.loads(x) for x in (two / "samples.jsonl").read_text().splitlines()]
     assert [x["step"] for x in samples] == [3] * 4 + [6] * 4  # one table per evaluation, not one per rank
     metrics = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
@@ -274,7 +321,14 @@ def test_only_rank_0_writes_one_run_directory_summary_tracker_run_and_samples_ta
 @pytestmark_slow
 def test_kill_one_rank_then_resume_with_two_reaches_the_same_losses(lora):
     tmp, config = lora["tmp"], lora["config"]
-    r = _torchrun(str(ROOT / "tests" / "fault_inject.py"), "crash_after_save:4:1", "--", "train", str(config), "output.name=killed")
+    r = _torchrun(
+        str(ROOT / "tests" / "fault_inject.py"),
+        "crash_after_save:4:1",
+        "--",
+        "train",
+        str(config),
+        "output.name=killed",
+    )
     assert r.returncode != 0, r.stderr[-3000:]
     killed = tmp / "runs" / "killed"
     assert (killed / "checkpoints" / "step-000004").is_dir() and not (killed / "final").exists()

@@ -27,9 +27,18 @@ def read_jsonl(p: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("eval-runs")
-    r = run_cli("train", str(ROOT / "examples" / "quickstart.yaml"), f"output.dir={root}", "output.name=qs",
-                f"training.max_steps={STEPS}", "training.eval_steps=75", "training.save_steps=null",
-                "samples.num_prompts=12", "samples.at_start=false", timeout=1800)
+    r = run_cli(
+        "train",
+        str(ROOT / "examples" / "quickstart.yaml"),
+        f"output.dir={root}",
+        "output.name=qs",
+        f"training.max_steps={STEPS}",
+        "training.eval_steps=75",
+        "training.save_steps=null",
+        "samples.num_prompts=12",
+        "samples.at_start=false",
+        timeout=1800,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return root / "qs"
 
@@ -38,7 +47,13 @@ def test_training_logs_generation_metrics_at_every_evaluation(run_dir):
     quality = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "samples_exact_match" in m]
     assert [m["step"] for m in quality] == [75, 150]
     for m in quality:
-        assert {"samples_normalized_exact_match", "samples_rougeL", "samples_bleu", "samples_chrf", "samples_answer_words"} <= set(m)
+        assert {
+            "samples_normalized_exact_match",
+            "samples_rougeL",
+            "samples_bleu",
+            "samples_chrf",
+            "samples_answer_words",
+        } <= set(m)
         assert 0 <= m["samples_rougeL"] <= 1 and 0 <= m["samples_chrf"] <= 100
 
 
@@ -65,18 +80,36 @@ def test_eval_writes_both_files_and_the_tuned_model_beats_its_base(run_dir):
     for role, metrics in (("target", tuned), ("baseline", base)):
         em = sum(s["scores"][role]["exact_match"] for s in samples) / len(samples)
         assert metrics["exact_match"] == pytest.approx(em)
-        assert em == pytest.approx(sum(s["answers"][role].strip() == s["reference"].strip() for s in samples) / len(samples))
+        assert em == pytest.approx(
+            sum(s["answers"][role].strip() == s["reference"].strip() for s in samples) / len(samples)
+        )
 
 
 def test_eval_other_data_baseline_and_out(run_dir, tmp_path):
     out = tmp_path / "eval-out"
-    r = run_cli("eval", str(run_dir), "--data", "synthetic:40:seed=5:tasks=add_numbers,first_word", "--limit", "8",
-                "--baseline", "tiny:llama-2l", "--out", str(out), "--max-new-tokens", "6", timeout=900)
+    r = run_cli(
+        "eval",
+        str(run_dir),
+        "--data",
+        "synthetic:40:seed=5:tasks=add_numbers,first_word",
+        "--limit",
+        "8",
+        "--baseline",
+        "tiny:llama-2l",
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "6",
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     ev = json.loads((out / "eval.json").read_text())
     assert ev["data"]["examples"] == 8 and ev["data"]["source"].startswith("synthetic:40")
     assert ev["generation"]["max_new_tokens"] == 6
-    assert "llama-2l" in ev["models"]["baseline"]["model"] and "(adapter disabled)" not in ev["models"]["baseline"]["model"]
+    assert (
+        "llama-2l" in ev["models"]["baseline"]["model"]
+        and "(adapter disabled)" not in ev["models"]["baseline"]["model"]
+    )
     assert len(read_jsonl(out / "eval_samples.jsonl")) == 8
     assert not list(out.glob("*.tmp*"))
 

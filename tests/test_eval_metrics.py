@@ -71,8 +71,19 @@ def test_empty_and_mismatched_inputs():
 
 
 def test_metric_directions():
-    assert [direction(k) for k in ("exact_match", "samples_chrf", "eval/baseline/bleu", "loss", "eval_loss",
-                                   "final_train_loss", "perplexity", "answer_words")] == [1, 1, 1, -1, -1, -1, -1, 0]
+    assert [
+        direction(k)
+        for k in (
+            "exact_match",
+            "samples_chrf",
+            "eval/baseline/bleu",
+            "loss",
+            "eval_loss",
+            "final_train_loss",
+            "perplexity",
+            "answer_words",
+        )
+    ] == [1, 1, 1, -1, -1, -1, -1, 0]
 
 
 def test_response_loss_takes_only_response_tokens_and_ignores_padding(tiny_model_dir):
@@ -96,7 +107,7 @@ def test_response_loss_takes_only_response_tokens_and_ignores_padding(tiny_model
     cols, _ = tokenize_rows(raw, TokenSpec.of(cfg), tok)
     total = count = 0.0
     with torch.no_grad():
-        for ids, labels in zip(cols["input_ids"], cols["labels"]):
+        for ids, labels in zip(cols["input_ids"], cols["labels"], strict=True):
             n = sum(1 for y in labels[1:] if y != -100)
             assert 0 < n < len(ids) - 1  # the prompt is masked out, the answer is not
             out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,6 @@ import torch
 
 from conftest import run_cli
 from inference_support import RUN_NAME, one_torch_thread, trained_run  # noqa: F401 (autouse fixture)
-
 from tunelab.config.schema import PromptConfig
 
 LLAMA_CPP_VENV = Path(os.environ.get("TUNELAB_LLAMA_CPP_VENV", Path.home() / ".cache" / "tunelab" / "llama-cpp-venv"))
@@ -33,7 +31,7 @@ MAX_NEW = 16
 # Runs inside the llama.cpp venv: tokenize each prompt as llama.cpp does (BOS by the file's metadata,
 # special tokens not parsed, as for user text), decode greedily, and answer chat requests through the
 # file's own chat template.
-PROBE = r'''
+PROBE = r"""
 import json, sys
 import numpy as np
 import llama_cpp
@@ -57,12 +55,14 @@ for text in req["prompts"]:
         llm.eval([nxt])
     out["prompts"].append({"ids": ids, "generated": gen, "first_logits": first.tolist()})
 for messages in req["chats"]:
-    r = llm.create_chat_completion(messages=messages, temperature=0.0, top_k=1, max_tokens=req["max_new_tokens"], seed=0)
+    r = llm.create_chat_completion(
+        messages=messages, temperature=0.0, top_k=1, max_tokens=req["max_new_tokens"], seed=0
+    )
     out["chats"].append(r["choices"][0]["message"]["content"])
 json.dump(out, sys.stdout)
-'''
+"""
 
-GO_RENDER = r'''
+GO_RENDER = r"""
 package main
 
 import (
@@ -101,7 +101,7 @@ func main() {
 	}
 	json.NewEncoder(os.Stdout).Encode(outs)
 }
-'''
+"""
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -114,12 +114,23 @@ def _ids_logits(model, ids_list: list[list[int]]) -> list[torch.Tensor]:
 
 def _greedy(model, tok, ids: list[int], eos: list[int], max_new: int = MAX_NEW) -> list[int]:
     with torch.inference_mode():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=max_new,
-                             do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None)
-    return out[0, len(ids):].tolist()
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=max_new,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=tok.pad_token_id,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+    return out[0, len(ids) :].tolist()
 
 
-def _assert_same_greedy(model, ids_list: list[list[int]], got: list[list[int]], want: list[list[int]], tol: float) -> int:
+def _assert_same_greedy(
+    model, ids_list: list[list[int]], got: list[list[int]], want: list[list[int]], tol: float
+) -> int:
     """`got` must be `want` (greedy answers of `model`), except where `model` itself can barely tell
     the two tokens apart: at the first token where they part, `model`'s logit for its own choice may
     lead the other's by at most `tol`. A random tiny model has many such near-ties; a wrong
@@ -129,7 +140,11 @@ def _assert_same_greedy(model, ids_list: list[list[int]], got: list[list[int]], 
         if g == w:
             same += 1
             continue
-        k = next(i for i, (a, b) in enumerate(zip(g, w)) if a != b) if g[: len(w)] != w[: len(g)] else min(len(g), len(w))
+        k = (
+            next(i for i, (a, b) in enumerate(zip(g, w, strict=False)) if a != b)
+            if g[: len(w)] != w[: len(g)]
+            else min(len(g), len(w))
+        )
         assert k < min(len(g), len(w)), (g, w)  # one stopped at EOS where the other went on
         logits = _ids_logits(model, [ids + w[:k]])[0][-1]
         gap = float(logits[w[k]] - logits[g[k]])
@@ -164,7 +179,9 @@ def _llama_cpp(request: dict, tmp_path: Path) -> dict:
         pytest.skip(f"llama.cpp is not built: run scripts/build-llama-cpp.sh (looked for {LLAMA_CPP_PYTHON})")
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE)
-    r = subprocess.run([str(LLAMA_CPP_PYTHON), str(probe)], input=json.dumps(request), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [str(LLAMA_CPP_PYTHON), str(probe)], input=json.dumps(request), capture_output=True, text=True, timeout=600
+    )
     if r.returncode != 0 and "No module named 'llama_cpp'" in r.stderr:
         pytest.skip(f"{LLAMA_CPP_VENV} has no llama_cpp: run scripts/build-llama-cpp.sh")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -176,9 +193,21 @@ def _go_render(template: str, cases: list[list[dict]], tmp_path: Path) -> list[s
     if go is None:
         pytest.skip("no Go toolchain to render the Modelfile TEMPLATE as Ollama does (apt-get install golang-go)")
     (tmp_path / "render.go").write_text(GO_RENDER)
-    env = {**os.environ, "GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"), "GOFLAGS": "", "GO111MODULE": "off"}
-    r = subprocess.run([go, "run", str(tmp_path / "render.go")], input=json.dumps({"template": template, "cases": cases}),
-                       capture_output=True, text=True, timeout=300, env=env)
+    env = {
+        **os.environ,
+        "GOCACHE": str(tmp_path / "gocache"),
+        "GOPATH": str(tmp_path / "gopath"),
+        "GOFLAGS": "",
+        "GO111MODULE": "off",
+    }
+    r = subprocess.run(
+        [go, "run", str(tmp_path / "render.go")],
+        input=json.dumps({"template": template, "cases": cases}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout)
 
@@ -206,7 +235,7 @@ def test_qk_permutation_turns_transformers_rotary_into_ggml_rotary():
     def hf_rope(v):  # transformers: rotate_half pairs i with i + d/2
         v = v.reshape(heads, d)
         cos, sin = np.cos(np.concatenate([theta, theta])), np.sin(np.concatenate([theta, theta]))
-        rot = np.concatenate([-v[:, d // 2:], v[:, : d // 2]], axis=1)
+        rot = np.concatenate([-v[:, d // 2 :], v[:, : d // 2]], axis=1)
         return (v * cos + rot * sin).reshape(-1)
 
     def ggml_rope(v):  # ggml rope mode 0: pairs (2i, 2i+1)
@@ -233,10 +262,13 @@ def test_tiny_model_reads_back_from_the_file_alone(tiny_model_dir, tmp_path, qua
     shutil.copytree(tiny_model_dir, folder)
     path = _write(folder, quant)
     tok = AutoTokenizer.from_pretrained(folder)
-    ids = [encode_prompt(tok, f"### Instruction:\n{t}\n\n### Response:\n") for t in ("Add 2 and 3.", "Sort 3 1 2.", "cat dog")]
+    ids = [
+        encode_prompt(tok, f"### Instruction:\n{t}\n\n### Response:\n")
+        for t in ("Add 2 and 3.", "Sort 3 1 2.", "cat dog")
+    ]
     ref = _ids_logits(AutoModelForCausalLM.from_pretrained(folder), ids)
     got = _ids_logits(model_from_gguf(path), ids)
-    diff = max(float((a - b).abs().max()) for a, b in zip(ref, got))
+    diff = max(float((a - b).abs().max()) for a, b in zip(ref, got, strict=True))
     scale = max(float(a.abs().max()) for a in ref)
     if quant in ("f32", "f16", "bf16"):
         assert diff <= {"f32": 1e-5, "f16": TOLERANCE["fp16"], "bf16": TOLERANCE["bf16"]}[quant] * max(scale, 1.0), diff
@@ -250,8 +282,10 @@ def test_tiny_model_reads_back_from_the_file_alone(tiny_model_dir, tmp_path, qua
     assert types["output.weight"] == ("Q8_0" if quant in ("q4_0", "q5_0") else quant.upper())
     expected, size = _expected_size(path)
     assert abs(size - expected) <= 0.01 * expected, (size, expected)
-    assert reader.fields["general.file_type"].contents() == {
-        "f32": 0, "f16": 1, "bf16": 32, "q8_0": 7, "q5_0": 8, "q4_0": 2}[quant]
+    assert (
+        reader.fields["general.file_type"].contents()
+        == {"f32": 0, "f16": 1, "bf16": 32, "q8_0": 7, "q5_0": 8, "q4_0": 2}[quant]
+    )
 
 
 def test_rows_off_the_block_size_fall_back_to_f16_with_gqa_and_tied_embeddings(tiny_model_dir, tmp_path):
@@ -263,10 +297,20 @@ def test_rows_off_the_block_size_fall_back_to_f16_with_gqa_and_tied_embeddings(t
 
     folder = tmp_path / "odd"
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-                      rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0},
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=48,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0},
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(1)
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(folder)
@@ -294,8 +338,23 @@ def test_vocab_metadata_of_the_byte_level_tokenizer(tiny_model_dir, tokenizer):
 
     from tunelab.inference.gguf_vocab import pre_tokenizer_name, read_vocab
 
-    v = read_vocab(tiny_model_dir, tokenizer, len(tokenizer) + 4, [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")], [])
-    assert (v.model, v.pre, v.bos, v.eos, v.pad, v.unk, v.add_bos, v.add_eos) == ("gpt2", "starcoder", 1, 2, 3, 0, True, False)
+    v = read_vocab(
+        tiny_model_dir,
+        tokenizer,
+        len(tokenizer) + 4,
+        [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")],
+        [],
+    )
+    assert (v.model, v.pre, v.bos, v.eos, v.pad, v.unk, v.add_bos, v.add_eos) == (
+        "gpt2",
+        "starcoder",
+        1,
+        2,
+        3,
+        0,
+        True,
+        False,
+    )
     assert v.eot == tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert v.tokens[:3] == ["<unk>", "<s>", "</s>"] and v.types[4] == v.types[5] == gguf.TokenType.CONTROL
     assert v.tokens[-1] == f"[PAD{len(tokenizer) + 3}]" and v.types[-1] == gguf.TokenType.UNUSED
@@ -330,11 +389,24 @@ def spm_model_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("spm")
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(t.replace("\n", " ") for t in corpus_texts()[:3000]))
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(root / "sp"), vocab_size=600, model_type="bpe",
-                                   byte_fallback=True, character_coverage=1.0, bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
-                                   # as Llama 2's tokenizer.model: no normalization, whitespace kept as it is
-                                   normalization_rule_name="identity", remove_extra_whitespaces=False, split_digits=True,
-                                   num_threads=1, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(root / "sp"),
+        vocab_size=600,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=-1,
+        # as Llama 2's tokenizer.model: no normalization, whitespace kept as it is
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        num_threads=1,
+        minloglevel=2,
+    )
     src = root / "sp"
     src.mkdir()
     shutil.copy(root / "sp.model", src / "tokenizer.model")
@@ -342,8 +414,17 @@ def spm_model_dir(tmp_path_factory) -> Path:
     tok = LlamaTokenizer.from_pretrained(src, legacy=False, add_bos_token=True)
     tok.save_pretrained(folder)  # transformers 5 writes tokenizer.json only: the .model file must be found elsewhere
     assert not (folder / "tokenizer.model").exists()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     torch.manual_seed(2)
     LlamaForCausalLM(cfg).save_pretrained(folder)
     return folder
@@ -357,7 +438,15 @@ def test_sentencepiece_vocab_metadata(spm_model_dir):
 
     tok = AutoTokenizer.from_pretrained(spm_model_dir)
     v = read_vocab(spm_model_dir, tok, len(tok), [tok.eos_token_id], [spm_model_dir.parent / "sp"])
-    assert (v.model, v.pre, v.bos, v.eos, v.unk, v.add_bos, v.add_space_prefix) == ("llama", "default", 1, 2, 0, True, True)
+    assert (v.model, v.pre, v.bos, v.eos, v.unk, v.add_bos, v.add_space_prefix) == (
+        "llama",
+        "default",
+        1,
+        2,
+        0,
+        True,
+        True,
+    )
     assert v.types[0] == gguf.TokenType.UNKNOWN and v.types[1] == v.types[2] == gguf.TokenType.CONTROL
     assert v.types.count(gguf.TokenType.BYTE) == 256 and v.tokens[v.types.index(gguf.TokenType.BYTE)] == "<0x00>"
     assert v.scores is not None and len(v.scores) == len(v.tokens) and v.merges is None
@@ -376,8 +465,13 @@ def test_alpaca_chat_template_and_modelfile_render_the_training_prompt(tokenizer
     assert p.stops == ["</s>"] and "no-input" in p.format
     rows = [r for r in _held_out_rows(6) if not r["input"]]
     conversations = [[{"role": "user", "content": r["instruction"]}] for r in rows]
-    conversations.append([{"role": "user", "content": "earlier"}, {"role": "assistant", "content": "x"},
-                          {"role": "user", "content": rows[0]["instruction"]}])
+    conversations.append(
+        [
+            {"role": "user", "content": "earlier"},
+            {"role": "assistant", "content": "x"},
+            {"role": "user", "content": rows[0]["instruction"]},
+        ]
+    )
     want = [prompt_text(instruction_row(c[-1]["content"], "", cfg), cfg, tokenizer) for c in conversations]
     # the GGUF's chat template, rendered the way transformers renders chat templates: BOS, then the training prompt
     rendered = [tokenizer.apply_chat_template(c, chat_template=p.chat_template, tokenize=False) for c in conversations]
@@ -398,9 +492,15 @@ def test_chatml_runs_get_a_go_template_that_renders_like_the_chat_template(token
     assert is_chatml(tokenizer)
     p = engine_prompt(PromptConfig(format="messages"), tokenizer, [tokenizer.eos_token_id])
     assert p.chat_template == tokenizer.chat_template and p.stops == ["</s>", "<|im_end|>"]
-    conversations = [[{"role": "user", "content": "Add 2 and 3."}],
-                     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                      {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Sort 3 1 2."}]]
+    conversations = [
+        [{"role": "user", "content": "Add 2 and 3."}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Sort 3 1 2."},
+        ],
+    ]
     want = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
     assert _go_render(p.go_template, conversations, tmp_path) == want
 
@@ -412,7 +512,9 @@ def test_other_chat_templates_get_a_note_instead_of_a_guess(tokenizer):
     tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
     p = engine_prompt(PromptConfig(format="messages"), tokenizer, [tokenizer.eos_token_id])
     assert p.go_template is None and "not ChatML" in p.notes[0]
-    assert "TEMPLATE" not in modelfile("m.gguf", p, "m").split("# Note")[0] and "TEMPLATE \"\"\"" not in modelfile("m.gguf", p, "m")
+    assert "TEMPLATE" not in modelfile("m.gguf", p, "m").split("# Note")[0] and 'TEMPLATE """' not in modelfile(
+        "m.gguf", p, "m"
+    )
 
 
 # --- bad input: one line, exit 2, nothing written ---------------------------------------------------
@@ -438,7 +540,11 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_model_dir, tmp_path):
     cfg = json.loads((gpt2 / "config.json").read_text())
     (gpt2 / "config.json").write_text(json.dumps({**cfg, "architectures": ["GPT2LMHeadModel"]}))
     res = _cli("export", str(gpt2), "--format", "gguf", "-o", str(out))
-    assert res.exit_code == 2 and "GGUF export supports LlamaForCausalLM, MistralForCausalLM; this model is GPT2LMHeadModel" in " ".join(res.output.split())
+    assert (
+        res.exit_code == 2
+        and "GGUF export supports LlamaForCausalLM, MistralForCausalLM; this model is GPT2LMHeadModel"
+        in " ".join(res.output.split())
+    )
     assert len([ln for ln in res.output.splitlines() if ln.startswith("error:")]) == 1
 
     out.mkdir()
@@ -475,7 +581,8 @@ def run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory):
-    """The run exported through the real CLI at f16, q8_0 and q4_0, and merged as a Hugging Face folder (the reference)."""
+    """The run exported through the real CLI at f16, q8_0 and q4_0, and merged as a Hugging Face folder
+    (the reference)."""
     from tunelab.inference.merge import merge_target
     from tunelab.inference.target import resolve_target
 
@@ -495,7 +602,9 @@ def test_export_writes_the_file_the_modelfile_and_the_commands(exported):
     for quant, text in outputs.items():
         folder = root / quant
         name = f"{RUN_NAME}-{quant}.gguf"
-        assert sorted(p.name for p in folder.iterdir()) == sorted([name, "Modelfile", "README.md", "tunelab_model.json"])
+        assert sorted(p.name for p in folder.iterdir()) == sorted(
+            [name, "Modelfile", "README.md", "tunelab_model.json"]
+        )
         flat = " ".join(text.split())
         assert f"ollama create {RUN_NAME} -f {folder / 'Modelfile'}" in flat
         assert f"llama-cli -m {folder / name} --jinja -cnv --temp 0" in flat
@@ -525,7 +634,7 @@ def test_gguf_answers_like_the_merged_model(exported):
     ref = _ids_logits(merged, ids)
     f16 = model_from_gguf(root / "f16" / f"{RUN_NAME}-f16.gguf")
     scale = max(float(a.abs().max()) for a in ref)
-    diff = max(float((a - b).abs().max()) for a, b in zip(ref, _ids_logits(f16, ids)))
+    diff = max(float((a - b).abs().max()) for a, b in zip(ref, _ids_logits(f16, ids), strict=True))
     assert diff <= TOLERANCE["fp16"] * max(scale, 1.0), diff
     q8 = model_from_gguf(root / "q8_0" / f"{RUN_NAME}-q8_0.gguf")
     eos = [tok.eos_token_id]
@@ -557,11 +666,21 @@ def test_llama_cpp_loads_the_file_and_answers_like_tunelab(exported, tmp_path):
     eos = [tok.eos_token_id]
     want = [_greedy(merged, tok, i, eos) for i in ids]
     no_input = [r["instruction"] for r in rows if not r["input"]]
-    tunelab_answers = generate_batch(merged, tok, [alpaca_prompt(i) for i in no_input], GenerationSettings(max_new_tokens=MAX_NEW))
+    tunelab_answers = generate_batch(
+        merged, tok, [alpaca_prompt(i) for i in no_input], GenerationSettings(max_new_tokens=MAX_NEW)
+    )
     for quant in ("f16", "q8_0", "q4_0"):
         path = root / quant / f"{RUN_NAME}-{quant}.gguf"
-        res = _llama_cpp({"gguf": str(path), "prompts": prompts, "max_new_tokens": MAX_NEW, "eog": eos,
-                          "chats": [[{"role": "user", "content": i}] for i in no_input]}, tmp_path)
+        res = _llama_cpp(
+            {
+                "gguf": str(path),
+                "prompts": prompts,
+                "max_new_tokens": MAX_NEW,
+                "eog": eos,
+                "chats": [[{"role": "user", "content": i}] for i in no_input],
+            },
+            tmp_path,
+        )
         assert [p["ids"] for p in res["prompts"]] == ids, quant
         got = [p["generated"] for p in res["prompts"]]
         # llama.cpp vs transformers on the same weights: f16 against the merged model; quantized types against
@@ -576,7 +695,10 @@ def test_llama_cpp_loads_the_file_and_answers_like_tunelab(exported, tmp_path):
             ref_answers = ref_answers or [_greedy(ref_model, tok, i, eos) for i in ids]
             top = max(float(lg.abs().max()) for lg in _ids_logits(ref_model, ids))
             same = _assert_same_greedy(ref_model, ids, got, ref_answers, tol=scale * max(top, 1.0))
-            print(f"llama.cpp {res['version']} {quant} vs transformers on the {what} weights: {same}/{len(ids)} greedy answers identical")
+            print(
+                f"llama.cpp {res['version']} {quant} vs transformers on the {what} weights: "
+                f"{same}/{len(ids)} greedy answers identical"
+            )
             assert same >= len(ids) // 2, (quant, what)
         if quant == "f16":
             first = torch.tensor([p["first_logits"] for p in res["prompts"]])
@@ -584,13 +706,17 @@ def test_llama_cpp_loads_the_file_and_answers_like_tunelab(exported, tmp_path):
             first_diff = float((first - ref).abs().max())
             print(f"llama.cpp f16 first-token logits vs the merged model: max |diff| {first_diff:.2e}")
             assert first_diff < 1e-2 * max(1.0, float(ref.abs().max()))
+
             # text, not ids, comes back from a chat completion; a random model emits stray UTF-8 bytes, which
             # transformers decodes as U+FFFD and llama-cpp-python drops, so both are compared without them
             def clean(text: str) -> str:
                 return text.replace("\ufffd", "").strip()
 
             chat_same = sum(clean(a) == clean(b) for a, b in zip(res["chats"], tunelab_answers, strict=True))
-            print(f"llama.cpp chat completions through the file's Alpaca chat template: {chat_same}/{len(no_input)} as tunelab answers")
+            print(
+                f"llama.cpp chat completions through the file's Alpaca chat template: "
+                f"{chat_same}/{len(no_input)} as tunelab answers"
+            )
             assert chat_same >= len(no_input) - 1
 
 
@@ -606,9 +732,15 @@ def test_llama_cpp_tokenizes_and_answers_like_transformers_with_a_sentencepiece_
     hp = read_hparams(json.loads((spm_model_dir / "config.json").read_text()))
     vocab = read_vocab(spm_model_dir, tok, hp.vocab_size, [tok.eos_token_id], [spm_model_dir.parent / "sp"])
     path = write_gguf(spm_model_dir, tmp_path / "spm-f32.gguf", "f32", vocab, None, "spm").path
-    prompts = [alpaca_prompt("Add 2 and 3."), alpaca_prompt("Sort the words.", "pear  apple\tfig"), "Spaces  and\ttabs,  ÄÖ and 🚀 bytes 1234 "]
+    prompts = [
+        alpaca_prompt("Add 2 and 3."),
+        alpaca_prompt("Sort the words.", "pear  apple\tfig"),
+        "Spaces  and\ttabs,  ÄÖ and 🚀 bytes 1234 ",
+    ]
     ids = [encode_prompt(tok, p) for p in prompts]
-    res = _llama_cpp({"gguf": str(path), "prompts": prompts, "max_new_tokens": 8, "eog": [tok.eos_token_id], "chats": []}, tmp_path)
+    res = _llama_cpp(
+        {"gguf": str(path), "prompts": prompts, "max_new_tokens": 8, "eog": [tok.eos_token_id], "chats": []}, tmp_path
+    )
     assert [p["ids"] for p in res["prompts"]] == ids
     model = AutoModelForCausalLM.from_pretrained(spm_model_dir).eval()
     assert [p["generated"] for p in res["prompts"]] == [_greedy(model, tok, i, [tok.eos_token_id], 8) for i in ids]

@@ -12,7 +12,6 @@ import yaml
 
 from conftest import run_cli
 from inference_support import RUN_NAME, one_torch_thread, trained_run  # noqa: F401 (autouse fixture)
-
 from tunelab.config.schema import PromptConfig
 from tunelab.errors import TunelabError
 
@@ -67,7 +66,11 @@ def test_encode_prompt_tokenizes_like_training(tokenizer):
 def test_chat_prompt_uses_the_trained_format(tokenizer):
     from tunelab.inference.prompts import chat_prompt, instruction_row, prompt_text
 
-    convo = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "Add 2 and 3."}]
+    convo = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "Add 2 and 3."},
+    ]
     as_chat = chat_prompt(convo, None, tokenizer)
     assert as_chat == tokenizer.apply_chat_template(convo, tokenize=False, add_generation_prompt=True)
     assert as_chat.count("<|im_start|>user") == 2 and as_chat.endswith("<|im_start|>assistant\n")
@@ -76,7 +79,10 @@ def test_chat_prompt_uses_the_trained_format(tokenizer):
     assert alpaca.endswith("### Instruction:\nAdd 2 and 3.\n\n### Response:\n") and "hello" not in alpaca
     custom = PromptConfig(format="custom", template="Q: {question}\nA: ", response_field="answer")
     assert chat_prompt(convo, custom, tokenizer) == "Q: Add 2 and 3.\nA: "
-    assert prompt_text(instruction_row("Say hi", "", PromptConfig(format="text")), PromptConfig(format="text"), tokenizer) == "Say hi"
+    assert (
+        prompt_text(instruction_row("Say hi", "", PromptConfig(format="text")), PromptConfig(format="text"), tokenizer)
+        == "Say hi"
+    )
     with pytest.raises(TunelabError, match="last message"):
         chat_prompt(convo[:2], PromptConfig(), tokenizer)
     with pytest.raises(TunelabError, match="needs the fields"):
@@ -111,8 +117,11 @@ def test_chat_session_history_reset_and_truncation(tokenizer):
     single.ask("What is 1 plus 1?")
     single.answered("2")
     ids = single.ask("What is 2 plus 2?")
-    assert ids == encode_prompt(tokenizer, "Below is an instruction that describes a task. Write a response that appropriately "
-                                           "completes the request.\n\n### Instruction:\nWhat is 2 plus 2?\n\n### Response:\n")
+    assert ids == encode_prompt(
+        tokenizer,
+        "Below is an instruction that describes a task. Write a response that appropriately "
+        "completes the request.\n\n### Instruction:\nWhat is 2 plus 2?\n\n### Response:\n",
+    )
 
 
 def test_prompt_file_errors_name_file_and_line(tmp_path):
@@ -163,7 +172,9 @@ def test_logit_check_fails_when_logits_differ():
 def test_generate_streams_the_answer_in_the_runs_template(run):
     expected = _answer(str(run), "Reverse the order of the words.", "cat dog sun", max_new_tokens=12)
     assert expected.strip()
-    r = run_cli("generate", str(run), "Reverse the order of the words.", "--input", "cat dog sun", "--max-new-tokens", "12")
+    r = run_cli(
+        "generate", str(run), "Reverse the order of the words.", "--input", "cat dog sun", "--max-new-tokens", "12"
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout == expected + "\n"
     assert f"{RUN_NAME}: alpaca prompt" in r.stderr
@@ -178,11 +189,16 @@ def test_generate_file_writes_one_answer_per_prompt(run, tmp_path):
 
     from tunelab.cli.main import app
 
-    rows = [{"instruction": "What is 3 plus 5?"}, {"instruction": "Sort the digits from smallest to largest.", "input": "7 4 8"},
-            {"instruction": "Write the word in upper case.", "input": "river"}]
+    rows = [
+        {"instruction": "What is 3 plus 5?"},
+        {"instruction": "Sort the digits from smallest to largest.", "input": "7 4 8"},
+        {"instruction": "Write the word in upper case.", "input": "river"},
+    ]
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    res = CliRunner().invoke(app, ["generate", str(run), "--file", str(prompts), "--max-new-tokens", "8", "--batch-size", "2"])
+    res = CliRunner().invoke(
+        app, ["generate", str(run), "--file", str(prompts), "--max-new-tokens", "8", "--batch-size", "2"]
+    )
     assert res.exit_code == 0, res.output
     written = [json.loads(line) for line in (tmp_path / "prompts.generations.jsonl").read_text().splitlines()]
     assert [{k: v for k, v in w.items() if k != "generation"} for w in written] == rows
@@ -192,12 +208,19 @@ def test_generate_file_writes_one_answer_per_prompt(run, tmp_path):
 
     t = resolve_target(str(run))
     model, tok = load_target(t)
-    expected = generate_batch(model, tok, [prompt_text(r, t.prompt, tok) for r in rows], GenerationSettings(max_new_tokens=8, batch_size=2))
+    expected = generate_batch(
+        model, tok, [prompt_text(r, t.prompt, tok) for r in rows], GenerationSettings(max_new_tokens=8, batch_size=2)
+    )
     assert [w["generation"] for w in written] == expected and any(expected)
     # left-padded batches answer as each prompt alone does (greedy)
     from tunelab.inference.generate import encode_prompt, generate_one
 
-    alone = [generate_one(model, tok, encode_prompt(tok, prompt_text(r, t.prompt, tok)), GenerationSettings(max_new_tokens=8)).text for r in rows]
+    alone = [
+        generate_one(
+            model, tok, encode_prompt(tok, prompt_text(r, t.prompt, tok)), GenerationSettings(max_new_tokens=8)
+        ).text
+        for r in rows
+    ]
     assert expected == alone
 
     bad = CliRunner().invoke(app, ["generate", str(run), "--file", str(tmp_path / "missing.jsonl")])
@@ -213,7 +236,11 @@ def test_chat_keeps_history_resets_and_exits(run):
     from tunelab.cli.main import app
 
     expected = _answer(str(run), "What is 3 plus 5?", max_new_tokens=8)
-    res = CliRunner().invoke(app, ["chat", str(run), "--max-new-tokens", "8"], input="What is 3 plus 5?\n/reset\n/bogus\n/exit\nnever asked\n")
+    res = CliRunner().invoke(
+        app,
+        ["chat", str(run), "--max-new-tokens", "8"],
+        input="What is 3 plus 5?\n/reset\n/bogus\n/exit\nnever asked\n",
+    )
     assert res.exit_code == 0, res.output
     assert "single-turn" in res.output and "history cleared" in res.output and "unknown command /bogus" in res.output
     assert f">>> {expected}\n" in res.output
@@ -232,8 +259,17 @@ def test_merge_writes_a_model_whose_logits_match_the_adapter(run, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "saved logits match the adapter model's on 4 prompts" in r.stdout
     names = {p.name for p in out.iterdir()}
-    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md", "tunelab_model.json"} <= names
-    assert not any(n.endswith((".bin", ".pt", ".pth")) for n in names) and not any(n.startswith("adapter_") for n in names)
+    assert {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "README.md",
+        "tunelab_model.json",
+    } <= names
+    assert not any(n.endswith((".bin", ".pt", ".pth")) for n in names) and not any(
+        n.startswith("adapter_") for n in names
+    )
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config and config["use_cache"] is True
     card = (out / "README.md").read_text()
@@ -242,7 +278,10 @@ def test_merge_writes_a_model_whose_logits_match_the_adapter(run, tmp_path):
     # independent check: the merged folder against the run's adapter over its base, and the adapter is not a no-op
     t = resolve_target(str(run))
     tok = AutoTokenizer.from_pretrained(out)
-    prompts = ["Below is an instruction that describes a task.\n\n### Instruction:\nAdd 4 and 4.\n\n### Response:\n", "cat dog sun"]
+    prompts = [
+        "Below is an instruction that describes a task.\n\n### Instruction:\nAdd 4 and 4.\n\n### Response:\n",
+        "cat dog sun",
+    ]
     merged = _logits(AutoModelForCausalLM.from_pretrained(out), tok, prompts)
     base = AutoModelForCausalLM.from_pretrained(t.base)
     base_logits = _logits(base, tok, prompts)
@@ -292,7 +331,10 @@ def test_export_folders_load_back_with_transformers_and_peft(run, tmp_path):
 
     res = CliRunner().invoke(app, ["export", str(run), "--format", "adapter", "-o", str(tmp_path / "adapter")])
     assert res.exit_code == 0, res.output
-    assert f"--enable-lora --lora-modules {RUN_NAME}={tmp_path / 'adapter'}" in res.output and "LORA_ADAPTERS=" in res.output
+    assert (
+        f"--enable-lora --lora-modules {RUN_NAME}={tmp_path / 'adapter'}" in res.output
+        and "LORA_ADAPTERS=" in res.output
+    )
     res = CliRunner().invoke(app, ["export", str(run), "--format", "hf", "-o", str(tmp_path / "hf")])
     assert res.exit_code == 0, res.output
     assert f"vllm serve {tmp_path / 'hf'}" in res.output and "text-generation-inference" in res.output
@@ -303,11 +345,20 @@ def test_export_folders_load_back_with_transformers_and_peft(run, tmp_path):
     reference = _logits(model, tok, prompts)
 
     adapter_dir = tmp_path / "adapter"
-    assert {p.name for p in adapter_dir.iterdir()} >= {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "README.md"}
+    assert {p.name for p in adapter_dir.iterdir()} >= {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "README.md",
+    }
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(t.base), str(adapter_dir))
-    assert torch.allclose(_logits(peft_model, AutoTokenizer.from_pretrained(adapter_dir), prompts)[0], reference[0], atol=1e-5)
+    assert torch.allclose(
+        _logits(peft_model, AutoTokenizer.from_pretrained(adapter_dir), prompts)[0], reference[0], atol=1e-5
+    )
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
-    assert torch.allclose(_logits(hf, AutoTokenizer.from_pretrained(tmp_path / "hf"), prompts)[0], reference[0], atol=1e-4)
+    assert torch.allclose(
+        _logits(hf, AutoTokenizer.from_pretrained(tmp_path / "hf"), prompts)[0], reference[0], atol=1e-4
+    )
 
     # exported folders are targets too, prompted as the run was trained
     for folder in ("adapter", "hf"):
@@ -324,5 +375,7 @@ def test_push_to_hub_needs_a_token_from_the_environment(monkeypatch, tmp_path):
     from tunelab.cli.main import app
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    res = CliRunner().invoke(app, ["export", str(tmp_path), "--format", "hf", "-o", str(tmp_path / "o"), "--push-to-hub", "me/model"])
+    res = CliRunner().invoke(
+        app, ["export", str(tmp_path), "--format", "hf", "-o", str(tmp_path / "o"), "--push-to-hub", "me/model"]
+    )
     assert res.exit_code == 2 and "HF_TOKEN is not set" in res.output

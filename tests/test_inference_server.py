@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-import torch
 
 from inference_support import RUN_NAME, free_port, one_torch_thread, running_server, trained_run  # noqa: F401 (autouse fixture)
 
@@ -79,7 +78,9 @@ def references(run, tiny_model_dir) -> dict[str, dict[str, str]]:
 @pytest.mark.slow
 def test_completions_and_chat_through_the_openai_client(engine, run, tiny_model_dir):
     ref = references(run, tiny_model_dir)
-    assert len({r["chat"] for r in ref.values()}) == 3 and len({r["completion"] for r in ref.values()}) == 3  # so selection shows
+    assert (
+        len({r["chat"] for r in ref.values()}) == 3 and len({r["completion"] for r in ref.values()}) == 3
+    )  # so selection shows
     with running_server(engine) as url:
         client = client_for(url)
         assert [m.id for m in client.models.list()] == MODEL_IDS
@@ -89,15 +90,28 @@ def test_completions_and_chat_through_the_openai_client(engine, run, tiny_model_
             assert c.model == model_id and c.choices[0].text == ref[model_id]["completion"]
             assert c.usage.prompt_tokens == ref[model_id]["prompt_tokens"] and 0 < c.usage.completion_tokens <= 8
             assert c.choices[0].finish_reason == ("length" if c.usage.completion_tokens == 8 else "stop")
-            chunks = list(client.completions.create(model=model_id, prompt=PROMPT, max_tokens=8, temperature=0, stream=True))
+            chunks = list(
+                client.completions.create(model=model_id, prompt=PROMPT, max_tokens=8, temperature=0, stream=True)
+            )
             assert "".join(ch.choices[0].text for ch in chunks) == c.choices[0].text
             assert chunks[-1].choices[0].finish_reason == c.choices[0].finish_reason
 
             m = client.chat.completions.create(model=model_id, messages=MESSAGES, max_tokens=8, temperature=0)
             assert m.choices[0].message.role == "assistant" and m.choices[0].message.content == ref[model_id]["chat"]
-            chunks = list(client.chat.completions.create(model=model_id, messages=MESSAGES, max_tokens=8, temperature=0,
-                                                         stream=True, stream_options={"include_usage": True}))
-            assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == m.choices[0].message.content
+            chunks = list(
+                client.chat.completions.create(
+                    model=model_id,
+                    messages=MESSAGES,
+                    max_tokens=8,
+                    temperature=0,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+            )
+            assert (
+                "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+                == m.choices[0].message.content
+            )
             assert chunks[0].choices[0].delta.role == "assistant"
             assert chunks[-1].usage.model_dump() == m.usage.model_dump() and not chunks[-1].choices
 
@@ -107,7 +121,9 @@ def test_completions_and_chat_through_the_openai_client(engine, run, tiny_model_
         cut = answer[: answer.find(stop)]
         c = client.completions.create(model=RUN_NAME, prompt=PROMPT, max_tokens=8, temperature=0, stop=[stop])
         assert c.choices[0].text == cut and c.choices[0].finish_reason == "stop"
-        chunks = client.completions.create(model=RUN_NAME, prompt=PROMPT, max_tokens=8, temperature=0, stop=stop, stream=True)
+        chunks = client.completions.create(
+            model=RUN_NAME, prompt=PROMPT, max_tokens=8, temperature=0, stop=stop, stream=True
+        )
         assert "".join(ch.choices[0].text for ch in chunks) == cut
 
         # sampling with a seed is reproducible; two prompts in one request come back in order
@@ -125,7 +141,9 @@ def test_concurrent_clients_each_get_their_own_answer(engine):
     def ask(client, question, model_id, stream):
         kwargs = dict(model=model_id, messages=[{"role": "user", "content": question}], max_tokens=8, temperature=0)
         if stream:
-            return "".join(ch.choices[0].delta.content or "" for ch in client.chat.completions.create(stream=True, **kwargs))
+            return "".join(
+                ch.choices[0].delta.content or "" for ch in client.chat.completions.create(stream=True, **kwargs)
+            )
         return client.chat.completions.create(**kwargs).choices[0].message.content
 
     with running_server(engine) as url:
@@ -161,7 +179,13 @@ BAD_REQUESTS = [
     ("/v1/completions", {"model": BASE_ID, "prompt": "hi", "max_tokens": "8"}, 400, "invalid_value", "max_tokens"),
     ("/v1/completions", {"model": BASE_ID, "prompt": "hi", "max_tokens": 0}, 400, "invalid_value", "max_tokens"),
     ("/v1/completions", {"model": BASE_ID, "prompt": "1 " * 1100}, 400, "context_length_exceeded", "prompt"),
-    ("/v1/completions", {"model": BASE_ID, "prompt": "1 " * 1010, "max_tokens": 30}, 400, "context_length_exceeded", "prompt"),
+    (
+        "/v1/completions",
+        {"model": BASE_ID, "prompt": "1 " * 1010, "max_tokens": 30},
+        400,
+        "context_length_exceeded",
+        "prompt",
+    ),
     ("/v1/completions", {"model": BASE_ID, "prompt": "hi", "temperature": "hot"}, 400, "invalid_value", "temperature"),
     ("/v1/completions", {"model": BASE_ID, "prompt": "hi", "temperature": 5}, 400, "invalid_value", "temperature"),
     ("/v1/completions", {"model": BASE_ID, "prompt": "hi", "stream": "yes"}, 400, "invalid_value", "stream"),
@@ -171,12 +195,41 @@ BAD_REQUESTS = [
     ("/v1/chat/completions", {"model": BASE_ID}, 400, "invalid_value", "messages"),
     ("/v1/chat/completions", {"model": BASE_ID, "messages": []}, 400, "invalid_value", "messages"),
     ("/v1/chat/completions", {"model": BASE_ID, "messages": "hi"}, 400, "invalid_value", "messages"),
-    ("/v1/chat/completions", {"model": BASE_ID, "messages": [{"role": "user", "content": 5}]}, 400, "invalid_value", "messages.0.content"),
-    ("/v1/chat/completions", {"model": BASE_ID, "messages": [{"role": "robot", "content": "hi"}]}, 400, "invalid_value", "messages.0.role"),
-    ("/v1/chat/completions", {"model": BASE_ID, "messages": [{"role": "user"}]}, 400, "invalid_value", "messages.0.content"),
-    ("/v1/chat/completions", {"model": BASE_ID, "messages": [{"role": "user", "content": "x " * 1100}]}, 400,
-     "context_length_exceeded", "messages"),
-    ("/v1/chat/completions", {"model": BASE_ID, "messages": MESSAGES, "max_completion_tokens": 99}, 400, "max_tokens_exceeded", "max_tokens"),
+    (
+        "/v1/chat/completions",
+        {"model": BASE_ID, "messages": [{"role": "user", "content": 5}]},
+        400,
+        "invalid_value",
+        "messages.0.content",
+    ),
+    (
+        "/v1/chat/completions",
+        {"model": BASE_ID, "messages": [{"role": "robot", "content": "hi"}]},
+        400,
+        "invalid_value",
+        "messages.0.role",
+    ),
+    (
+        "/v1/chat/completions",
+        {"model": BASE_ID, "messages": [{"role": "user"}]},
+        400,
+        "invalid_value",
+        "messages.0.content",
+    ),
+    (
+        "/v1/chat/completions",
+        {"model": BASE_ID, "messages": [{"role": "user", "content": "x " * 1100}]},
+        400,
+        "context_length_exceeded",
+        "messages",
+    ),
+    (
+        "/v1/chat/completions",
+        {"model": BASE_ID, "messages": MESSAGES, "max_completion_tokens": 99},
+        400,
+        "max_tokens_exceeded",
+        "max_tokens",
+    ),
     ("/v1/nothing-here", {}, 404, "not_found", None),
 ]
 
@@ -210,7 +263,9 @@ def test_api_key_on_and_off(base_engine, caplog):
     with caplog.at_level(logging.INFO, logger="tunelab.serve"), running_server(base_engine, api_key=key) as url:
         r = httpx.get(f"{url}/v1/models")
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
-        r = httpx.post(f"{url}/v1/completions", json={"model": BASE_ID, "prompt": "hi"}, headers={"Authorization": "Bearer nope"})
+        r = httpx.post(
+            f"{url}/v1/completions", json={"model": BASE_ID, "prompt": "hi"}, headers={"Authorization": "Bearer nope"}
+        )
         assert r.status_code == 401
         with pytest.raises(openai.AuthenticationError):
             client_for(url, "wrong-key").completions.create(model=BASE_ID, prompt="hi", max_tokens=2)
@@ -219,7 +274,10 @@ def test_api_key_on_and_off(base_engine, caplog):
         assert c.usage.completion_tokens > 0
     log = caplog.text
     assert key not in log
-    assert f"POST /v1/chat/completions 200 model={BASE_ID} prompt_tokens={c.usage.prompt_tokens} completion_tokens={c.usage.completion_tokens}" in log
+    assert (
+        f"POST /v1/chat/completions 200 model={BASE_ID} prompt_tokens={c.usage.prompt_tokens} "
+        f"completion_tokens={c.usage.completion_tokens}" in log
+    )
     assert "GET /v1/models 401" in log and "latency_ms=" in log
 
     with running_server(base_engine) as url:
@@ -233,10 +291,26 @@ def test_serve_cli_binds_localhost_and_stops_cleanly_on_sigterm(run):
 
     key = "sk-cli-" + secrets.token_hex(12)
     port = free_port()
-    cmd = [sys.executable, "-m", "tunelab.cli.main", "serve", str(run), "--port", str(port),
-           "--adapter", f"early={run / 'checkpoints' / 'step-000002'}", "--max-tokens-limit", "16"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TUNELAB_API_KEY": key, "COLUMNS": "200"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "tunelab.cli.main",
+        "serve",
+        str(run),
+        "--port",
+        str(port),
+        "--adapter",
+        f"early={run / 'checkpoints' / 'step-000002'}",
+        "--max-tokens-limit",
+        "16",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TUNELAB_API_KEY": key, "COLUMNS": "200"},
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -248,7 +322,9 @@ def test_serve_cli_binds_localhost_and_stops_cleanly_on_sigterm(run):
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
-        listening = [c.laddr for c in psutil.Process(proc.pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        listening = [
+            c.laddr for c in psutil.Process(proc.pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
+        ]
         assert [(a.ip, a.port) for a in listening] == [("127.0.0.1", port)]
         client = client_for(url, key)
         assert [m.id for m in client.models.list()] == MODEL_IDS

@@ -22,8 +22,14 @@ def _losses(tmp_path, name, data, **training):
     from tunelab.config.load import build_config
     from tunelab.training.run import train
 
-    cfg = base_config(data, tmp_path / "runs", training={"eval_steps": None, "save_steps": None, **training},
-                      samples={"enabled": False}, tracking={"backend": "none"}, output={"name": name})
+    cfg = base_config(
+        data,
+        tmp_path / "runs",
+        training={"eval_steps": None, "save_steps": None, **training},
+        samples={"enabled": False},
+        tracking={"backend": "none"},
+        output={"name": name},
+    )
     cfg["data"]["test_size"] = None
     train(build_config(cfg), console=Console(file=io.StringIO()))
     import json

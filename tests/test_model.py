@@ -48,7 +48,9 @@ def _packed_grads_match_sdpa(tiny_model_dir, batch):
     for attn in ("tunelab_packed_sdpa", "sdpa"):
         model, _ = _model(tiny_model_dir, attn=attn)
         with torch.enable_grad():
-            model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"]).loss.backward()
+            model(
+                input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"]
+            ).loss.backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for n in grads[0]:
@@ -63,8 +65,12 @@ def _lora_grads(model, batch):
 
 def _qlora(tiny_model_dir, fix: bool):
     model, tok = _model(tiny_model_dir, bits=4)
-    model = apply_adapter(model, AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj", "o_proj"]),
-                          quantized=True, gradient_checkpointing=False)
+    model = apply_adapter(
+        model,
+        AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj", "o_proj"]),
+        quantized=True,
+        gradient_checkpointing=False,
+    )
     torch.manual_seed(0)
     for n, p in model.named_parameters():
         if "lora_B" in n:  # non-zero B so that gradients reach A as well
@@ -85,7 +91,9 @@ def test_qlora_gradients_after_an_eval_step_equal_a_fresh_models(tiny_model_dir)
     from bitsandbytes.functional import has_avx512bf16
 
     fresh, tok = _qlora(tiny_model_dir, fix=True)
-    batch = tok(["Sort the words alphabetically.\nsun cat dog", "What is 2 plus 5?\n7"], return_tensors="pt", padding=True)
+    batch = tok(
+        ["Sort the words alphabetically.\nsun cat dog", "What is 2 plus 5?\n7"], return_tensors="pt", padding=True
+    )
     batch = dict(batch)
     expected = _lora_grads(fresh, batch)
     assert expected and all(g.abs().sum() > 0 for g in expected.values())
@@ -128,7 +136,9 @@ def test_parameter_report_counts_4bit_weights_at_true_size(tiny_model_dir):
     q, _ = _model(tiny_model_dir, bits=4)
     assert sum(p.numel() for p in q.parameters()) < n_full  # packed storage reports fewer elements...
     assert parameter_report(q)["total"] == n_full  # ...the report counts the real weights
-    lora = apply_adapter(q, AdapterConfig(r=4, target_modules=["q_proj", "v_proj"]), quantized=True, gradient_checkpointing=False)
+    lora = apply_adapter(
+        q, AdapterConfig(r=4, target_modules=["q_proj", "v_proj"]), quantized=True, gradient_checkpointing=False
+    )
     rep = parameter_report(lora)
     cfg = full.config
     per_layer = 2 * 4 * (cfg.hidden_size + cfg.hidden_size)  # q and v: A (r x h) + B (h x r), h=hidden (MHA)
@@ -139,10 +149,16 @@ def test_parameter_report_counts_4bit_weights_at_true_size(tiny_model_dir):
 
 def test_full_finetune_layer_freezing(tiny_model_dir):
     model, _ = _model(tiny_model_dir)
-    model = apply_adapter(model, AdapterConfig(type="none", freeze={"first_n_layers": 1, "embeddings": True}),
-                          quantized=False, gradient_checkpointing=False)
+    model = apply_adapter(
+        model,
+        AdapterConfig(type="none", freeze={"first_n_layers": 1, "embeddings": True}),
+        quantized=False,
+        gradient_checkpointing=False,
+    )
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert any(n.startswith("model.layers.0.") for n in frozen) and not any(n.startswith("model.layers.1.") for n in frozen)
+    assert any(n.startswith("model.layers.0.") for n in frozen) and not any(
+        n.startswith("model.layers.1.") for n in frozen
+    )
     assert "model.embed_tokens.weight" in frozen
     rep = parameter_report(model)
     assert rep["trainable"] == sum(p.numel() for n, p in model.named_parameters() if n not in frozen)
@@ -176,8 +192,12 @@ def test_direct_lm_head_equals_trls_fused_head(tiny_model_dir, chunk_tokens):
         model, tok = _model(tiny_model_dir)
         add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # as SFTTrainer does
         torch.manual_seed(0)
-        model = apply_adapter(model, AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]),
-                              quantized=False, gradient_checkpointing=False)
+        model = apply_adapter(
+            model,
+            AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]),
+            quantized=False,
+            gradient_checkpointing=False,
+        )
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 torch.nn.init.normal_(p, std=0.02)
@@ -227,15 +247,21 @@ def test_generation_weights_give_the_same_outputs(tiny_model_dir, bits):
         model, tok = _qlora(tiny_model_dir, fix=True)
     else:
         model, tok = _model(tiny_model_dir)
-        model = apply_adapter(model, AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]),
-                              quantized=False, gradient_checkpointing=False)
+        model = apply_adapter(
+            model,
+            AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]),
+            quantized=False,
+            gradient_checkpointing=False,
+        )
         torch.manual_seed(0)
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 torch.nn.init.normal_(p, std=0.05)
     model.eval()
     assert generation_weight_bytes(model) > 0
-    batch = tok(["Sort the words alphabetically.\nsun cat dog", "What is 2 plus 5?\n7"], return_tensors="pt", padding=True)
+    batch = tok(
+        ["Sort the words alphabetically.\nsun cat dog", "What is 2 plus 5?\n7"], return_tensors="pt", padding=True
+    )
     with torch.no_grad():
         tuned = model(**batch).logits
         with model.disable_adapter():
@@ -248,10 +274,13 @@ def test_generation_weights_give_the_same_outputs(tiny_model_dir, bits):
     assert not any("forward" in vars(m) for m in model.modules())
     settings = GenerationSettings(max_new_tokens=12)
     prompts = ["Reverse the order of the words.\ncat dog sun\n", "What is 3 plus 4?\n"]
-    assert generate_batch(model, tok, prompts, settings, dense_weights=True) == generate_batch(model, tok, prompts, settings,
-                                                                                               dense_weights=False)
+    assert generate_batch(model, tok, prompts, settings, dense_weights=True) == generate_batch(
+        model, tok, prompts, settings, dense_weights=False
+    )
     ids = tok(prompts[0]).input_ids
-    assert generate_one(model, tok, ids, settings, dense_weights=True) == generate_one(model, tok, ids, settings, dense_weights=False)
+    assert generate_one(model, tok, ids, settings, dense_weights=True) == generate_one(
+        model, tok, ids, settings, dense_weights=False
+    )
     model.train()
     with torch.enable_grad(), generation_weights(model):  # with gradients the layers take PEFT's own path
         loss = model(**batch, labels=batch["input_ids"]).loss

@@ -2,7 +2,6 @@
 finishes and lists everything, the config's own documentation, tables and reports that read right."""
 
 import json
-import os
 import time
 
 import pytest
@@ -10,7 +9,6 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import base_config, run_cli
-
 from tunelab.cli.main import app
 
 
@@ -25,7 +23,12 @@ def test_a_field_map_key_no_row_has_is_an_error(tmp_path, synth_file):
     from tunelab.data.prepare import load_splits
     from tunelab.errors import DataError
 
-    cfg = build_config({"model": {"name": "tiny:llama-2l"}, "data": {"train": {"path": str(synth_file)}, "field_map": {"questoin": "instruction"}}})
+    cfg = build_config(
+        {
+            "model": {"name": "tiny:llama-2l"},
+            "data": {"train": {"path": str(synth_file)}, "field_map": {"questoin": "instruction"}},
+        }
+    )
     with pytest.raises(DataError, match="'questoin' matches no field of any row .* instruction, output"):
         load_splits(cfg)
 
@@ -39,10 +42,20 @@ def test_validate_offline_lists_everything_and_passes_with_a_note(tmp_path, synt
     r = run_cli("validate", str(p), "--strict")
     assert r.returncode == 2 and "1 problem" in r.stderr
     # every problem at once: device, precision and a missing data file in one run
-    p = _cfg(tmp_path, tmp_path / "nope.jsonl", model={"name": "someorg/some-model", "device": "cuda:0"}, training={"precision": "fp16"})
+    p = _cfg(
+        tmp_path,
+        tmp_path / "nope.jsonl",
+        model={"name": "someorg/some-model", "device": "cuda:0"},
+        training={"precision": "fp16"},
+    )
     r = run_cli("validate", str(p))
     assert r.returncode == 2
-    for expected in ("model.device: cuda:0 asked for", "training.precision: fp16", "data file not found", "not checked (offline"):
+    for expected in (
+        "model.device: cuda:0 asked for",
+        "training.precision: fp16",
+        "data file not found",
+        "not checked (offline",
+    ):
         assert expected in r.stderr, r.stderr
     assert "Traceback" not in r.stdout + r.stderr
 
@@ -61,8 +74,15 @@ def test_config_command_documents_every_field():
 def test_tables_outside_a_terminal_are_whole_tab_separated_rows(tmp_path):
     run = tmp_path / "runs" / "quickstart-with-a-long-name"
     run.mkdir(parents=True)
-    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "tiny:llama-2l"}, "adapter": {"type": "lora", "r": 8},
-                                                     "training": {"learning_rate": 1e-3, "batch_size": 2, "grad_accum": 4}}))
+    (run / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name": "tiny:llama-2l"},
+                "adapter": {"type": "lora", "r": 8},
+                "training": {"learning_rate": 1e-3, "batch_size": 2, "grad_accum": 4},
+            }
+        )
+    )
     (run / "summary.json").write_text(json.dumps({"status": "completed", "steps": 4, "final_train_loss": 1.5}))
     r = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path / "runs")], prog_name="tunelab")
     lines = r.output.splitlines()
@@ -77,9 +97,19 @@ def test_runs_compare_sets_eval_results_and_parameter_counts_side_by_side(tmp_pa
         run = tmp_path / name
         run.mkdir()
         (run / "config.yaml").write_text(yaml.safe_dump({"training": {"learning_rate": em}}))
-        (run / "summary.json").write_text(json.dumps({"status": "completed", "parameters": {"total": 100, "trainable": 7}}))
-        (run / "eval.json").write_text(json.dumps({"models": {"target": {"metrics": {"exact_match": em, "perplexity": 3.0}},
-                                                              "baseline": {"metrics": {"exact_match": 0.1}}}}))
+        (run / "summary.json").write_text(
+            json.dumps({"status": "completed", "parameters": {"total": 100, "trainable": 7}})
+        )
+        (run / "eval.json").write_text(
+            json.dumps(
+                {
+                    "models": {
+                        "target": {"metrics": {"exact_match": em, "perplexity": 3.0}},
+                        "baseline": {"metrics": {"exact_match": 0.1}},
+                    }
+                }
+            )
+        )
     res = compare([tmp_path / "a", tmp_path / "b"])
     m = res["metrics"]
     assert m["eval_exact_match"] == [0.5, 0.75] and m["eval_baseline_exact_match"] == [0.1, 0.1]
@@ -93,9 +123,11 @@ def test_report_stars_only_a_best_that_shows_and_names_the_winner():
     assert [c["best"] for c in tie["cells"]] == [False, False, True]  # 0.5 prints apart: the star is its own
     tie = metric_row("loss", "final_train_loss", [0.04, 0.0, 1.0], "{:.1f}")
     assert not any(c["best"] for c in tie["cells"])  # 0.04 and 0.0 both print 0.0: no star
+
     class R:  # noqa: D401 - a run's name is all verdict() reads besides the rows
         def __init__(self, name):
             self.name = name
+
     rows = [metric_row("exact match", "exact_match", [0.625, 0.9], "pct")]
     assert verdict([R("a"), R("b")], rows, []) == "Best on exact match: b (90.0%), +27.5 points against a."
 
@@ -110,6 +142,7 @@ def test_sample_time_is_left_out_of_the_next_tokens_per_s():
 
         def append_jsonl(self, path, rec):
             self.last = rec
+
     run = Run()
     cb = MetricsCallback(run)
     state = SimpleNamespace(num_input_tokens_seen=0, global_step=0, epoch=0.0)
@@ -134,8 +167,14 @@ def test_lost_answers_are_said_before_training_and_most_lost_is_an_error(tmp_pat
     r = run_cli("train", str(p), "training.max_length=45", "output.name=lost")
     assert r.returncode == 2 and "lose every answer token to truncation at 45 tokens" in r.stderr
     assert not (tmp_path / "runs" / "lost").exists()
-    r = run_cli("train", str(p), "training.max_length=45", "data.max_lost_answers=1.0", "output.name=lost",
-                "training.progress_every_s=0.001")
+    r = run_cli(
+        "train",
+        str(p),
+        "training.max_length=45",
+        "data.max_lost_answers=1.0",
+        "output.name=lost",
+        "training.progress_every_s=0.001",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "rows dropped: no answer tokens left after truncation" in r.stderr
     assert "train step 1/2" in r.stderr  # no terminal: plain progress lines
@@ -146,17 +185,34 @@ def test_lost_answers_are_said_before_training_and_most_lost_is_an_error(tmp_pat
     first = load_splits(load_config(p))[1].rows[0]  # the run's own first held-out prompt
     import shlex
 
-    assert hint == "try it: " + shlex.join(["tunelab", "generate", str(tmp_path / "runs" / "lost"), first["instruction"],
-                                            *(["--input", first["input"]] if first["input"] else [])])
+    assert hint == "try it: " + shlex.join(
+        [
+            "tunelab",
+            "generate",
+            str(tmp_path / "runs" / "lost"),
+            first["instruction"],
+            *(["--input", first["input"]] if first["input"] else []),
+        ]
+    )
 
 
 @pytest.mark.slow
 def test_eval_of_a_raw_text_run_gives_loss_and_perplexity(tmp_path):
-    rows = [{"text": f"the {w} sat on the mat and looked at the {v}"} for w in ("cat", "dog", "fox") for v in ("sun", "moon", "star", "tree")] * 3
+    rows = [
+        {"text": f"the {w} sat on the mat and looked at the {v}"}
+        for w in ("cat", "dog", "fox")
+        for v in ("sun", "moon", "star", "tree")
+    ] * 3
     data = tmp_path / "text.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    p = _cfg(tmp_path, data, prompt={"format": "text", "train_on": "all"}, training={"max_steps": 2},
-             data={"test_size": 6}, samples={"enabled": False})
+    p = _cfg(
+        tmp_path,
+        data,
+        prompt={"format": "text", "train_on": "all"},
+        training={"max_steps": 2},
+        data={"test_size": 6},
+        samples={"enabled": False},
+    )
     r = run_cli("train", str(p), "output.name=text")
     assert r.returncode == 0, r.stderr[-2000:]
     r = run_cli("eval", str(tmp_path / "runs" / "text"))

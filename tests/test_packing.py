@@ -16,9 +16,15 @@ from tunelab.data.prepare import TokenSpec, load_splits, tokenize_rows
 def documents(tmp_path, tokenizer, texts, **training):
     p = tmp_path / "docs.jsonl"
     p.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    cfg = build_config({"model": {"name": "tiny:llama-2l"}, "data": {"train": {"path": str(p)}, "shuffle": False},
-                        "prompt": {"format": "text", "train_on": "all"}, "training": training,
-                        "tracking": {"backend": "none"}})
+    cfg = build_config(
+        {
+            "model": {"name": "tiny:llama-2l"},
+            "data": {"train": {"path": str(p)}, "shuffle": False},
+            "prompt": {"format": "text", "train_on": "all"},
+            "training": training,
+            "tracking": {"backend": "none"},
+        }
+    )
     cols, _ = tokenize_rows(load_splits(cfg)[0], TokenSpec.of(cfg), tokenizer)
     return cols
 
@@ -65,7 +71,7 @@ def test_packed_documents_attend_only_to_themselves(tmp_path, tokenizer, model):
     # and the second document's do not depend on the first one's tokens either
     m = len(documents(tmp_path, tokenizer, [A])["input_ids"][0])
     alone_a = logits(model, {"input_ids": torch.tensor([documents(tmp_path, tokenizer, [A])["input_ids"][0]])})
-    assert torch.allclose(logits(model, rows[0])[n:n + m], alone_a, atol=1e-5)
+    assert torch.allclose(logits(model, rows[0])[n : n + m], alone_a, atol=1e-5)
 
 
 def test_blocks_attend_across_the_eos_between_documents(tmp_path, tokenizer, model):
@@ -87,9 +93,15 @@ def test_split_pieces_keep_every_token_and_attend_only_to_themselves(tmp_path, t
     cols = documents(tmp_path, tokenizer, [long], max_length=16)  # truncate: the default
     assert len(cols["input_ids"][0]) == 16
     p = tmp_path / "docs.jsonl"
-    cfg = build_config({"model": {"name": "tiny:llama-2l"}, "data": {"train": {"path": str(p)}, "too_long": "split"},
-                        "prompt": {"format": "text", "train_on": "all"}, "training": {"max_length": 16},
-                        "tracking": {"backend": "none"}})
+    cfg = build_config(
+        {
+            "model": {"name": "tiny:llama-2l"},
+            "data": {"train": {"path": str(p)}, "too_long": "split"},
+            "prompt": {"format": "text", "train_on": "all"},
+            "training": {"max_length": 16},
+            "tracking": {"backend": "none"},
+        }
+    )
     whole, _ = tokenize_rows(load_splits(cfg)[0], TokenSpec.of(cfg), tokenizer)
     rows = rows_of(whole, "bfd_split", 16)
     tokens = sorted(t for r in rows for t in r["input_ids"][0].tolist())

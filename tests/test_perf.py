@@ -16,8 +16,11 @@ OPENLLAMA = ROOT.parent / "shared" / "models" / "open_llama_3b_v2"
 
 
 def cfg(**over):
-    data = {"model": {"name": "tiny:llama-2l"}, "data": {"train": {"path": "x.jsonl"}},
-            "training": {"batch_size": 2, "max_length": 256}}
+    data = {
+        "model": {"name": "tiny:llama-2l"},
+        "data": {"train": {"path": "x.jsonl"}},
+        "training": {"batch_size": 2, "max_length": 256},
+    }
     for section, values in over.items():
         data.setdefault(section, {}).update(values)
     return build_config(data)
@@ -70,7 +73,9 @@ def test_flops_per_token_counts_frozen_and_trainable_weights(tiny_model_dir):
     head = model.lm_head.weight.numel()
     assert f.trainable_params == head and f.frozen_matmul_params == linear - head
     c = model.config
-    assert f.per_token == pytest.approx(4 * (linear - head) + 6 * head + 12 * c.num_hidden_layers * c.hidden_size * 10.0)
+    assert f.per_token == pytest.approx(
+        4 * (linear - head) + 6 * head + 12 * c.num_hidden_layers * c.hidden_size * 10.0
+    )
 
 
 def test_mean_attended_context():

@@ -26,10 +26,13 @@ def test_good_run_names_pass():
     assert build_config({**MINIMAL, "output": {"name": "r1.a_b-C"}}).output.name == "r1.a_b-C"
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("optimizer", "adamw_torchh", "did you mean 'adamw_torch'?"),
-    ("lr_scheduler", "cosinee", "did you mean 'cosine'?"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("optimizer", "adamw_torchh", "did you mean 'adamw_torch'?"),
+        ("lr_scheduler", "cosinee", "did you mean 'cosine'?"),
+    ],
+)
 def test_values_only_transformers_checked_are_checked_up_front(key, value, message):
     with pytest.raises(ConfigError) as e:
         build_config({**MINIMAL, "training": {key: value}})
@@ -91,7 +94,9 @@ def test_the_run_lock_refuses_a_second_holder_and_takes_over_a_dead_one(tmp_path
 
 
 def test_full_disk_errors_from_libraries_become_one_line(tmp_path):
-    err = as_user_error(RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0: file write failed"))
+    err = as_user_error(
+        RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0: file write failed")
+    )
     assert err is not None and err.message.startswith("out of disk space writing")
     err = as_user_error(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.json")))
     assert f"out of disk space writing {tmp_path / 'x.json'}" in err.message and "MB left" in err.message
@@ -115,6 +120,8 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
 
 def test_resume_drops_the_log_records_after_the_checkpoint(tmp_path):
     run = RunDir(tmp_path)
-    run.metrics.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 7)) + '{"step": 7, "lo')
+    run.metrics.write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 7)) + '{"step": 7, "lo'
+    )
     assert run.truncate_logs(4) == {"metrics.jsonl": 3}
     assert [json.loads(x)["step"] for x in run.metrics.read_text().splitlines()] == [1, 2, 3, 4]

@@ -11,23 +11,26 @@ from tunelab.evaluation.report import write_report
 
 
 def cells_of_row(html: str, table_id: str, label: str) -> list[str]:
-    table = html[html.index(f'id="{table_id}"'):]
+    table = html[html.index(f'id="{table_id}"') :]
     table = table[: table.index("</table>")]
     row = next(r for r in table.split("<tr>") if f"<td>{label}</td>" in r)
     return re.findall(r"<td class=\"([^\"]*)\">", row)
 
 
 def test_three_runs_compared(tmp_path):
-    runs = [make_run(tmp_path, "lr-1e-3", 1e-3, 0.50), make_run(tmp_path, "lr-3e-3", 3e-3, 0.75),
-            make_run(tmp_path, "lr-2e-3", 2e-3, None, evaluated=False)]
+    runs = [
+        make_run(tmp_path, "lr-1e-3", 1e-3, 0.50),
+        make_run(tmp_path, "lr-3e-3", 3e-3, 0.75),
+        make_run(tmp_path, "lr-2e-3", 2e-3, None, evaluated=False),
+    ]
     out = tmp_path / "report.html"
     info = write_report(runs, out)
     html = out.read_text()
     assert info["bytes"] == len(html.encode()) and info["gaps"] == []
     # config values that differ, and key ones that are the same
-    differ = html[html.index('id="config-differ"'):html.index('id="config-same"')]
+    differ = html[html.index('id="config-differ"') : html.index('id="config-same"')]
     assert "training.learning_rate" in differ and "0.003" in differ and "model.name" not in differ
-    same = html[html.index('id="config-same"'):]
+    same = html[html.index('id="config-same"') :]
     assert "model.name" in same[: same.index("</table>")] and "tiny:llama-2l" in same[: same.index("</table>")]
     # final metrics: the best exact match (0.75, second run) and the lowest final train loss (lr 3e-3) are marked
     assert cells_of_row(html, "eval-metrics", "exact match") == ["num", "num best", "num gap"]

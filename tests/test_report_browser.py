@@ -40,12 +40,19 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def test_report_renders_in_headless_chromium(tmp_path):
-    runs = [make_run(tmp_path, "lr-1e-3", 1e-3, 0.50), make_run(tmp_path, "lr-3e-3", 3e-3, 0.75),
-            make_unfinished_run(tmp_path, "starting")]
+    runs = [
+        make_run(tmp_path, "lr-1e-3", 1e-3, 0.50),
+        make_run(tmp_path, "lr-3e-3", 3e-3, 0.75),
+        make_unfinished_run(tmp_path, "starting"),
+    ]
     report, shot = tmp_path / "report.html", tmp_path / "shot.png"
     write_report(runs, report)
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "report_screenshot.py"), str(report), str(shot)],
-                       capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "report_screenshot.py"), str(report), str(shot)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     dom = json.loads(r.stdout)
     assert dom["title"] == "tunelab report: lr-1e-3, lr-3e-3, starting"

@@ -58,11 +58,16 @@ def _chunks(body: bytes, size: int = 1 << 16):
 
 def test_a_huge_body_gets_413_at_once_and_health_stays_fast(base_engine, caplog):
     body = b'{"model": "' + BASE_ID.encode() + b'", "prompt": "' + b"a " * (10 * 2**20) + b'"}'  # 20 MB
-    with caplog.at_level(logging.INFO, logger="tunelab.serve"), running_server(base_engine, max_body_bytes=2**20) as url:
+    with (
+        caplog.at_level(logging.INFO, logger="tunelab.serve"),
+        running_server(base_engine, max_body_bytes=2**20) as url,
+    ):
         with HealthWatch(url) as watch:
             for content in (body, _chunks(body)):  # Content-Length declared / chunked upload, counted while read
                 t0 = time.perf_counter()
-                r = httpx.post(f"{url}/v1/completions", content=content, headers={"content-type": "application/json"}, timeout=60)
+                r = httpx.post(
+                    f"{url}/v1/completions", content=content, headers={"content-type": "application/json"}, timeout=60
+                )
                 assert r.status_code == 413, r.text
                 assert time.perf_counter() - t0 < 5
                 err = r.json()["error"]
@@ -94,7 +99,9 @@ def test_tokenizing_runs_off_the_event_loop(base_engine, monkeypatch):
 def test_a_prompt_longer_than_any_context_is_refused_without_tokenizing(base_engine, monkeypatch):
     monkeypatch.setattr(base_engine, "encode", lambda prompt: pytest.fail("tokenized a hopeless prompt"))
     with running_server(base_engine) as url:
-        r = httpx.post(f"{url}/v1/completions", json={"model": BASE_ID, "prompt": "x" * (base_engine.prompt_char_limit + 1)})
+        r = httpx.post(
+            f"{url}/v1/completions", json={"model": BASE_ID, "prompt": "x" * (base_engine.prompt_char_limit + 1)}
+        )
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
 
 
@@ -107,10 +114,18 @@ CLIENT_FAULTS = [  # (path, raw body, param) that were 500s: RecursionError in j
     ("/v1/chat/completions", b'{"model": "x", "messages": ' + b'{"a": ' * 50_000 + b"1" + b"}" * 50_000 + b"}", None),
     ("/v1/completions", json.dumps({"model": BASE_ID, "prompt": "a\ud800b"}).encode(), "prompt"),
     ("/v1/completions", json.dumps({"model": BASE_ID, "prompt": ["fine", "a\udfffb"]}).encode(), "prompt.1"),
-    ("/v1/chat/completions", json.dumps({"model": BASE_ID, "messages": [{"role": "user", "content": "a\ud800b"}]}).encode(),
-     "messages.0.content"),
-    ("/v1/chat/completions", json.dumps({"model": BASE_ID, "messages": [{"role": "user", "content": [{"type": "text", "text": "\udc00"}]}]}).encode(),
-     "messages.0.content.0.text"),
+    (
+        "/v1/chat/completions",
+        json.dumps({"model": BASE_ID, "messages": [{"role": "user", "content": "a\ud800b"}]}).encode(),
+        "messages.0.content",
+    ),
+    (
+        "/v1/chat/completions",
+        json.dumps(
+            {"model": BASE_ID, "messages": [{"role": "user", "content": [{"type": "text", "text": "\udc00"}]}]}
+        ).encode(),
+        "messages.0.content.0.text",
+    ),
     ("/v1/completions", json.dumps({"model": BASE_ID, "prompt": "hi", "stop": "\ud800"}).encode(), "stop"),
 ]
 
@@ -124,13 +139,18 @@ def test_client_faults_are_400s_and_logged_as_such(base_engine, caplog):
             assert set(err) == {"message", "type", "param", "code"} and err["param"] == param, err
             assert err["code"] == ("invalid_json" if param is None else "invalid_value")
         # a valid surrogate pair is text, not a fault
-        r = httpx.post(f"{url}/v1/completions", content=json.dumps({"model": BASE_ID, "prompt": "a\U0001F600b", "max_tokens": 2}).encode(),
-                       headers={"content-type": "application/json"})
+        r = httpx.post(
+            f"{url}/v1/completions",
+            content=json.dumps({"model": BASE_ID, "prompt": "a\U0001f600b", "max_tokens": 2}).encode(),
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == 200, r.text
         assert httpx.get(f"{url}/health").json() == {"status": "ok"}
     lines = [rec.getMessage() for rec in caplog.records if rec.getMessage().startswith("POST ")]
     assert len(lines) == len(CLIENT_FAULTS) + 1
-    assert all(" 400 " in ln for ln in lines[:-1]) and not any("client_disconnected" in ln or "server_error" in ln for ln in lines)
+    assert all(" 400 " in ln for ln in lines[:-1]) and not any(
+        "client_disconnected" in ln or "server_error" in ln for ln in lines
+    )
     assert "Traceback" not in caplog.text
 
 

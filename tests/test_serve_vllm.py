@@ -31,9 +31,11 @@ def test_without_vllm_serve_fails_in_one_line_before_loading_anything(adapters):
 
 
 def test_bad_serve_flags_are_user_errors(adapters):
-    for flags, message in [(["--max-batch", "0"], "--max-batch: must be at least 1"),
-                           (["--backend", "tgi"], "--backend: 'tgi' is not tunelab or vllm"),
-                           (["--max-body-mb", "0"], "--max-body-mb: must be positive")]:
+    for flags, message in [
+        (["--max-batch", "0"], "--max-batch: must be at least 1"),
+        (["--backend", "tgi"], "--backend: 'tgi' is not tunelab or vllm"),
+        (["--max-body-mb", "0"], "--max-body-mb: must be positive"),
+    ]:
         r = run_cli("serve", str(adapters["a"]), *flags, timeout=120)
         assert r.returncode == 2 and message in r.stdout + r.stderr, (flags, r.stdout, r.stderr)
 
@@ -46,9 +48,27 @@ def test_the_vllm_command_serves_the_ids_tunelab_would(adapters, tiny_model_dir,
     serve = prepare_vllm(plan, tmp_path)
     cmd = vllm_command(serve, "127.0.0.1", 8001, max_batch=32, python="python")
     base = str(tiny_model_dir)
-    assert cmd == ["python", "-m", VLLM_SERVER, "--model", base, "--served-model-name", base, "--host", "127.0.0.1",
-                   "--port", "8001", "--max-num-seqs", "32", "--enable-lora",
-                   "--lora-modules", f"support={tmp_path / 'support'}", f"b={tmp_path / 'b'}", "--max-loras", "2"]
+    assert cmd == [
+        "python",
+        "-m",
+        VLLM_SERVER,
+        "--model",
+        base,
+        "--served-model-name",
+        base,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8001",
+        "--max-num-seqs",
+        "32",
+        "--enable-lora",
+        "--lora-modules",
+        f"support={tmp_path / 'support'}",
+        f"b={tmp_path / 'b'}",
+        "--max-loras",
+        "2",
+    ]
     assert [m.id for m in plan.models] == [base, "support", "b"]  # the ids tunelab's own server lists
     for name in ("support", "b"):  # written by `tunelab export --format adapter`, readable by vLLM as they are
         folder = tmp_path / name
@@ -64,8 +84,19 @@ def test_high_rank_adapters_get_a_max_lora_rank_vllm_accepts(tmp_path):
     assert cmd[cmd.index("--max-lora-rank") + 1] == "64"
     assert "--max-num-seqs" not in cmd
     full = vllm_command(VllmServe("/models/r1-hf", "r1"), "127.0.0.1", 8000, python="python")
-    assert full == ["python", "-m", "vllm.entrypoints.openai.api_server", "--model", "/models/r1-hf", "--served-model-name", "r1",
-                    "--host", "127.0.0.1", "--port", "8000"]
+    assert full == [
+        "python",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        "/models/r1-hf",
+        "--served-model-name",
+        "r1",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8000",
+    ]
 
 
 def test_serve_vllm_passes_the_key_in_the_environment_and_returns_vllms_exit_code(adapters, monkeypatch):

@@ -9,8 +9,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import ROOT, run_cli
 
+from conftest import ROOT, run_cli
 from tunelab.errors import ConfigError
 from tunelab.sweep import engine, space
 from tunelab.sweep.plan import prepare
@@ -20,8 +20,14 @@ BASE = {
     "model": {"name": "tiny:llama-2l"},
     "adapter": {"r": 8, "alpha": 16, "dropout": 0.0},
     "data": {"train": {"path": "synthetic:64:seed=3"}, "test_size": 8},
-    "training": {"max_steps": 4, "batch_size": 4, "grad_accum": 1, "max_length": 128, "eval_steps": 2,
-                 "gradient_checkpointing": False},
+    "training": {
+        "max_steps": 4,
+        "batch_size": 4,
+        "grad_accum": 1,
+        "max_length": 128,
+        "eval_steps": 2,
+        "gradient_checkpointing": False,
+    },
     "samples": {"enabled": False},
     "tracking": {"backend": "none"},
     "output": {"dir": "runs"},
@@ -51,31 +57,61 @@ def problems(tmp_path: Path, monkeypatch, **changes) -> list[str]:
     return e.value.problems
 
 
-@pytest.mark.parametrize("changes, expected", [
-    ({"trails": 4}, "trails: unknown key; did you mean trials?"),
-    ({"space": {"adapter.rank": [4, 8]}}, "space.adapter.rank: no config setting adapter.rank; did you mean adapter.r?"),
-    ({"space": {"adapter.r.x": [4]}}, "space.adapter.r.x: adapter.r is a value, it has no setting 'x'"),
-    ({"space": {"output.name": ["a", "b"]}}, "space.output.name: set by the sweep"),
-    ({"space": {"adapter.r": []}}, "space.adapter.r: empty choice list"),
-    ({"method": "random", "trials": 3, "space": {"training.learning_rate": {"float": [1e-2, 1e-3]}}},
-     "space.training.learning_rate: low must be below high (got [0.01, 0.001])"),
-    ({"method": "random", "trials": 3, "space": {"training.warmup_ratio": {"float": [0.0, 0.2], "log": True}}},
-     "space.training.warmup_ratio: log needs a positive range (got [0.0, 0.2])"),
-    ({"method": "tpe", "trials": None}, "trials: required for method tpe"),
-    ({"space": {"training.learning_rate": {"float": [1e-4, 1e-2]}}}, "space.training.learning_rate: a range, but method grid"),
-    ({"objective": "eval_los"}, "objective.0.metric: no metric a run writes; did you mean eval_loss? (got 'eval_los')"),
-    ({"objective": {"metric": "tokens_per_s"}}, "objective.0.direction: required for tokens_per_s"),
-    ({"pruner": "median", "objective": ["eval_loss", {"metric": "tokens_per_s", "direction": "maximize"}]},
-     "pruner: Optuna prunes single-objective studies only"),
-    ({"pruner": {"name": "hyperband", "startup_trials": 3}}, "pruner: startup_trials: not an option of the hyperband pruner"),
-    ({"storage": "postgresql://tunelab:secret@127.0.0.1:9/sweeps"}, "storage: cannot connect to postgresql://***@127.0.0.1:9/sweeps"),
-    ({"storage": "nosuchdb://x/y"}, "storage: nosuchdb://x/y is no database URL SQLAlchemy knows"),
-    ({"storage": "somewhere.db"}, "storage: 'somewhere.db' is not journal, sqlite or a database URL"),
-    ({"space": {"adapter.r": [0, 8]}}, "space adapter.r=0: adapter.r: Input should be greater than 0 (got 0)"),
-    ({"space": {"model.name": ["tiny:llama-2l", "tiny:nope"]}}, "space model.name=tiny:nope: model.name: unknown tiny preset 'tiny:nope'"),
-    ({"paired": [{"adapter.r": 4}, {"adapter.alpha": 8}]}, "paired: entry 1 sets adapter.alpha; every entry must set adapter.r"),
-    ({"base": {"config": "missing.yaml"}}, "base.config: missing.yaml not found"),
-])
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"trails": 4}, "trails: unknown key; did you mean trials?"),
+        (
+            {"space": {"adapter.rank": [4, 8]}},
+            "space.adapter.rank: no config setting adapter.rank; did you mean adapter.r?",
+        ),
+        ({"space": {"adapter.r.x": [4]}}, "space.adapter.r.x: adapter.r is a value, it has no setting 'x'"),
+        ({"space": {"output.name": ["a", "b"]}}, "space.output.name: set by the sweep"),
+        ({"space": {"adapter.r": []}}, "space.adapter.r: empty choice list"),
+        (
+            {"method": "random", "trials": 3, "space": {"training.learning_rate": {"float": [1e-2, 1e-3]}}},
+            "space.training.learning_rate: low must be below high (got [0.01, 0.001])",
+        ),
+        (
+            {"method": "random", "trials": 3, "space": {"training.warmup_ratio": {"float": [0.0, 0.2], "log": True}}},
+            "space.training.warmup_ratio: log needs a positive range (got [0.0, 0.2])",
+        ),
+        ({"method": "tpe", "trials": None}, "trials: required for method tpe"),
+        (
+            {"space": {"training.learning_rate": {"float": [1e-4, 1e-2]}}},
+            "space.training.learning_rate: a range, but method grid",
+        ),
+        (
+            {"objective": "eval_los"},
+            "objective.0.metric: no metric a run writes; did you mean eval_loss? (got 'eval_los')",
+        ),
+        ({"objective": {"metric": "tokens_per_s"}}, "objective.0.direction: required for tokens_per_s"),
+        (
+            {"pruner": "median", "objective": ["eval_loss", {"metric": "tokens_per_s", "direction": "maximize"}]},
+            "pruner: Optuna prunes single-objective studies only",
+        ),
+        (
+            {"pruner": {"name": "hyperband", "startup_trials": 3}},
+            "pruner: startup_trials: not an option of the hyperband pruner",
+        ),
+        (
+            {"storage": "postgresql://tunelab:secret@127.0.0.1:9/sweeps"},
+            "storage: cannot connect to postgresql://***@127.0.0.1:9/sweeps",
+        ),
+        ({"storage": "nosuchdb://x/y"}, "storage: nosuchdb://x/y is no database URL SQLAlchemy knows"),
+        ({"storage": "somewhere.db"}, "storage: 'somewhere.db' is not journal, sqlite or a database URL"),
+        ({"space": {"adapter.r": [0, 8]}}, "space adapter.r=0: adapter.r: Input should be greater than 0 (got 0)"),
+        (
+            {"space": {"model.name": ["tiny:llama-2l", "tiny:nope"]}},
+            "space model.name=tiny:nope: model.name: unknown tiny preset 'tiny:nope'",
+        ),
+        (
+            {"paired": [{"adapter.r": 4}, {"adapter.alpha": 8}]},
+            "paired: entry 1 sets adapter.alpha; every entry must set adapter.r",
+        ),
+        ({"base": {"config": "missing.yaml"}}, "base.config: missing.yaml not found"),
+    ],
+)
 def test_bad_sweep_files_are_one_line_each_naming_the_key(tmp_path, monkeypatch, changes, expected):
     found = problems(tmp_path, monkeypatch, **changes)
     assert any(p.startswith(expected) for p in found), found
@@ -110,9 +146,12 @@ def test_the_cli_exits_2_with_every_problem_and_writes_nothing(tmp_path):
     r = run_cli("sweep", str(write_sweep(tmp_path, sweep)), cwd=tmp_path, timeout=120)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and "error: 4 config problems" in r.stderr
-    for line in ("trails: unknown key; did you mean trials?", "space.adapter.r: empty choice list",
-                 "space.adapter.rank: no config setting adapter.rank; did you mean adapter.r?",
-                 "objective.0.metric: no metric a run writes; did you mean eval_loss?"):
+    for line in (
+        "trails: unknown key; did you mean trials?",
+        "space.adapter.r: empty choice list",
+        "space.adapter.rank: no config setting adapter.rank; did you mean adapter.r?",
+        "objective.0.metric: no metric a run writes; did you mean eval_loss?",
+    ):
         assert line in r.stderr
     assert not (tmp_path / "sweeps").exists()
 
@@ -124,9 +163,15 @@ def test_shipped_sweep_examples_validate_without_the_hub(monkeypatch):
         sweep = prepare(path, check_data=path.name == "sweep-quickstart.yaml")
         assert sweep.budget >= 9
     big = prepare(ROOT / "examples" / "sweep-openllama-3b.yaml", check_data=False)
-    values = {k: {json.dumps(o[k]) for a in big.axes for o in a.options if k in o}
-              for k in ("adapter.r", "training.learning_rate", "model.name")}
-    assert values["adapter.r"] == {"8", "16", "64"} and values["training.learning_rate"] == {"0.0001", "0.0002", "0.0004"}
+    values = {
+        k: {json.dumps(o[k]) for a in big.axes for o in a.options if k in o}
+        for k in ("adapter.r", "training.learning_rate", "model.name")
+    }
+    assert values["adapter.r"] == {"8", "16", "64"} and values["training.learning_rate"] == {
+        "0.0001",
+        "0.0002",
+        "0.0004",
+    }
     assert len(values["model.name"]) == 2 and big.budget == 18
 
 
@@ -137,10 +182,19 @@ def test_overrides_of_the_sweep_file_reach_space_keys(tmp_path):
 
 def test_grid_points_paired_settings_and_labels(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    sweep = prepare(write_sweep(tmp_path, {
-        **SWEEP, "space": {"adapter.r": [4, 8], "adapter.target_modules": [["q_proj", "v_proj"], "all-linear"]},
-        "paired": [{"training.learning_rate": 1e-3, "training.batch_size": 4},
-                   {"training.learning_rate": 1e-2, "training.batch_size": 2}]}))
+    sweep = prepare(
+        write_sweep(
+            tmp_path,
+            {
+                **SWEEP,
+                "space": {"adapter.r": [4, 8], "adapter.target_modules": [["q_proj", "v_proj"], "all-linear"]},
+                "paired": [
+                    {"training.learning_rate": 1e-3, "training.batch_size": 4},
+                    {"training.learning_rate": 1e-2, "training.batch_size": 2},
+                ],
+            },
+        )
+    )
     assert sweep.budget == 8 and [a.name for a in sweep.axes][-1] == "training.learning_rate+training.batch_size"
     g = space.grid(sweep.axes)
     assert g["adapter.target_modules"] == ['["q_proj", "v_proj"]', "all-linear"]  # non-scalars stored as JSON
@@ -157,8 +211,16 @@ def test_grid_points_paired_settings_and_labels(tmp_path, monkeypatch):
 
 
 def test_trial_names_are_one_short_folder_name():
-    name = space.trial_dir_name(12, {"model.name": "openlm-research/open_llama_3b_v2", "adapter.r": 16,
-                                     "training.learning_rate": 2e-4, "data.train_rows": 1000, "samples.enabled": False})
+    name = space.trial_dir_name(
+        12,
+        {
+            "model.name": "openlm-research/open_llama_3b_v2",
+            "adapter.r": 16,
+            "training.learning_rate": 2e-4,
+            "data.train_rows": 1000,
+            "samples.enabled": False,
+        },
+    )
     assert name == "012-open_llama_3b_v2-r16-lr0.0002-rows1000-enabledoff"
 
 
@@ -188,7 +250,7 @@ def test_trial_n_draws_the_same_settings_in_any_process(method):
         optuna.create_study(storage=storage, study_name="s")
         out = []
         study = None
-        for i in range(4):
+        for _ in range(4):
             if study is None or split:  # split: a fresh study object (a new process) for every trial
                 study = optuna.load_study(storage=storage, study_name="s", sampler=engine.make_sampler(method, None, 7))
             t = study.ask(dist)
@@ -226,8 +288,9 @@ def test_a_stored_study_with_another_search_space_is_refused(tmp_path, monkeypat
     with pytest.raises(ConfigError) as e:
         other.study(create=False)
     msg = e.value.problems[0]
-    assert msg.startswith("storage: it holds a study named 's' with a different search space (adapter.r: [4, 8] there, "
-                          "[4, 8, 16] here)"), msg
+    assert msg.startswith(
+        "storage: it holds a study named 's' with a different search space (adapter.r: [4, 8] there, [4, 8, 16] here)"
+    ), msg
     base_changed = {**BASE, "training": {**BASE["training"], "max_steps": 8}}
     with pytest.raises(ConfigError) as e:
         prepare(write_sweep(tmp_path, base=base_changed)).study(create=False)
@@ -239,9 +302,20 @@ def test_ranking_puts_the_best_completed_first_and_failed_last(tmp_path, monkeyp
 
     monkeypatch.chdir(tmp_path)
     sweep = prepare(write_sweep(tmp_path))
-    rows = [Row(0, "a", {}, "failed"), Row(1, "b", {}, "completed", [0.5]), Row(2, "c", {}, "pruned", [0.1]),
-            Row(3, "d", {}, "completed", [0.2]), Row(4, "e", {}, "running", [0.3])]
+    rows = [
+        Row(0, "a", {}, "failed"),
+        Row(1, "b", {}, "completed", [0.5]),
+        Row(2, "c", {}, "pruned", [0.1]),
+        Row(3, "d", {}, "completed", [0.2]),
+        Row(4, "e", {}, "running", [0.3]),
+    ]
     ranked = rank(sweep, rows)
-    assert [r.name for r in ranked] == ["d", "b", "c", "e", "a"] and [r.rank for r in ranked] == [1, 2, None, None, None]
+    assert [r.name for r in ranked] == ["d", "b", "c", "e", "a"] and [r.rank for r in ranked] == [
+        1,
+        2,
+        None,
+        None,
+        None,
+    ]
     sweep.objectives = [("samples_exact_match", "maximize")]
     assert [r.name for r in rank(sweep, rows)][:2] == ["b", "d"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -24,8 +25,15 @@ BASE = {
     "model": {"name": "tiny:llama-2l"},
     "adapter": {"r": 8, "alpha": 16, "dropout": 0.1},  # dropout: the RNG state is part of what resume restores
     "data": {"train": {"path": "synthetic:96:seed=3"}, "test_size": 16},
-    "training": {"max_steps": 24, "batch_size": 4, "grad_accum": 1, "max_length": 256, "eval_steps": 8,
-                 "save_steps": 4, "gradient_checkpointing": False},
+    "training": {
+        "max_steps": 24,
+        "batch_size": 4,
+        "grad_accum": 1,
+        "max_length": 256,
+        "eval_steps": 8,
+        "save_steps": 4,
+        "gradient_checkpointing": False,
+    },
     "samples": {"num_prompts": 4, "max_new_tokens": 4},
     "tracking": {"backend": "none"},
     "output": {"dir": "runs"},
@@ -39,8 +47,9 @@ SWEEP = {
     "pruner": {"name": "median", "startup_trials": 1},
 }
 
-# Faults at a chosen trial and step, like a user's Ctrl-C or a kill -9: `python faults.py NNN:int:STEP,NNN:kill:STEP -- sweep ...`
-FAULTS = '''
+# Faults at a chosen trial and step, like a user's Ctrl-C or a kill -9:
+# `python faults.py NNN:int:STEP,NNN:kill:STEP -- sweep ...`
+FAULTS = """
 import os, signal, sys
 from transformers import TrainerCallback
 import tunelab.sweep.runner as runner
@@ -63,7 +72,7 @@ runner.train_trial = train_trial
 from tunelab.cli.main import app
 sys.argv = ["tunelab", *sys.argv[3:]]
 app(prog_name="tunelab")
-'''
+"""
 
 
 def setup(folder: Path, sweep: dict | None = None, base: dict | None = None) -> Path:
@@ -80,8 +89,10 @@ def results(folder: Path, name: str = "s") -> dict:
 
 def table(folder: Path, name: str = "s") -> dict[int, tuple]:
     """trial -> (settings, state, objective values, steps): what two runs of one sweep must agree on."""
-    return {t["number"]: (json.dumps(t["settings"], sort_keys=True), t["state"], t["values"], t["step"])
-            for t in results(folder, name)["trials"]}
+    return {
+        t["number"]: (json.dumps(t["settings"], sort_keys=True), t["state"], t["values"], t["step"])
+        for t in results(folder, name)["trials"]
+    }
 
 
 def assert_same_table(a: dict, b: dict) -> None:
@@ -133,13 +144,16 @@ def test_a_sweep_prunes_goes_on_after_a_failed_trial_and_ranks(finished):
     # params and objective values are the Optuna trials' user attrs too
     import optuna
 
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
-        str(folder / "sweeps" / "s" / "study.journal")))
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(folder / "sweeps" / "s" / "study.journal"))
+    )
     frozen = {t.number: t for t in optuna.load_study(study_name="s", storage=storage).trials}
     b = frozen[best["trial"]]
     assert b.user_attrs["settings"] == best["settings"] and b.user_attrs["values"] == {"eval_loss": best["values"][0]}
-    assert b.params == {"adapter.r": best["settings"]["adapter.r"],
-                        "training.learning_rate": best["settings"]["training.learning_rate"]}
+    assert b.params == {
+        "adapter.r": best["settings"]["adapter.r"],
+        "training.learning_rate": best["settings"]["training.learning_rate"],
+    }
 
 
 def test_trial_directories_are_ordinary_runs(finished):
@@ -151,10 +165,13 @@ def test_trial_directories_are_ordinary_runs(finished):
     assert r.returncode == 0, r.stderr
     listed = {row["name"]: row["status"] for row in json.loads(r.stdout)}
     assert set(listed) == set(names) and "pruned" in listed.values()
-    r = run_cli("runs", "compare", str(trials_dir / names[0]), str(trials_dir / names[1]), "--json", cwd=folder, timeout=120)
+    r = run_cli(
+        "runs", "compare", str(trials_dir / names[0]), str(trials_dir / names[1]), "--json", cwd=folder, timeout=120
+    )
     assert r.returncode == 0 and "adapter.r" in json.loads(r.stdout)["config"] or "training.learning_rate" in r.stdout
     saved = yaml.safe_load((trials_dir / names[0] / "config.yaml").read_text())
     assert "sweep:s" in saved["tracking"]["tags"] and saved["tracking"]["run_name"] == f"s-{names[0]}"
+    assert saved["tracking"]["group"] == "s"  # the trackers group the sweep's runs
     html = (folder / "sweeps" / "s" / "report.html").read_text()
     assert 'id="sweep-trials"' in html and "<script" not in html
     assert html.count("<img") >= 10 and "parameter importance" in html  # the sweep's views, then the run report's
@@ -193,9 +210,15 @@ def test_ctrl_c_then_kill_9_then_resume_gives_the_uninterrupted_table(finished, 
     (tmp_path / "faults.py").write_text(FAULTS)
 
     def faulty(faults: str, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(tmp_path / "faults.py"), faults, "--", "sweep", str(path), *args],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"},
-                              check=False)
+        return subprocess.run(
+            [sys.executable, str(tmp_path / "faults.py"), faults, "--", "sweep", str(path), *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "COLUMNS": "200"},
+            check=False,
+        )
 
     r = faulty(f"{first:03d}:int:8")  # Ctrl-C in the middle of a trial: a checkpoint, the trial interrupted
     assert r.returncode == 130, r.stderr[-3000:]
@@ -215,16 +238,29 @@ def test_ctrl_c_then_kill_9_then_resume_gives_the_uninterrupted_table(finished, 
         assert summary(trials_dir / name)["resumed_from"].endswith(f"step-{step:06d}")
 
 
-GRID6 = {"base": {"config": "base.yaml"}, "method": "grid", "objective": "eval_loss",
-         "space": {"adapter.r": [2, 4, 8], "training.learning_rate": [1.0e-3, 1.0e-2]}}
+GRID6 = {
+    "base": {"config": "base.yaml"},
+    "method": "grid",
+    "objective": "eval_loss",
+    "space": {"adapter.r": [2, 4, 8], "training.learning_rate": [1.0e-3, 1.0e-2]},
+}
 
 
 def test_two_workers_ctrl_c_and_resume_run_each_grid_point_once(tmp_path):
-    base = {**BASE, "samples": {"enabled": False},
-            "training": {**BASE["training"], "max_steps": 40, "eval_steps": 20, "save_steps": 10}}
+    base = {
+        **BASE,
+        "samples": {"enabled": False},
+        "training": {**BASE["training"], "max_steps": 40, "eval_steps": 20, "save_steps": 10},
+    }
     path = setup(tmp_path, {**GRID6, "parallel": 2}, base)
-    proc = subprocess.Popen([sys.executable, "-m", "tunelab.cli.main", "sweep", str(path)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunelab.cli.main", "sweep", str(path)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     trials_dir = tmp_path / "sweeps" / "s" / "trials"
     deadline = time.time() + 300
     while time.time() < deadline and len(list(trials_dir.glob("*/checkpoints/step-000010"))) < 2:
@@ -269,16 +305,40 @@ def postgres_url():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     data = folder / "data"
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "tunelab", "--no-sync"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w",
-                    "-o", f"-k {folder} -p {port} -h 127.0.0.1 -F", "start"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "tunelab", "--no-sync"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *as_user,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(folder / "log"),
+            "-w",
+            "-o",
+            f"-k {folder} -p {port} -h 127.0.0.1 -F",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
-        subprocess.run([*as_user, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tunelab", "sweeps"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [*as_user, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tunelab", "sweeps"],
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql://tunelab@127.0.0.1:{port}/sweeps"
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True, check=False)
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            check=False,
+        )
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -289,9 +349,17 @@ def test_two_worker_processes_on_one_storage_share_the_grid(tmp_path, storage, r
     path = setup(tmp_path, GRID6, base)
     # what two machines run against one storage URL (here both on this one, with a thread each)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TUNELAB_SWEEP_THREADS": "1"}
-    workers = [subprocess.Popen([sys.executable, "-m", "tunelab.cli.main", "sweep", str(path), f"storage={url}", "--worker"],
-                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-               for _ in range(2)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tunelab.cli.main", "sweep", str(path), f"storage={url}", "--worker"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
     logs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
     ran = [int(log.rsplit("done after ", 1)[1].split()[0]) for log in logs]

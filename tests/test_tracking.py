@@ -78,7 +78,12 @@ def test_trackio_artifact_round_trip_with_versions_aliases_and_digests(tmp_path)
     (folder / "config.json").write_text("{}")  # a model artifact is a model folder (issue 10: a JSONL file is refused)
     (folder / "sub").mkdir()
     (folder / "sub" / "extra.json").write_text("{}")
-    assert cli("artifacts", "push", str(folder), "--name", "m", "--type", "model", "--alias", "prod", "--dir", str(d)).exit_code == 0
+    assert (
+        cli(
+            "artifacts", "push", str(folder), "--name", "m", "--type", "model", "--alias", "prod", "--dir", str(d)
+        ).exit_code
+        == 0
+    )
 
     listed = json.loads(cli("artifacts", "list", "--dir", str(d), "--json").output)
     by_ref = {x["ref"]: x for x in listed}
@@ -99,7 +104,12 @@ def test_trackio_artifact_round_trip_with_versions_aliases_and_digests(tmp_path)
 
     # identical content is the same version; a custom alias can still be added to it
     data.write_text('{"instruction": "a", "output": "b"}\n')
-    assert cli("artifacts", "push", str(data), "--name", "demo", "--type", "dataset", "--alias", "again", "--dir", str(d)).exit_code == 0
+    assert (
+        cli(
+            "artifacts", "push", str(data), "--name", "demo", "--type", "dataset", "--alias", "again", "--dir", str(d)
+        ).exit_code
+        == 0
+    )
     home = Home.default(d)
     got = fetch("trackio:tunelab/demo:again", home, expected_type="dataset")
     assert got.version.version == "v0" and set(got.version.aliases) == {"gold", "again"}
@@ -176,7 +186,12 @@ def test_a_failing_or_hanging_sink_warns_once_and_is_turned_off():
     t0 = time.perf_counter()
     hang.call("log_samples", 2, [])
     hang.call("log_samples", 4, [])
-    assert time.perf_counter() - t0 < 3 and hang.disabled and len(warnings) == 2 and "no answer within 0.5 s" in warnings[1]
+    assert (
+        time.perf_counter() - t0 < 3
+        and hang.disabled
+        and len(warnings) == 2
+        and "no answer within 0.5 s" in warnings[1]
+    )
     hang.sink.release.set()
 
 
@@ -186,7 +201,13 @@ def test_wandb_online_without_a_key_fails_before_training_naming_offline(tmp_pat
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("HOME", str(tmp_path))
-    cfg = build_config({**MINIMAL, "tracking": {"backend": ["trackio", "wandb"], "mode": "online"}, "output": {"dir": str(tmp_path / "runs")}})
+    cfg = build_config(
+        {
+            **MINIMAL,
+            "tracking": {"backend": ["trackio", "wandb"], "mode": "online"},
+            "output": {"dir": str(tmp_path / "runs")},
+        }
+    )
     with pytest.raises(TunelabError) as e:
         Tracking(cfg)
     assert "W&B online mode needs an API key" in e.value.message and "offline" in e.value.hint
@@ -198,14 +219,16 @@ def test_wandb_online_without_a_key_fails_before_training_naming_offline(tmp_pat
 def test_an_unreachable_mlflow_server_costs_one_bounded_warning(tmp_path):
     import socket
 
-    from tunelab.tracking.base import GuardedSink
     from tunelab.artifacts.env import isolated
+    from tunelab.tracking.base import GuardedSink
     from tunelab.tracking.mlflow_backend import MlflowSink
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = build_config({**MINIMAL, "tracking": {"backend": "mlflow", "uri": f"http://127.0.0.1:{port}", "timeout_s": 20}})
+    cfg = build_config(
+        {**MINIMAL, "tracking": {"backend": "mlflow", "uri": f"http://127.0.0.1:{port}", "timeout_s": 20}}
+    )
     warnings = []
     with isolated(tmp_path / "t", timeout_s=5) as d:
         g = GuardedSink(MlflowSink(d, cfg.tracking, "r"), timeout_s=20, warn=warnings.append)
@@ -223,8 +246,11 @@ def _fake_run(root: Path, name: str, lr: float, loss: float, status: str = "comp
     from tunelab.config.load import config_to_dict
 
     (run / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)))
-    (run / "summary.json").write_text(json.dumps({"status": status, "steps": 4, "final_train_loss": loss,
-                                                  "final_eval_loss": loss + 0.1, "wall_time_s": 12.5}))
+    (run / "summary.json").write_text(
+        json.dumps(
+            {"status": status, "steps": 4, "final_train_loss": loss, "final_eval_loss": loss + 0.1, "wall_time_s": 12.5}
+        )
+    )
 
 
 def test_runs_list_show_and_compare_read_run_directories(tmp_path):
@@ -233,11 +259,16 @@ def test_runs_list_show_and_compare_read_run_directories(tmp_path):
     (tmp_path / ".tracking").mkdir()
     rows = json.loads(cli("runs", "list", "--dir", str(tmp_path), "--json").output)
     assert [(r["name"], r["status"], r["learning_rate"], r["final_train_loss"]) for r in rows] == [
-        ("a", "completed", 1e-4, 1.5), ("b", "failed", 3e-4, 1.2)]
+        ("a", "completed", 1e-4, 1.5),
+        ("b", "failed", 3e-4, 1.2),
+    ]
     assert rows[0]["base_model"] == "tiny:llama-2l" and rows[0]["duration_s"] == 12.5
     cmp = json.loads(cli("runs", "compare", "a", "b", "--dir", str(tmp_path), "--json").output)
     assert cmp["config"] == {"training.learning_rate": [1e-4, 3e-4]}
-    assert cmp["metrics"]["final_eval_loss"] == [1.6, pytest.approx(1.3)] and cmp["metrics"]["status"] == ["completed", "failed"]
+    assert cmp["metrics"]["final_eval_loss"] == [1.6, pytest.approx(1.3)] and cmp["metrics"]["status"] == [
+        "completed",
+        "failed",
+    ]
     table = cli("runs", "list", "--dir", str(tmp_path)).output
     assert "a" in table and "completed" in table and "failed" in table
     shown = json.loads(cli("runs", "show", str(tmp_path / "a"), "--json").output)
@@ -255,24 +286,65 @@ def test_mlflow_registry_round_trip_and_wandb_offline_push(tmp_path):
     folder.mkdir()
     (folder / "adapter_model.safetensors").write_bytes(os.urandom(128))
     (folder / "adapter_config.json").write_text("{}")
-    r = cli("artifacts", "push", str(folder), "--name", "m", "--type", "model", "--alias", "prod", "--store", "mlflow", "--dir", str(d))
+    r = cli(
+        "artifacts",
+        "push",
+        str(folder),
+        "--name",
+        "m",
+        "--type",
+        "model",
+        "--alias",
+        "prod",
+        "--store",
+        "mlflow",
+        "--dir",
+        str(d),
+    )
     assert r.exit_code == 0 and "mlflow:m:1 (latest, prod)" in r.output, r.output
     (folder / "adapter_config.json").write_text('{"r": 8}')
-    assert "mlflow:m:2 (latest)" in cli("artifacts", "push", str(folder), "--name", "m", "--type", "model", "--store", "mlflow", "--dir", str(d)).output
-    listed = {x["ref"]: x for x in json.loads(cli("artifacts", "list", "--store", "mlflow", "--dir", str(d), "--json").output)}
+    assert (
+        "mlflow:m:2 (latest)"
+        in cli(
+            "artifacts", "push", str(folder), "--name", "m", "--type", "model", "--store", "mlflow", "--dir", str(d)
+        ).output
+    )
+    listed = {
+        x["ref"]: x for x in json.loads(cli("artifacts", "list", "--store", "mlflow", "--dir", str(d), "--json").output)
+    }
     assert listed["mlflow:m:2"]["aliases"] == ["latest"] and listed["mlflow:m:1"]["aliases"] == ["prod"]
     assert listed["mlflow:m:2"]["digest"] == content_digest(folder)
     out = tmp_path / "pulled"
     assert cli("artifacts", "pull", "mlflow:m:prod", "--out", str(out), "--dir", str(d)).exit_code == 0
-    assert (out / "adapter_config.json").read_text() == "{}" and sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert (out / "adapter_config.json").read_text() == "{}" and sorted(p.name for p in out.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     r = cli("artifacts", "pull", "mlflow:m:7", "--dir", str(d))
     assert r.exit_code == 2 and "'m' has no version or alias '7' (has: 1 (prod), 2)" in r.output
     r = cli("artifacts", "push", str(folder), "--name", "ds", "--type", "dataset", "--store", "mlflow", "--dir", str(d))
     assert r.exit_code == 2 and "registry holds models only" in r.output
 
-    r = cli("artifacts", "push", str(folder), "--name", "m", "--type", "model", "--alias", "prod", "--store", "wandb", "--dir", str(d))
+    r = cli(
+        "artifacts",
+        "push",
+        str(folder),
+        "--name",
+        "m",
+        "--type",
+        "model",
+        "--alias",
+        "prod",
+        "--store",
+        "wandb",
+        "--dir",
+        str(d),
+    )
     assert r.exit_code == 0 and "wandb sync" in r.output, r.output
     (run,) = (d / "wandb").glob("offline-run-*")
     (art,) = read_run(run)["artifacts"]
     assert (art["name"], art["type"], set(art["aliases"])) == ("m", "model", {"latest", "prod"})
-    assert art["metadata"]["tunelab_digest"] == content_digest(folder) and set(art["files"]) == {"adapter_config.json", "adapter_model.safetensors"}
+    assert art["metadata"]["tunelab_digest"] == content_digest(folder) and set(art["files"]) == {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    }

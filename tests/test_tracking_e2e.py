@@ -37,8 +37,9 @@ RUN = "r1"
 
 
 def cli(*args: str, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tunelab.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "tunelab.cli.main", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,43 +53,89 @@ def tracked(tmp_path_factory, _isolated_cache):
     data = write_jsonl(generate(200, seed=3), root / "synth.jsonl")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_", "TRACKIO_", "XDG_"))}
     env.update(CANARIES, HOME=str(home), COLUMNS="200")
-    push = cli("artifacts", "push", str(data), "--name", "synth", "--type", "dataset", "--alias", "gold",
-               "--dir", str(tracking), env=env)
+    push = cli(
+        "artifacts",
+        "push",
+        str(data),
+        "--name",
+        "synth",
+        "--type",
+        "dataset",
+        "--alias",
+        "gold",
+        "--dir",
+        str(tracking),
+        env=env,
+    )
     assert push.returncode == 0, push.stderr[-3000:]
 
     cfg = base_config(data, root / "runs")
     cfg["data"]["train"]["path"] = "trackio:tunelab/synth:gold"
-    cfg["tracking"] = {"backend": ["trackio", "wandb", "mlflow", "tensorboard"], "tags": ["e2e", CANARIES["DB_PASSWORD"]],
-                       "job_type": "finetune", "notes": f"key {CANARIES['MY_SERVICE_TOKEN']} at https://bob:{URI_CANARY}@example.org/x",
-                       "system_every_s": 0.01, "model_aliases": ["candidate"]}
+    cfg["tracking"] = {
+        "backend": ["trackio", "wandb", "mlflow", "tensorboard"],
+        "tags": ["e2e", CANARIES["DB_PASSWORD"]],
+        "job_type": "finetune",
+        "notes": f"key {CANARIES['MY_SERVICE_TOKEN']} at https://bob:{URI_CANARY}@example.org/x",
+        "system_every_s": 0.01,
+        "model_aliases": ["candidate"],
+    }
     path = root / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     r = cli("train", str(path), f"output.name={RUN}", env=env)
     assert r.returncode == 0, r.stderr[-4000:]
     run = root / "runs" / RUN
-    return SimpleNamespace(root=root, home=home, tracking=tracking, run=run, env=env, train=r, push=push,
-                           where=json.loads((run / "tracking.json").read_text()),
-                           lineage=json.loads((run / "lineage.json").read_text()))
+    return SimpleNamespace(
+        root=root,
+        home=home,
+        tracking=tracking,
+        run=run,
+        env=env,
+        train=r,
+        push=push,
+        where=json.loads((run / "tracking.json").read_text()),
+        lineage=json.loads((run / "lineage.json").read_text()),
+    )
 
 
 def test_every_backend_started_and_the_run_records_lineage(tracked):
-    assert {k: v["active"] for k, v in tracked.where.items()} == {"trackio": True, "wandb": True, "mlflow": True, "tensorboard": True}
+    assert {k: v["active"] for k, v in tracked.where.items()} == {
+        "trackio": True,
+        "wandb": True,
+        "mlflow": True,
+        "tensorboard": True,
+    }
     # no tracker warned (the short run's own "only 4 optimizer steps" warning is the run's, not a tracker's)
     assert [line for line in tracked.train.stderr.splitlines() if "warning" in line] == [
-        line for line in tracked.train.stderr.splitlines() if line.startswith("warning: only 4 optimizer steps")]
+        line for line in tracked.train.stderr.splitlines() if line.startswith("warning: only 4 optimizer steps")
+    ]
     (inp,) = tracked.lineage["inputs"]
-    assert (inp["ref"], inp["requested"], inp["type"]) == ("trackio:tunelab/synth:v0", "trackio:tunelab/synth:gold", "dataset")
+    assert (inp["ref"], inp["requested"], inp["type"]) == (
+        "trackio:tunelab/synth:v0",
+        "trackio:tunelab/synth:gold",
+        "dataset",
+    )
     final_digest = __import__("tunelab.artifacts", fromlist=["x"]).content_digest(tracked.run / "final")
     outs = {o["store"]: o for o in tracked.lineage["outputs"]}
-    assert outs["trackio"]["ref"] == f"trackio:tunelab/{RUN}-model:v0" and outs["mlflow"]["ref"] == f"mlflow:{RUN}-model:1"
+    assert (
+        outs["trackio"]["ref"] == f"trackio:tunelab/{RUN}-model:v0" and outs["mlflow"]["ref"] == f"mlflow:{RUN}-model:1"
+    )
     assert {"latest", "final", "best", "candidate"} <= set(outs["trackio"]["aliases"])
     assert all(o["digest"] == final_digest for o in outs.values())
 
     shown = json.loads(cli("runs", "show", RUN, "--dir", str(tracked.root / "runs"), "--json", env=tracked.env).stdout)
     assert shown["status"] == "completed" and shown["reads"][0]["ref"] == "trackio:tunelab/synth:v0"
     assert f"trackio:tunelab/{RUN}-model:v0" in [w["ref"] for w in shown["writes"]]
-    art = json.loads(cli("artifacts", "show", f"trackio:tunelab/{RUN}-model:final", "--dir", str(tracked.tracking), "--json",
-                         env=tracked.env).stdout)
+    art = json.loads(
+        cli(
+            "artifacts",
+            "show",
+            f"trackio:tunelab/{RUN}-model:final",
+            "--dir",
+            str(tracked.tracking),
+            "--json",
+            env=tracked.env,
+        ).stdout
+    )
     # model artifact -> the run that made it -> the dataset version it read
     assert art["lineage"]["producer_run"] == RUN and art["lineage"]["producer_inputs"] == ["trackio:tunelab/synth:v0"]
     assert art["metadata"]["base_model"] == "tiny:llama-2l" and art["metadata"]["final_eval_loss"] is not None
@@ -96,7 +143,11 @@ def test_every_backend_started_and_the_run_records_lineage(tracked):
 
 
 def _train_rows(run: Path) -> list[dict]:
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x and "eval_loss" not in x]
+    return [
+        json.loads(x)
+        for x in (run / "metrics.jsonl").read_text().splitlines()
+        if '"loss"' in x and "eval_loss" not in x
+    ]
 
 
 def test_trackio_reads_back_metrics_samples_config_and_system(tracked):
@@ -178,9 +229,9 @@ def test_tensorboard_reads_back_scalars_and_sample_text(tracked):
 
 
 def test_model_artifact_loads_back_and_generates_like_final(tracked):
+    from tunelab.artifacts import Home
     from tunelab.inference.generate import GenerationSettings, generate_batch
     from tunelab.inference.target import load_target, resolve_target
-    from tunelab.artifacts import Home
 
     home = Home.default(tracked.tracking)
     from_art = resolve_target(f"trackio:tunelab/{RUN}-model:best", home=home)
@@ -207,7 +258,10 @@ def test_no_secret_reaches_any_file_or_output_and_nothing_lands_in_home(tracked)
         if f.is_file() and f.name != "run.yaml":  # the config as the user wrote it, canaries included
             blob = f.read_bytes()
             leaks += [(str(f.relative_to(tracked.root)), c) for c in canaries if c.encode() in blob]
-    for name, text in (("train output", tracked.train.stdout + tracked.train.stderr), ("push output", tracked.push.stdout + tracked.push.stderr)):
+    for name, text in (
+        ("train output", tracked.train.stdout + tracked.train.stderr),
+        ("push output", tracked.push.stdout + tracked.push.stderr),
+    ):
         leaks += [(name, c) for c in canaries if c in text]
     assert leaks == []
     assert "***" in (tracked.run / "config.yaml").read_text()  # the notes and tag were there, redacted
@@ -219,9 +273,24 @@ def test_dashboard_answers_on_localhost_and_stops(tracked):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "tunelab.cli.main", "dashboard", "--dir", str(tracked.tracking),
-                             "--project", "tunelab", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=tracked.env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tunelab.cli.main",
+            "dashboard",
+            "--dir",
+            str(tracked.tracking),
+            "--project",
+            "tunelab",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=tracked.env,
+    )
     try:
         line = proc.stdout.readline()
         assert f"http://127.0.0.1:{port}" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
@@ -273,12 +342,18 @@ def test_continue_a_model_artifact_while_trackers_fail_mid_run(tracked, tmp_path
     assert summary.status == "completed" and summary.steps == 4
     run = tracked.root / "runs" / "r2"
     assert (run / "final" / "adapter_model.safetensors").is_file() and (run / "final" / "tunelab_model.json").is_file()
-    assert log.count("boom failed in log_metrics") == 1 and log.count("hang failed in log_samples (no answer within 2 s)") == 1
+    assert (
+        log.count("boom failed in log_metrics") == 1
+        and log.count("hang failed in log_samples (no answer within 2 s)") == 1
+    )
     from trackio.sqlite_storage import SQLiteStorage
 
     assert [x["step"] for x in SQLiteStorage.get_logs("tunelab", "r2") if "loss" in x] == STEPS
     # a learning rate of 1e-9 leaves the weights where they started: the artifact's adapter, not a fresh one
-    start, end = load_file(tracked.run / "final" / "adapter_model.safetensors"), load_file(run / "final" / "adapter_model.safetensors")
+    start, end = (
+        load_file(tracked.run / "final" / "adapter_model.safetensors"),
+        load_file(run / "final" / "adapter_model.safetensors"),
+    )
     lora_b = [k for k in start if "lora_B" in k]
     assert lora_b and all(start[k].abs().sum() > 0 for k in lora_b)
     assert all((start[k] - end[k]).abs().max() < 1e-6 for k in start)
@@ -290,8 +365,12 @@ def test_continue_a_model_artifact_while_trackers_fail_mid_run(tracked, tmp_path
 def test_eval_from_another_folder_resolves_the_run_s_own_artifacts(tracked, tmp_path):
     """A run whose data and base model are artifact references, evaluated from a folder where no
     tracking directory is: both references resolve in the run's own store (its saved config)."""
-    cfg = base_config(tracked.root / "synth.jsonl", tracked.root / "runs", samples={"enabled": False},
-                      training={"max_steps": 2, "save_steps": None, "eval_steps": None})
+    cfg = base_config(
+        tracked.root / "synth.jsonl",
+        tracked.root / "runs",
+        samples={"enabled": False},
+        training={"max_steps": 2, "save_steps": None, "eval_steps": None},
+    )
     cfg["data"]["train"]["path"] = "trackio:tunelab/synth:gold"
     cfg["model"]["name"] = f"trackio:tunelab/{RUN}-model:final"
     cfg["tracking"] = {"backend": "trackio", "log_model": False}
@@ -302,8 +381,24 @@ def test_eval_from_another_folder_resolves_the_run_s_own_artifacts(tracked, tmp_
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in tracked.env.items() if k != "TUNELAB_TRACKING_DIR"}
-    r = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "eval", str(tracked.root / "runs" / "refs"), "--limit", "4",
-                        "--max-new-tokens", "4"], capture_output=True, text=True, timeout=600, env=env, cwd=elsewhere)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tunelab.cli.main",
+            "eval",
+            str(tracked.root / "runs" / "refs"),
+            "--limit",
+            "4",
+            "--max-new-tokens",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=elsewhere,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((tracked.root / "runs" / "refs" / "eval.json").read_text())
     assert result["data"]["examples"] == 4 and "target" in result["models"]

@@ -31,7 +31,14 @@ def test_train_writes_a_complete_run_directory(tmp_path, synth_file, bits):
     r = run_cli("train", str(write_cfg(tmp_path, cfg)), "output.name=r1")
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "runs" / "r1"
-    assert {p.name for p in run.iterdir()} >= {"config.yaml", "checkpoints", "final", "metrics.jsonl", "samples.jsonl", "summary.json"}
+    assert {p.name for p in run.iterdir()} >= {
+        "config.yaml",
+        "checkpoints",
+        "final",
+        "metrics.jsonl",
+        "samples.jsonl",
+        "summary.json",
+    }
     assert [p.name for p in sorted((run / "checkpoints").glob("step-*"))] == ["step-000002", "step-000004"]
     assert (run / "final" / "adapter_model.safetensors").is_file() and (run / "final" / "tokenizer.json").is_file()
     assert not list(run.rglob("*.bin")) or all("checkpoints" in str(p) for p in run.rglob("*.bin"))
@@ -79,7 +86,11 @@ def test_bad_inputs_exit_2_with_one_line_and_no_traceback(tmp_path, synth_file):
     cases = [
         (base_config(tmp_path / "missing.jsonl", tmp_path / "runs"), [], "data file not found"),
         (base_config(bad_rows, tmp_path / "runs"), [], f"{bad_rows}:2: empty output"),
-        (base_config(synth_file, tmp_path / "runs"), ["adapter.rr=3"], "adapter.rr: unknown key; did you mean adapter.r?"),
+        (
+            base_config(synth_file, tmp_path / "runs"),
+            ["adapter.rr=3"],
+            "adapter.rr: unknown key; did you mean adapter.r?",
+        ),
         (base_config(synth_file, tmp_path / "runs"), ["adapter.r=0"], "adapter.r: Input should be greater than 0"),
         (base_config(synth_file, tmp_path / "runs"), ["training.learning_rate=-1"], "training.learning_rate"),
         (base_config(synth_file, tmp_path / "runs", model={"name": str(tmp_path)}), [], "no config.json"),

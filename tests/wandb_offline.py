@@ -31,10 +31,10 @@ def records(path: str | Path):
         if left < 7:  # block trailer too short for a record header: zero padding
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0 and length == 0:
             break
-        chunk = data[pos + 7:pos + 7 + length]
+        chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == _FULL:
             payload = chunk
@@ -63,28 +63,45 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             r = rec.run
-            out["run"] = {"id": r.run_id, "project": r.project, "name": r.display_name, "job_type": r.job_type,
-                          "notes": r.notes, "tags": list(r.tags)}
+            out["run"] = {
+                "id": r.run_id,
+                "project": r.project,
+                "name": r.display_name,
+                "job_type": r.job_type,
+                "notes": r.notes,
+                "tags": list(r.tags),
+            }
             out["config"].update({u.key: json.loads(u.value_json) for u in r.config.update})
         elif kind == "config":
             out["config"].update({u.key: json.loads(u.value_json) for u in rec.config.update})
         elif kind == "history":
-            out["history"].append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item})
+            out["history"].append(
+                {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item}
+            )
         elif kind == "summary":
             for u in rec.summary.update:
                 out["summary"][u.key or "/".join(u.nested_key)] = json.loads(u.value_json)
         elif kind == "artifact":
             a = rec.artifact
-            out["artifacts"].append({"name": a.name, "type": a.type, "aliases": list(a.aliases), "digest": a.digest,
-                                     "metadata": json.loads(a.metadata) if a.metadata else {},
-                                     "files": [c.path for c in a.manifest.contents]})
+            out["artifacts"].append(
+                {
+                    "name": a.name,
+                    "type": a.type,
+                    "aliases": list(a.aliases),
+                    "digest": a.digest,
+                    "metadata": json.loads(a.metadata) if a.metadata else {},
+                    "files": [c.path for c in a.manifest.contents],
+                }
+            )
     return out
 
 
 def table_rows(run_dir: str | Path, key: str = "samples") -> list[dict[str, Any]]:
     """Every row of every version of the table logged under `key`, as dicts (the table files W&B wrote)."""
     rows = []
-    for f in sorted(Path(run_dir).glob(f"files/media/table/{key}_*.table.json"), key=lambda p: int(p.name.split("_")[1])):
+    for f in sorted(
+        Path(run_dir).glob(f"files/media/table/{key}_*.table.json"), key=lambda p: int(p.name.split("_")[1])
+    ):
         t = json.loads(f.read_text())
         rows += [dict(zip(t["columns"], r, strict=True)) for r in t["data"]]
     return rows

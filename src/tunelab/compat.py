@@ -6,25 +6,66 @@ installed versions, so a library upgrade that moves something breaks that test, 
 
 from __future__ import annotations
 
-
 # The `optim` and `lr_scheduler_type` values transformers' TrainingArguments accepts, mirrored here so
 # a config validates in a fraction of a second (importing transformers.training_args pulls in torch
 # and takes seconds). tests/test_compat.py compares them with the installed transformers' own enums
 # (`OptimizerNames`, `SchedulerType`), so an upgrade that changes them fails that test loudly.
 OPTIMIZERS = (
-    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adafactor",
-    "adamw_anyprecision", "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad",
-    "adamw_bnb_8bit", "adamw_8bit", "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit",
-    "paged_adamw_8bit", "paged_ademamix_32bit", "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit",
-    "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit", "galore_adamw", "galore_adamw_8bit",
-    "galore_adafactor", "galore_adamw_layerwise", "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise",
-    "lomo", "adalomo", "grokadamw", "schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd",
-    "apollo_adamw", "apollo_adamw_layerwise", "stable_adamw",
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_torch_xla",
+    "adamw_torch_npu_fused",
+    "adafactor",
+    "adamw_anyprecision",
+    "adamw_torch_4bit",
+    "adamw_torch_8bit",
+    "ademamix",
+    "sgd",
+    "adagrad",
+    "adamw_bnb_8bit",
+    "adamw_8bit",
+    "ademamix_8bit",
+    "lion_8bit",
+    "lion_32bit",
+    "paged_adamw_32bit",
+    "paged_adamw_8bit",
+    "paged_ademamix_32bit",
+    "paged_ademamix_8bit",
+    "paged_lion_32bit",
+    "paged_lion_8bit",
+    "rmsprop",
+    "rmsprop_bnb",
+    "rmsprop_bnb_8bit",
+    "rmsprop_bnb_32bit",
+    "galore_adamw",
+    "galore_adamw_8bit",
+    "galore_adafactor",
+    "galore_adamw_layerwise",
+    "galore_adamw_8bit_layerwise",
+    "galore_adafactor_layerwise",
+    "lomo",
+    "adalomo",
+    "grokadamw",
+    "schedule_free_radam",
+    "schedule_free_adamw",
+    "schedule_free_sgd",
+    "apollo_adamw",
+    "apollo_adamw_layerwise",
+    "stable_adamw",
 )
 SCHEDULERS = (
-    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-    "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
-    "warmup_stable_decay", "greedy",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+    "greedy",
 )
 
 
@@ -91,9 +132,15 @@ def trackio_hydrated_artifact(rec: dict):
     import trackio
 
     art = trackio.Artifact(rec["name"], type=rec["type"])
-    art._hydrate_from_db(project=rec.get("project"), version=rec["version"], aliases=rec["aliases"],
-                         manifest=rec["manifest"], manifest_digest=rec["manifest_digest"],
-                         size_bytes=rec["size_bytes"], metadata=rec["metadata"])
+    art._hydrate_from_db(
+        project=rec.get("project"),
+        version=rec["version"],
+        aliases=rec["aliases"],
+        manifest=rec["manifest"],
+        manifest_digest=rec["manifest_digest"],
+        size_bytes=rec["size_bytes"],
+        metadata=rec["metadata"],
+    )
     return art
 
 
@@ -160,8 +207,23 @@ def set_hub_offline() -> None:
 # The loss names TRL's stable preference trainers take (`DPOConfig.loss_type`, `KTOConfig.loss_type`),
 # mirrored so a config validates without importing TRL; tests/test_compat.py checks them against
 # the installed TRL's own help text and choices.
-DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+DPO_LOSSES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
 KTO_LOSSES = ("kto", "apo_zero_unpaired")
 
 
@@ -192,6 +254,12 @@ def generation_logits_processors(model, generate_kwargs: dict, prompt_length: in
     from transformers import LogitsProcessorList
 
     config, _ = model._prepare_generation_config(None, **generate_kwargs)
-    return model._get_logits_processor(generation_config=config, input_ids_seq_length=prompt_length, encoder_input_ids=None,
-                                       prefix_allowed_tokens_fn=None, logits_processor=LogitsProcessorList(),
-                                       device=device, model_kwargs={})
+    return model._get_logits_processor(
+        generation_config=config,
+        input_ids_seq_length=prompt_length,
+        encoder_input_ids=None,
+        prefix_allowed_tokens_fn=None,
+        logits_processor=LogitsProcessorList(),
+        device=device,
+        model_kwargs={},
+    )

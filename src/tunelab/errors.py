@@ -60,8 +60,10 @@ def os_error(e: OSError, path: object = None, needed_bytes: int | None = None) -
             free = None
         need = f"{_mb(needed_bytes)} needed, " if needed_bytes else ""
         left = f"{_mb(free)} left" if free is not None else "space left unknown"
-        return TunelabError(f"out of disk space writing {where} ({need}{left})",
-                            hint="free some space or point output.dir / data.cache_dir / tracking.dir at another disk")
+        return TunelabError(
+            f"out of disk space writing {where} ({need}{left})",
+            hint="free some space or point output.dir / data.cache_dir / tracking.dir at another disk",
+        )
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return TunelabError(f"cannot write {where}: {e.strerror.lower() if e.strerror else 'permission denied'}")
     return TunelabError(f"cannot write {where}: {e.strerror or e}")

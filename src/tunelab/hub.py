@@ -46,5 +46,7 @@ def ensure_offline_if_unreachable() -> bool:
 
 def unreachable_message(what: str, name: str) -> str:
     """One line for a hub name that is neither in the local cache nor reachable."""
-    return (f"{what}: {name!r} is not in the local hub cache and the hub is unreachable (offline); "
-            "use a local folder, or run once with network access")
+    return (
+        f"{what}: {name!r} is not in the local hub cache and the hub is unreachable (offline); "
+        "use a local folder, or run once with network access"
+    )

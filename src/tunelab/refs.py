@@ -48,8 +48,10 @@ class ArtifactRef:
     def parse(cls, text: str) -> ArtifactRef:
         store, _, rest = text.partition(":")
         if store not in STORES or not rest:
-            raise RefError(f"{text}: not an artifact reference (use trackio:PROJECT/NAME:VERSION, "
-                           "wandb:ENTITY/PROJECT/NAME:VERSION or mlflow:NAME:VERSION)")
+            raise RefError(
+                f"{text}: not an artifact reference (use trackio:PROJECT/NAME:VERSION, "
+                "wandb:ENTITY/PROJECT/NAME:VERSION or mlflow:NAME:VERSION)"
+            )
         path, _, version = rest.partition(":")
         parts = path.split("/")
         project = entity = None
@@ -60,11 +62,15 @@ class ArtifactRef:
         elif len(parts) == 1:
             name = parts[0]
         else:
-            raise RefError(f"{text}: expected {store}:{'[ENTITY/]' if store == 'wandb' else ''}"
-                           f"{'' if store == 'mlflow' else 'PROJECT/'}NAME[:VERSION]")
+            raise RefError(
+                f"{text}: expected {store}:{'[ENTITY/]' if store == 'wandb' else ''}"
+                f"{'' if store == 'mlflow' else 'PROJECT/'}NAME[:VERSION]"
+            )
         if not _valid_name(name) or (version and not _valid_name(version)):
-            raise RefError(f"{text}: artifact names and versions use letters, digits, '.', '_' and '-' "
-                           "(not '.' or '..', and not starting with '.')")
+            raise RefError(
+                f"{text}: artifact names and versions use letters, digits, '.', '_' and '-' "
+                "(not '.' or '..', and not starting with '.')"
+            )
         return cls(store, project, name, version or None, entity, text)
 
     def in_project(self, default: str) -> ArtifactRef:

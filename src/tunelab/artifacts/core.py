@@ -38,7 +38,9 @@ class Home:
         return cls(tracking_dir(cfg), cfg.tracking.project, cfg.tracking.uri)
 
     @classmethod
-    def default(cls, folder: str | Path | None = None, project: str | None = None, mlflow_uri: str | None = None) -> Home:
+    def default(
+        cls, folder: str | Path | None = None, project: str | None = None, mlflow_uri: str | None = None
+    ) -> Home:
         """For commands without a config: `folder`, else $TUNELAB_TRACKING_DIR, else ./runs/.tracking."""
         d = Path(folder or os.environ.get("TUNELAB_TRACKING_DIR") or "runs/.tracking").expanduser()
         return cls(d.absolute(), project or "tunelab", mlflow_uri)
@@ -98,8 +100,12 @@ class Resolved:
     read_digest: str | None = None  # the digest of the files as they were handed out
 
     def as_record(self) -> dict[str, Any]:
-        return {**self.version.as_record(), "requested": self.requested, "local_path": str(self.path),
-                "read_digest": self.read_digest}
+        return {
+            **self.version.as_record(),
+            "requested": self.requested,
+            "local_path": str(self.path),
+            "read_digest": self.read_digest,
+        }
 
 
 def parse(text: str) -> ArtifactRef:
@@ -130,7 +136,9 @@ def unknown(ref: ArtifactRef, names: list[str], versions: list[str] | None) -> T
     where = f"{ref.store} project {ref.project!r}" if ref.store != "mlflow" else "the MLflow registry"
     if versions is None:
         known = f"known: {', '.join(sorted(names)[:12])}" if names else "it holds no artifacts"
-        return TunelabError(f"{ref.text}: no artifact {ref.name!r} in {where} ({known})",
-                            hint="list them with: tunelab artifacts list")
-    return TunelabError(f"{ref.text}: {ref.name!r} has no version or alias {ref.version!r} "
-                        f"(has: {', '.join(versions)})")
+        return TunelabError(
+            f"{ref.text}: no artifact {ref.name!r} in {where} ({known})", hint="list them with: tunelab artifacts list"
+        )
+    return TunelabError(
+        f"{ref.text}: {ref.name!r} has no version or alias {ref.version!r} (has: {', '.join(versions)})"
+    )

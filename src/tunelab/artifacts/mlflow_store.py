@@ -52,12 +52,23 @@ def log_artifact(c, run_id: str, spec: ArtifactSpec) -> dict[str, Any]:
     for key in ("base_model", "best_metric", "final_eval_loss", "final_train_loss", "step", "run_name"):
         if meta.get(key) is not None:
             tags[f"tunelab.{key}"] = str(meta[key])
-    mv = c.create_model_version(spec.name, f"runs:/{run_id}/{path}", run_id=run_id, tags=tags,
-                                description=json.dumps({k: v for k, v in meta.items() if k != "config"})[:5000])
+    mv = c.create_model_version(
+        spec.name,
+        f"runs:/{run_id}/{path}",
+        run_id=run_id,
+        tags=tags,
+        description=json.dumps({k: v for k, v in meta.items() if k != "config"})[:5000],
+    )
     aliases = [a for a in spec.aliases if a != "latest"]  # MLflow keeps `latest` itself and forbids it as an alias
     for a in aliases:
         c.set_registered_model_alias(spec.name, a, mv.version)
-    return {"store": "mlflow", "name": spec.name, "version": str(mv.version), "aliases": ["latest", *aliases], "native_digest": None}
+    return {
+        "store": "mlflow",
+        "name": spec.name,
+        "version": str(mv.version),
+        "aliases": ["latest", *aliases],
+        "native_digest": None,
+    }
 
 
 class MlflowStore:
@@ -83,9 +94,17 @@ class MlflowStore:
             else:
                 mv = c.get_model_version_by_alias(ref.name, spec)
         except Exception:  # noqa: BLE001 - MlflowException for an unknown version or alias
-            all_versions = [c.get_model_version(ref.name, m.version) for m in c.search_model_versions(f"name='{ref.name}'")]
-            raise unknown(ref, names, [f"{m.version}" + (f" ({', '.join(m.aliases)})" if m.aliases else "")
-                                       for m in sorted(all_versions, key=lambda m: int(m.version))]) from None
+            all_versions = [
+                c.get_model_version(ref.name, m.version) for m in c.search_model_versions(f"name='{ref.name}'")
+            ]
+            raise unknown(
+                ref,
+                names,
+                [
+                    f"{m.version}" + (f" ({', '.join(m.aliases)})" if m.aliases else "")
+                    for m in sorted(all_versions, key=lambda m: int(m.version))
+                ],
+            ) from None
         return self._version(mv)
 
     def _version(self, mv) -> ArtifactVersion:
@@ -95,15 +114,26 @@ class MlflowStore:
         except ValueError:
             pass
         latest = max(int(m.version) for m in self.client.search_model_versions(f"name='{mv.name}'"))
-        return ArtifactVersion(store="mlflow", project="", name=mv.name, type=mv.tags.get("tunelab.type", "model"),
-                               version=str(mv.version), aliases=(["latest"] if int(mv.version) == latest else []) + list(mv.aliases),
-                               digest=mv.tags.get("tunelab.digest"), metadata=meta, producer_run=mv.run_id,
-                               created_at=str(mv.creation_timestamp))
+        return ArtifactVersion(
+            store="mlflow",
+            project="",
+            name=mv.name,
+            type=mv.tags.get("tunelab.type", "model"),
+            version=str(mv.version),
+            aliases=(["latest"] if int(mv.version) == latest else []) + list(mv.aliases),
+            digest=mv.tags.get("tunelab.digest"),
+            metadata=meta,
+            producer_run=mv.run_id,
+            created_at=str(mv.creation_timestamp),
+        )
 
     def versions(self, project: str | None = None) -> list[ArtifactVersion]:
         # search results leave aliases out; get_model_version has them
-        return [self._version(self.client.get_model_version(m.name, mv.version)) for m in self.client.search_registered_models()
-                for mv in sorted(self.client.search_model_versions(f"name='{m.name}'"), key=lambda v: -int(v.version))]
+        return [
+            self._version(self.client.get_model_version(m.name, mv.version))
+            for m in self.client.search_registered_models()
+            for mv in sorted(self.client.search_model_versions(f"name='{m.name}'"), key=lambda v: -int(v.version))
+        ]
 
     def download(self, version: ArtifactVersion, dest: Path) -> None:
         import tempfile
@@ -118,11 +148,15 @@ class MlflowStore:
 
     def push(self, spec: ArtifactSpec, project: str) -> ArtifactVersion:
         if spec.type != "model":
-            raise TunelabError("MLflow's registry holds models only", hint="push datasets to trackio (the default) or W&B")
+            raise TunelabError(
+                "MLflow's registry holds models only", hint="push datasets to trackio (the default) or W&B"
+            )
         exp = experiment_id(self.client, self.dir, self.uri, project)
         run_id = self.client.create_run(exp, run_name=f"upload-{spec.name}", tags={"job_type": "upload"}).info.run_id
         try:
             rec = log_artifact(self.client, run_id, spec)
         finally:
             self.client.set_terminated(run_id)
-        return self.get(ArtifactRef("mlflow", "", spec.name, rec["version"], text=f"mlflow:{spec.name}:{rec['version']}"))
+        return self.get(
+            ArtifactRef("mlflow", "", spec.name, rec["version"], text=f"mlflow:{spec.name}:{rec['version']}")
+        )

@@ -58,8 +58,10 @@ def model_from_folder(path: str) -> ModelArtifact | None:
     config = None
     if (p / "config.yaml").is_file() and ((p / "final").is_dir() or (p / "checkpoints").is_dir()):
         if not RunDir(p).is_complete():
-            raise TunelabError(f"model.name: {path} is a run that has not finished (no final/)",
-                               hint="continue a checkpoint instead: model.name: RUN/checkpoints/step-N")
+            raise TunelabError(
+                f"model.name: {path} is a run that has not finished (no final/)",
+                hint="continue a checkpoint instead: model.name: RUN/checkpoints/step-N",
+            )
         from tunelab.config.load import read_yaml
 
         config, p = read_yaml(p / "config.yaml"), RunDir(p).final
@@ -101,7 +103,9 @@ def check_adapter_fits(art: ModelArtifact, adapter_cfg) -> None:
     if saved.get("r") != adapter_cfg.r:
         mismatch.append(f"adapter.r is {adapter_cfg.r}, the artifact's is {saved.get('r')}")
     if targets != "all-linear" and sorted(saved.get("target_modules") or []) != sorted(targets):
-        mismatch.append(f"adapter.target_modules is {targets}, the artifact's is {sorted(saved.get('target_modules') or [])}")
+        mismatch.append(
+            f"adapter.target_modules is {targets}, the artifact's is {sorted(saved.get('target_modules') or [])}"
+        )
     if mismatch:
         raise TunelabError(f"model.name: {art.ref} cannot be continued: " + "; ".join(mismatch))
 
@@ -111,9 +115,11 @@ def check_adapter_folder(folder: Path) -> None:
     if (folder / "adapter_model.safetensors").is_file():
         return
     if (folder / "adapter_model.bin").is_file():
-        raise TunelabError(f"{folder / 'adapter_model.bin'}: a pickled adapter; tunelab loads safetensors only",
-                           hint="convert it where you trust the file: PeftModel.from_pretrained(...).save_pretrained(DIR) "
-                                "writes adapter_model.safetensors")
+        raise TunelabError(
+            f"{folder / 'adapter_model.bin'}: a pickled adapter; tunelab loads safetensors only",
+            hint="convert it where you trust the file: PeftModel.from_pretrained(...).save_pretrained(DIR) "
+            "writes adapter_model.safetensors",
+        )
     raise TunelabError(f"{folder}: holds no adapter_model.safetensors")
 
 
@@ -126,4 +132,6 @@ def load_adapter_weights(model, adapter_dir: Path) -> None:
     result = set_peft_model_state_dict(model, load_peft_weights(str(adapter_dir)))
     unexpected = getattr(result, "unexpected_keys", None) or []
     if unexpected:
-        raise TunelabError(f"{adapter_dir}: {len(unexpected)} adapter weights do not fit the model (e.g. {unexpected[0]})")
+        raise TunelabError(
+            f"{adapter_dir}: {len(unexpected)} adapter weights do not fit the model (e.g. {unexpected[0]})"
+        )

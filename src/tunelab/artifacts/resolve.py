@@ -77,12 +77,16 @@ def fetch(text: str, home: Home, expected_type: str | None = None) -> Resolved:
             from tunelab.errors import as_user_error
 
             err = as_user_error(e)
-            raise err or TunelabError(f"{text}: the store could not hand out its files ({type(e).__name__}: "
-                                      f"{(str(e).splitlines() or [''])[0][:200]})") from None
+            raise err or TunelabError(
+                f"{text}: the store could not hand out its files ({type(e).__name__}: "
+                f"{(str(e).splitlines() or [''])[0][:200]})"
+            ) from None
         read = content_digest(tmp) if v.digest else None
         if v.digest and read != v.digest:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise TunelabError(f"{text}: the store's files do not match the recorded digest {v.digest[:12]}",
-                               hint="the stored copy was changed after it was logged; push the data again")
+            raise TunelabError(
+                f"{text}: the store's files do not match the recorded digest {v.digest[:12]}",
+                hint="the stored copy was changed after it was logged; push the data again",
+            )
         tmp.rename(cache)
     return Resolved(v, cache, text, read)

@@ -40,9 +40,14 @@ class TrackioStore:
         import trackio
 
         with contextlib.redirect_stdout(io.StringIO()):
-            run = trackio.init(project=project, name=f"upload-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                               config={"job_type": "upload", "source": spec.path.name}, embed=False,
-                               auto_log_cpu=False, auto_log_gpu=False)
+            run = trackio.init(
+                project=project,
+                name=f"upload-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                config={"job_type": "upload", "source": spec.path.name},
+                embed=False,
+                auto_log_cpu=False,
+                auto_log_gpu=False,
+            )
             try:
                 art = log_to_run(run, spec)
             finally:
@@ -57,17 +62,27 @@ class TrackioStore:
             arts = {a["name"]: a for a in SQLiteStorage.list_artifacts(ref.project)}
             if ref.name not in arts:
                 raise unknown(ref, list(arts), None)
-            versions = [f"v{v['version']}" + (f" ({', '.join(v['aliases'])})" if v["aliases"] else "")
-                        for v in arts[ref.name]["versions"]]
+            versions = [
+                f"v{v['version']}" + (f" ({', '.join(v['aliases'])})" if v["aliases"] else "")
+                for v in arts[ref.name]["versions"]
+            ]
             raise unknown(ref, list(arts), versions)
         return self._version(ref.project, rec)
 
     def _version(self, project: str, rec: dict[str, Any]) -> ArtifactVersion:
         meta = dict(rec.get("metadata") or {})
         return ArtifactVersion(
-            store="trackio", project=project, name=rec["name"], type=rec["type"], version=f"v{rec['version']}",
-            aliases=sorted(rec["aliases"]), digest=meta.get("tunelab_digest"), native_digest=rec["manifest_digest"],
-            size_bytes=rec["size_bytes"], metadata=meta, producer_run=rec.get("producer_run_name"),
+            store="trackio",
+            project=project,
+            name=rec["name"],
+            type=rec["type"],
+            version=f"v{rec['version']}",
+            aliases=sorted(rec["aliases"]),
+            digest=meta.get("tunelab_digest"),
+            native_digest=rec["manifest_digest"],
+            size_bytes=rec["size_bytes"],
+            metadata=meta,
+            producer_run=rec.get("producer_run_name"),
             created_at=rec.get("created_at"),
         )
 
@@ -101,5 +116,8 @@ class TrackioStore:
         if producer:
             links = SQLiteStorage.get_run_artifacts(version.project, producer, rec.get("producer_run_id"))
             inputs = [f"trackio:{i['project']}/{i['name']}:v{i['version']}" for i in links.get("input", [])]
-        consumers = [c.get("run_name") or c.get("name") for c in SQLiteStorage.get_artifact_consumers(version.project, rec["version_id"])]
+        consumers = [
+            c.get("run_name") or c.get("name")
+            for c in SQLiteStorage.get_artifact_consumers(version.project, rec["version_id"])
+        ]
         return {"producer_run": producer, "producer_inputs": inputs, "consumers": [c for c in consumers if c]}

@@ -34,16 +34,26 @@ def preflight(mode: str | None) -> None:
     if wandb_mode(mode) == "online" and not has_api_key():
         raise TunelabError(
             "tracking: W&B online mode needs an API key, and none is set (WANDB_API_KEY or `wandb login`)",
-            hint="log offline instead with tracking.mode=offline (or WANDB_MODE=offline) and upload later with `wandb sync`",
+            hint="log offline instead with tracking.mode=offline (or WANDB_MODE=offline) "
+            "and upload later with `wandb sync`",
         )
 
 
 def settings(mode: str, timeout_s: float):
     import wandb
 
-    return wandb.Settings(mode=mode, x_disable_meta=True, x_disable_stats=True, disable_git=True, save_code=False,
-                          disable_job_creation=True, console="off", silent=True, init_timeout=timeout_s,
-                          x_save_requirements=False)
+    return wandb.Settings(
+        mode=mode,
+        x_disable_meta=True,
+        x_disable_stats=True,
+        disable_git=True,
+        save_code=False,
+        disable_job_creation=True,
+        console="off",
+        silent=True,
+        init_timeout=timeout_s,
+        x_save_requirements=False,
+    )
 
 
 class WandbStore:
@@ -57,9 +67,11 @@ class WandbStore:
 
     def _api(self, ref_text: str):
         if wandb_mode(None) != "online" or not has_api_key():
-            raise TunelabError(f"{ref_text}: resolving a W&B artifact needs W&B online with an API key",
-                               hint="set WANDB_MODE=online and WANDB_API_KEY, or push the files to trackio: "
-                                    "tunelab artifacts push PATH --name N --type T")
+            raise TunelabError(
+                f"{ref_text}: resolving a W&B artifact needs W&B online with an API key",
+                hint="set WANDB_MODE=online and WANDB_API_KEY, or push the files to trackio: "
+                "tunelab artifacts push PATH --name N --type T",
+            )
         import wandb
 
         return wandb.Api(timeout=30)
@@ -72,10 +84,20 @@ class WandbStore:
         except Exception as e:  # noqa: BLE001 - the public API raises CommError / ValueError alike
             raise TunelabError(f"{ref.text}: W&B cannot resolve it ({str(e).splitlines()[0][:200]})") from None
         meta = dict(art.metadata or {})
-        return ArtifactVersion(store="wandb", project=art.project, name=art.name.split(":")[0], type=art.type,
-                               version=art.version, aliases=list(art.aliases), digest=meta.get("tunelab_digest"),
-                               native_digest=art.digest, size_bytes=art.size, metadata=meta,
-                               producer_run=getattr(art.logged_by(), "name", None), created_at=str(art.created_at))
+        return ArtifactVersion(
+            store="wandb",
+            project=art.project,
+            name=art.name.split(":")[0],
+            type=art.type,
+            version=art.version,
+            aliases=list(art.aliases),
+            digest=meta.get("tunelab_digest"),
+            native_digest=art.digest,
+            size_bytes=art.size,
+            metadata=meta,
+            producer_run=getattr(art.logged_by(), "name", None),
+            created_at=str(art.created_at),
+        )
 
     def download(self, version: ArtifactVersion, dest: Path) -> None:
         api = self._api(version.ref)
@@ -88,8 +110,14 @@ class WandbStore:
         import wandb
 
         mode = wandb_mode(None)
-        run = wandb.init(project=project, job_type="upload", name=f"upload-{spec.name}", dir=str(self.dir),
-                         settings=settings(mode, 30), reinit="create_new")
+        run = wandb.init(
+            project=project,
+            job_type="upload",
+            name=f"upload-{spec.name}",
+            dir=str(self.dir),
+            settings=settings(mode, 30),
+            reinit="create_new",
+        )
         try:
             art = wandb.Artifact(spec.name, type=spec.type, metadata={**spec.metadata, "tunelab_digest": spec.digest})
             (art.add_dir if spec.path.is_dir() else art.add_file)(str(spec.path))
@@ -101,7 +129,15 @@ class WandbStore:
             wandb.teardown()
         if mode == "online":
             art.wait(timeout=60)
-        return ArtifactVersion(store="wandb", project=project, name=spec.name, type=spec.type,
-                               version=art.version if mode == "online" else "offline",  # numbered by `wandb sync`
-                               aliases=list(dict.fromkeys(["latest", *spec.aliases])), digest=spec.digest,
-                               native_digest=art.digest, metadata=spec.metadata, producer_run=str(sync_dir))
+        return ArtifactVersion(
+            store="wandb",
+            project=project,
+            name=spec.name,
+            type=spec.type,
+            version=art.version if mode == "online" else "offline",  # numbered by `wandb sync`
+            aliases=list(dict.fromkeys(["latest", *spec.aliases])),
+            digest=spec.digest,
+            native_digest=art.digest,
+            metadata=spec.metadata,
+            producer_run=str(sync_dir),
+        )

@@ -19,7 +19,8 @@ out = Console(emoji=False)
 
 ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML).", show_default=False)]
 OverridesArg = Annotated[
-    list[str] | None, typer.Argument(help="Dotted overrides, e.g. adapter.r=16 training.learning_rate=1e-4.", show_default=False)
+    list[str] | None,
+    typer.Argument(help="Dotted overrides, e.g. adapter.r=16 training.learning_rate=1e-4.", show_default=False),
 ]
 
 
@@ -64,8 +65,10 @@ def user_errors(fn):
 
 
 # Modules whose warnings tunelab's output leaves out (they speak to library authors, not users).
-LIBRARY_MODULES = (r"(transformers|trl|peft|bitsandbytes|torch|datasets|accelerate|huggingface_hub|tokenizers|trackio|"
-                   r"wandb|mlflow|gradio|gradio_client|pydantic|tensorboard|evaluate|rouge_score|sacrebleu|matplotlib)(\.|$)")
+LIBRARY_MODULES = (
+    r"(transformers|trl|peft|bitsandbytes|torch|datasets|accelerate|huggingface_hub|tokenizers|trackio|"
+    r"wandb|mlflow|gradio|gradio_client|pydantic|tensorboard|evaluate|rouge_score|sacrebleu|matplotlib)(\.|$)"
+)
 
 
 def _quiet_libraries() -> None:

@@ -24,17 +24,39 @@ METRIC_ROWS = {
 
 @user_errors
 def eval_(
-    target: Annotated[str, typer.Argument(help="Run directory, model or adapter folder, or hub id.", show_default=False)],
-    data: Annotated[str | None, typer.Option("--data", help="Evaluate on this source (file, folder, hub id, synthetic:N...) instead of the run's test split.")] = None,
-    split: Annotated[str, typer.Option("--split", help="The run's `test` or `train` split; with --data, the hub split to read.")] = "test",
+    target: Annotated[
+        str, typer.Argument(help="Run directory, model or adapter folder, or hub id.", show_default=False)
+    ],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="Evaluate on this source (file, folder, hub id, synthetic:N...) instead of the run's test split.",
+        ),
+    ] = None,
+    split: Annotated[
+        str, typer.Option("--split", help="The run's `test` or `train` split; with --data, the hub split to read.")
+    ] = "test",
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N examples.")] = None,
-    baseline: Annotated[str | None, typer.Option("--baseline", help="Compare with this target (default: a LoRA run's base model).")] = None,
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", help="Compare with this target (default: a LoRA run's base model).")
+    ] = None,
     no_baseline: Annotated[bool, typer.Option("--no-baseline", help="Evaluate the target alone.")] = False,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write eval.json and eval_samples.jsonl (default: the run directory).")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Tokens generated per answer (default: the run's samples setting).")] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where to write eval.json and eval_samples.jsonl (default: the run directory)."),
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option("--max-new-tokens", help="Tokens generated per answer (default: the run's samples setting)."),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Prompts generated together.")] = None,
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own Python code; "
-                                                    "a run's saved config never grants it.")] = False,
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option(
+            "--trust-remote-code", help="Allow the model's own Python code; a run's saved config never grants it."
+        ),
+    ] = False,
 ):
     """Score a model on held-out prompts against its base: loss, perplexity, exact match, ROUGE-L, BLEU, chrF."""
     from tunelab.cli.common import _quiet_libraries, console
@@ -48,10 +70,21 @@ def eval_(
     _quiet_libraries()
     from tunelab.evaluation.runner import evaluate
 
-    result = evaluate(target, data=data, split=split, limit=limit, baseline=baseline, use_baseline=not no_baseline,
-                      out_dir=out_dir, max_new_tokens=max_new_tokens, batch_size=batch_size, console=console,
-                      trust_remote_code=trust_remote_code)
+    result = evaluate(
+        target,
+        data=data,
+        split=split,
+        limit=limit,
+        baseline=baseline,
+        use_baseline=not no_baseline,
+        out_dir=out_dir,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        console=console,
+        trust_remote_code=trust_remote_code,
+    )
     _print_results(result)
+
 
 @user_errors
 def report(

@@ -13,14 +13,22 @@ from typing import Annotated
 
 import typer
 
-TargetArg = Annotated[str, typer.Argument(help="A run directory, a model or adapter folder, or a hub id.", show_default=False)]
+TargetArg = Annotated[
+    str, typer.Argument(help="A run directory, a model or adapter folder, or a hub id.", show_default=False)
+]
 MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", help="Most tokens to generate per answer.")]
 Temperature = Annotated[float, typer.Option(help="0: greedy decoding; above 0: sample at this temperature.")]
 TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling threshold (with --temperature > 0).")]
 Seed = Annotated[int, typer.Option(help="Sampling seed.")]
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: the run's model.device).")]
-Trust = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own Python code (auto_map). Off "
-                                     "unless given here: a run's saved config never grants it.")]
+Trust = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        help="Allow the model's own Python code (auto_map). Off "
+        "unless given here: a run's saved config never grants it.",
+    ),
+]
 
 
 def _settings(max_new_tokens: int, temperature: float, top_p: float, seed: int, batch_size: int = 1):
@@ -35,8 +43,14 @@ def _settings(max_new_tokens: int, temperature: float, top_p: float, seed: int, 
         raise TunelabError("--top-p: must be in (0, 1]")
     if batch_size <= 0:
         raise TunelabError("--batch-size: must be positive")
-    return GenerationSettings(max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
-                              top_p=top_p, batch_size=batch_size, seed=seed)
+    return GenerationSettings(
+        max_new_tokens=max_new_tokens,
+        do_sample=temperature > 0,
+        temperature=temperature or 1.0,
+        top_p=top_p,
+        batch_size=batch_size,
+        seed=seed,
+    )
 
 
 def _load(target_text: str, device: str | None, trust_remote_code: bool = False):
@@ -56,7 +70,10 @@ def _check_room(model, n_prompt: int, max_new: int) -> None:
 
     ctx = context_length(model)
     if n_prompt + max_new > ctx:
-        raise TunelabError(f"the prompt has {n_prompt} tokens; with --max-new-tokens {max_new} that exceeds the model's context of {ctx}")
+        raise TunelabError(
+            f"the prompt has {n_prompt} tokens; with --max-new-tokens {max_new} "
+            f"that exceeds the model's context of {ctx}"
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -67,10 +84,19 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def generate(
         target: TargetArg,
-        instruction: Annotated[str | None, typer.Argument(help="The instruction to answer.", show_default=False)] = None,
-        input: Annotated[str, typer.Option("--input", help="Input / context for the instruction (Alpaca's input field).")] = "",
-        file: Annotated[Path | None, typer.Option("--file", help="JSONL file of prompts (rows in the run's data format).")] = None,
-        out_file: Annotated[Path | None, typer.Option("--out", help="With --file: where to write the answers (default PROMPTS.generations.jsonl).")] = None,
+        instruction: Annotated[
+            str | None, typer.Argument(help="The instruction to answer.", show_default=False)
+        ] = None,
+        input: Annotated[
+            str, typer.Option("--input", help="Input / context for the instruction (Alpaca's input field).")
+        ] = "",
+        file: Annotated[
+            Path | None, typer.Option("--file", help="JSONL file of prompts (rows in the run's data format).")
+        ] = None,
+        out_file: Annotated[
+            Path | None,
+            typer.Option("--out", help="With --file: where to write the answers (default PROMPTS.generations.jsonl)."),
+        ] = None,
         max_new_tokens: MaxNewTokens = 256,
         temperature: Temperature = 0.0,
         top_p: TopP = 1.0,
@@ -79,11 +105,15 @@ def register(app: typer.Typer) -> None:
         device: Device = None,
         trust_remote_code: Trust = False,
     ):
-        """Answer an instruction (streamed as it is generated) or a file of prompts, in the format the model was trained on."""
+        """Answer an instruction (streamed as it is generated) or a file of prompts, in the format the model was
+        trained on."""
         from tunelab.errors import TunelabError
 
         if (instruction is None) == (file is None):
-            raise TunelabError("give either an INSTRUCTION or --file PROMPTS.jsonl", hint='tunelab generate runs/r1 "Reverse the words." --input "a b c"')
+            raise TunelabError(
+                "give either an INSTRUCTION or --file PROMPTS.jsonl",
+                hint='tunelab generate runs/r1 "Reverse the words." --input "a b c"',
+            )
         settings = _settings(max_new_tokens, temperature, top_p, seed, batch_size)
         if file is not None:
             _generate_file(target, file, out_file, settings, device, trust_remote_code)
@@ -93,7 +123,9 @@ def register(app: typer.Typer) -> None:
         from tunelab.inference.prompts import instruction_row, prompt_text
 
         t, model, tokenizer, prompt_cfg = _load(target, device, trust_remote_code)
-        ids = encode_prompt(tokenizer, prompt_text(instruction_row(instruction or "", input, prompt_cfg), prompt_cfg, tokenizer))
+        ids = encode_prompt(
+            tokenizer, prompt_text(instruction_row(instruction or "", input, prompt_cfg), prompt_cfg, tokenizer)
+        )
         _check_room(model, len(ids), max_new_tokens)
         console.print(f"[dim]{t.name}: {prompt_cfg.format} prompt, {len(ids)} tokens[/]", highlight=False)
         for piece in stream_generate(model, tokenizer, ids, settings):
@@ -101,7 +133,9 @@ def register(app: typer.Typer) -> None:
             sys.stdout.flush()
         sys.stdout.write("\n")
 
-    def _generate_file(target: str, file: Path, out_file: Path | None, settings, device: str | None, trust: bool) -> None:
+    def _generate_file(
+        target: str, file: Path, out_file: Path | None, settings, device: str | None, trust: bool
+    ) -> None:
         import json
         import time
 
@@ -128,7 +162,11 @@ def register(app: typer.Typer) -> None:
             for row, answer in zip(rows, answers, strict=True):
                 f.write(json.dumps({**row, "generation": answer}, ensure_ascii=False) + "\n")
         tmp.replace(dest)
-        out.print(f"wrote {len(answers)} answers to {dest} ({time.perf_counter() - start:.1f} s, {prompt_cfg.format} prompts)", highlight=False)
+        out.print(
+            f"wrote {len(answers)} answers to {dest} "
+            f"({time.perf_counter() - start:.1f} s, {prompt_cfg.format} prompts)",
+            highlight=False,
+        )
 
     @app.command()
     @user_errors
@@ -142,7 +180,8 @@ def register(app: typer.Typer) -> None:
         device: Device = None,
         trust_remote_code: Trust = False,
     ):
-        """Talk to a model in the terminal: multi-turn for chat-trained models, one instruction at a time for Alpaca-style ones. /reset, /exit."""
+        """Talk to a model in the terminal: multi-turn for chat-trained models, one instruction at a time for
+        Alpaca-style ones. /reset, /exit."""
         from tunelab.cli.common import console
         from tunelab.errors import TunelabError
         from tunelab.inference.chat import ChatSession
@@ -152,7 +191,11 @@ def register(app: typer.Typer) -> None:
         settings = _settings(max_new_tokens, temperature, top_p, seed)
         t, model, tokenizer, prompt_cfg = _load(target, device, trust_remote_code)
         session = ChatSession(tokenizer, prompt_cfg, context_length(model) - max_new_tokens, system)
-        mode = "multi-turn (chat template)" if session.multi_turn else f"single-turn: each message is asked on its own ({prompt_cfg.format} template)"
+        mode = (
+            "multi-turn (chat template)"
+            if session.multi_turn
+            else f"single-turn: each message is asked on its own ({prompt_cfg.format} template)"
+        )
         console.print(f"chat with [bold]{t.name}[/], {mode}. /reset clears the history, /exit quits.", highlight=False)
         if sys.stdin.isatty():
             import readline  # noqa: F401  (line editing and history for input())
@@ -173,7 +216,9 @@ def register(app: typer.Typer) -> None:
                     console.print("[dim]history cleared[/]")
                     continue
                 if line.startswith("/"):
-                    console.print(f"[dim]unknown command {line}; /reset clears the history, /exit quits[/]", highlight=False)
+                    console.print(
+                        f"[dim]unknown command {line}; /reset clears the history, /exit quits[/]", highlight=False
+                    )
                     continue
                 try:
                     ids = session.ask(line)
@@ -195,13 +240,18 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def merge(
         target: TargetArg,
-        out_dir: Annotated[Path, typer.Option("-o", "--out", help="Folder to write the merged model to.", show_default=False)],
-        dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32; auto: the dtype the base model was published in.")] = "auto",
+        out_dir: Annotated[
+            Path, typer.Option("-o", "--out", help="Folder to write the merged model to.", show_default=False)
+        ],
+        dtype: Annotated[
+            str, typer.Option(help="bf16, fp16 or fp32; auto: the dtype the base model was published in.")
+        ] = "auto",
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")] = False,
         device: Device = None,
         trust_remote_code: Trust = False,
     ):
-        """Merge a LoRA adapter into its base (reloaded unquantized) and check the merged logits match the adapter model's."""
+        """Merge a LoRA adapter into its base (reloaded unquantized) and check the merged logits match the adapter
+        model's."""
         from tunelab.cli.common import _quiet_libraries, out
         from tunelab.inference.export import hf_commands
         from tunelab.inference.merge import merge_target
@@ -218,18 +268,37 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def export(
         target: TargetArg,
-        fmt: Annotated[str, typer.Option("--format", help="hf: a full model folder (LoRA merged); adapter: the PEFT adapter alone; "
-                                         "gguf: one GGUF file (LoRA merged) + an Ollama Modelfile, for llama.cpp, Ollama, LM Studio.")],
+        fmt: Annotated[
+            str,
+            typer.Option(
+                "--format",
+                help="hf: a full model folder (LoRA merged); adapter: the PEFT adapter alone; "
+                "gguf: one GGUF file (LoRA merged) + an Ollama Modelfile, for llama.cpp, Ollama, LM Studio.",
+            ),
+        ],
         out_dir: Annotated[Path, typer.Option("-o", "--out", help="Folder to write.", show_default=False)],
-        dtype: Annotated[str, typer.Option(help="hf, gguf: bf16, fp16 or fp32 for the merge; auto: the base model's dtype.")] = "auto",
-        quant: Annotated[str | None, typer.Option("--quant", help="gguf: f16 (default), bf16, q8_0, q5_0, q4_0 or f32. Converted from "
-                                                  "the merged unquantized weights; norms stay f32.")] = None,
+        dtype: Annotated[
+            str, typer.Option(help="hf, gguf: bf16, fp16 or fp32 for the merge; auto: the base model's dtype.")
+        ] = "auto",
+        quant: Annotated[
+            str | None,
+            typer.Option(
+                "--quant",
+                help="gguf: f16 (default), bf16, q8_0, q5_0, q4_0 or f32. Converted from "
+                "the merged unquantized weights; norms stay f32.",
+            ),
+        ] = None,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")] = False,
-        push_to_hub: Annotated[str | None, typer.Option("--push-to-hub", help="Also upload to this hub repo (token from env HF_TOKEN).")] = None,
-        public: Annotated[bool, typer.Option("--public", help="With --push-to-hub: create the repo public (default private).")] = False,
+        push_to_hub: Annotated[
+            str | None, typer.Option("--push-to-hub", help="Also upload to this hub repo (token from env HF_TOKEN).")
+        ] = None,
+        public: Annotated[
+            bool, typer.Option("--public", help="With --push-to-hub: create the repo public (default private).")
+        ] = False,
         trust_remote_code: Trust = False,
     ):
-        """Write a folder serving engines load as it is (vLLM, TGI, transformers, PEFT, llama.cpp, Ollama) and print the commands that serve it."""
+        """Write a folder serving engines load as it is (vLLM, TGI, transformers, PEFT, llama.cpp, Ollama) and print
+        the commands that serve it."""
         from rich.markup import escape
 
         from tunelab.cli.common import _quiet_libraries, out
@@ -247,7 +316,10 @@ def register(app: typer.Typer) -> None:
                 raise TunelabError("--quant: only with --format gguf")
             check_quant(quant)
         if push_to_hub and not os.environ.get("HF_TOKEN"):
-            raise TunelabError("--push-to-hub: HF_TOKEN is not set", hint="export HF_TOKEN=<a write token>; tunelab reads it from the environment only")
+            raise TunelabError(
+                "--push-to-hub: HF_TOKEN is not set",
+                hint="export HF_TOKEN=<a write token>; tunelab reads it from the environment only",
+            )
         t = resolve_target(target, trust_remote_code)
         _quiet_libraries()
         result = export_target(t, out_dir, fmt, dtype, overwrite, quant)
@@ -266,22 +338,57 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def serve(
         target: TargetArg,
-        host: Annotated[str, typer.Option(help="Address to bind; anything but 127.0.0.1 / localhost exposes the server to the network.")] = "127.0.0.1",
+        host: Annotated[
+            str,
+            typer.Option(help="Address to bind; anything but 127.0.0.1 / localhost exposes the server to the network."),
+        ] = "127.0.0.1",
         port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-        api_key: Annotated[str | None, typer.Option("--api-key", envvar="TUNELAB_API_KEY", show_envvar=True,
-                                                    help="Require `Authorization: Bearer KEY` (prefer the env var: the command line is visible to other users).")] = None,
-        adapter: Annotated[list[str] | None, typer.Option("--adapter", help="Another LoRA adapter over the same base, NAME=PATH; repeatable.")] = None,
-        name: Annotated[str | None, typer.Option(help="Model id of TARGET (default: the run's or folder's name).")] = None,
-        max_tokens_limit: Annotated[int, typer.Option("--max-tokens-limit", help="Most tokens one request may ask to generate.")] = 1024,
-        max_batch: Annotated[int, typer.Option("--max-batch", help="Most sequences decoding at once (continuous batching; bounds the KV-cache "
-                                               "memory). 1: one request at a time, the exact answers of `tunelab generate`.")] = 16,
-        max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body in MB; larger ones get a 413 before they are read.")] = 4.0,
-        backend: Annotated[str, typer.Option(help="tunelab: this process serves the model; vllm: start vLLM's OpenAI server on it "
-                                             "(base + LoRA modules, same model ids; needs vLLM installed).")] = "tunelab",
+        api_key: Annotated[
+            str | None,
+            typer.Option(
+                "--api-key",
+                envvar="TUNELAB_API_KEY",
+                show_envvar=True,
+                help="Require `Authorization: Bearer KEY` "
+                "(prefer the env var: the command line is visible to other users).",
+            ),
+        ] = None,
+        adapter: Annotated[
+            list[str] | None,
+            typer.Option("--adapter", help="Another LoRA adapter over the same base, NAME=PATH; repeatable."),
+        ] = None,
+        name: Annotated[
+            str | None, typer.Option(help="Model id of TARGET (default: the run's or folder's name).")
+        ] = None,
+        max_tokens_limit: Annotated[
+            int, typer.Option("--max-tokens-limit", help="Most tokens one request may ask to generate.")
+        ] = 1024,
+        max_batch: Annotated[
+            int,
+            typer.Option(
+                "--max-batch",
+                help="Most sequences decoding at once (continuous batching; bounds the KV-cache "
+                "memory). 1: one request at a time, the exact answers of `tunelab generate`.",
+            ),
+        ] = 16,
+        max_body_mb: Annotated[
+            float,
+            typer.Option(
+                "--max-body-mb", help="Largest request body in MB; larger ones get a 413 before they are read."
+            ),
+        ] = 4.0,
+        backend: Annotated[
+            str,
+            typer.Option(
+                help="tunelab: this process serves the model; vllm: start vLLM's OpenAI server on it "
+                "(base + LoRA modules, same model ids; needs vLLM installed)."
+            ),
+        ] = "tunelab",
         device: Device = None,
         trust_remote_code: Trust = False,
     ):
-        """An OpenAI-compatible server (/v1/completions, /v1/chat/completions, streaming) for TARGET and its adapters."""
+        """An OpenAI-compatible server (/v1/completions, /v1/chat/completions, streaming) for TARGET and its
+        adapters."""
         from tunelab.cli.common import _quiet_libraries, console
         from tunelab.errors import TunelabError
         from tunelab.inference.engine import load_engine, parse_adapter_spec
@@ -303,21 +410,36 @@ def register(app: typer.Typer) -> None:
         if backend == "vllm":
             from tunelab.inference.vllm_backend import serve_vllm
 
-            code = serve_vllm(target, adapter or [], name, host, port, api_key, max_batch,
-                              say=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
-                              trust_remote_code=trust_remote_code)
+            code = serve_vllm(
+                target,
+                adapter or [],
+                name,
+                host,
+                port,
+                api_key,
+                max_batch,
+                say=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
+                trust_remote_code=trust_remote_code,
+            )
             raise typer.Exit(code)
         _quiet_libraries()
-        engine = load_engine(target, adapter or [], name=name, device=device, max_batch=max_batch,
-                             trust_remote_code=trust_remote_code)
+        engine = load_engine(
+            target, adapter or [], name=name, device=device, max_batch=max_batch, trust_remote_code=trust_remote_code
+        )
         from tunelab.inference.server import configure_logging, run_server
 
         configure_logging()
         auth = "API key required" if api_key else "no API key"
         batching = f"batches of up to {engine.max_batch}" if engine.max_batch > 1 else "one request at a time"
-        console.print(f"serving {', '.join(engine.models)} on http://{host}:{port}/v1 ({auth}, "
-                      f"context {engine.context_length} tokens, max_tokens <= {max_tokens_limit}, {batching}); Ctrl-C stops", highlight=False)
+        console.print(
+            f"serving {', '.join(engine.models)} on http://{host}:{port}/v1 ({auth}, "
+            f"context {engine.context_length} tokens, max_tokens <= {max_tokens_limit}, {batching}); Ctrl-C stops",
+            highlight=False,
+        )
         if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-            console.print(f"[yellow]warning:[/] bound to {host} without an API key: anyone who can reach this port can use the model")
+            console.print(
+                f"[yellow]warning:[/] bound to {host} without an API key: "
+                "anyone who can reach this port can use the model"
+            )
         run_server(engine, host, port, api_key, max_tokens_limit, max_body_bytes=int(max_body_mb * 2**20))
         console.print("server stopped")

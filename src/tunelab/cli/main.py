@@ -35,14 +35,34 @@ def train(
     config: ConfigArg,
     overrides: OverridesArg = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its newest checkpoint.")] = False,
-    nproc: Annotated[int, typer.Option("--nproc", help="Processes on this machine, one per GPU, started through torch's "
-                                       "elastic launcher (torchrun); the config's distributed section says how they share the run.")] = 1,
-    nnodes: Annotated[int, typer.Option("--nnodes", help="Machines in the job; run this command on each with its --node-rank.")] = 1,
-    node_rank: Annotated[int, typer.Option("--node-rank", help="This machine's number, 0 to nnodes-1 (0 hosts the rendezvous).")] = 0,
-    master_addr: Annotated[str | None, typer.Option("--master-addr", help="Address of the --node-rank 0 machine (needed with --nnodes > 1).",
-                                                    show_default=False)] = None,
-    master_port: Annotated[int | None, typer.Option("--master-port", help="Rendezvous port there (default: a free one on one "
-                                                    "machine, 29500 across machines).", show_default=False)] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            help="Processes on this machine, one per GPU, started through torch's "
+            "elastic launcher (torchrun); the config's distributed section says how they share the run.",
+        ),
+    ] = 1,
+    nnodes: Annotated[
+        int, typer.Option("--nnodes", help="Machines in the job; run this command on each with its --node-rank.")
+    ] = 1,
+    node_rank: Annotated[
+        int, typer.Option("--node-rank", help="This machine's number, 0 to nnodes-1 (0 hosts the rendezvous).")
+    ] = 0,
+    master_addr: Annotated[
+        str | None,
+        typer.Option(
+            "--master-addr", help="Address of the --node-rank 0 machine (needed with --nnodes > 1).", show_default=False
+        ),
+    ] = None,
+    master_port: Annotated[
+        int | None,
+        typer.Option(
+            "--master-port",
+            help="Rendezvous port there (default: a free one on one machine, 29500 across machines).",
+            show_default=False,
+        ),
+    ] = None,
 ):
     """Fine-tune a model as the config says; writes runs/<name>/.
 
@@ -78,17 +98,27 @@ def _print_summary(s, cfg) -> None:
     t.add_row("steps", str(s.steps))
     t.add_row("final train loss", _fmt(s.final_train_loss))
     t.add_row("final eval loss", _fmt(s.final_eval_loss))
-    t.add_row("train tokens/s", f"{s.tokens_per_s:,.0f}" + (f" ({s.world_size} processes, {s.strategy})" if (s.world_size or 1) > 1 else ""))
+    t.add_row(
+        "train tokens/s",
+        f"{s.tokens_per_s:,.0f}" + (f" ({s.world_size} processes, {s.strategy})" if (s.world_size or 1) > 1 else ""),
+    )
     if s.global_batch:
         t.add_row("global batch", f"{s.global_batch} sequences per step")
     t.add_row("wall time", f"{s.wall_time_s:.1f} s (samples {s.sample_time_s:.1f} s)")
-    t.add_row("peak memory", f"{s.peak_rss_mb:,.0f} MB RSS" + (f", {s.peak_gpu_mb:,.0f} MB GPU" if s.peak_gpu_mb else "")
-              + (" (all processes)" if (s.world_size or 1) > 1 else ""))
+    t.add_row(
+        "peak memory",
+        f"{s.peak_rss_mb:,.0f} MB RSS"
+        + (f", {s.peak_gpu_mb:,.0f} MB GPU" if s.peak_gpu_mb else "")
+        + (" (all processes)" if (s.world_size or 1) > 1 else ""),
+    )
     if s.mfu is not None:
         t.add_row("MFU", f"{s.mfu:.1%} of {s.peak_tflops:,.2f} TFLOP/s measured")
     if s.samples_exact_match_after is not None:
         before = s.samples_exact_match_before
-        t.add_row("sample exact match", (f"{before:.1%} before -> " if before is not None else "") + f"{s.samples_exact_match_after:.1%} after")
+        t.add_row(
+            "sample exact match",
+            (f"{before:.1%} before -> " if before is not None else "") + f"{s.samples_exact_match_after:.1%} after",
+        )
     rd = s.run_dir
     t.add_row("written", f"{rd}/final (model + tokenizer), config.yaml, metrics.jsonl, samples.jsonl, summary.json")
     out.print(t)
@@ -124,7 +154,10 @@ def try_it_command(run_dir: str, cfg) -> str | None:
         words = row[cfg.prompt.text_field].split()
         args = [" ".join(words[: min(8, max(1, len(words) // 2))])]
     else:
-        return f"tunelab generate {shlex.quote(run_dir)} --file PROMPTS.jsonl   # rows with {cfg.prompt.template!r}'s fields"
+        return (
+            f"tunelab generate {shlex.quote(run_dir)} --file PROMPTS.jsonl   "
+            f"# rows with {cfg.prompt.template!r}'s fields"
+        )
     return shlex.join(["tunelab", "generate", run_dir, *args])
 
 
@@ -137,8 +170,12 @@ def _fmt(x) -> str:
 def validate(
     config: ConfigArg,
     overrides: OverridesArg = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Check as for `train --resume` (a checkpoint to continue).")] = False,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit 2 on notes too (things that could not be checked, e.g. offline).")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Check as for `train --resume` (a checkpoint to continue).")
+    ] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 2 on notes too (things that could not be checked, e.g. offline).")
+    ] = False,
 ):
     """Check everything about a run without loading weights: config, device, precision, model, data, output folders.
 
@@ -167,7 +204,9 @@ def validate(
 @app.command("config")
 @user_errors
 def config_schema(
-    section: Annotated[str | None, typer.Argument(help="Only this section (model, data, training, ...).", show_default=False)] = None,
+    section: Annotated[
+        str | None, typer.Argument(help="Only this section (model, data, training, ...).", show_default=False)
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The JSON schema of the whole config instead.")] = False,
 ):
     """Every config field: its dotted key, type, default and what it does."""

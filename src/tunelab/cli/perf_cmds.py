@@ -16,17 +16,29 @@ def plan(
     memory: Annotated[str | None, typer.Option(help="Memory to plan for, e.g. 24GB (default: this machine's).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: the config's device).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
-    nproc: Annotated[int, typer.Option("--nproc", help="Processes per machine (as for train --nproc): plan one rank's memory "
-                                       "under the config's distributed.strategy.")] = 1,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            help="Processes per machine (as for train --nproc): plan one rank's memory "
+            "under the config's distributed.strategy.",
+        ),
+    ] = 1,
     nnodes: Annotated[int, typer.Option("--nnodes", help="Machines (as for train --nnodes).")] = 1,
-    model_config: Annotated[Path | None, typer.Option("--model-config", help="Plan with this config.json (or a folder holding "
-                                                      "one) instead of model.name's: a hub model while offline.",
-                                                      show_default=False)] = None,
+    model_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--model-config",
+            help="Plan with this config.json (or a folder holding "
+            "one) instead of model.name's: a hub model while offline.",
+            show_default=False,
+        ),
+    ] = None,
 ):
     """Estimate a run's peak memory from the model config alone (no weights are loaded); with --nproc,
     the memory of each rank."""
-    from rich.text import Text
     from rich.table import Table
+    from rich.text import Text
 
     from tunelab.cli.common import _quiet_libraries
     from tunelab.config import load_config
@@ -66,32 +78,45 @@ def plan(
     if ck == "auto" and advice["checkpointing_needed"]:
         the_plan = estimate(cfg, dev, checkpointing=True)
     if as_json:
-        out.print_json(json.dumps({**plan_to_json(the_plan), "budget_bytes": int(budget), **advice,
-                                   **plan_summary(strategy, world), "refused": refused}))
+        out.print_json(
+            json.dumps(
+                {
+                    **plan_to_json(the_plan),
+                    "budget_bytes": int(budget),
+                    **advice,
+                    **plan_summary(strategy, world),
+                    "refused": refused,
+                }
+            )
+        )
         return
     ranks = f", per rank of {world} ({strategy})" if world > 1 else ""
-    t = Table(title=f"memory plan: {shown} on {dev}{ranks}, micro-batch {cfg.training.batch_size} x "
-                    f"{cfg.training.max_length} tokens, checkpointing {'on' if the_plan.checkpointing else 'off'}",
-              title_justify="left")
+    t = Table(
+        title=f"memory plan: {shown} on {dev}{ranks}, micro-batch {cfg.training.batch_size} x "
+        f"{cfg.training.max_length} tokens, checkpointing {'on' if the_plan.checkpointing else 'off'}",
+        title_justify="left",
+    )
     t.add_column("part")
     t.add_column("estimate", justify="right")
     for name, value in describe(the_plan):
         t.add_row(name, value)
     out.print(t)
     fits = the_plan.total <= budget
-    out.print(f"{'[green]fits[/]' if fits else '[red]does not fit[/]'} in {budget / GIB:,.1f} GiB; "
-              f"checkpointing {'needed' if advice['checkpointing_needed'] else 'not needed'}; largest micro-batch: "
-              f"{advice['largest_micro_batch']['without_checkpointing']} without checkpointing, "
-              f"{advice['largest_micro_batch']['with_checkpointing']} with it")
+    out.print(
+        f"{'[green]fits[/]' if fits else '[red]does not fit[/]'} in {budget / GIB:,.1f} GiB; "
+        f"checkpointing {'needed' if advice['checkpointing_needed'] else 'not needed'}; largest micro-batch: "
+        f"{advice['largest_micro_batch']['without_checkpointing']} without checkpointing, "
+        f"{advice['largest_micro_batch']['with_checkpointing']} with it"
+    )
     if world > 1:
         from tunelab.training.distributed import batch_note
 
-        out.print(f"each of the {world} ranks needs {the_plan.total / GIB:,.2f} GiB; {batch_note(cfg, world)}", highlight=False)
+        out.print(
+            f"each of the {world} ranks needs {the_plan.total / GIB:,.2f} GiB; {batch_note(cfg, world)}",
+            highlight=False,
+        )
     if refused:
         out.print(Text(f"note: tunelab train would refuse this: {refused}", style="yellow"), soft_wrap=True)
-
-
-
 
 
 def register(app: typer.Typer) -> None:

@@ -16,7 +16,9 @@ TrackingDirOpt = Annotated[
 ]
 StoreOpt = Annotated[str, typer.Option("--store", help="Artifact store: trackio (local), wandb or mlflow.")]
 ProjectOpt = Annotated[str, typer.Option("--project", help="Tracker project (trackio, W&B) or MLflow experiment.")]
-UriOpt = Annotated[str | None, typer.Option("--uri", help="MLflow tracking URI (default: sqlite:/// in the tracking dir).")]
+UriOpt = Annotated[
+    str | None, typer.Option("--uri", help="MLflow tracking URI (default: sqlite:/// in the tracking dir).")
+]
 RunsDirOpt = Annotated[Path, typer.Option("--dir", help="Folder holding the run directories.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -53,8 +55,10 @@ def _check_shape(path: Path, type_: str) -> None:
 
     if type_ == "model":
         if not (path.is_dir() and ((path / "config.json").is_file() or (path / "adapter_config.json").is_file())):
-            raise TunelabError(f"{path}: a model artifact is a model or adapter folder (with config.json or "
-                               "adapter_config.json)", hint="push data files with --type dataset")
+            raise TunelabError(
+                f"{path}: a model artifact is a model or adapter folder (with config.json or adapter_config.json)",
+                hint="push data files with --type dataset",
+            )
         return
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     if not any(f.suffix in SUFFIXES for f in files):
@@ -66,17 +70,19 @@ def artifacts_push(
     path: Annotated[Path, typer.Argument(help="File or folder to store.", show_default=False)],
     name: Annotated[str, typer.Option("--name", help="Artifact name (letters, digits, '.', '_', '-').")],
     type_: Annotated[str, typer.Option("--type", help="dataset or model.")],
-    alias: Annotated[list[str] | None, typer.Option("--alias", help="Alias for this version (repeatable); latest is automatic.")] = None,
+    alias: Annotated[
+        list[str] | None, typer.Option("--alias", help="Alias for this version (repeatable); latest is automatic.")
+    ] = None,
     store: StoreOpt = "trackio",
     project: ProjectOpt = "tunelab",
     tracking_dir: TrackingDirOpt = None,
     uri: UriOpt = None,
 ):
     """Store PATH as a new version of an artifact (identical content reuses the version)."""
-    from tunelab.cli.common import _quiet_libraries, out
-    from tunelab.errors import TunelabError
     from tunelab.artifacts import ArtifactSpec, content_digest, parse, store_for
     from tunelab.artifacts.env import isolated
+    from tunelab.cli.common import _quiet_libraries, out
+    from tunelab.errors import TunelabError
 
     if type_ not in ("dataset", "model"):
         raise TunelabError(f"--type: {type_!r} is not dataset or model")
@@ -91,12 +97,23 @@ def artifacts_push(
     digest = content_digest(path)
     meta = {"source": path.name, "files": 1 if path.is_file() else sum(1 for p in path.rglob("*") if p.is_file())}
     with isolated(home.dir):
-        v = store_for(store, home).push(ArtifactSpec(path.resolve(), name, type_, list(alias or []), meta, digest), project)
+        v = store_for(store, home).push(
+            ArtifactSpec(path.resolve(), name, type_, list(alias or []), meta, digest), project
+        )
     if v.version == "offline":
-        out.print(f"logged W&B artifact {name} ({', '.join(v.aliases)}) digest {digest[:16]} offline in {v.producer_run}; "
-                  f"`wandb sync {v.producer_run}` uploads it and W&B numbers the version", highlight=False, emoji=False)
+        out.print(
+            f"logged W&B artifact {name} ({', '.join(v.aliases)}) digest {digest[:16]} offline in {v.producer_run}; "
+            f"`wandb sync {v.producer_run}` uploads it and W&B numbers the version",
+            highlight=False,
+            emoji=False,
+        )
         return
-    out.print(f"pushed [bold]{v.ref}[/] ({', '.join(v.aliases) or 'no aliases'}) digest {digest[:16]}", highlight=False, emoji=False)
+    out.print(
+        f"pushed [bold]{v.ref}[/] ({', '.join(v.aliases) or 'no aliases'}) digest {digest[:16]}",
+        highlight=False,
+        emoji=False,
+    )
+
 
 @user_errors
 def artifacts_list(
@@ -108,9 +125,9 @@ def artifacts_list(
     as_json: JsonOpt = False,
 ):
     """Every version of every artifact, newest first, with aliases, digest and producing run."""
-    from tunelab.cli.common import _quiet_libraries, out
     from tunelab.artifacts import store_for
     from tunelab.artifacts.env import isolated
+    from tunelab.cli.common import _quiet_libraries, out
 
     _quiet_libraries()
     home = _home(tracking_dir, project, uri)
@@ -120,23 +137,41 @@ def artifacts_list(
     if as_json:
         out.print_json(json.dumps([v.as_record() for v in versions]))
         return
-    print_table(["reference", "type", "aliases", "digest", "size", "made by run"],
-                [[v.ref, v.type, ", ".join(v.aliases), (v.digest or v.native_digest or "-")[:12], _size(v.size_bytes),
-                  v.producer_run or "-"] for v in versions], title=f"{store} artifacts in {d}")
+    print_table(
+        ["reference", "type", "aliases", "digest", "size", "made by run"],
+        [
+            [
+                v.ref,
+                v.type,
+                ", ".join(v.aliases),
+                (v.digest or v.native_digest or "-")[:12],
+                _size(v.size_bytes),
+                v.producer_run or "-",
+            ]
+            for v in versions
+        ],
+        title=f"{store} artifacts in {d}",
+    )
+
 
 @user_errors
 def artifacts_pull(
-    ref: Annotated[str, typer.Argument(help="trackio:PROJECT/NAME[:vN|:ALIAS], wandb:..., mlflow:NAME[:N|:ALIAS]", show_default=False)],
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder to write the files to (default ./NAME-VERSION).")] = None,
+    ref: Annotated[
+        str,
+        typer.Argument(help="trackio:PROJECT/NAME[:vN|:ALIAS], wandb:..., mlflow:NAME[:N|:ALIAS]", show_default=False),
+    ],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder to write the files to (default ./NAME-VERSION).")
+    ] = None,
     tracking_dir: TrackingDirOpt = None,
     uri: UriOpt = None,
 ):
     """Download an artifact version's files (checked against its digest)."""
     import shutil
 
+    from tunelab.artifacts import fetch
     from tunelab.cli.common import _quiet_libraries, out
     from tunelab.errors import TunelabError
-    from tunelab.artifacts import fetch
 
     _quiet_libraries()
     got = fetch(ref, _home(tracking_dir, None, uri))
@@ -149,8 +184,13 @@ def artifacts_pull(
         from tunelab.errors import os_error
 
         raise os_error(e, dest) from None
-    out.print(f"pulled [bold]{got.version.ref}[/] ({', '.join(got.version.aliases)}) to {dest} "
-              f"digest {(got.version.digest or '-')[:16]}", highlight=False, emoji=False)
+    out.print(
+        f"pulled [bold]{got.version.ref}[/] ({', '.join(got.version.aliases)}) to {dest} "
+        f"digest {(got.version.digest or '-')[:16]}",
+        highlight=False,
+        emoji=False,
+    )
+
 
 @user_errors
 def artifacts_show(
@@ -160,9 +200,9 @@ def artifacts_show(
     as_json: JsonOpt = False,
 ):
     """One version: aliases, digest, metadata and lineage (the run that made it, what that run read)."""
-    from tunelab.cli.common import _quiet_libraries, out
     from tunelab.artifacts import resolve
     from tunelab.artifacts.env import isolated
+    from tunelab.cli.common import _quiet_libraries, out
 
     _quiet_libraries()
     home = _home(tracking_dir, None, uri)
@@ -175,13 +215,22 @@ def artifacts_show(
         out.print_json(json.dumps(data, default=str))
         return
     out.print(f"[bold]{v.ref}[/]  {v.type}  aliases: {', '.join(v.aliases) or '-'}", highlight=False, emoji=False)
-    out.print(f"digest {v.digest or '-'}  size {_size(v.size_bytes)}  created {v.created_at or '-'}", highlight=False, emoji=False)
+    out.print(
+        f"digest {v.digest or '-'}  size {_size(v.size_bytes)}  created {v.created_at or '-'}",
+        highlight=False,
+        emoji=False,
+    )
     for k, val in meta.items():
         out.print(f"  {k}: {_fmt(val)}", highlight=False, emoji=False)
-    out.print(f"made by run: {lineage.get('producer_run') or '-'}"
-              + (f", which read {', '.join(lineage['producer_inputs'])}" if lineage.get("producer_inputs") else ""), highlight=False, emoji=False)
+    out.print(
+        f"made by run: {lineage.get('producer_run') or '-'}"
+        + (f", which read {', '.join(lineage['producer_inputs'])}" if lineage.get("producer_inputs") else ""),
+        highlight=False,
+        emoji=False,
+    )
     if lineage.get("consumers"):
         out.print(f"read by runs: {', '.join(lineage['consumers'])}", highlight=False, emoji=False)
+
 
 @user_errors
 def runs_list(runs_dir: RunsDirOpt = Path("runs"), as_json: JsonOpt = False):
@@ -193,13 +242,30 @@ def runs_list(runs_dir: RunsDirOpt = Path("runs"), as_json: JsonOpt = False):
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    cols = ("name", "status", "base_model", "adapter", "quantization", "learning_rate", "batch", "steps",
-            "final_train_loss", "final_eval_loss", "duration_s")
-    print_table([c.replace("_", " ") for c in cols], [[_fmt(r[c]) for c in cols] for r in rows], title=f"runs in {runs_dir}")
+    cols = (
+        "name",
+        "status",
+        "base_model",
+        "adapter",
+        "quantization",
+        "learning_rate",
+        "batch",
+        "steps",
+        "final_train_loss",
+        "final_eval_loss",
+        "duration_s",
+    )
+    print_table(
+        [c.replace("_", " ") for c in cols], [[_fmt(r[c]) for c in cols] for r in rows], title=f"runs in {runs_dir}"
+    )
+
 
 @user_errors
-def runs_show(run: Annotated[str, typer.Argument(help="Run directory or run name.", show_default=False)],
-              runs_dir: RunsDirOpt = Path("runs"), as_json: JsonOpt = False):
+def runs_show(
+    run: Annotated[str, typer.Argument(help="Run directory or run name.", show_default=False)],
+    runs_dir: RunsDirOpt = Path("runs"),
+    as_json: JsonOpt = False,
+):
     """One run: summary, what it read (data and model artifacts, with versions) and wrote, where its trackers are."""
     from tunelab.cli.common import out
     from tunelab.runs.index import resolve_run, show
@@ -214,22 +280,37 @@ def runs_show(run: Annotated[str, typer.Argument(help="Run directory or run name
     out.print("read:", highlight=False, emoji=False)
     for r in info["reads"]:
         extra = f" (asked as {r['requested']})" if r.get("requested") and r["requested"] != r["ref"] else ""
-        out.print(f"  {r.get('type') or '-'}: {r['ref']}{extra}" + (f" digest {r['digest'][:12]}" if r.get("digest") else ""),
-                  highlight=False, emoji=False)
+        out.print(
+            f"  {r.get('type') or '-'}: {r['ref']}{extra}" + (f" digest {r['digest'][:12]}" if r.get("digest") else ""),
+            highlight=False,
+            emoji=False,
+        )
     out.print("wrote:", highlight=False, emoji=False)
     out.print(f"  files: {', '.join(info['files'])}", highlight=False, emoji=False)
     for w in info["writes"]:
-        out.print(f"  {w.get('type')}: {w.get('ref') or w.get('store') + ' ' + w.get('name', '') + ' (offline)'} "
-                  f"({', '.join(w.get('aliases', []))}) digest {(w.get('digest') or '-')[:12]}", highlight=False, emoji=False)
+        out.print(
+            f"  {w.get('type')}: {w.get('ref') or w.get('store') + ' ' + w.get('name', '') + ' (offline)'} "
+            f"({', '.join(w.get('aliases', []))}) digest {(w.get('digest') or '-')[:12]}",
+            highlight=False,
+            emoji=False,
+        )
     if info["trackers"]:
         out.print("trackers:", highlight=False, emoji=False)
         for name, where in info["trackers"].items():
             rest = ", ".join(f"{k} {v}" for k, v in where.items() if k != "active")
-            out.print(f"  {name}: {'active' if where.get('active') else 'off (failed)'}{', ' + rest if rest else ''}", highlight=False, emoji=False)
+            out.print(
+                f"  {name}: {'active' if where.get('active') else 'off (failed)'}{', ' + rest if rest else ''}",
+                highlight=False,
+                emoji=False,
+            )
+
 
 @user_errors
-def runs_compare(runs: Annotated[list[str], typer.Argument(help="Two or more runs (directories or names).", show_default=False)],
-                 runs_dir: RunsDirOpt = Path("runs"), as_json: JsonOpt = False):
+def runs_compare(
+    runs: Annotated[list[str], typer.Argument(help="Two or more runs (directories or names).", show_default=False)],
+    runs_dir: RunsDirOpt = Path("runs"),
+    as_json: JsonOpt = False,
+):
     """Config differences and metrics side by side."""
     from tunelab.cli.common import out
     from tunelab.runs.index import compare, resolve_run
@@ -239,15 +320,20 @@ def runs_compare(runs: Annotated[list[str], typer.Argument(help="Two or more run
         out.print_json(json.dumps(res, default=str))
         return
     for title, rows in (("config differences", res["config"]), ("metrics", res["metrics"])):
-        body = [[k, *(_fmt(v) for v in values)] for k, values in rows.items()] or [["(none)", *("" for _ in res["runs"])]]
+        body = [[k, *(_fmt(v) for v in values)] for k, values in rows.items()] or [
+            ["(none)", *("" for _ in res["runs"])]
+        ]
         print_table([title, *res["runs"]], body, title=title)
+
 
 @user_errors
 def dashboard(
     backend: Annotated[str, typer.Option("--backend", help="trackio, mlflow or tensorboard.")] = "trackio",
     tracking_dir: TrackingDirOpt = None,
     project: Annotated[str | None, typer.Option("--project", help="Open this project (trackio).")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="Port on 127.0.0.1 (default: the backend's usual one).")] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Port on 127.0.0.1 (default: the backend's usual one).")
+    ] = None,
     uri: UriOpt = None,
 ):
     """Start the tracker's own web UI on 127.0.0.1 over the local tracking directory; Ctrl-C stops it."""
@@ -275,8 +361,9 @@ def dashboard(
 
 def register(app: typer.Typer) -> None:
     """Add `artifacts`, `runs` and `dashboard` to the app."""
-    artifacts_app = typer.Typer(help="Versioned datasets and models in the tracker's store (trackio by default).",
-                                no_args_is_help=True)
+    artifacts_app = typer.Typer(
+        help="Versioned datasets and models in the tracker's store (trackio by default).", no_args_is_help=True
+    )
     runs_app = typer.Typer(help="Local runs: list, show, compare (from the run directories).", no_args_is_help=True)
     app.add_typer(artifacts_app, name="artifacts")
     app.add_typer(runs_app, name="runs")

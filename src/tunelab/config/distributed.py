@@ -17,15 +17,19 @@ class DistributedConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     strategy: Strategy = Field(
-        "auto", description="With several processes: auto = ddp for LoRA / QLoRA, and for full fine-tuning ddp when "
-        "the model fits one device (the memory plan), else fsdp2; ddp (each rank a full replica, gradients all-reduced); "
+        "auto",
+        description="With several processes: auto = ddp for LoRA / QLoRA, and for full fine-tuning ddp when "
+        "the model fits one device (the memory plan), else fsdp2; "
+        "ddp (each rank a full replica, gradients all-reduced); "
         "fsdp2 (weights, gradients and optimizer states sharded; not with quantization.bits); deepspeed_zero2 / "
-        "deepspeed_zero3 (needs the deepspeed package). Ignored by a single process."
+        "deepspeed_zero3 (needs the deepspeed package). Ignored by a single process.",
     )
     backend: Literal["auto", "nccl", "gloo"] = Field(
         "auto", description="Process-group backend: auto = nccl on CUDA GPUs, gloo on the CPU."
     )
     timeout_s: int = Field(
-        1800, gt=0, description="Seconds a rank waits for the others in a collective (an all-reduce, a barrier) "
-        "before the run fails; rank 0's sample generation and checkpoint writes happen inside this wait."
+        1800,
+        gt=0,
+        description="Seconds a rank waits for the others in a collective (an all-reduce, a barrier) "
+        "before the run fails; rank 0's sample generation and checkpoint writes happen inside this wait.",
     )

@@ -20,11 +20,22 @@ _URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<cred>[^/@\s]
 REDACTED = "***"
 # names people bring from other tools (the tutorial's TRL / PEFT arguments) -> ours
 _ALIASES = {
-    "lr": "learning_rate", "max_seq_length": "max_length", "seq_len": "max_length", "lora_r": "r", "rank": "r",
-    "lora_alpha": "alpha", "lora_dropout": "dropout", "num_train_epochs": "epochs",
-    "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
-    "lr_scheduler_type": "lr_scheduler", "warmup": "warmup_ratio", "load_in_4bit": "bits",
-    "bnb_4bit_quant_type": "quant_type", "bnb_4bit_use_double_quant": "double_quant", "model_name": "name",
+    "lr": "learning_rate",
+    "max_seq_length": "max_length",
+    "seq_len": "max_length",
+    "lora_r": "r",
+    "rank": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "lr_scheduler_type": "lr_scheduler",
+    "warmup": "warmup_ratio",
+    "load_in_4bit": "bits",
+    "bnb_4bit_quant_type": "quant_type",
+    "bnb_4bit_use_double_quant": "double_quant",
+    "model_name": "name",
 }
 
 

@@ -51,13 +51,20 @@ class ModelConfig(Section):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the model.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
-    dtype: DType = Field("auto", description="Weight dtype: auto = bf16 where supported, fp16 on other GPUs; on the CPU fp32, or bf16 for LoRA under training.precision bf16.")
+    dtype: DType = Field(
+        "auto",
+        description="Weight dtype: auto = bf16 where supported, fp16 on other GPUs; "
+        "on the CPU fp32, or bf16 for LoRA under training.precision bf16.",
+    )
     device: str = Field("auto", description="`auto` (cuda:0 when a GPU is present, else cpu), `cpu`, `cuda`, `cuda:N`.")
     attn_implementation: str | None = Field(
-        None, description="Attention kernel, e.g. sdpa, eager, flash_attention_2; default tunelab_packed_sdpa "
-        "(SDPA per packed example instead of a block-diagonal mask over the whole row)."
+        None,
+        description="Attention kernel, e.g. sdpa, eager, flash_attention_2; default tunelab_packed_sdpa "
+        "(SDPA per packed example instead of a block-diagonal mask over the whole row).",
     )
-    use_cache: bool = Field(False, description="KV cache during training (off: it is useless with gradient checkpointing).")
+    use_cache: bool = Field(
+        False, description="KV cache during training (off: it is useless with gradient checkpointing)."
+    )
 
     _name_parses = field_validator("name")(lambda cls, v: _parses(parse_model, v))
 
@@ -75,7 +82,9 @@ class ModelConfig(Section):
 
 
 class QuantizationConfig(Section):
-    bits: Literal[None, 4, 8] = Field(None, description="Load the base in 4-bit or 8-bit with bitsandbytes; null = no quantization.")
+    bits: Literal[None, 4, 8] = Field(
+        None, description="Load the base in 4-bit or 8-bit with bitsandbytes; null = no quantization."
+    )
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
     double_quant: bool = Field(True, description="Quantize the quantization constants too (QLoRA).")
     compute_dtype: DType = Field("auto", description="Dtype of the 4-bit matmuls: auto follows model.dtype.")
@@ -96,15 +105,26 @@ class AdapterConfig(Section):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         description="Module names to adapt, or `all-linear`.",
     )
-    modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full and saved with the adapter.")
+    modules_to_save: list[str] = Field(
+        default_factory=list, description="Modules trained in full and saved with the adapter."
+    )
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
     use_rslora: bool = Field(False, description="Rank-stabilised LoRA scaling.")
     freeze: FreezeConfig = Field(default_factory=FreezeConfig, description="Layer freezing for full fine-tuning.")
 
 
 # ShareGPT role names (the `from` values of the common public files) and the chat turn each becomes.
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
-                  "system": "system", "function_call": "tool_call", "observation": "tool", "tool": "tool"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "system": "system",
+    "function_call": "tool_call",
+    "observation": "tool",
+    "tool": "tool",
+}
 SourceFormat = Literal["auto", "alpaca", "sharegpt", "messages", "text"]
 
 
@@ -117,8 +137,9 @@ class ShareGPTConfig(Section):
     system: str = Field("system", description="Field holding a system prompt (optional in each row).")
     tools: str = Field("tools", description="Field holding the tool definitions, a list or a JSON string (optional).")
     roles: dict[str, Literal["user", "assistant", "system", "tool_call", "tool"]] = Field(
-        default_factory=dict, description="Role names on top of the usual ones (human/user, gpt/assistant, system, "
-        "function_call = an assistant's tool call, observation/tool = a tool's result), e.g. {bot: assistant}."
+        default_factory=dict,
+        description="Role names on top of the usual ones (human/user, gpt/assistant, system, "
+        "function_call = an assistant's tool call, observation/tool = a tool's result), e.g. {bot: assistant}.",
     )
 
     def role_map(self) -> dict[str, str]:
@@ -135,19 +156,27 @@ class SourceConfig(Section):
     subset: str | None = Field(None, description="Hub dataset configuration name.")
     revision: str | None = Field(None, description="Hub dataset revision.")
     format: SourceFormat = Field(
-        "auto", description="Shape of this source's rows, converted to prompt.format: auto = prompt.format's own "
+        "auto",
+        description="Shape of this source's rows, converted to prompt.format: auto = prompt.format's own "
         "(under messages, ShareGPT rows are detected and converted, with a note); sharegpt and alpaca rows become chat "
-        "messages; text is raw text."
+        "messages; text is raw text.",
     )
     sharegpt: ShareGPTConfig = Field(default_factory=ShareGPTConfig, description="ShareGPT keys and role names.")
     field_map: dict[str, str] | None = Field(None, description="Rename this source's fields (default: data.field_map).")
     documents: Literal["file", "blank_lines"] = Field(
         "file", description=".txt files: each file is one document, or each block between blank lines is one."
     )
-    weight: float | None = Field(None, gt=0, description="In a mixture: this source's share of the training rows "
-                                 "(weights are normalised; rows are counted exactly, seeded).")
-    rows: int | None = Field(None, gt=0, description="Exactly this many training rows from this source (seeded; a "
-                             "source with fewer rows is repeated).")
+    weight: float | None = Field(
+        None,
+        gt=0,
+        description="In a mixture: this source's share of the training rows "
+        "(weights are normalised; rows are counted exactly, seeded).",
+    )
+    rows: int | None = Field(
+        None,
+        gt=0,
+        description="Exactly this many training rows from this source (seeded; a source with fewer rows is repeated).",
+    )
     test_size: float | int | None = Field(
         None, description="Carve this source's own test rows: a fraction (0-1) or a row count (default data.test_size)."
     )
@@ -171,25 +200,39 @@ class DataConfig(Section):
     train: SourceConfig | list[SourceConfig] = Field(
         description="Training data: one source, or a list of sources mixed by their weight or rows (with data.seed)."
     )
-    test: SourceConfig | None = Field(None, description="Test data from another file or a named split of a hub dataset.")
+    test: SourceConfig | None = Field(
+        None, description="Test data from another file or a named split of a hub dataset."
+    )
     test_size: float | int | None = Field(
         None, description="Carve the test split from train: a fraction (0-1) or a row count, seeded."
     )
-    train_rows: int | None = Field(None, gt=0, description="Use only the first N training rows (after shuffling); "
-                                  "in a mixture, the total that the weighted sources share.")
+    train_rows: int | None = Field(
+        None,
+        gt=0,
+        description="Use only the first N training rows (after shuffling); "
+        "in a mixture, the total that the weighted sources share.",
+    )
     test_rows: int | None = Field(None, gt=0, description="Use only the first N test rows.")
     shuffle: bool = Field(True, description="Shuffle the training rows (seeded) before selecting.")
     seed: int = Field(42, description="Seed for shuffling and test carving.")
-    field_map: dict[str, str] = Field(default_factory=dict, description="Rename source fields, e.g. {question: instruction}.")
-    on_bad_row: Literal["error", "skip"] = Field("error", description="Stop at the first bad row, or skip and count it.")
+    field_map: dict[str, str] = Field(
+        default_factory=dict, description="Rename source fields, e.g. {question: instruction}."
+    )
+    on_bad_row: Literal["error", "skip"] = Field(
+        "error", description="Stop at the first bad row, or skip and count it."
+    )
     too_long: Literal["truncate", "drop", "split"] = Field(
-        "truncate", description="What to do with examples over max_length: truncate, drop, or split into max_length "
+        "truncate",
+        description="What to do with examples over max_length: truncate, drop, or split into max_length "
         "pieces, each its own packed example (TRL's bfd_split; continued pre-training on long documents; needs "
-        "training.packing: true). Blocks (training.packing: blocks) never cut an example short."
+        "training.packing: true). Blocks (training.packing: blocks) never cut an example short.",
     )
     max_lost_answers: float = Field(
-        0.5, ge=0, le=1, description="Largest share of training rows that may lose every answer token to truncation "
-        "before the run stops with an error (1.0: never stop; such rows are always dropped, and counted)."
+        0.5,
+        ge=0,
+        le=1,
+        description="Largest share of training rows that may lose every answer token to truncation "
+        "before the run stops with an error (1.0: never stop; such rows are always dropped, and counted).",
     )
     cache_dir: str | None = Field(None, description="Tokenized-data cache; default ~/.cache/tunelab/data.")
 
@@ -207,7 +250,8 @@ class DataConfig(Section):
 
     @property
     def is_mixture(self) -> bool:
-        """Rows are picked per source (several sources, or one with an exact row count); else one source is read as it is."""
+        """Rows are picked per source (several sources, or one with an exact row count); else one source is read
+        as it is."""
         srcs = self.train_sources
         return len(srcs) > 1 or srcs[0].rows is not None or srcs[0].test_size is not None
 
@@ -231,18 +275,23 @@ class DataConfig(Section):
             raise ValueError("data.train: give a source a weight or rows, not both")
         plain = [s for s in srcs if s.weight is None and s.rows is None]
         if len(srcs) > 1 and plain and len(plain) != len(srcs):
-            raise ValueError("data.train: in a mixture give every source a weight or rows (or none of them a "
-                             "weight or rows: then every row of every source is used)")
+            raise ValueError(
+                "data.train: in a mixture give every source a weight or rows (or none of them a "
+                "weight or rows: then every row of every source is used)"
+            )
         if weighted and len(weighted) < len(srcs) and self.train_rows is None:
-            raise ValueError("data.train_rows: sources with rows and sources with a weight together need the total "
-                             "(data.train_rows) that the weighted ones share")
+            raise ValueError(
+                "data.train_rows: sources with rows and sources with a weight together need the total "
+                "(data.train_rows) that the weighted ones share"
+            )
         return self
 
 
 class PromptConfig(Section):
     format: Literal["alpaca", "messages", "text", "custom"] = Field(
-        "alpaca", description="alpaca template, chat `messages` (the tokenizer's chat template; OpenAI-style rows, with "
-        "tool calls and a `tools` list, and ShareGPT rows), raw `text`, or a `custom` template."
+        "alpaca",
+        description="alpaca template, chat `messages` (the tokenizer's chat template; OpenAI-style rows, with "
+        "tool calls and a `tools` list, and ShareGPT rows), raw `text`, or a `custom` template.",
     )
     template: str | None = Field(
         None, description="custom: template with {field} placeholders; the response field is appended after it."
@@ -257,8 +306,10 @@ class PromptConfig(Section):
     @classmethod
     def _sharegpt_is_chat(cls, v):
         if v == "sharegpt":
-            raise ValueError("ShareGPT rows are chat: set prompt.format: messages (ShareGPT rows are detected), or "
-                             "data.train.format: sharegpt to say so explicitly")
+            raise ValueError(
+                "ShareGPT rows are chat: set prompt.format: messages (ShareGPT rows are detected), or "
+                "data.train.format: sharegpt to say so explicitly"
+            )
         return v
 
     @field_validator("template")
@@ -293,29 +344,44 @@ class TrainingConfig(Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0: off).")
-    optimizer: str = Field("adamw_torch", description="transformers optimizer name, e.g. adamw_torch, paged_adamw_8bit.")
-    precision: DType = Field("auto", description="Mixed precision: auto = bf16 where supported, else fp16 on GPU, fp32.")
+    optimizer: str = Field(
+        "adamw_torch", description="transformers optimizer name, e.g. adamw_torch, paged_adamw_8bit."
+    )
+    precision: DType = Field(
+        "auto", description="Mixed precision: auto = bf16 where supported, else fp16 on GPU, fp32."
+    )
     gradient_checkpointing: bool | Literal["auto"] = Field(
-        "auto", description="Recompute activations in backward to save memory; auto: only when the memory plan needs it."
+        "auto",
+        description="Recompute activations in backward to save memory; auto: only when the memory plan needs it.",
     )
     loss_kernel: Literal["auto", "trl"] = Field(
-        "auto", description="Loss over the LM head: auto = TRL's Triton kernel on GPUs, one fp32 log-softmax elsewhere; trl = TRL's always."
+        "auto",
+        description="Loss over the LM head: auto = TRL's Triton kernel on GPUs, one fp32 log-softmax elsewhere; "
+        "trl = TRL's always.",
     )
     method: Literal["sft", "dpo", "kto"] = Field(
-        "sft", description="sft (TRL's SFTTrainer), or preference tuning with TRL's stable trainers: dpo (pairs: "
-        "chosen / rejected) or kto (completion + label, or pairs). ORPO is only in trl.experimental and is refused."
+        "sft",
+        description="sft (TRL's SFTTrainer), or preference tuning with TRL's stable trainers: dpo (pairs: "
+        "chosen / rejected) or kto (completion + label, or pairs). ORPO is only in trl.experimental and is refused.",
     )
     packing: bool | Literal["blocks"] = Field(
-        True, description="true: pack examples into max_length rows, each attending only to itself; blocks: concatenate "
+        True,
+        description="true: pack examples into max_length rows, each attending only to itself; blocks: concatenate "
         "every example (EOS between) and cut the stream into max_length blocks whose attention crosses examples, as "
-        "pre-training does; false: one example per row, padded. Preference methods never pack."
+        "pre-training does; false: one example per row, padded. Preference methods never pack.",
     )
     max_length: int = Field(1024, gt=0, description="Tokens per (packed) sequence.")
     logging_steps: int = Field(1, gt=0, description="Log training metrics every N steps.")
-    progress_every_s: float = Field(30.0, gt=0, description="Without a terminal (a log file, a pipe): print a progress line "
-                                    "(step, loss, tokens/s, ETA) every N seconds.")
+    progress_every_s: float = Field(
+        30.0,
+        gt=0,
+        description="Without a terminal (a log file, a pipe): print a progress line "
+        "(step, loss, tokens/s, ETA) every N seconds.",
+    )
     eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (null: only at the end).")
-    save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps (null: no intermediate checkpoints).")
+    save_steps: int | None = Field(
+        None, gt=0, description="Checkpoint every N steps (null: no intermediate checkpoints)."
+    )
     save_total_limit: int | None = Field(None, gt=0, description="Keep only the newest N checkpoints.")
     seed: int = Field(42, description="Seed for initialisation, dropout and data order.")
     resume: Literal[False, "auto"] | str = Field(
@@ -327,8 +393,10 @@ class TrainingConfig(Section):
     @classmethod
     def _stable_methods(cls, v):
         if isinstance(v, str) and v.lower() in ("orpo", "cpo", "simpo", "bco"):
-            raise ValueError(f"{v} is not in TRL's stable API (only trl.experimental); use dpo (preference.loss_type "
-                             "sigmoid, ipo, hinge, ...) or kto")
+            raise ValueError(
+                f"{v} is not in TRL's stable API (only trl.experimental); use dpo (preference.loss_type "
+                "sigmoid, ipo, hinge, ...) or kto"
+            )
         return v
 
     @field_validator("optimizer")
@@ -357,16 +425,26 @@ class PreferenceConfig(Section):
 
     beta: float = Field(0.1, gt=0, description="How far the policy may move from the reference (higher: less far).")
     loss_type: str | list[str] | None = Field(
-        None, description="TRL's loss: dpo sigmoid (default), hinge, ipo, robust, exo_pair, bco_pair, sppo_hard, "
+        None,
+        description="TRL's loss: dpo sigmoid (default), hinge, ipo, robust, exo_pair, bco_pair, sppo_hard, "
         "nca_pair, aot, aot_unpaired, apo_zero, apo_down, discopop, sigmoid_norm, sft, or a list of them added up "
-        "(e.g. [sigmoid, sft]: DPO plus the NLL of the chosen answer, as RPO does); kto kto (default), apo_zero_unpaired."
+        "(e.g. [sigmoid, sft]: DPO plus the NLL of the chosen answer, as RPO does); "
+        "kto kto (default), apo_zero_unpaired.",
     )
-    loss_weights: list[float] | None = Field(None, description="dpo: the weight of each loss in a loss_type list (default 1 each).")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="dpo robust / exo_pair: probability that a label is flipped.")
+    loss_weights: list[float] | None = Field(
+        None, description="dpo: the weight of each loss in a loss_type list (default 1 each)."
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="dpo robust / exo_pair: probability that a label is flipped."
+    )
     desirable_weight: float = Field(1.0, gt=0, description="kto: weight of the losses of desirable completions.")
     undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of the losses of undesirable completions.")
-    eval_pairs: int = Field(64, ge=0, description="Held-out pairs scored at every evaluation: the share whose chosen "
-                            "answer the model finds likelier than the rejected one (preference_accuracy).")
+    eval_pairs: int = Field(
+        64,
+        ge=0,
+        description="Held-out pairs scored at every evaluation: the share whose chosen "
+        "answer the model finds likelier than the rejected one (preference_accuracy).",
+    )
 
     def loss(self, method: str) -> str | list[str]:
         return self.loss_type or ("kto" if method == "kto" else "sigmoid")
@@ -396,8 +474,11 @@ class GenerationSettings(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     batch_size: int = Field(16, gt=0, description="Prompts generated together (batched, KV cache, left padding).")
     seed: int = Field(0, description="Sampling seed (generation never touches the training RNG).")
-    ignore_eos: bool = Field(False, description="Generate max_new_tokens tokens even past an end-of-sequence token "
-                             "(throughput measurements; vLLM's ignore_eos).")
+    ignore_eos: bool = Field(
+        False,
+        description="Generate max_new_tokens tokens even past an end-of-sequence token "
+        "(throughput measurements; vLLM's ignore_eos).",
+    )
 
     def as_dict(self) -> dict:
         return self.model_dump()
@@ -408,8 +489,9 @@ class SamplesConfig(GenerationSettings):
     num_prompts: int = Field(10, ge=0, description="How many test prompts to answer.")
     at_start: bool = Field(False, description="Also answer them before training (the untrained baseline).")
     dense_weights: bool = Field(
-        True, description="Generate with dense, LoRA-merged weight copies when the memory plan shows room between "
-        "steps (faster, above all for 4-bit models); false: always through the quantized and LoRA layers."
+        True,
+        description="Generate with dense, LoRA-merged weight copies when the memory plan shows room between "
+        "steps (faster, above all for 4-bit models); false: always through the quantized and LoRA layers.",
     )
 
     def generation(self) -> GenerationSettings:
@@ -419,8 +501,9 @@ class SamplesConfig(GenerationSettings):
 
 class EvalConfig(Section):
     generation_metrics: bool = Field(
-        True, description="At every evaluation, score the sample answers (exact match, normalized exact match, "
-        "ROUGE-L, BLEU, chrF, answer length) into metrics.jsonl and the trackers, next to the loss."
+        True,
+        description="At every evaluation, score the sample answers (exact match, normalized exact match, "
+        "ROUGE-L, BLEU, chrF, answer length) into metrics.jsonl and the trackers, next to the loss.",
     )
 
 
@@ -430,27 +513,41 @@ TRACKERS = ("trackio", "wandb", "mlflow", "tensorboard", "none")
 class TrackingConfig(Section):
     backend: str | list[str] = Field(
         "trackio",
-        description="Experiment tracker(s): trackio (local SQLite + dashboard), wandb, mlflow, tensorboard or none; a list logs to several.",
+        description="Experiment tracker(s): trackio (local SQLite + dashboard), wandb, mlflow, tensorboard or none; "
+        "a list logs to several.",
     )
     project: str = Field("tunelab", description="Tracker project (W&B project, MLflow experiment).")
     entity: str | None = Field(None, description="W&B entity (user or team); default: the key's default entity.")
     run_name: str | None = Field(None, description="Tracker run name (default: the run directory name).")
     tags: list[str] = Field(default_factory=list, description="Run tags.")
     job_type: str = Field("train", description="Run job type.")
-    group: str | None = Field(None, description="Group of runs shown together (W&B group, trackio group, MLflow tag "
-                              "tunelab.group); a sweep sets its name.")
+    group: str | None = Field(
+        None,
+        description="Group of runs shown together (W&B group, trackio group, MLflow tag "
+        "tunelab.group); a sweep sets its name.",
+    )
     notes: str | None = Field(None, description="Free-text notes.")
-    dir: str | None = Field(None, description="Tracker files (all backends, artifact cache); default <output.dir>/.tracking.")
+    dir: str | None = Field(
+        None, description="Tracker files (all backends, artifact cache); default <output.dir>/.tracking."
+    )
     mode: Literal["offline", "online"] | None = Field(
         None, description="W&B mode; default: $WANDB_MODE, else offline (upload later with `wandb sync`)."
     )
-    uri: str | None = Field(None, description="MLflow tracking server URI; default a sqlite:/// store in the tracking dir.")
+    uri: str | None = Field(
+        None, description="MLflow tracking server URI; default a sqlite:/// store in the tracking dir."
+    )
     log_model: bool = Field(True, description="Log the final adapter (or model) as a versioned model artifact.")
     log_checkpoints: bool = Field(False, description="Also log every checkpoint as a version of the model artifact.")
     model_artifact: str | None = Field(None, description="Model artifact name; default <run name>-model.")
-    model_aliases: list[str] = Field(default_factory=list, description="Extra aliases for the final model version (latest and best are automatic).")
-    system_every_s: float = Field(10.0, ge=0, description="Seconds between system metric samples (CPU/GPU memory, utilisation); 0: off.")
-    timeout_s: float = Field(30.0, gt=0, description="A tracker call slower than this is abandoned and that tracker turned off for the run.")
+    model_aliases: list[str] = Field(
+        default_factory=list, description="Extra aliases for the final model version (latest and best are automatic)."
+    )
+    system_every_s: float = Field(
+        10.0, ge=0, description="Seconds between system metric samples (CPU/GPU memory, utilisation); 0: off."
+    )
+    timeout_s: float = Field(
+        30.0, gt=0, description="A tracker call slower than this is abandoned and that tracker turned off for the run."
+    )
 
     @field_validator("backend")
     @classmethod
@@ -470,7 +567,9 @@ class TrackingConfig(Section):
 class OutputConfig(Section):
     dir: str = Field("runs", description="Folder that holds run directories.")
     name: str | None = Field(None, description="Run directory name, one folder name (default: the config file's stem).")
-    overwrite: bool = Field(False, description="Replace an existing run directory of the same name (only one tunelab made).")
+    overwrite: bool = Field(
+        False, description="Replace an existing run directory of the same name (only one tunelab made)."
+    )
 
     @field_validator("name")
     @classmethod
@@ -479,7 +578,8 @@ class OutputConfig(Section):
 
 
 class RunConfig(Section):
-    """A whole run. Sections: model, quantization, adapter, data, prompt, training, preference, samples, eval, tracking, distributed, output."""
+    """A whole run. Sections: model, quantization, adapter, data, prompt, training, preference, samples, eval,
+    tracking, distributed, output."""
 
     model: ModelConfig
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
@@ -504,21 +604,29 @@ class RunConfig(Section):
         for i, src in enumerate(self.data.train_sources):
             if src.format not in SOURCE_FORMATS_FOR[fmt]:
                 where = f"data.train[{i}]" if isinstance(self.data.train, list) else "data.train"
-                raise ValueError(f"{where}.format: {src.format} rows cannot be rendered as prompt.format {fmt} "
-                                 f"(it takes {', '.join(SOURCE_FORMATS_FOR[fmt])})")
+                raise ValueError(
+                    f"{where}.format: {src.format} rows cannot be rendered as prompt.format {fmt} "
+                    f"(it takes {', '.join(SOURCE_FORMATS_FOR[fmt])})"
+                )
         if self.data.too_long == "split" and self.training.packing is not True:
-            raise ValueError("data.too_long: split cuts long examples into packed pieces; it needs training.packing: true")
+            raise ValueError(
+                "data.too_long: split cuts long examples into packed pieces; it needs training.packing: true"
+            )
         method = self.training.method
         if method != "sft":
             if fmt == "text":
-                raise ValueError(f"training.method: {method} needs prompts to prefer answers to; prompt.format text has "
-                                 "none (use alpaca, messages, or custom with template '{prompt}')")
+                raise ValueError(
+                    f"training.method: {method} needs prompts to prefer answers to; prompt.format text has "
+                    "none (use alpaca, messages, or custom with template '{prompt}')"
+                )
             from tunelab.compat import preference_losses
 
             known, p = preference_losses(method), self.preference
             for loss in p.losses(method):
                 if loss not in known:
-                    raise ValueError(f"preference.loss_type: {loss!r} is not a {method} loss (known: {', '.join(known)})")
+                    raise ValueError(
+                        f"preference.loss_type: {loss!r} is not a {method} loss (known: {', '.join(known)})"
+                    )
             if isinstance(p.loss_type, list) and (method != "dpo" or not p.loss_type):
                 raise ValueError("preference.loss_type: a list of losses is for dpo (kto takes one)")
             if p.loss_weights is not None and len(p.loss_weights) != len(p.losses(method)):
@@ -529,5 +637,9 @@ class RunConfig(Section):
 
 
 # Which row shapes (data.train[i].format) each prompt.format renders.
-SOURCE_FORMATS_FOR = {"alpaca": ("auto", "alpaca"), "messages": ("auto", "messages", "sharegpt", "alpaca"),
-                      "text": ("auto", "text"), "custom": ("auto",)}
+SOURCE_FORMATS_FOR = {
+    "alpaca": ("auto", "alpaca"),
+    "messages": ("auto", "messages", "sharegpt", "alpaca"),
+    "text": ("auto", "text"),
+    "custom": ("auto",),
+}

@@ -30,18 +30,24 @@ def normalize_messages(msgs: Any, tools: Any = None, field: str = "messages") ->
     out = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise RowProblem(f"{field}[{i}] should be {{role: system|user|assistant|tool, content: str}}", "bad_messages")
+            raise RowProblem(
+                f"{field}[{i}] should be {{role: system|user|assistant|tool, content: str}}", "bad_messages"
+            )
         m = dict(m)
         if m.get("tool_calls"):
             if m["role"] != "assistant":
                 raise RowProblem(f"{field}[{i}].tool_calls: only assistant turns call tools", "bad_tool_calls")
-            m["tool_calls"] = [_tool_call(c, f"{field}[{i}].tool_calls[{j}]") for j, c in enumerate(_as_list(m["tool_calls"]))]
+            m["tool_calls"] = [
+                _tool_call(c, f"{field}[{i}].tool_calls[{j}]") for j, c in enumerate(_as_list(m["tool_calls"]))
+            ]
             if m.get("content") is None:
                 m["content"] = ""
         else:
             m.pop("tool_calls", None)
         if not isinstance(m.get("content"), str):
-            raise RowProblem(f"{field}[{i}].content should be a string, got {type(m.get('content')).__name__}", "bad_messages")
+            raise RowProblem(
+                f"{field}[{i}].content should be a string, got {type(m.get('content')).__name__}", "bad_messages"
+            )
         out.append(m)
     if not any(m["role"] == "assistant" and (m["content"].strip() or m.get("tool_calls")) for m in out):
         raise RowProblem("conversation has no assistant turn to learn from", "no_assistant_turn")
@@ -94,8 +100,13 @@ def _tool_call(call: Any, where: str) -> dict:
 def is_sharegpt(row: dict[str, Any], sg: ShareGPTConfig) -> bool:
     """A row that holds ShareGPT turns and no OpenAI `messages`."""
     turns = row.get(sg.conversations)
-    return "messages" not in row and isinstance(turns, list) and bool(turns) and isinstance(turns[0], dict) \
+    return (
+        "messages" not in row
+        and isinstance(turns, list)
+        and bool(turns)
+        and isinstance(turns[0], dict)
         and sg.role in turns[0]
+    )
 
 
 def from_sharegpt(row: dict[str, Any], sg: ShareGPTConfig) -> dict[str, Any]:
@@ -103,7 +114,9 @@ def from_sharegpt(row: dict[str, Any], sg: ShareGPTConfig) -> dict[str, Any]:
     ones one turn with several calls), observation turns tool results, the system field a system turn."""
     turns = row.get(sg.conversations)
     if not isinstance(turns, list) or not turns:
-        raise RowProblem(f"field {sg.conversations!r} should be a non-empty list of turns", f"missing_{sg.conversations}")
+        raise RowProblem(
+            f"field {sg.conversations!r} should be a non-empty list of turns", f"missing_{sg.conversations}"
+        )
     roles = sg.role_map()
     msgs: list[dict[str, Any]] = []
     system = row.get(sg.system)
@@ -118,8 +131,10 @@ def from_sharegpt(row: dict[str, Any], sg: ShareGPTConfig) -> dict[str, Any]:
         name, value = turn.get(sg.role), turn.get(sg.content)
         if name not in roles:
             known = ", ".join(sorted(roles))
-            raise RowProblem(f"{where}.{sg.role}: unknown role {name!r} (known: {known}; add yours under "
-                             "data.train.sharegpt.roles)", "unknown_role")
+            raise RowProblem(
+                f"{where}.{sg.role}: unknown role {name!r} (known: {known}; add yours under data.train.sharegpt.roles)",
+                "unknown_role",
+            )
         if not isinstance(value, str):
             raise RowProblem(f"{where}.{sg.content} should be a string, got {type(value).__name__}", "bad_sharegpt")
         role = roles[name]
@@ -127,7 +142,9 @@ def from_sharegpt(row: dict[str, Any], sg: ShareGPTConfig) -> dict[str, Any]:
             try:
                 calls = json.loads(value)
             except json.JSONDecodeError as e:
-                raise RowProblem(f"{where}.{sg.content}: a function call that is not valid JSON ({e.msg})", "bad_tool_calls") from None
+                raise RowProblem(
+                    f"{where}.{sg.content}: a function call that is not valid JSON ({e.msg})", "bad_tool_calls"
+                ) from None
             calls = [_tool_call(c, f"{where}.{sg.content}") for c in _as_list(calls)]
             if msgs and msgs[-1]["role"] == "assistant" and msgs[-1].get("tool_calls"):
                 msgs[-1]["tool_calls"] += calls
@@ -149,8 +166,10 @@ def from_alpaca(row: dict[str, Any]) -> dict[str, Any]:
     inst, inp, output = row.get("instruction"), row.get("input") or "", row.get("output")
     for name, value in (("instruction", inst), ("output", output)):
         if not isinstance(value, str) or not value.strip():
-            raise RowProblem(f"missing field {name!r}" if value is None else f"field {name!r} should be a non-empty string",
-                             f"missing_{name}")
+            raise RowProblem(
+                f"missing field {name!r}" if value is None else f"field {name!r} should be a non-empty string",
+                f"missing_{name}",
+            )
     user = f"{inst}\n\n{inp}" if isinstance(inp, str) and inp else inst
     rest = {k: v for k, v in row.items() if k not in ("instruction", "input", "output")}
     return {**rest, "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": output}]}

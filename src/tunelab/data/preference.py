@@ -112,7 +112,7 @@ def iter_pairs(raw, spec, tokenizer, counts: Counter, method: str, chunk: int = 
     cfg = spec.prompt.model_copy(update={"train_on": "response"})
     adds = tokenizer_adds_bos(tokenizer)
     for start in range(0, len(raw.rows), chunk):
-        rows = raw.rows[start:start + chunk]
+        rows = raw.rows[start : start + chunk]
         examples = []  # (origin, prompt segments, [(column, answer text, label)])
         for i, row in enumerate(rows):
             prompt, answers = None, []

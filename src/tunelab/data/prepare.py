@@ -111,7 +111,12 @@ def load_splits(cfg: RunConfig, home=None) -> tuple[RawRows, RawRows, dict[str, 
     if not train.rows:
         raise DataError(f"{src.path}: no usable training rows (skipped: {dict(train.skipped) or 'none'})")
     skipped = train.skipped + test.skipped
-    stats = {"rows_read": rows_read, "rows_skipped": dict(skipped), "train_rows": len(train.rows), "test_rows": len(test.rows)}
+    stats = {
+        "rows_read": rows_read,
+        "rows_skipped": dict(skipped),
+        "train_rows": len(train.rows),
+        "test_rows": len(test.rows),
+    }
     if notes:
         stats["format_notes"] = notes
     return train, test, stats
@@ -143,16 +148,19 @@ def load_mixture(cfg: RunConfig, home) -> tuple[RawRows, RawRows, dict[str, Any]
         if test_size is not None:
             n_test = int(round(test_size * len(raw.rows))) if test_size < 1 else int(test_size)
             if not 0 < n_test < len(raw.rows):
-                raise DataError(f"{label}.test_size: {test_size} leaves no train or no test rows out of {len(raw.rows)} "
-                                f"in {src.path}")
+                raise DataError(
+                    f"{label}.test_size: {test_size} leaves no train or no test rows out of {len(raw.rows)} "
+                    f"in {src.path}"
+                )
             order = list(range(len(raw.rows)))
             random.Random(d.seed + i).shuffle(order)
             test = _subset(raw, sorted(order[:n_test]), origin=i)
             raw = _subset(raw, sorted(order[n_test:]), origin=i)
         parts.append((raw, test))
         prints.append(raw.fingerprint)
-        per_source.append({"path": src.path, "weight": src.weight, "rows": src.rows, "rows_read": read,
-                           "rows_skipped": dropped})
+        per_source.append(
+            {"path": src.path, "weight": src.weight, "rows": src.rows, "rows_read": read, "rows_skipped": dropped}
+        )
     counts = mixture_counts([len(r.rows) for r, _ in parts], srcs, d.train_rows)
     digest = hashlib.sha256("|".join(prints).encode()).hexdigest()  # the selection itself follows from the config
     train, test = RawRows(skipped=skipped, fingerprint=digest), RawRows(fingerprint=digest)
@@ -166,8 +174,10 @@ def load_mixture(cfg: RunConfig, home) -> tuple[RawRows, RawRows, dict[str, Any]
             test.add(row, where, i)
         per_source[i].update(train_rows=n, test_rows=len(held.rows), repeated_rows=max(0, n - len(raw.rows)))
         if n > len(raw.rows):
-            notes.append(f"data.train[{i}]: {srcs[i].path} has {len(raw.rows)} training rows; {n} were asked, so "
-                         f"{n - len(raw.rows)} repeat")
+            notes.append(
+                f"data.train[{i}]: {srcs[i].path} has {len(raw.rows)} training rows; {n} were asked, so "
+                f"{n - len(raw.rows)} repeat"
+            )
     test_read = 0
     if d.test is not None:
         held = read_validated(d.test, cfg, home, "data.test")
@@ -195,9 +205,13 @@ def load_mixture(cfg: RunConfig, home) -> tuple[RawRows, RawRows, dict[str, Any]
     for i, info in enumerate(per_source):  # what was kept after data.train_rows / data.test_rows
         info["train_rows"] = train.origin.count(i)
         info["test_rows"] = test.origin.count(i)
-    stats = {"rows_read": sum(s["rows_read"] for s in per_source) + test_read,
-             "rows_skipped": dict(skipped), "train_rows": len(train.rows), "test_rows": len(test.rows),
-             "sources": per_source}
+    stats = {
+        "rows_read": sum(s["rows_read"] for s in per_source) + test_read,
+        "rows_skipped": dict(skipped),
+        "train_rows": len(train.rows),
+        "test_rows": len(test.rows),
+        "sources": per_source,
+    }
     if notes:
         stats["format_notes"] = notes
     return train, test, stats
@@ -205,7 +219,9 @@ def load_mixture(cfg: RunConfig, home) -> tuple[RawRows, RawRows, dict[str, Any]
 
 def mixture_counts(available: list[int], srcs, total: int | None) -> list[int]:
     """Training rows to draw from each source (see `load_mixture`)."""
-    counts = [s.rows if s.rows is not None else (n if s.weight is None else 0) for s, n in zip(srcs, available, strict=True)]
+    counts = [
+        s.rows if s.rows is not None else (n if s.weight is None else 0) for s, n in zip(srcs, available, strict=True)
+    ]
     weighted = [i for i, s in enumerate(srcs) if s.weight is not None]
     if not weighted:
         return counts
@@ -214,7 +230,9 @@ def mixture_counts(available: list[int], srcs, total: int | None) -> list[int]:
     if total is not None:
         pool = total - sum(c for i, c in enumerate(counts) if i not in share)
         if pool <= 0:
-            raise DataError(f"data.train_rows: {total} leaves no rows for the weighted sources after those with rows: N")
+            raise DataError(
+                f"data.train_rows: {total} leaves no rows for the weighted sources after those with rows: N"
+            )
     else:  # the largest mixture in these proportions that repeats no row
         pool = min(int(available[i] / share[i] + 1e-9) for i in weighted)
     exact = {i: pool * share[i] for i in weighted}
@@ -294,7 +312,7 @@ def iter_tokenized(raw: RawRows, spec: TokenSpec, tokenizer: Any, counts: Counte
         enc = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
         ids_out, labels_out, origin_out = [], [], []
         k = 0
-        for (index, s) in rendered:
+        for index, s in rendered:
             origin = raw.origin[index] if raw.origin else 0
             ids: list[int] = []
             labels: list[int] = []
@@ -338,8 +356,15 @@ def tokenize_rows(raw: RawRows, spec: TokenSpec, tokenizer: Any) -> tuple[dict[s
     return cols, counts
 
 
-def write_arrow(raw: RawRows, spec: TokenSpec, tokenizer: Any, path: Path, counts: Counter, method: str = "sft",
-                per_source: dict[int, Counter] | None = None) -> dict[str, int]:
+def write_arrow(
+    raw: RawRows,
+    spec: TokenSpec,
+    tokenizer: Any,
+    path: Path,
+    counts: Counter,
+    method: str = "sft",
+    per_source: dict[int, Counter] | None = None,
+) -> dict[str, int]:
     """Tokenize `raw` into an Arrow file at `path`; returns examples, tokens and loss tokens written.
 
     `method` dpo / kto writes preference columns (`tunelab.data.preference`); `per_source`, when
@@ -354,7 +379,11 @@ def write_arrow(raw: RawRows, spec: TokenSpec, tokenizer: Any, path: Path, count
     else:
         from tunelab.data.preference import iter_pairs
 
-        answer = {"completion_ids": ids, "label": Value("bool")} if method == "kto" else {"chosen_ids": ids, "rejected_ids": ids}
+        answer = (
+            {"completion_ids": ids, "label": Value("bool")}
+            if method == "kto"
+            else {"chosen_ids": ids, "rejected_ids": ids}
+        )
         features = Features({"prompt_ids": ids, **answer})
         batches = iter_pairs(raw, spec, tokenizer, counts, method)
     n = tokens = loss_tokens = 0
@@ -419,7 +448,10 @@ def prepare_data(cfg: RunConfig, tokenizer: Any, console=None, home=None) -> Pre
         problem = _entry_problem(entry)
         if problem:
             if console is not None:
-                console.print(f"[yellow]note:[/] tokenized-data cache entry {entry.name} {problem}; rebuilding it", highlight=False)
+                console.print(
+                    f"[yellow]note:[/] tokenized-data cache entry {entry.name} {problem}; rebuilding it",
+                    highlight=False,
+                )
             _discard(entry)
             hit = False
     if not hit:
@@ -451,9 +483,16 @@ def _build_entry(entry: Path, cfg: RunConfig, tokenizer: Any, train: RawRows, te
         for i, info in enumerate(stats.get("sources", [])):
             got = per_source.get(i, Counter())
             info.update(train_examples=got["examples"], train_tokens=got["tokens"])
-        stats = {**stats, "train_examples": tr["examples"], "test_examples": te["examples"], "train_tokens": tr["tokens"],
-                 "train_loss_tokens": tr["loss_tokens"], **dict(counts), **train_counts,
-                 "files": {n: _sha256(tmp / n) for n in ("train.arrow", "test.arrow")}}
+        stats = {
+            **stats,
+            "train_examples": tr["examples"],
+            "test_examples": te["examples"],
+            "train_tokens": tr["tokens"],
+            "train_loss_tokens": tr["loss_tokens"],
+            **dict(counts),
+            **train_counts,
+            "files": {n: _sha256(tmp / n) for n in ("train.arrow", "test.arrow")},
+        }
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -474,8 +513,10 @@ def _all_dropped(cfg: RunConfig, rows: int, counts: Counter) -> str:
     if counts.get("too_long_dropped") == rows:
         return f"training.max_length: all {rows} training rows are longer than {n} tokens and data.too_long is drop"
     if counts.get("no_response_tokens"):
-        return (f"training.max_length: {n} tokens leave no answer tokens in any of the {rows} training rows "
-                f"({counts['no_response_tokens']} lost their answer to truncation)")
+        return (
+            f"training.max_length: {n} tokens leave no answer tokens in any of the {rows} training rows "
+            f"({counts['no_response_tokens']} lost their answer to truncation)"
+        )
     return f"{', '.join(s.path for s in cfg.data.train_sources)}: every training example was dropped ({dict(counts)})"
 
 
@@ -484,20 +525,38 @@ def data_notes(stats: dict[str, Any], cfg: RunConfig) -> list[str]:
     answer token left after truncation), for the train split and for the rest."""
     n, out = cfg.training.max_length, []
     rows = stats.get("train_rows") or 0
-    parts = [("train", {k: stats.get(f"train_{k}", 0) for k in ("too_long_truncated", "too_long_dropped", "no_response_tokens")}, rows),
-             ("test", {k: stats.get(k, 0) - stats.get(f"train_{k}", 0) for k in ("too_long_truncated", "too_long_dropped",
-                                                                               "no_response_tokens")}, stats.get("test_rows") or 0)]
+    parts = [
+        (
+            "train",
+            {k: stats.get(f"train_{k}", 0) for k in ("too_long_truncated", "too_long_dropped", "no_response_tokens")},
+            rows,
+        ),
+        (
+            "test",
+            {
+                k: stats.get(k, 0) - stats.get(f"train_{k}", 0)
+                for k in ("too_long_truncated", "too_long_dropped", "no_response_tokens")
+            },
+            stats.get("test_rows") or 0,
+        ),
+    ]
     for split, c, total in parts:
         if not total:
             continue
         if c["too_long_truncated"]:
-            out.append(f"{c['too_long_truncated']} of {total} {split} rows truncated to {n} tokens "
-                       f"({c['too_long_truncated'] / total:.0%})")
+            out.append(
+                f"{c['too_long_truncated']} of {total} {split} rows truncated to {n} tokens "
+                f"({c['too_long_truncated'] / total:.0%})"
+            )
         if c["too_long_dropped"]:
-            out.append(f"{c['too_long_dropped']} of {total} {split} rows dropped: longer than {n} tokens (data.too_long: drop)")
+            out.append(
+                f"{c['too_long_dropped']} of {total} {split} rows dropped: longer than {n} tokens (data.too_long: drop)"
+            )
         if c["no_response_tokens"]:
-            out.append(f"{c['no_response_tokens']} of {total} {split} rows dropped: no answer tokens left after truncation "
-                       f"({c['no_response_tokens'] / total:.0%}); raise training.max_length or set data.too_long: drop")
+            out.append(
+                f"{c['no_response_tokens']} of {total} {split} rows dropped: no answer tokens left after truncation "
+                f"({c['no_response_tokens'] / total:.0%}); raise training.max_length or set data.too_long: drop"
+            )
     return out
 
 
@@ -507,9 +566,11 @@ def check_lost_answers(stats: dict[str, Any], cfg: RunConfig) -> None:
     lost = stats.get("train_no_response_tokens", 0)
     limit = cfg.data.max_lost_answers
     if rows and lost / rows > limit:
-        raise DataError(f"training.max_length: {lost} of {rows} training rows ({lost / rows:.0%}) lose every answer token to "
-                        f"truncation at {cfg.training.max_length} tokens (data.max_lost_answers allows {limit:.0%})",
-                        hint="raise training.max_length, or set data.max_lost_answers: 1.0 to train on what is left")
+        raise DataError(
+            f"training.max_length: {lost} of {rows} training rows ({lost / rows:.0%}) lose every answer token to "
+            f"truncation at {cfg.training.max_length} tokens (data.max_lost_answers allows {limit:.0%})",
+            hint="raise training.max_length, or set data.max_lost_answers: 1.0 to train on what is left",
+        )
 
 
 def _sha256(path: Path) -> str:

@@ -61,11 +61,18 @@ def read_jsonl(path: Path, out: RawRows, on_bad_row: str) -> None:
                 _bad(f"{path}:{lineno}: JSON nested too deeply to read", "malformed_json", out, on_bad_row)
                 continue
             if not isinstance(row, dict):
-                _bad(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}", "not_an_object", out, on_bad_row)
+                _bad(
+                    f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}",
+                    "not_an_object",
+                    out,
+                    on_bad_row,
+                )
                 continue
             out.add(row, f"{path}:{lineno}")
     if not lines:
-        out.empty.append(f"{path}: the file is empty" if path.stat().st_size == 0 else f"{path}: the file holds only blank lines")
+        out.empty.append(
+            f"{path}: the file is empty" if path.stat().st_size == 0 else f"{path}: the file holds only blank lines"
+        )
 
 
 def _read_json(path: Path, out: RawRows, on_bad_row: str) -> None:
@@ -122,7 +129,9 @@ def _read_csv(path: Path, out: RawRows, on_bad_row: str) -> None:
                 continue
             out.add({k: ("" if v is None else v) for k, v in row.items()}, where)
         if not n:
-            out.empty.append(f"{path}: a CSV header with no rows" if reader.fieldnames else f"{path}: the file is empty")
+            out.empty.append(
+                f"{path}: a CSV header with no rows" if reader.fieldnames else f"{path}: the file is empty"
+            )
 
 
 def read_text_documents(path: Path, out: RawRows, documents: str = "file") -> None:
@@ -201,8 +210,10 @@ def read_source(src: SourceConfig, on_bad_row: str, home=None) -> RawRows:
     if ref.kind == "local":
         path = Path(src.path).expanduser()
         if not path.exists():
-            raise DataError(f"data file not found: {src.path}",
-                            hint="relative paths are looked up from the working directory, then from the config file's folder")
+            raise DataError(
+                f"data file not found: {src.path}",
+                hint="relative paths are looked up from the working directory, then from the config file's folder",
+            )
         files = local_files(path)
         for f in files:
             try:
@@ -224,15 +235,21 @@ def read_source(src: SourceConfig, on_bad_row: str, home=None) -> RawRows:
 
 
 def _read_synthetic(spec, text: str, out: RawRows) -> RawRows:
-    """`synthetic:N[:seed=S][:tasks=a,b][:kind=K]` (parsed by tunelab.refs): seeded rows from `tunelab.data.synthetic`."""
+    """`synthetic:N[:seed=S][:tasks=a,b][:kind=K]` (parsed by tunelab.refs): seeded rows from
+    `tunelab.data.synthetic`."""
     from tunelab.data.synthetic import TASKS, generate, preference_pairs, tool_conversations
 
     unknown = [t for t in spec.tasks or () if t not in TASKS]
     if unknown:
         raise DataError(f"data source {text!r}: unknown task {', '.join(unknown)} (tasks: {', '.join(TASKS)})")
     tasks = list(spec.tasks) if spec.tasks else None
-    rows = (preference_pairs(spec.n, spec.seed, tasks) if spec.kind == "preference"
-            else tool_conversations(spec.n, spec.seed) if spec.kind == "tools" else generate(spec.n, spec.seed, tasks))
+    rows = (
+        preference_pairs(spec.n, spec.seed, tasks)
+        if spec.kind == "preference"
+        else tool_conversations(spec.n, spec.seed)
+        if spec.kind == "tools"
+        else generate(spec.n, spec.seed, tasks)
+    )
     for i, row in enumerate(rows):
         out.add(row, f"{text}:row {i + 1}")
     out.fingerprint = hashlib.sha256(text.encode()).hexdigest()
@@ -249,7 +266,9 @@ def _read_hub(src: SourceConfig, out: RawRows) -> RawRows:
         ds = datasets.load_dataset(src.path, src.subset, split=src.split, revision=src.revision)
     except Exception as e:  # the hub client raises many types; all mean "could not get it"
         if offline:
-            raise DataError(unreachable_message("data.train.path", src.path).replace("hub cache", "datasets cache")) from None
+            raise DataError(
+                unreachable_message("data.train.path", src.path).replace("hub cache", "datasets cache")
+            ) from None
         raise DataError(
             f"cannot load dataset {src.path!r} (split {src.split!r}): {str(e).splitlines()[0][:200]}",
             hint="check the id and split; offline machines need a local file or a cached dataset",
@@ -258,5 +277,7 @@ def _read_hub(src: SourceConfig, out: RawRows) -> RawRows:
         out.add(dict(row), f"{src.path}[{src.split}]:row {i + 1}")
     from tunelab.compat import dataset_fingerprint
 
-    out.fingerprint = hashlib.sha256(f"{src.path}|{src.subset}|{src.split}|{dataset_fingerprint(ds)}".encode()).hexdigest()
+    out.fingerprint = hashlib.sha256(
+        f"{src.path}|{src.subset}|{src.split}|{dataset_fingerprint(ds)}".encode()
+    ).hexdigest()
     return out

@@ -37,7 +37,11 @@ def sort_words(rng: random.Random) -> dict[str, str]:
 
 def sort_digits(rng: random.Random) -> dict[str, str]:
     d = [str(rng.randint(0, 9)) for _ in range(rng.randint(3, 6))]
-    return {"instruction": "Sort the digits from smallest to largest.", "input": " ".join(d), "output": " ".join(sorted(d))}
+    return {
+        "instruction": "Sort the digits from smallest to largest.",
+        "input": " ".join(d),
+        "output": " ".join(sorted(d)),
+    }
 
 
 def uppercase(rng: random.Random) -> dict[str, str]:
@@ -66,7 +70,8 @@ def repeat_word(rng: random.Random) -> dict[str, str]:
 
 
 TASKS: dict[str, Task] = {
-    f.__name__: f for f in (reverse_words, sort_words, sort_digits, uppercase, add_numbers, count_words, first_word, repeat_word)
+    f.__name__: f
+    for f in (reverse_words, sort_words, sort_digits, uppercase, add_numbers, count_words, first_word, repeat_word)
 }
 
 
@@ -121,16 +126,34 @@ def preference_pairs(n: int, seed: int = 0, tasks: list[str] | None = None) -> l
     """`n` tasks as preference pairs: `chosen` is the exact answer, `rejected` a plausible wrong one
     (Alpaca fields instruction / input, so the prompt is asked as an Alpaca prompt)."""
     rng = random.Random(seed + 1)
-    return [{"instruction": r["instruction"], "input": r["input"], "chosen": r["output"], "rejected": wrong_answer(r, rng)}
-            for r in generate(n, seed, tasks)]
+    return [
+        {"instruction": r["instruction"], "input": r["input"], "chosen": r["output"], "rejected": wrong_answer(r, rng)}
+        for r in generate(n, seed, tasks)
+    ]
 
 
 # The tools the synthetic tool-calling conversations may call (OpenAI function schemas).
 TOOLS = [
-    {"type": "function", "function": {"name": "add", "description": "Add two numbers.", "parameters": {
-        "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}},
-    {"type": "function", "function": {"name": "upper", "description": "Write text in upper case.", "parameters": {
-        "type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}},
+    {
+        "type": "function",
+        "function": {
+            "name": "add",
+            "description": "Add two numbers.",
+            "parameters": {
+                "type": "object",
+                "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                "required": ["a", "b"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "upper",
+            "description": "Write text in upper case.",
+            "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+        },
+    },
 ]
 
 
@@ -146,13 +169,21 @@ def tool_conversations(n: int, seed: int = 0) -> list[dict]:
         else:
             text = " ".join(_words(rng, 1, 3))
             ask, call, result = f"Write in upper case: {text}", ("upper", {"text": text}), text.upper()
-        rows.append({"messages": [
-            {"role": "user", "content": ask},
-            {"role": "assistant", "content": "", "tool_calls": [
-                {"type": "function", "function": {"name": call[0], "arguments": call[1]}}]},
-            {"role": "tool", "content": result},
-            {"role": "assistant", "content": result},
-        ], "tools": TOOLS})
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": ask},
+                    {
+                        "role": "assistant",
+                        "content": "",
+                        "tool_calls": [{"type": "function", "function": {"name": call[0], "arguments": call[1]}}],
+                    },
+                    {"role": "tool", "content": result},
+                    {"role": "assistant", "content": result},
+                ],
+                "tools": TOOLS,
+            }
+        )
     return rows
 
 

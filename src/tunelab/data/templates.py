@@ -64,7 +64,9 @@ def render_prompt(row: dict[str, Any], cfg: PromptConfig, tokenizer: Any = None)
     return ""
 
 
-def apply_chat_template(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict] | None = None, **kwargs: Any) -> str:
+def apply_chat_template(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict] | None = None, **kwargs: Any
+) -> str:
     """The tokenizer's chat template rendered as text (`tools`: the function definitions, passed on
     only when there are some); a template that raises (its own `raise_exception`, or the sandbox
     refusing an escape) is a user error, not a traceback."""
@@ -76,7 +78,9 @@ def apply_chat_template(tokenizer: Any, messages: list[dict[str, Any]], tools: l
         return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
     except Exception as e:  # noqa: BLE001 - jinja2's TemplateError / SecurityError, or what the template raised
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ConfigError([f"prompt.format: the model's chat template failed on a conversation ({type(e).__name__}: {first})"]) from None
+        raise ConfigError(
+            [f"prompt.format: the model's chat template failed on a conversation ({type(e).__name__}: {first})"]
+        ) from None
 
 
 def reference(row: dict[str, Any], cfg: PromptConfig) -> str:
@@ -120,16 +124,20 @@ def _chat_segments(messages: list[dict[str, Any]], tokenizer: Any, tools: list[d
             continue
         before = apply_chat_template(tokenizer, messages[:i], tools, add_generation_prompt=True) if i else ""
         if before.startswith(done) and before != done:
-            segs.append((before[len(done):], False))
+            segs.append((before[len(done) :], False))
             done = before
         upto = apply_chat_template(tokenizer, messages[: i + 1], tools)
         if not upto.startswith(done):
-            raise ConfigError(["prompt.format: the tokenizer's chat template does not render conversations incrementally"])
-        segs.append((upto[len(done):], True))
+            raise ConfigError(
+                ["prompt.format: the tokenizer's chat template does not render conversations incrementally"]
+            )
+        segs.append((upto[len(done) :], True))
         done = upto
     if messages[-1]["role"] != "assistant":
         full = apply_chat_template(tokenizer, messages, tools)
         if not full.startswith(done):
-            raise ConfigError(["prompt.format: the tokenizer's chat template does not render conversations incrementally"])
-        segs.append((full[len(done):], False))
+            raise ConfigError(
+                ["prompt.format: the tokenizer's chat template does not render conversations incrementally"]
+            )
+        segs.append((full[len(done) :], False))
     return segs

@@ -17,9 +17,20 @@ from typing import Any
 
 from tunelab.errors import ConfigError
 
-PROBE_TOOLS = [{"type": "function", "function": {
-    "name": "probe_fn", "description": "probe-tool-description",
-    "parameters": {"type": "object", "properties": {"probe_arg": {"type": "integer"}}, "required": ["probe_arg"]}}}]
+PROBE_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "probe_fn",
+            "description": "probe-tool-description",
+            "parameters": {
+                "type": "object",
+                "properties": {"probe_arg": {"type": "integer"}},
+                "required": ["probe_arg"],
+            },
+        },
+    }
+]
 PROBE_CALL = {"type": "function", "function": {"name": "probe_fn", "arguments": {"probe_arg": 7}}}
 _USER = {"role": "user", "content": "probe-question"}
 
@@ -32,21 +43,39 @@ def _render(tokenizer: Any, messages: list[dict], **kwargs) -> str:
 
 def check_tool_template(tokenizer: Any, name: str = "the model") -> None:
     """ConfigError unless the chat template renders a tool definition, a tool call and a tool result."""
-    text = _render(tokenizer, [_USER, {"role": "assistant", "content": "", "tool_calls": [PROBE_CALL]},
-                               {"role": "tool", "content": "probe-result-31"}])
+    text = _render(
+        tokenizer,
+        [
+            _USER,
+            {"role": "assistant", "content": "", "tool_calls": [PROBE_CALL]},
+            {"role": "tool", "content": "probe-result-31"},
+        ],
+    )
     listed = "probe-tool-description" in text
-    missing = [what for what, ok in (("the tools list", listed),
-                                     ("the tool call", text.count("probe_fn") >= (2 if listed else 1)),
-                                     ("the tool result", "probe-result-31" in text)) if not ok]
+    missing = [
+        what
+        for what, ok in (
+            ("the tools list", listed),
+            ("the tool call", text.count("probe_fn") >= (2 if listed else 1)),
+            ("the tool result", "probe-result-31" in text),
+        )
+        if not ok
+    ]
     if missing:
-        raise ConfigError([f"model.name: the chat template of {name} cannot render tool calls (a probe conversation "
-                           f"lost {', '.join(missing)}); rows with tool_calls or tools need a template "
-                           "that takes tools= (Qwen2.5, Llama 3.1, Hermes, Mistral), or drop those fields"])
+        raise ConfigError(
+            [
+                f"model.name: the chat template of {name} cannot render tool calls (a probe conversation "
+                f"lost {', '.join(missing)}); rows with tool_calls or tools need a template "
+                "that takes tools= (Qwen2.5, Llama 3.1, Hermes, Mistral), or drop those fields"
+            ]
+        )
 
 
 def needs_tools(rows: list[dict[str, Any]]) -> bool:
-    return any(r.get("tools") or any(isinstance(m, dict) and m.get("tool_calls") for m in r.get("messages") or ())
-               for r in rows)
+    return any(
+        r.get("tools") or any(isinstance(m, dict) and m.get("tool_calls") for m in r.get("messages") or ())
+        for r in rows
+    )
 
 
 @dataclass(frozen=True)
@@ -64,9 +93,11 @@ def tool_format(tokenizer: Any) -> ToolFormat:
     called = _render(tokenizer, [_USER, {"role": "assistant", "content": "", "tool_calls": [PROBE_CALL]}])
     said = _render(tokenizer, [_USER, {"role": "assistant", "content": "probe-text"}])
     if not called.startswith(prompt) or not said.startswith(prompt) or "probe-text" not in said:
-        raise ConfigError(["model.name: the chat template does not render an assistant turn after its generation prompt"])
-    turn = called[len(prompt):]
-    end = said[len(prompt):].split("probe-text", 1)[1]  # what closes an assistant turn
+        raise ConfigError(
+            ["model.name: the chat template does not render an assistant turn after its generation prompt"]
+        )
+    turn = called[len(prompt) :]
+    end = said[len(prompt) :].split("probe-text", 1)[1]  # what closes an assistant turn
     if end and turn.endswith(end):
         turn = turn[: len(turn) - len(end)]
     start, stop, nested = _find_call(turn)
@@ -87,8 +118,12 @@ def _find_call(text: str) -> tuple[int, int, bool]:
         if isinstance(obj, dict) and _call_of(obj) is not None and (best is None or end - i > best[1] - best[0]):
             best = (i, end, "function" in obj)
     if best is None:
-        raise ConfigError(["model.name: the chat template writes tool calls in a form tunelab cannot read back "
-                           "(no JSON object with the call's name and arguments)"])
+        raise ConfigError(
+            [
+                "model.name: the chat template writes tool calls in a form tunelab cannot read back "
+                "(no JSON object with the call's name and arguments)"
+            ]
+        )
     return best
 
 
@@ -137,8 +172,13 @@ def parse_tool_calls(text: str, fmt: ToolFormat) -> tuple[str, list[dict[str, An
         if closer and text.startswith(closer, tail):
             tail += len(closer)
         kept.append(text[pos:at])
-        calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                      "function": {"name": call[0], "arguments": json.dumps(call[1], ensure_ascii=False)}})
+        calls.append(
+            {
+                "id": f"call_{uuid.uuid4().hex[:24]}",
+                "type": "function",
+                "function": {"name": call[0], "arguments": json.dumps(call[1], ensure_ascii=False)},
+            }
+        )
         pos = tail
     kept.append(text[pos:])
     return "".join(kept).strip(), calls

@@ -42,7 +42,9 @@ def row_problem(row: dict[str, Any], cfg: PromptConfig) -> tuple[str, str] | Non
     return None
 
 
-def check_row(row: dict[str, Any], cfg: PromptConfig, shape: SourceConfig | None = None, method: str = "sft") -> dict[str, Any]:
+def check_row(
+    row: dict[str, Any], cfg: PromptConfig, shape: SourceConfig | None = None, method: str = "sft"
+) -> dict[str, Any]:
     """The row, converted to the prompt format's shape and normalised, or RowProblem.
 
     `shape` is the source it came from (its `format` and ShareGPT keys); `method` a preference
@@ -64,8 +66,10 @@ def check_row(row: dict[str, Any], cfg: PromptConfig, shape: SourceConfig | None
             continue  # preference rows hold their answers as chosen / rejected (or completion)
         if name not in row or row[name] is None:
             chat = cfg.format == "alpaca" and ("conversations" in row or "messages" in row)
-            raise RowProblem(f"missing field {name!r}" + (" (a chat row: set prompt.format: messages)" if chat else ""),
-                             f"missing_{name}")
+            raise RowProblem(
+                f"missing field {name!r}" + (" (a chat row: set prompt.format: messages)" if chat else ""),
+                f"missing_{name}",
+            )
         if name == "messages":
             msgs, tools = normalize_messages(row["messages"], row.get("tools"))
             row = {**row, "messages": msgs}
@@ -110,12 +114,21 @@ def check_field_map(raw: RawRows, field_map: dict[str, str], source: str) -> Non
         from tunelab.errors import DataError
 
         fields = ", ".join(sorted(seen)[:20])
-        raise DataError(f"data.field_map: {', '.join(repr(k) for k in unused)} matches no field of any row in {source} "
-                        f"(its fields: {fields})")
+        raise DataError(
+            f"data.field_map: {', '.join(repr(k) for k in unused)} matches no field of any row in {source} "
+            f"(its fields: {fields})"
+        )
 
 
-def validate_rows(raw: RawRows, cfg: PromptConfig, field_map: dict[str, str], on_bad_row: str, source: str = "the data",
-                  shape: SourceConfig | None = None, method: str = "sft") -> RawRows:
+def validate_rows(
+    raw: RawRows,
+    cfg: PromptConfig,
+    field_map: dict[str, str],
+    on_bad_row: str,
+    source: str = "the data",
+    shape: SourceConfig | None = None,
+    method: str = "sft",
+) -> RawRows:
     """Rename fields, check (and convert) each row, and keep the good ones (or stop at the first bad one).
 
     ShareGPT rows read under prompt.format messages with format auto are detected and converted;
@@ -137,6 +150,8 @@ def validate_rows(raw: RawRows, cfg: PromptConfig, field_map: dict[str, str], on
             continue
         out.add(row, where)
     if detected:
-        out.notes.append(f"{source}: {detected} ShareGPT rows ({sg.conversations} of {sg.role} / {sg.content} turns) "
-                         "read as chat messages")
+        out.notes.append(
+            f"{source}: {detected} ShareGPT rows ({sg.conversations} of {sg.role} / {sg.content} turns) "
+            "read as chat messages"
+        )
     return out

@@ -55,7 +55,9 @@ def check_args(target: Target, data: str | None, split: str) -> None:
             hint="pass --data FILE | HUB_ID | synthetic:N[:seed=S]",
         )
     if data is None and split not in ("test", "train"):
-        raise TunelabError(f"--split {split}: a run has a test and a train split", hint="other splits: pass --data HUB_ID --split NAME")
+        raise TunelabError(
+            f"--split {split}: a run has a test and a train split", hint="other splits: pass --data HUB_ID --split NAME"
+        )
 
 
 def load_eval_rows(target: Target, data: str | None = None, split: str = "test", limit: int | None = None) -> EvalRows:
@@ -77,8 +79,14 @@ def load_eval_rows(target: Target, data: str | None = None, split: str = "test",
     else:
         src = SourceConfig(path=data, split=split)
         home = Home.of(cfg) if cfg is not None else Home.default()
-        raw = validate_rows(read_source(src, "error", home), spec.prompt, cfg.data.field_map if cfg else {}, "error", data,
-                            method=cfg.training.method if cfg else "sft")
+        raw = validate_rows(
+            read_source(src, "error", home),
+            spec.prompt,
+            cfg.data.field_map if cfg else {},
+            "error",
+            data,
+            method=cfg.training.method if cfg else "sft",
+        )
         source = data
         if not raw.rows:
             raise DataError(f"{data}: no rows to evaluate")

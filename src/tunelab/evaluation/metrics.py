@@ -13,8 +13,16 @@ from functools import lru_cache
 from statistics import fmean
 
 # Higher is better for these; loss and perplexity are lower-is-better; answer length has no direction.
-HIGHER_IS_BETTER = ("exact_match", "normalized_exact_match", "rougeL", "bleu", "chrf", "preference_accuracy",
-                    "preference_margin", "preference_accuracy_after")
+HIGHER_IS_BETTER = (
+    "exact_match",
+    "normalized_exact_match",
+    "rougeL",
+    "bleu",
+    "chrf",
+    "preference_accuracy",
+    "preference_margin",
+    "preference_accuracy_after",
+)
 LOWER_IS_BETTER = ("loss", "perplexity")
 
 
@@ -65,7 +73,9 @@ def example_scores(answer: str, reference: str) -> dict[str, float]:
     }
 
 
-def generation_metrics(answers: list[str], references: list[str], per_example: list[dict] | None = None) -> dict[str, float]:
+def generation_metrics(
+    answers: list[str], references: list[str], per_example: list[dict] | None = None
+) -> dict[str, float]:
     """Aggregates over a set of answers: means of the per-example scores, except BLEU and chrF,
     which are corpus-level as sacrebleu computes them. Empty input gives an empty dict.
 
@@ -77,7 +87,11 @@ def generation_metrics(answers: list[str], references: list[str], per_example: l
         raise ValueError(f"{len(answers)} answers for {len(references)} references")
     if not references:
         return {}
-    scores = per_example if per_example is not None else [example_scores(a, r) for a, r in zip(answers, references)]
+    scores = (
+        per_example
+        if per_example is not None
+        else [example_scores(a, r) for a, r in zip(answers, references, strict=True)]
+    )
     return {
         "exact_match": fmean(s["exact_match"] for s in scores),
         "normalized_exact_match": fmean(s["normalized_exact_match"] for s in scores),

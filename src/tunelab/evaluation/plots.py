@@ -77,8 +77,15 @@ def curve(runs: list[RunData], key: str, title: str, ylabel: str, log: bool = Fa
                 ax.plot(steps, values, color=colour, linewidth=0.8, alpha=0.25)
                 ax.plot(steps, smooth(values), label=run.name, color=colour, linewidth=1.6)
             elif steps:
-                ax.plot(steps, values, label=run.name, color=colour, linewidth=1.4,
-                        marker="o" if len(steps) <= SMOOTH_ABOVE else None, markersize=3)
+                ax.plot(
+                    steps,
+                    values,
+                    label=run.name,
+                    color=colour,
+                    linewidth=1.4,
+                    marker="o" if len(steps) <= SMOOTH_ABOVE else None,
+                    markersize=3,
+                )
         if log and all(v > 0 for _, _, vals in series for v in vals):
             ax.set_yscale("log")
         ax.set_title(title, fontsize=11)

@@ -11,7 +11,9 @@ from collections import Counter
 from typing import Any
 
 
-def completion_logps(model, tokenizer, examples: list[tuple[list[int], list[int]]], batch_size: int = 16) -> list[float]:
+def completion_logps(
+    model, tokenizer, examples: list[tuple[list[int], list[int]]], batch_size: int = 16
+) -> list[float]:
     """Sum of log p(answer token | everything before it) for each (prompt_ids, answer_ids)."""
     import torch
 
@@ -20,7 +22,7 @@ def completion_logps(model, tokenizer, examples: list[tuple[list[int], list[int]
     out: list[float] = []
     with torch.inference_mode():
         for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
+            chunk = examples[start : start + batch_size]
             width = max(len(p) + len(a) for p, a in chunk)
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -28,22 +30,27 @@ def completion_logps(model, tokenizer, examples: list[tuple[list[int], list[int]
             for i, (p, a) in enumerate(chunk):
                 ids[i, : len(p) + len(a)] = torch.tensor(p + a)
                 mask[i, : len(p) + len(a)] = 1
-                answer[i, len(p): len(p) + len(a)] = True
+                answer[i, len(p) : len(p) + len(a)] = True
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             logp = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
             out += (logp * answer[:, 1:].to(device)).sum(-1).tolist()
     return out
 
 
-def preference_scores(model, tokenizer, pairs: list[tuple[list[int], list[int], list[int]]], batch_size: int = 16) -> dict[str, float]:
-    """preference_accuracy and preference_margin (mean chosen - rejected log-probability) of (prompt, chosen, rejected) pairs."""
+def preference_scores(
+    model, tokenizer, pairs: list[tuple[list[int], list[int], list[int]]], batch_size: int = 16
+) -> dict[str, float]:
+    """preference_accuracy and preference_margin (mean chosen - rejected log-probability) of
+    (prompt, chosen, rejected) pairs."""
     if not pairs:
         return {}
     chosen = completion_logps(model, tokenizer, [(p, c) for p, c, _ in pairs], batch_size)
     rejected = completion_logps(model, tokenizer, [(p, r) for p, _, r in pairs], batch_size)
     wins = sum(c > r for c, r in zip(chosen, rejected, strict=True))
-    return {"preference_accuracy": wins / len(pairs),
-            "preference_margin": sum(c - r for c, r in zip(chosen, rejected, strict=True)) / len(pairs)}
+    return {
+        "preference_accuracy": wins / len(pairs),
+        "preference_margin": sum(c - r for c, r in zip(chosen, rejected, strict=True)) / len(pairs),
+    }
 
 
 def tokenized_pairs(raw, spec, tokenizer) -> list[tuple[list[int], list[int], list[int]]]:

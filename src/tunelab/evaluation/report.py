@@ -22,15 +22,40 @@ from tunelab.runs.files import NOT_COMPARED, flatten
 TEMPLATES = Path(__file__).parent / "templates"
 # shown in the "same in every run" table when equal; any key that differs is shown regardless
 KEY_SETTINGS = [
-    "model.name", "quantization.bits", "adapter.type", "adapter.r", "adapter.alpha", "adapter.dropout",
-    "adapter.target_modules", "data.train.path", "data.train", "data.test_size", "data.train_rows", "prompt.format", "prompt.train_on",
-    "training.method", "preference.beta", "preference.loss_type", "training.max_steps", "training.epochs", "training.learning_rate", "training.lr_scheduler", "training.batch_size",
-    "training.grad_accum", "training.max_length", "training.packing", "training.seed",
+    "model.name",
+    "quantization.bits",
+    "adapter.type",
+    "adapter.r",
+    "adapter.alpha",
+    "adapter.dropout",
+    "adapter.target_modules",
+    "data.train.path",
+    "data.train",
+    "data.test_size",
+    "data.train_rows",
+    "prompt.format",
+    "prompt.train_on",
+    "training.method",
+    "preference.beta",
+    "preference.loss_type",
+    "training.max_steps",
+    "training.epochs",
+    "training.learning_rate",
+    "training.lr_scheduler",
+    "training.batch_size",
+    "training.grad_accum",
+    "training.max_length",
+    "training.packing",
+    "training.seed",
 ]
 EVAL_ROWS = [
-    ("exact_match", "exact match", "pct"), ("normalized_exact_match", "normalized exact match", "pct"),
-    ("rougeL", "ROUGE-L F1", "{:.3f}"), ("bleu", "BLEU", "{:.1f}"), ("chrf", "chrF", "{:.1f}"),
-    ("loss", "loss (response tokens)", "{:.4f}"), ("perplexity", "perplexity", "{:.2f}"),
+    ("exact_match", "exact match", "pct"),
+    ("normalized_exact_match", "normalized exact match", "pct"),
+    ("rougeL", "ROUGE-L F1", "{:.3f}"),
+    ("bleu", "BLEU", "{:.1f}"),
+    ("chrf", "chrF", "{:.1f}"),
+    ("loss", "loss (response tokens)", "{:.4f}"),
+    ("perplexity", "perplexity", "{:.2f}"),
     ("answer_words", "answer length (words)", "{:.2f}"),
     ("preference_accuracy", "preference accuracy (chosen likelier)", "pct"),
     ("preference_margin", "preference margin (nats)", "{:.3f}"),
@@ -78,8 +103,15 @@ def metric_row(label: str, key: str, values: list[float | None], how: str, notes
         candidate = next(t for v, t in present if v == best_v)
         if sum(1 for _, t in present if t == candidate) == 1:
             best_text = candidate
-    cells = [{"text": texts[i] or "", "gap": v is None, "best": best_text is not None and texts[i] == best_text,
-              "note": (notes or [""] * len(values))[i]} for i, v in enumerate(values)]
+    cells = [
+        {
+            "text": texts[i] or "",
+            "gap": v is None,
+            "best": best_text is not None and texts[i] == best_text,
+            "note": (notes or [""] * len(values))[i],
+        }
+        for i, v in enumerate(values)
+    ]
     return {"label": label, "key": key, "cells": cells, "values": values}
 
 
@@ -98,7 +130,9 @@ def verdict(runs: list[RunData], eval_rows: list[dict], train_rows: list[dict]) 
         scored.sort(key=lambda x: x[0], reverse=direction(key) > 0)
         (best, name), (second, other) = scored[0], scored[1]
         if best == second:
-            return f"{name} and {other} tie on {row['label']} ({fmt(best, 'pct' if key == 'exact_match' else '{:.4f}')})."
+            return (
+                f"{name} and {other} tie on {row['label']} ({fmt(best, 'pct' if key == 'exact_match' else '{:.4f}')})."
+            )
         gap = f"{(best - second) * 100:+.1f} points" if key == "exact_match" else f"{best - second:+.4f}"
         shown = fmt(best, "pct" if key == "exact_match" else "{:.4f}")
         return f"Best on {row['label']}: {name} ({shown}), {gap} against {other}."
@@ -119,18 +153,40 @@ def metrics_tables(runs: list[RunData]) -> tuple[list[dict], list[dict]]:
             if any(v is not None for v in values):
                 eval_rows.append(metric_row(label, key, values, how, notes))
     train_rows = [
-        metric_row("final train loss", "final_train_loss", [r.final("final_train_loss", "loss") for r in runs], "{:.4f}"),
-        metric_row("final eval loss", "final_eval_loss", [r.final("final_eval_loss", "eval_loss") for r in runs], "{:.4f}"),
-        metric_row("sample exact match, before training", "before_training",  # a starting point, not a result
-                   [r.final("samples_exact_match_before") for r in runs], "pct"),
-        metric_row("sample exact match, last evaluation", "samples_exact_match",
-                   [r.final("samples_exact_match_after", "samples_exact_match") for r in runs], "pct"),
-        metric_row("sample ROUGE-L, last evaluation", "samples_rougeL", [r.last("samples_rougeL") for r in runs], "{:.3f}"),
+        metric_row(
+            "final train loss", "final_train_loss", [r.final("final_train_loss", "loss") for r in runs], "{:.4f}"
+        ),
+        metric_row(
+            "final eval loss", "final_eval_loss", [r.final("final_eval_loss", "eval_loss") for r in runs], "{:.4f}"
+        ),
+        metric_row(
+            "sample exact match, before training",
+            "before_training",  # a starting point, not a result
+            [r.final("samples_exact_match_before") for r in runs],
+            "pct",
+        ),
+        metric_row(
+            "sample exact match, last evaluation",
+            "samples_exact_match",
+            [r.final("samples_exact_match_after", "samples_exact_match") for r in runs],
+            "pct",
+        ),
+        metric_row(
+            "sample ROUGE-L, last evaluation", "samples_rougeL", [r.last("samples_rougeL") for r in runs], "{:.3f}"
+        ),
         metric_row("sample chrF, last evaluation", "samples_chrf", [r.last("samples_chrf") for r in runs], "{:.1f}"),
-        metric_row("preference accuracy, before training", "before_training",
-                   [r.final("preference_accuracy_before") for r in runs], "pct"),
-        metric_row("preference accuracy, last evaluation", "preference_accuracy",
-                   [r.final("preference_accuracy_after", "preference_accuracy") for r in runs], "pct"),
+        metric_row(
+            "preference accuracy, before training",
+            "before_training",
+            [r.final("preference_accuracy_before") for r in runs],
+            "pct",
+        ),
+        metric_row(
+            "preference accuracy, last evaluation",
+            "preference_accuracy",
+            [r.final("preference_accuracy_after", "preference_accuracy") for r in runs],
+            "pct",
+        ),
         metric_row("reward margin, last log", "rewards/margins", [r.last("rewards/margins") for r in runs], "{:.3f}"),
     ]
     train_rows = [row for row in train_rows if not all(c["gap"] for c in row["cells"])]
@@ -172,7 +228,9 @@ def _metadata(r: RunData) -> dict[str, str]:
         "trainable parameters": f"{params['trainable']:,} of {params['total']:,}" if "trainable" in params else "",
         "data": _data(r),
         "data version": _data_version(r),
-        "evaluated": f"{r.eval.get('created', '')} on {r.eval.get('data', {}).get('examples', '?')} examples" if r.eval else "",
+        "evaluated": f"{r.eval.get('created', '')} on {r.eval.get('data', {}).get('examples', '?')} examples"
+        if r.eval
+        else "",
     }
 
 
@@ -186,7 +244,7 @@ def _adapter(r: RunData) -> str:
 
 def _data(r: RunData) -> str:
     train = r.config.get("data", {}).get("train", {})
-    stats = (r.summary.data.to_dict() if r.summary is not None and r.summary.data is not None else {})
+    stats = r.summary.data.to_dict() if r.summary is not None and r.summary.data is not None else {}
     text = str(train.get("path", ""))
     if train.get("revision"):
         text += f"@{train['revision']}"
@@ -230,10 +288,15 @@ def sample_sections(runs: list[RunData], max_prompts: int) -> list[dict]:
             cells = []
             for i in range(len(runs)):
                 answer = entry["answers"].get((label, i))
-                cells.append({"text": answer if answer is not None else "", "gap": answer is None,
-                              "correct": answer is not None and exact_match(answer, str(entry["reference"])) == 1.0})
+                cells.append(
+                    {
+                        "text": answer if answer is not None else "",
+                        "gap": answer is None,
+                        "correct": answer is not None and exact_match(answer, str(entry["reference"])) == 1.0,
+                    }
+                )
             rows.append({"label": label, "cells": cells})
-        sections.append({"prompt": p[len(prefix):], "full_prompt": p, "reference": entry["reference"], "rows": rows})
+        sections.append({"prompt": p[len(prefix) :], "full_prompt": p, "reference": entry["reference"], "rows": rows})
     return sections
 
 
@@ -273,8 +336,13 @@ def build_context(runs: list[RunData], max_prompts: int) -> dict[str, Any]:
 def render(context: dict[str, Any]) -> str:
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True, undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     return env.get_template("report.html.j2").render(**context)
 
 
@@ -289,4 +357,7 @@ def write_report(paths: list[str | Path], output: str | Path, max_prompts: int =
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     tmp.write_text(html, encoding="utf-8")
     tmp.replace(out)
-    return {"bytes": len(html.encode()), "gaps": [f"{r.name}: {g}" for r in runs for g in r.gaps if g.startswith("no metrics")]}
+    return {
+        "bytes": len(html.encode()),
+        "gaps": [f"{r.name}: {g}" for r in runs for g in r.gaps if g.startswith("no metrics")],
+    }

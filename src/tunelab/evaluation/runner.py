@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data.prepare import tokenize_rows
-from tunelab.runs.records import ModelMeta
 from tunelab.errors import TunelabError
 from tunelab.evaluation.data import EvalRows, check_args, load_eval_rows
 from tunelab.evaluation.metrics import example_scores, generation_metrics
 from tunelab.evaluation.preference import has_pairs, preference_scores, tokenized_pairs
 from tunelab.inference.generate import GenerationSettings, generate_batch
 from tunelab.inference.target import Target, load_target, resolve_target
+from tunelab.runs.records import ModelMeta
 
 SAMPLES_FILE = "eval_samples.jsonl"
 RESULTS_FILE = "eval.json"
@@ -58,7 +58,7 @@ def response_loss(model, tokenizer, rows: EvalRows, batch_size: int) -> dict[str
     import torch.nn.functional as F
 
     cols, _ = tokenize_rows(rows.raw, rows.spec, tokenizer)
-    examples = sorted(zip(cols["input_ids"], cols["labels"]), key=lambda e: -len(e[0]))
+    examples = sorted(zip(cols["input_ids"], cols["labels"], strict=True), key=lambda e: -len(e[0]))
     if not examples:
         return {}
     device = next(model.parameters()).device
@@ -93,7 +93,9 @@ def settings_for(target: Target, max_new_tokens: int | None, batch_size: int | N
     return s
 
 
-def _score(result: ModelResult, model, tokenizer, rows: EvalRows, prompts, references, settings, loss_batch, progress) -> None:
+def _score(
+    result: ModelResult, model, tokenizer, rows: EvalRows, prompts, references, settings, loss_batch, progress
+) -> None:
     if not rows.generates:  # raw text: judged by its loss and perplexity alone, as continued pre-training is
         result.metrics = response_loss(model, tokenizer, rows, loss_batch)
         return
@@ -101,10 +103,14 @@ def _score(result: ModelResult, model, tokenizer, rows: EvalRows, prompts, refer
     on_batch = (lambda n: progress.advance(task, n)) if progress is not None else None
     result.answers = generate_batch(model, tokenizer, prompts, settings, on_batch=on_batch)
     result.scores = [example_scores(a, r) for a, r in zip(result.answers, references, strict=True)]
-    result.metrics = {**response_loss(model, tokenizer, rows, loss_batch),
-                      **generation_metrics(result.answers, references, result.scores)}
+    result.metrics = {
+        **response_loss(model, tokenizer, rows, loss_batch),
+        **generation_metrics(result.answers, references, result.scores),
+    }
     if has_pairs(rows.rows):  # preference rows: is the chosen answer the likelier one?
-        result.metrics.update(preference_scores(model, tokenizer, tokenized_pairs(rows.raw, rows.spec, tokenizer), loss_batch))
+        result.metrics.update(
+            preference_scores(model, tokenizer, tokenized_pairs(rows.raw, rows.spec, tokenizer), loss_batch)
+        )
 
 
 def _release_memory() -> None:
@@ -120,8 +126,13 @@ def auto_baseline(target: Target) -> Target | None:
     if target.adapter is not None:
         return None  # reached through disable_adapter(), see evaluate()
     if target.config is not None:  # a full fine-tune: its base is another set of weights
-        return Target(target.config.model.name, base=target.config.model.name, prompt=target.prompt, config=target.config,
-                      trust_remote_code=target.trust_remote_code)
+        return Target(
+            target.config.model.name,
+            base=target.config.model.name,
+            prompt=target.prompt,
+            config=target.config,
+            trust_remote_code=target.trust_remote_code,
+        )
     return None
 
 
@@ -172,12 +183,21 @@ def evaluate(
     label = target.run_dir.name if target.run_dir is not None else _short(target_text)
     models = [ModelResult("target", label, str(target.adapter or target.base))]
     if use_baseline and base_target is None and target.adapter is not None:
-        models.append(ModelResult("baseline", f"base ({_short(target.config.model.name if target.config else target.base)})",
-                                  f"{target.base} (adapter disabled)"))
+        models.append(
+            ModelResult(
+                "baseline",
+                f"base ({_short(target.config.model.name if target.config else target.base)})",
+                f"{target.base} (adapter disabled)",
+            )
+        )
     elif use_baseline:
         base_target = base_target or auto_baseline(target)
         if base_target is not None:
-            models.append(ModelResult("baseline", f"baseline ({_short(base_target.text)})", str(base_target.adapter or base_target.base)))
+            models.append(
+                ModelResult(
+                    "baseline", f"baseline ({_short(base_target.text)})", str(base_target.adapter or base_target.base)
+                )
+            )
 
     with _progress(console) as progress:
         _score(models[0], model, tokenizer, rows, prompts, references, settings, loss_batch, progress)
@@ -205,11 +225,20 @@ def evaluate(
         if not rows.generates:
             continue
         # the training sample table's shape (what sinks render), the model named in the settings column
-        sink.log_samples(step, [
-            {"step": step, "prompt": p, "generation": m.answers[i], "reference": r,
-             "settings": {**settings.as_dict(), "model": m.label}}
-            for m in models for i, (p, r) in enumerate(zip(prompts, references, strict=True))
-        ])
+        sink.log_samples(
+            step,
+            [
+                {
+                    "step": step,
+                    "prompt": p,
+                    "generation": m.answers[i],
+                    "reference": r,
+                    "settings": {**settings.as_dict(), "model": m.label},
+                }
+                for m in models
+                for i, (p, r) in enumerate(zip(prompts, references, strict=True))
+            ],
+        )
     return EvalResult(summary, models, out)
 
 
@@ -222,8 +251,15 @@ def _progress(console):
         return nullcontext(None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("examples"), TimeElapsedColumn(), console=console, transient=False)
+    return Progress(
+        TextColumn("[bold]eval[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("examples"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 def _summary(target: Target, rows: EvalRows, settings, models: list[ModelResult], seconds: float) -> dict[str, Any]:
@@ -232,8 +268,13 @@ def _summary(target: Target, rows: EvalRows, settings, models: list[ModelResult]
         "target": target.text,
         "step": run_step(target) if target.run_dir is not None else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "data": {"source": rows.source, "split": rows.split, "examples": len(rows.rows),
-                 "prompt_format": rows.prompt.format, "reference_words": sum(len(r.split()) for r in refs) / len(refs)},
+        "data": {
+            "source": rows.source,
+            "split": rows.split,
+            "examples": len(rows.rows),
+            "prompt_format": rows.prompt.format,
+            "reference_words": sum(len(r.split()) for r in refs) / len(refs),
+        },
         "generation": settings.as_dict(),
         "models": {m.role: {"label": m.label, "model": m.spec, "metrics": m.metrics} for m in models},
         "time_s": round(seconds, 2),
@@ -248,8 +289,13 @@ def _sample_records(prompts, references, models: list[ModelResult]) -> list[dict
     if not all(m.answers for m in models):
         return []  # raw text: nothing was generated, only the loss measured
     return [
-        {"index": i, "prompt": p, "reference": r,
-         "answers": {m.role: m.answers[i] for m in models}, "scores": {m.role: m.scores[i] for m in models}}
+        {
+            "index": i,
+            "prompt": p,
+            "reference": r,
+            "answers": {m.role: m.answers[i] for m in models},
+            "scores": {m.role: m.scores[i] for m in models},
+        }
         for i, (p, r) in enumerate(zip(prompts, references, strict=True))
     ]
 

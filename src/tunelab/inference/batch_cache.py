@@ -70,8 +70,10 @@ class Rows:
 
         width = max(self.mask.shape[1], other.mask.shape[1])
         mine, theirs = _layers(self.cache), _layers(other.cache)
-        layers = [(torch.cat([_pad(k, width), _pad(k2, width)]), torch.cat([_pad(v, width), _pad(v2, width)]))
-                  for (k, v), (k2, v2) in zip(mine, theirs, strict=True)]
+        layers = [
+            (torch.cat([_pad(k, width), _pad(k2, width)]), torch.cat([_pad(v, width), _pad(v2, width)]))
+            for (k, v), (k2, v2) in zip(mine, theirs, strict=True)
+        ]
         self.mask = torch.cat([_pad(self.mask, width), _pad(other.mask, width)])
         self.cache = _cache(layers)
 

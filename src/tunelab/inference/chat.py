@@ -42,7 +42,9 @@ class ChatSession:
                 return ids
             if len(self.history) <= 1:
                 self.history = []
-                raise TunelabError(f"the message is {len(ids)} tokens; the model takes at most {self.max_prompt_tokens} here")
+                raise TunelabError(
+                    f"the message is {len(ids)} tokens; the model takes at most {self.max_prompt_tokens} here"
+                )
             # drop the oldest exchange (user + assistant)
             self.history = self.history[2:] if len(self.history) > 2 else self.history[1:]
 

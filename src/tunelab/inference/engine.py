@@ -49,8 +49,14 @@ class Engine:
     A model whose KV cache cannot be padded and stacked (sliding-window or linear-attention layers)
     is served one at a time, with a warning; `batching_off` says why."""
 
-    def __init__(self, model: Any, tokenizer: Any, models: list[ServedModel], max_context: int | None = None,
-                 max_batch: int = DEFAULT_MAX_BATCH):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        models: list[ServedModel],
+        max_context: int | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ):
         from tunelab.inference.batch_cache import batching_unsupported
         from tunelab.inference.batching import BatchScheduler
 
@@ -68,12 +74,16 @@ class Engine:
         self._weights = ExitStack()
         # (each served adapter may keep its own merged copy, so they share the memory allowance)
         adapters = sum(m.adapter is not None for m in models)
-        self._weights.enter_context(generation_weights(model, generation_weights_fit(model, share=0.25 / max(1, adapters))))
+        self._weights.enter_context(
+            generation_weights(model, generation_weights_fit(model, share=0.25 / max(1, adapters)))
+        )
         self.batching_off = batching_unsupported(model) if max_batch > 1 else None
         if self.batching_off:
             log.warning("serving one request at a time: %s", self.batching_off)
         self.max_batch = 1 if self.batching_off else max_batch
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunelab-engine") if self.max_batch == 1 else None
+        self._executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunelab-engine") if self.max_batch == 1 else None
+        )
         self.scheduler = BatchScheduler(model, tokenizer, self.max_batch, self._adapter) if self.max_batch > 1 else None
 
     def encode(self, prompt: str) -> list[int]:
@@ -91,10 +101,13 @@ class Engine:
         """Queue one generation and wait for it; cancelling the wait stops it at the next token."""
         cancel = cancel or threading.Event()
         if self.scheduler is not None:
-            job = asyncio.wrap_future(self.scheduler.submit(served.adapter, input_ids, settings, stop, streamer, cancel))
+            job = asyncio.wrap_future(
+                self.scheduler.submit(served.adapter, input_ids, settings, stop, streamer, cancel)
+            )
         else:
-            job = asyncio.get_running_loop().run_in_executor(self._executor, self._generate, served, input_ids, settings, stop,
-                                                             streamer, cancel)
+            job = asyncio.get_running_loop().run_in_executor(
+                self._executor, self._generate, served, input_ids, settings, stop, streamer, cancel
+            )
         try:
             return await job
         except asyncio.CancelledError:
@@ -106,8 +119,16 @@ class Engine:
         self._running.add(cancel)
         try:
             with self._adapter(served.adapter):
-                return generate_one(self.model, self.tokenizer, input_ids, settings, stop=stop, streamer=streamer, cancel=cancel,
-                                    dense_weights=False)  # the engine's own dense weights are already in place
+                return generate_one(
+                    self.model,
+                    self.tokenizer,
+                    input_ids,
+                    settings,
+                    stop=stop,
+                    streamer=streamer,
+                    cancel=cancel,
+                    dense_weights=False,
+                )  # the engine's own dense weights are already in place
         except BaseException:
             if streamer is not None:
                 streamer.end()  # a consumer waiting on the stream must not hang
@@ -158,8 +179,9 @@ class ServePlan:
     models: list[ServedModel]
 
 
-def plan_models(target_text: str, adapters: Sequence[str] = (), name: str | None = None,
-                trust_remote_code: bool = False) -> ServePlan:
+def plan_models(
+    target_text: str, adapters: Sequence[str] = (), name: str | None = None, trust_remote_code: bool = False
+) -> ServePlan:
     """Resolve TARGET and each `name=PATH` adapter over the same base, and name the models served.
 
     Model ids: the target under `name` (default: the run's or folder's name); when the target is a
@@ -174,9 +196,14 @@ def plan_models(target_text: str, adapters: Sequence[str] = (), name: str | None
         adapter_name, path = parse_adapter_spec(spec)
         t = resolve_target(path, trust_remote_code)
         if t.adapter is None:
-            raise TunelabError(f"--adapter {adapter_name}={path}: not a LoRA adapter (a full model)", hint="serve full models on their own")
+            raise TunelabError(
+                f"--adapter {adapter_name}={path}: not a LoRA adapter (a full model)",
+                hint="serve full models on their own",
+            )
         if resolve_model_path(t.base) != resolve_model_path(target.base):
-            raise TunelabError(f"--adapter {adapter_name}={path}: trained on {t.base}, but the server's base is {target.base}")
+            raise TunelabError(
+                f"--adapter {adapter_name}={path}: trained on {t.base}, but the server's base is {target.base}"
+            )
         extras.append((adapter_name, t))
 
     target_id = name or target.name
@@ -190,12 +217,22 @@ def plan_models(target_text: str, adapters: Sequence[str] = (), name: str | None
     ids = [m.id for m in models]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
-        raise TunelabError(f"two served models are both named {', '.join(dupes)}", hint="name them apart with --name and --adapter NAME=PATH")
+        raise TunelabError(
+            f"two served models are both named {', '.join(dupes)}",
+            hint="name them apart with --name and --adapter NAME=PATH",
+        )
     return ServePlan(target, target_id, extras, models)
 
 
-def load_engine(target_text: str, adapters: Sequence[str] = (), name: str | None = None, quantize: bool | None = None,
-                device: str | None = None, max_batch: int = DEFAULT_MAX_BATCH, trust_remote_code: bool = False) -> Engine:
+def load_engine(
+    target_text: str,
+    adapters: Sequence[str] = (),
+    name: str | None = None,
+    quantize: bool | None = None,
+    device: str | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    trust_remote_code: bool = False,
+) -> Engine:
     """Load the models `plan_models` names over one base (each adapter next to the others) for serving."""
     plan = plan_models(target_text, adapters, name, trust_remote_code)
     model, tokenizer = load_target(plan.target, quantize=quantize, device=device, adapter_name=plan.target_id)

@@ -39,7 +39,9 @@ class ExportResult:
     check: LogitCheck | None
     usage: list[str]
     notes: list[str] = field(default_factory=list)
-    checks: list[str] = field(default_factory=list)  # further checks passed, one line each (gguf: the file's own logits)
+    checks: list[str] = field(
+        default_factory=list
+    )  # further checks passed, one line each (gguf: the file's own logits)
     wrote: str = ""  # what the folder holds, for the CLI's "wrote" line
 
 
@@ -47,7 +49,8 @@ def hf_commands(folder: Path, name: str) -> list[str]:
     return [
         f"vllm serve {folder} --served-model-name {name}",
         f"docker run --gpus all --shm-size 1g -p 8080:80 -v {folder}:/data/model {TGI_IMAGE} --model-id /data/model",
-        f"python -c \"from transformers import pipeline; print(pipeline('text-generation', '{folder}')('Hello')[0]['generated_text'])\"",
+        f'python -c "from transformers import pipeline; '
+        f"print(pipeline('text-generation', '{folder}')('Hello')[0]['generated_text'])\"",
         f"tunelab serve {folder}",
     ]
 
@@ -56,16 +59,17 @@ def adapter_commands(folder: Path, name: str, base: str, rank: int) -> list[str]
     rank_flag = f" --max-lora-rank {next((r for r in VLLM_LORA_RANKS if r >= rank), rank)}" if rank > 16 else ""
     return [
         f"vllm serve {base} --enable-lora --lora-modules {name}={folder}{rank_flag}",
-        f"docker run --gpus all --shm-size 1g -p 8080:80 -v {folder}:/data/adapter -e LORA_ADAPTERS={name}=/data/adapter "
-        f"{TGI_IMAGE} --model-id {base}",
-        f"python -c \"from transformers import AutoModelForCausalLM; from peft import PeftModel; "
+        f"docker run --gpus all --shm-size 1g -p 8080:80 -v {folder}:/data/adapter "
+        f"-e LORA_ADAPTERS={name}=/data/adapter {TGI_IMAGE} --model-id {base}",
+        f'python -c "from transformers import AutoModelForCausalLM; from peft import PeftModel; '
         f"m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained('{base}'), '{folder}')\"",
         f"tunelab serve {base} --adapter {name}={folder}",
     ]
 
 
-def export_target(target: Target, out: Path, fmt: str, dtype: str = "auto", overwrite: bool = False,
-                  quant: str | None = None) -> ExportResult:
+def export_target(
+    target: Target, out: Path, fmt: str, dtype: str = "auto", overwrite: bool = False, quant: str | None = None
+) -> ExportResult:
     """Write `out` in the given format; the result lists the commands that serve it.
 
     `quant` (gguf only): the GGUF tensor type, f16 when None."""
@@ -79,7 +83,9 @@ def export_target(target: Target, out: Path, fmt: str, dtype: str = "auto", over
     if fmt == "hf":
         usage = hf_commands(out, target.name)
         check = write_full_model(target, out, dtype, overwrite, usage=usage)
-        return ExportResult(out, "merged" if target.adapter is not None else "full", check, usage, wrote="Hugging Face model folder")
+        return ExportResult(
+            out, "merged" if target.adapter is not None else "full", check, usage, wrote="Hugging Face model folder"
+        )
     if fmt != "adapter":
         raise TunelabError(f"--format: {fmt!r} is not hf, adapter or gguf")
     if target.adapter is None:
@@ -98,7 +104,10 @@ def _export_adapter(target: Target, out: Path, overwrite: bool) -> ExportResult:
     config["base_model_name_or_path"] = base if is_hub_id(base) else target.base
     notes = []
     if config.get("use_dora") or config.get("modules_to_save"):
-        notes.append("vLLM's LoRA serving does not take DoRA adapters or adapters with modules_to_save; export --format hf for vLLM")
+        notes.append(
+            "vLLM's LoRA serving does not take DoRA adapters or adapters with modules_to_save; "
+            "export --format hf for vLLM"
+        )
     usage = adapter_commands(out, target.name, config["base_model_name_or_path"], int(config.get("r") or 0))
     tmp = staging_dir(out, overwrite)
     try:
@@ -117,7 +126,10 @@ def push_to_hub(folder: Path, repo: str, private: bool = True) -> str:
     """Upload `folder` to the hub repo (created if missing) with the token in HF_TOKEN; the repo's URL."""
     token = os.environ.get("HF_TOKEN")
     if not token:
-        raise TunelabError("--push-to-hub: HF_TOKEN is not set", hint="export HF_TOKEN=<a write token>; tunelab reads it from the environment only")
+        raise TunelabError(
+            "--push-to-hub: HF_TOKEN is not set",
+            hint="export HF_TOKEN=<a write token>; tunelab reads it from the environment only",
+        )
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
@@ -126,5 +138,7 @@ def push_to_hub(folder: Path, repo: str, private: bool = True) -> str:
         api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message="Upload from tunelab export")
     except Exception as e:  # network, auth, offline mode: all the user's to fix; never echo the token
         msg = (str(e).splitlines() or [type(e).__name__])[0].replace(token, "***")[:300]
-        raise TunelabError(f"--push-to-hub {repo}: {msg}", hint="needs network access and a token with write access") from None
+        raise TunelabError(
+            f"--push-to-hub {repo}: {msg}", hint="needs network access and a token with write access"
+        ) from None
     return f"https://huggingface.co/{repo}"

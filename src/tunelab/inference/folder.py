@@ -6,7 +6,6 @@ data and config, and carries the prompt format the model must be asked in.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -18,8 +17,16 @@ from tunelab.errors import TunelabError
 from tunelab.inference.target import Target
 from tunelab.runs import ModelMeta, RunDir
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "chat_template.jinja",
-                   "vocab.json", "merges.txt", "added_tokens.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+)
 
 
 def staging_dir(out: Path, overwrite: bool) -> Path:
@@ -62,36 +69,71 @@ def write_model_meta(folder: Path, target: Target, kind: str, extra: dict[str, A
     """tunelab_model.json: what this folder is, where it came from, the prompt format to ask it in."""
     extra = dict(extra or {})
     known = {k: extra.pop(k) for k in list(extra) if k in ModelMeta.model_fields}
-    ModelMeta(kind=kind, source=target.text, base_model=base_model_id(target), prompt=target.prompt.model_dump(mode="json"),
-              quantization=target.quantization.bits or None, **known, **extra).write(folder)
+    ModelMeta(
+        kind=kind,
+        source=target.text,
+        base_model=base_model_id(target),
+        prompt=target.prompt.model_dump(mode="json"),
+        quantization=target.quantization.bits or None,
+        **known,
+        **extra,
+    ).write(folder)
 
 
-def write_model_card(folder: Path, target: Target, kind: str, check: str | None, usage: list[str],
-                     library: str | None = None) -> None:
+def write_model_card(
+    folder: Path, target: Target, kind: str, check: str | None, usage: list[str], library: str | None = None
+) -> None:
     """README.md naming the base model, the data and the config, with the logit check and the serving commands.
 
-    `library` is the card's `library_name` (default: peft for an adapter, transformers otherwise; gguf for GGUF files)."""
+    `library` is the card's `library_name` (default: peft for an adapter, transformers otherwise; gguf for
+    GGUF files)."""
     base = base_model_id(target)
     cfg = target.config
     summary = _run_summary(target)
     library = library or ("peft" if kind == "adapter" else "transformers")
-    front: dict[str, Any] = {"library_name": library, "tags": ["tunelab", "lora" if target.adapter else "full-fine-tune"]}
+    front: dict[str, Any] = {
+        "library_name": library,
+        "tags": ["tunelab", "lora" if target.adapter else "full-fine-tune"],
+    }
     if is_hub_id(base):
         front["base_model"] = base
     hub_data = [s.path for s in cfg.data.train_sources if is_hub_id(s.path)] if cfg is not None else []
     if hub_data:
         front["datasets"] = hub_data
-    what = {"merged": "A LoRA fine-tune, its adapter merged into the base weights", "full": "A fully fine-tuned model",
-            "adapter": "A LoRA adapter (PEFT) to load over its base model"}[kind]
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {target.name}", "",
-             f"{what}, trained with tunelab.", "", "## Base model", "", f"`{base}`"]
+    what = {
+        "merged": "A LoRA fine-tune, its adapter merged into the base weights",
+        "full": "A fully fine-tuned model",
+        "adapter": "A LoRA adapter (PEFT) to load over its base model",
+    }[kind]
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {target.name}",
+        "",
+        f"{what}, trained with tunelab.",
+        "",
+        "## Base model",
+        "",
+        f"`{base}`",
+    ]
     if target.quantization.bits:
-        lines += ["", f"Trained with QLoRA on a {target.quantization.bits}-bit base; the merge reloaded the base unquantized."]
+        lines += [
+            "",
+            f"Trained with QLoRA on a {target.quantization.bits}-bit base; the merge reloaded the base unquantized.",
+        ]
     lines += ["", "## Data", ""]
     if cfg is not None:
         d = cfg.data
         for src in d.train_sources:
-            share = f", weight {src.weight}" if src.weight is not None else f", {src.rows} rows" if src.rows is not None else ""
+            share = (
+                f", weight {src.weight}"
+                if src.weight is not None
+                else f", {src.rows} rows"
+                if src.rows is not None
+                else ""
+            )
             lines.append(f"- train: `{src.path}` (split `{src.split}`{share})")
         if d.test is not None:
             lines.append(f"- test: `{d.test.path}` (split `{d.test.split}`)")
@@ -99,19 +141,35 @@ def write_model_card(folder: Path, target: Target, kind: str, check: str | None,
             lines.append(f"- test: {d.test_size} carved from train (seed {d.seed})")
         stats = summary.get("data") or {}
         if stats:
-            lines.append(f"- {stats.get('train_rows', '?')} train rows, {stats.get('test_rows', '?')} test rows, {stats.get('train_tokens', '?')} train tokens")
+            lines.append(
+                f"- {stats.get('train_rows', '?')} train rows, {stats.get('test_rows', '?')} test rows, "
+                f"{stats.get('train_tokens', '?')} train tokens"
+            )
         lines.append(f"- prompt format: `{cfg.prompt.format}` (loss on {cfg.prompt.train_on})")
     else:
         lines.append("Not recorded (the source was not a tunelab run directory).")
     if summary:
-        lines += ["", "## Training", "", f"- steps: {summary.get('steps')}, final train loss: {summary.get('final_train_loss')}, "
-                  f"final eval loss: {summary.get('final_eval_loss')}"]
+        lines += [
+            "",
+            "## Training",
+            "",
+            f"- steps: {summary.get('steps')}, final train loss: {summary.get('final_train_loss')}, "
+            f"final eval loss: {summary.get('final_eval_loss')}",
+        ]
     if check:
         lines += ["", "## Merge check", "", check]
     lines += ["", "## Use it", "", "```bash", *usage, "```"]
     if target.run_dir is not None and (target.run_dir / "config.yaml").is_file():
-        lines += ["", "## Config", "", "The run's resolved config (secrets redacted):", "", "```yaml",
-                  (target.run_dir / "config.yaml").read_text().rstrip(), "```"]
+        lines += [
+            "",
+            "## Config",
+            "",
+            "The run's resolved config (secrets redacted):",
+            "",
+            "```yaml",
+            (target.run_dir / "config.yaml").read_text().rstrip(),
+            "```",
+        ]
     (folder / "README.md").write_text("\n".join(lines) + "\n")
 
 

@@ -99,8 +99,9 @@ def _dense(model, dense_weights: bool | None) -> bool:
     return dense_weights
 
 
-def generate_batch(model, tokenizer, prompts: list[str], settings: GenerationSettings, on_batch=None,
-                   dense_weights: bool | None = None) -> list[str]:
+def generate_batch(
+    model, tokenizer, prompts: list[str], settings: GenerationSettings, on_batch=None, dense_weights: bool | None = None
+) -> list[str]:
     """Answers for `prompts` (already rendered with the prompt template), in order.
 
     `dense_weights`: generate with dense, LoRA-merged copies of the weights
@@ -162,7 +163,9 @@ def generate_one(
 
     class _Cancelled(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
-            return torch.full((input_ids.shape[0],), cancel is not None and cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+            return torch.full(
+                (input_ids.shape[0],), cancel is not None and cancel.is_set(), dtype=torch.bool, device=input_ids.device
+            )
 
     device = next(model.parameters()).device
     kwargs = generate_kwargs(model, tokenizer, settings)
@@ -173,15 +176,27 @@ def generate_one(
     with inference_mode(model), generation_weights(model, _dense(model, dense_weights)):
         torch.manual_seed(settings.seed)
         gen = model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([_Cancelled()]), **kwargs,
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+            **kwargs,
         )
     new = gen[0, ids.shape[1] :].tolist()
-    return finish_generation(tokenizer, new, set(kwargs["eos_token_id"]), stops, len(input_ids), settings.max_new_tokens)
+    return finish_generation(
+        tokenizer, new, set(kwargs["eos_token_id"]), stops, len(input_ids), settings.max_new_tokens
+    )
 
 
-def finish_generation(tokenizer, new: Sequence[int], eos: set[int], stops: Sequence[str], prompt_tokens: int,
-                      max_new_tokens: int, cancelled: bool = False) -> Generation:
+def finish_generation(
+    tokenizer,
+    new: Sequence[int],
+    eos: set[int],
+    stops: Sequence[str],
+    prompt_tokens: int,
+    max_new_tokens: int,
+    cancelled: bool = False,
+) -> Generation:
     """The answer for generated ids `new`: text cut before the first stop string; finish_reason
     "stop" for EOS, a stop string or a cancel, "length" when max_new_tokens ran out. One rule for
     every generation path (one prompt, the server's batches)."""
@@ -195,8 +210,9 @@ def finish_generation(tokenizer, new: Sequence[int], eos: set[int], stops: Seque
     return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(new), finish_reason=finish)
 
 
-def stream_generate(model, tokenizer, input_ids: Sequence[int], settings: GenerationSettings,
-                    dense_weights: bool | None = None) -> Iterator[str]:
+def stream_generate(
+    model, tokenizer, input_ids: Sequence[int], settings: GenerationSettings, dense_weights: bool | None = None
+) -> Iterator[str]:
     """Yield the answer's text as it is generated (TextIteratorStreamer fed from a worker thread).
 
     Stopping early (Ctrl-C, breaking out of the loop) cancels generation at the next token; an
@@ -211,7 +227,9 @@ def stream_generate(model, tokenizer, input_ids: Sequence[int], settings: Genera
 
     def work() -> None:
         try:
-            generate_one(model, tokenizer, input_ids, settings, streamer=streamer, cancel=cancel, dense_weights=dense_weights)
+            generate_one(
+                model, tokenizer, input_ids, settings, streamer=streamer, cancel=cancel, dense_weights=dense_weights
+            )
         except BaseException as e:  # handed to the consumer thread, which re-raises it
             failure.append(e)
             streamer.end()

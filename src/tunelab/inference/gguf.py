@@ -81,31 +81,49 @@ def read_hparams(config: dict[str, Any]) -> LlamaHparams:
     """The shape of a Llama-family model from its config.json; one-line refusal for anything else."""
     arch = (config.get("architectures") or ["(no architectures in config.json)"])[0]
     if arch not in SUPPORTED_ARCHITECTURES:
-        raise TunelabError(f"GGUF export supports {', '.join(SUPPORTED_ARCHITECTURES)}; this model is {arch}",
-                           hint="export --format hf and convert it with llama.cpp's convert_hf_to_gguf.py")
+        raise TunelabError(
+            f"GGUF export supports {', '.join(SUPPORTED_ARCHITECTURES)}; this model is {arch}",
+            hint="export --format hf and convert it with llama.cpp's convert_hf_to_gguf.py",
+        )
     for key, ok in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
         if config.get(key, ok) != ok:
-            raise TunelabError(f"GGUF export: {key}={config[key]!r} is not supported (Llama-family models have {key}={ok!r})")
+            raise TunelabError(
+                f"GGUF export: {key}={config[key]!r} is not supported (Llama-family models have {key}={ok!r})"
+            )
     rope = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
     theta = float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
     heads = int(config["num_attention_heads"])
     hp = LlamaHparams(
-        architecture=arch, layers=int(config["num_hidden_layers"]), hidden=int(config["hidden_size"]),
-        intermediate=int(config["intermediate_size"]), heads=heads, kv_heads=int(config.get("num_key_value_heads") or heads),
+        architecture=arch,
+        layers=int(config["num_hidden_layers"]),
+        hidden=int(config["hidden_size"]),
+        intermediate=int(config["intermediate_size"]),
+        heads=heads,
+        kv_heads=int(config.get("num_key_value_heads") or heads),
         head_dim=int(config.get("head_dim") or config["hidden_size"] // heads),
-        context=int(config.get("max_position_embeddings") or 2048), rms_eps=float(config.get("rms_norm_eps", 1e-6)),
-        rope_theta=theta, rope=rope, vocab_size=int(config["vocab_size"]), tied=bool(config.get("tie_word_embeddings", False)),
+        context=int(config.get("max_position_embeddings") or 2048),
+        rms_eps=float(config.get("rms_norm_eps", 1e-6)),
+        rope_theta=theta,
+        rope=rope,
+        vocab_size=int(config["vocab_size"]),
+        tied=bool(config.get("tie_word_embeddings", False)),
     )
     if hp.rope_type not in ROPE_TYPES:
-        raise TunelabError(f"GGUF export: rope type {hp.rope_type!r} is not supported (supported: {', '.join(ROPE_TYPES)})")
+        raise TunelabError(
+            f"GGUF export: rope type {hp.rope_type!r} is not supported (supported: {', '.join(ROPE_TYPES)})"
+        )
     window = config.get("sliding_window")
     if window and int(window) < hp.context:
-        hp.notes.append(f"transformers limits this model's attention to a {window}-token sliding window, llama.cpp attends "
-                        f"over the whole context: answers can differ once prompt + answer exceed {window} tokens")
+        hp.notes.append(
+            f"transformers limits this model's attention to a {window}-token sliding window, llama.cpp attends "
+            f"over the whole context: answers can differ once prompt + answer exceed {window} tokens"
+        )
     return hp
 
 
-def write_gguf(model_dir: Path, out_file: Path, quant: str, vocab: GGUFVocab, chat_template: str | None, name: str) -> GGUFSummary:
+def write_gguf(
+    model_dir: Path, out_file: Path, quant: str, vocab: GGUFVocab, chat_template: str | None, name: str
+) -> GGUFSummary:
     """Write `model_dir` (a Hugging Face Llama-family folder, safetensors) to `out_file` as GGUF.
 
     Tensors are read, converted and written one at a time, so memory holds one tensor, not the model."""
@@ -124,12 +142,25 @@ def write_gguf(model_dir: Path, out_file: Path, quant: str, vocab: GGUFVocab, ch
     T = gguf.GGMLQuantizationType
     for t in plan:  # F32/F16 go in as typed arrays; every other type as raw bytes of its block layout
         if t.qtype in (T.F32, T.F16):
-            writer.add_tensor_info(t.gguf_name, t.shape, np.dtype(np.float32 if t.qtype == T.F32 else np.float16), _nbytes(t.shape, t.qtype))
+            writer.add_tensor_info(
+                t.gguf_name,
+                t.shape,
+                np.dtype(np.float32 if t.qtype == T.F32 else np.float16),
+                _nbytes(t.shape, t.qtype),
+            )
         else:
-            writer.add_tensor_info(t.gguf_name, gguf.quant_shape_to_byte_shape(t.shape, t.qtype), np.dtype(np.uint8),
-                                   _nbytes(t.shape, t.qtype), raw_dtype=t.qtype)
+            writer.add_tensor_info(
+                t.gguf_name,
+                gguf.quant_shape_to_byte_shape(t.shape, t.qtype),
+                np.dtype(np.uint8),
+                _nbytes(t.shape, t.qtype),
+                raw_dtype=t.qtype,
+            )
     with ExitStack() as files:
-        handles = {f: files.enter_context(safe_open(str(f), framework="pt")) for f in {t.file for t in plan if t.file is not None}}
+        handles = {
+            f: files.enter_context(safe_open(str(f), framework="pt"))
+            for f in {t.file for t in plan if t.file is not None}
+        }
         try:
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
@@ -142,8 +173,15 @@ def write_gguf(model_dir: Path, out_file: Path, quant: str, vocab: GGUFVocab, ch
     by_type: dict[str, int] = {}
     for t in plan:
         by_type[t.qtype.name] = by_type.get(t.qtype.name, 0) + math.prod(t.shape)
-    return GGUFSummary(out_file, quant, len(plan), sum(by_type.values()), by_type,
-                       [f"{t.gguf_name}: {t.note}" for t in plan if t.note], out_file.stat().st_size)
+    return GGUFSummary(
+        out_file,
+        quant,
+        len(plan),
+        sum(by_type.values()),
+        by_type,
+        [f"{t.gguf_name}: {t.note}" for t in plan if t.note],
+        out_file.stat().st_size,
+    )
 
 
 @dataclass
@@ -190,14 +228,26 @@ def _tensor_plan(files: dict[str, Path], hp: LlamaHparams, quant: str) -> list[_
             continue  # tied: llama.cpp uses the token embedding as the output projection when output.weight is absent
         gguf_name = tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
-            raise TunelabError(f"GGUF export: tensor {hf_name!r} has no llama.cpp name (not a plain Llama-family model?)")
+            raise TunelabError(
+                f"GGUF export: tensor {hf_name!r} has no llama.cpp name (not a plain Llama-family model?)"
+            )
         shape = shapes[hf_name]
-        qtype, note = _tensor_type(gguf_name, shape, wanted, gguf_name == output_name or (not has_output and gguf_name == embd_name))
+        qtype, note = _tensor_type(
+            gguf_name, shape, wanted, gguf_name == output_name or (not has_output and gguf_name == embd_name)
+        )
         plan.append(_Planned(hf_name, gguf_name, shape, qtype, file, note))
     if hp.rope_type == "llama3":
         freqs = _llama3_rope_factors(hp)
-        plan.append(_Planned("", gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", freqs.shape,
-                             gguf.GGMLQuantizationType.F32, None, extra=freqs.astype(np.float32)))
+        plan.append(
+            _Planned(
+                "",
+                gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
+                freqs.shape,
+                gguf.GGMLQuantizationType.F32,
+                None,
+                extra=freqs.astype(np.float32),
+            )
+        )
     return plan
 
 
@@ -274,8 +324,14 @@ def _add_model_kv(writer, hp: LlamaHparams, quant: str, name: str) -> None:
 
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
-    file_type = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0",
-                 "q5_0": "MOSTLY_Q5_0", "q4_0": "MOSTLY_Q4_0"}[quant]
+    file_type = {
+        "f32": "ALL_F32",
+        "f16": "MOSTLY_F16",
+        "bf16": "MOSTLY_BF16",
+        "q8_0": "MOSTLY_Q8_0",
+        "q5_0": "MOSTLY_Q5_0",
+        "q4_0": "MOSTLY_Q4_0",
+    }[quant]
     writer.add_file_type(gguf.LlamaFileType[file_type])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_vocab_size(hp.vocab_size)
@@ -299,8 +355,11 @@ def _add_model_kv(writer, hp: LlamaHparams, quant: str, name: str) -> None:
         writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         writer.add_rope_scaling_factor(float(r["factor"]))
         writer.add_rope_scaling_orig_ctx_len(int(r["original_max_position_embeddings"]))
-        for key, add in (("beta_fast", writer.add_rope_scaling_yarn_beta_fast), ("beta_slow", writer.add_rope_scaling_yarn_beta_slow),
-                         ("attention_factor", writer.add_rope_scaling_yarn_attn_factor)):
+        for key, add in (
+            ("beta_fast", writer.add_rope_scaling_yarn_beta_fast),
+            ("beta_slow", writer.add_rope_scaling_yarn_beta_slow),
+            ("attention_factor", writer.add_rope_scaling_yarn_attn_factor),
+        ):
             if r.get(key) is not None:
                 add(float(r[key]))
 
@@ -314,8 +373,13 @@ def _add_vocab_kv(writer, vocab: GGUFVocab, chat_template: str | None) -> None:
         writer.add_token_scores(vocab.scores)
     if vocab.merges is not None:
         writer.add_token_merges(vocab.merges)
-    for value, add in ((vocab.bos, writer.add_bos_token_id), (vocab.eos, writer.add_eos_token_id), (vocab.unk, writer.add_unk_token_id),
-                       (vocab.pad, writer.add_pad_token_id), (vocab.eot, writer.add_eot_token_id)):
+    for value, add in (
+        (vocab.bos, writer.add_bos_token_id),
+        (vocab.eos, writer.add_eos_token_id),
+        (vocab.unk, writer.add_unk_token_id),
+        (vocab.pad, writer.add_pad_token_id),
+        (vocab.eot, writer.add_eot_token_id),
+    ):
         if value is not None:
             add(value)
     writer.add_add_bos_token(vocab.add_bos)
@@ -363,15 +427,24 @@ def model_from_gguf(path: Path, rope_parameters: dict[str, Any] | None = None):
         rope.update(rope_type="linear", factor=float(get("rope.scaling.factor")))
     elif get("rope.scaling.type") is not None or "rope_freqs.weight" in tensors:
         if rope_parameters is None:
-            raise ValueError(f"{path}: rope scaling {get('rope.scaling.type') or 'llama3'} needs rope_parameters from the source config")
+            raise ValueError(
+                f"{path}: rope scaling {get('rope.scaling.type') or 'llama3'} "
+                "needs rope_parameters from the source config"
+            )
     config = LlamaConfig(
-        vocab_size=len(kv["tokenizer.ggml.tokens"]), hidden_size=int(get("embedding_length")),
-        intermediate_size=int(get("feed_forward_length")), num_hidden_layers=int(get("block_count")),
-        num_attention_heads=heads, num_key_value_heads=int(get("attention.head_count_kv", heads)),
+        vocab_size=len(kv["tokenizer.ggml.tokens"]),
+        hidden_size=int(get("embedding_length")),
+        intermediate_size=int(get("feed_forward_length")),
+        num_hidden_layers=int(get("block_count")),
+        num_attention_heads=heads,
+        num_key_value_heads=int(get("attention.head_count_kv", heads)),
         head_dim=int(get("attention.key_length", int(get("embedding_length")) // heads)),
-        max_position_embeddings=int(get("context_length")), rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
-        rope_parameters=rope_parameters or rope, tie_word_embeddings="output.weight" not in tensors,
-        bos_token_id=kv.get("tokenizer.ggml.bos_token_id"), eos_token_id=kv.get("tokenizer.ggml.eos_token_id"),
+        max_position_embeddings=int(get("context_length")),
+        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
+        rope_parameters=rope_parameters or rope,
+        tie_word_embeddings="output.weight" not in tensors,
+        bos_token_id=kv.get("tokenizer.ggml.bos_token_id"),
+        eos_token_id=kv.get("tokenizer.ggml.eos_token_id"),
         pad_token_id=kv.get("tokenizer.ggml.padding_token_id"),
     )
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)

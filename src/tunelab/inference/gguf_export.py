@@ -67,7 +67,9 @@ def export_gguf(target: Target, out: Path, dtype: str, quant: str, overwrite: bo
         merge_check = write_full_model(target, merged, dtype, usage=[])
         hp = gg.read_hparams(json.loads((merged / "config.json").read_text()))
         tokenizer = AutoTokenizer.from_pretrained(merged)
-        stops = stop_token_ids(SimpleNamespace(generation_config=_generation_config(GenerationConfig, merged)), tokenizer)
+        stops = stop_token_ids(
+            SimpleNamespace(generation_config=_generation_config(GenerationConfig, merged)), tokenizer
+        )
         prompt = engine_prompt(inference_prompt(target, tokenizer), tokenizer, stops)
         spm_places = [p for p in (target.adapter, base_dir) if p is not None]
         vocab = read_vocab(merged, tokenizer, hp.vocab_size, stops, spm_places)
@@ -75,22 +77,39 @@ def export_gguf(target: Target, out: Path, dtype: str, quant: str, overwrite: bo
         check = _check_file(target, merged, summary.path, quant, hp, tokenizer)
         (tmp / "Modelfile").write_text(modelfile(file_name, prompt, name))
         kind = "merged" if target.adapter is not None else "full"
-        write_model_meta(tmp, target, "gguf", {"quant": quant, "file": file_name, "dtype_merged": _merged_dtype(merged),
-                                               "merge_check": merge_check.describe(), "gguf_check": check})
-        write_model_card(tmp, target, kind, f"{merge_check.describe()}\n\nGGUF ({quant}): {check}", usage, library="gguf")
+        write_model_meta(
+            tmp,
+            target,
+            "gguf",
+            {
+                "quant": quant,
+                "file": file_name,
+                "dtype_merged": _merged_dtype(merged),
+                "merge_check": merge_check.describe(),
+                "gguf_check": check,
+            },
+        )
+        write_model_card(
+            tmp, target, kind, f"{merge_check.describe()}\n\nGGUF ({quant}): {check}", usage, library="gguf"
+        )
         shutil.rmtree(merged)
         publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     notes = [*hp.notes, *prompt.notes]
     if summary.fallbacks:
-        shown = ", ".join(f.split(":")[0] for f in summary.fallbacks[:4]) + (", ..." if len(summary.fallbacks) > 4 else "")
-        notes.append(f"{len(summary.fallbacks)} tensors written F16, their rows not a multiple of the {quant} block of 32 "
-                     f"(as llama.cpp's converter does): {shown}")
-    types = ", ".join(f"{t} {n / summary.params:.1%}" for t, n in sorted(summary.params_by_type.items(), key=lambda kv: -kv[1]))
+        shown = ", ".join(f.split(":")[0] for f in summary.fallbacks[:4]) + (
+            ", ..." if len(summary.fallbacks) > 4 else ""
+        )
+        notes.append(
+            f"{len(summary.fallbacks)} tensors written F16, their rows not a multiple of the {quant} block of 32 "
+            f"(as llama.cpp's converter does): {shown}"
+        )
+    types = ", ".join(
+        f"{t} {n / summary.params:.1%}" for t, n in sorted(summary.params_by_type.items(), key=lambda kv: -kv[1])
+    )
     size = f"{summary.bytes / 2**20:.1f} MiB" if summary.bytes >= 2**20 else f"{summary.bytes / 2**10:.0f} KiB"
-    wrote = (f"{file_name}, {size}, {summary.params:,} parameters ({types}); "
-             f"Modelfile (prompt format: {prompt.format})")
+    wrote = f"{file_name}, {size}, {summary.params:,} parameters ({types}); Modelfile (prompt format: {prompt.format})"
     return ExportResult(out, "gguf", merge_check, usage, notes, checks=[check], wrote=wrote)
 
 
@@ -123,8 +142,14 @@ def _check_file(target: Target, merged: Path, gguf_file: Path, quant: str, hp: g
     c.compared_with = "the merged model's"
     if quant in TOLERANCE_KEY:
         if not c.ok:
-            raise TunelabError(f"{target.text}: the GGUF file's {c.describe()}", hint="nothing was written; report this with the run's config")
+            raise TunelabError(
+                f"{target.text}: the GGUF file's {c.describe()}",
+                hint="nothing was written; report this with the run's config",
+            )
         return f"{quant} file read back: {c.describe()}"
-    return (f"{quant} file read back (dequantized): logits vs the merged model's on {c.prompts} prompts ({c.tokens} positions): "
-            f"max |diff| {c.max_abs_diff:.2e} (largest |logit| {c.max_abs_logit:.2f}), same top token at "
-            f"{c.argmax_agreement:.1%} of positions (quantized: reported, not held to a tolerance)")
+    return (
+        f"{quant} file read back (dequantized): logits vs the merged model's on {c.prompts} prompts "
+        f"({c.tokens} positions): max |diff| {c.max_abs_diff:.2e} (largest |logit| {c.max_abs_logit:.2f}), "
+        "same top token at "
+        f"{c.argmax_agreement:.1%} of positions (quantized: reported, not held to a tolerance)"
+    )

@@ -49,9 +49,11 @@ class LogitCheck:
 
     def describe(self) -> str:
         verdict = "match" if self.ok else "DO NOT match"
-        return (f"saved logits {verdict} {self.compared_with} on {self.prompts} prompts ({self.tokens} positions): "
-                f"max |diff| {self.max_abs_diff:.2e} (allowed {self.tolerance * max(self.max_abs_logit, 1.0):.2e}), "
-                f"same top token at {self.argmax_agreement:.1%} of positions")
+        return (
+            f"saved logits {verdict} {self.compared_with} on {self.prompts} prompts ({self.tokens} positions): "
+            f"max |diff| {self.max_abs_diff:.2e} (allowed {self.tolerance * max(self.max_abs_logit, 1.0):.2e}), "
+            f"same top token at {self.argmax_agreement:.1%} of positions"
+        )
 
 
 def saved_dtype(model_path: str) -> str:
@@ -105,7 +107,6 @@ def compare_logits(ref: list[Any], got: list[Any], dtype: str) -> LogitCheck:
 
 def save_full_model(model, tokenizer, folder: Path, dtype: str) -> None:
     """Weights (safetensors) in `dtype`, tokenizer and generation config, ready for serving engines."""
-    import torch
 
     model = model.to(torch_dtype(dtype))
     model.config.use_cache = True  # training turned it off; generate() and serving engines want the KV cache
@@ -120,22 +121,36 @@ def save_full_model(model, tokenizer, folder: Path, dtype: str) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def merge_target(target: Target, out: Path, dtype: str = "auto", overwrite: bool = False, device: str | None = None,
-                 usage: list[str] | None = None) -> LogitCheck:
+def merge_target(
+    target: Target,
+    out: Path,
+    dtype: str = "auto",
+    overwrite: bool = False,
+    device: str | None = None,
+    usage: list[str] | None = None,
+) -> LogitCheck:
     """Merge the target's adapter into its base, write `out`, and return the logit check.
 
     Raises when the merged model, reloaded from disk, does not reproduce the adapter model's
     logits within tolerance; `out` is then left untouched.
     """
     if target.adapter is None:
-        raise TunelabError(f"{target.text}: a full model, there is no adapter to merge", hint="tunelab export --format hf copies it as it is")
+        raise TunelabError(
+            f"{target.text}: a full model, there is no adapter to merge",
+            hint="tunelab export --format hf copies it as it is",
+        )
     return write_full_model(target, out, dtype, overwrite, device, usage)
 
 
-def write_full_model(target: Target, out: Path, dtype: str = "auto", overwrite: bool = False, device: str | None = None,
-                     usage: list[str] | None = None) -> LogitCheck:
+def write_full_model(
+    target: Target,
+    out: Path,
+    dtype: str = "auto",
+    overwrite: bool = False,
+    device: str | None = None,
+    usage: list[str] | None = None,
+) -> LogitCheck:
     """A standalone Hugging Face folder of the target (adapter merged when there is one), checked by reloading it."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     from tunelab.model.loading import device_for, resolve_model_path
@@ -162,14 +177,20 @@ def write_full_model(target: Target, out: Path, dtype: str = "auto", overwrite: 
         del model
         gc.collect()
         reloaded = AutoModelForCausalLM.from_pretrained(
-            tmp, dtype=torch_dtype(work_dtype), device_map={"": dev}, use_safetensors=True,
+            tmp,
+            dtype=torch_dtype(work_dtype),
+            device_map={"": dev},
+            use_safetensors=True,
             trust_remote_code=target.model_cfg.trust_remote_code,
         )
         check = compare_logits(reference, logits_for(reloaded, inputs), dtype)
         check.compared_with = "the adapter model's" if kind == "merged" else "the source model's"
         del reloaded
         if not check.ok:
-            raise TunelabError(f"{target.text}: {check.describe()}", hint="the folder was not written; report this with the run's config")
+            raise TunelabError(
+                f"{target.text}: {check.describe()}",
+                hint="the folder was not written; report this with the run's config",
+            )
         write_model_meta(tmp, target, kind, {"dtype": dtype, "check": check.describe()})
         write_model_card(tmp, target, kind, check.describe() if kind == "merged" else None, usage or [])
         publish(tmp, out)

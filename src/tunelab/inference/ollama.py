@@ -26,9 +26,7 @@ from tunelab.errors import TunelabError
 from tunelab.inference.prompts import instruction_row, prompt_text
 
 _PLACEHOLDER = "\x00INSTRUCTION\x00"
-CHATML_GO = (
-    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
-)
+CHATML_GO = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
 
 
 @dataclass
@@ -60,49 +58,89 @@ def engine_prompt(cfg: PromptConfig, tokenizer: Any, stop_ids: list[int]) -> Eng
     if cfg.format == "messages":
         return _chat_prompt(tokenizer, stops)
     parts = single_turn(cfg, tokenizer)
-    what = {"alpaca": "alpaca (the no-input variant: one chat message is the instruction)", "text": "text (the message as it is)"}
+    what = {
+        "alpaca": "alpaca (the no-input variant: one chat message is the instruction)",
+        "text": "text (the message as it is)",
+    }
     desc = what.get(cfg.format, f"{cfg.format} template, the last user message as the instruction")
     if parts is None:
-        return EnginePrompt(f"{cfg.format} template", None, None, stops,
-                            ["the run's prompt template needs more fields than one chat message fills: no chat template or "
-                             "TEMPLATE was written; send fully rendered prompts (llama-cli -p, Ollama's raw mode)"])
+        return EnginePrompt(
+            f"{cfg.format} template",
+            None,
+            None,
+            stops,
+            [
+                "the run's prompt template needs more fields than one chat message fills: no chat template or "
+                "TEMPLATE was written; send fully rendered prompts (llama-cli -p, Ollama's raw mode)"
+            ],
+        )
     before, after = parts
     # BOS as the template's first text when the tokenizer adds one: llama.cpp (llama-server, llama-cli, LM
     # Studio) strips a leading BOS from the rendered prompt and adds its own, llama-cpp-python tokenizes the
     # rendered prompt without adding one; either way the model sees one BOS, as tunelab's encode_prompt gives it.
     bos = "{{ bos_token }}" if _adds_bos(tokenizer) else ""
-    jinja = (bos + "{% for message in messages %}{% if loop.last and message['role'] == 'user' %}"
-             f"{_jinja_literal(before)}{{{{ message['content'] }}}}{_jinja_literal(after)}{{% endif %}}{{% endfor %}}")
+    jinja = (
+        bos + "{% for message in messages %}{% if loop.last and message['role'] == 'user' %}"
+        f"{_jinja_literal(before)}{{{{ message['content'] }}}}{_jinja_literal(after)}{{% endif %}}{{% endfor %}}"
+    )
     # Over .Messages, not .Prompt: Ollama renders a .Prompt template once per earlier turn and joins them,
     # which a model trained on single instructions never saw. This one renders the last message only.
-    go = ("{{- range $i, $m := .Messages }}{{ if and (eq $m.Role \"user\") (eq (len (slice $.Messages $i)) 1) }}"
-          f"{_go_literal(before)}{{{{ $m.Content }}}}{_go_literal(after)}{{{{ end }}}}{{{{ end }}}}")
-    notes = ["each chat message is asked on its own, as `tunelab chat` asks a single-instruction model: "
-             "earlier turns are not shown to the model"]
+    go = (
+        '{{- range $i, $m := .Messages }}{{ if and (eq $m.Role "user") (eq (len (slice $.Messages $i)) 1) }}'
+        f"{_go_literal(before)}{{{{ $m.Content }}}}{_go_literal(after)}{{{{ end }}}}{{{{ end }}}}"
+    )
+    notes = [
+        "each chat message is asked on its own, as `tunelab chat` asks a single-instruction model: "
+        "earlier turns are not shown to the model"
+    ]
     return EnginePrompt(desc, jinja, go, stops, notes)
 
 
 def _chat_prompt(tokenizer: Any, stops: list[str]) -> EnginePrompt:
     template = getattr(tokenizer, "chat_template", None)
     if not template:
-        return EnginePrompt("messages, but the tokenizer has no chat template", None, None, stops,
-                            ["the tokenizer has no chat template: engines will use their default format"])
+        return EnginePrompt(
+            "messages, but the tokenizer has no chat template",
+            None,
+            None,
+            stops,
+            ["the tokenizer has no chat template: engines will use their default format"],
+        )
     if is_chatml(tokenizer):
-        return EnginePrompt("messages (ChatML chat template)", template, CHATML_GO, [*stops, *(["<|im_end|>"] if "<|im_end|>" not in stops else [])])
-    return EnginePrompt("messages (the tokenizer's chat template)", template, None, stops,
-                        ["the chat template is not ChatML, so the Modelfile has no TEMPLATE: Ollama picks one from the GGUF's "
-                         "chat template when it knows it; check with `ollama show NAME --template`"])
+        return EnginePrompt(
+            "messages (ChatML chat template)",
+            template,
+            CHATML_GO,
+            [*stops, *(["<|im_end|>"] if "<|im_end|>" not in stops else [])],
+        )
+    return EnginePrompt(
+        "messages (the tokenizer's chat template)",
+        template,
+        None,
+        stops,
+        [
+            "the chat template is not ChatML, so the Modelfile has no TEMPLATE: Ollama picks one from the GGUF's "
+            "chat template when it knows it; check with `ollama show NAME --template`"
+        ],
+    )
 
 
 def is_chatml(tokenizer: Any) -> bool:
     """Whether the tokenizer's chat template renders conversations exactly as ChatML does."""
     probes = [
         [{"role": "user", "content": "U1"}],
-        [{"role": "system", "content": "S"}, {"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"},
-         {"role": "user", "content": "U2"}],
+        [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "U1"},
+            {"role": "assistant", "content": "A1"},
+            {"role": "user", "content": "U2"},
+        ],
     ]
     for messages in probes:
-        want = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + "<|im_start|>assistant\n"
+        want = (
+            "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+            + "<|im_start|>assistant\n"
+        )
         try:
             if tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) != want:
                 return False
@@ -126,11 +164,13 @@ def _go_literal(text: str) -> str:
 
 def modelfile(gguf_file: str, prompt: EnginePrompt, name: str) -> str:
     """An Ollama Modelfile next to `gguf_file` (relative: Ollama resolves FROM against the Modelfile's folder)."""
-    lines = [f"# Ollama Modelfile for {name}, written by `tunelab export --format gguf`.",
-             f"# Prompt format: {prompt.format}.",
-             f"# Use it: ollama create {name} -f Modelfile && ollama run {name}",
-             *[f"# Note: {n}" for n in prompt.notes],
-             f"FROM ./{gguf_file}"]
+    lines = [
+        f"# Ollama Modelfile for {name}, written by `tunelab export --format gguf`.",
+        f"# Prompt format: {prompt.format}.",
+        f"# Use it: ollama create {name} -f Modelfile && ollama run {name}",
+        *[f"# Note: {n}" for n in prompt.notes],
+        f"FROM ./{gguf_file}",
+    ]
     if prompt.go_template is not None:
         if '"""' in prompt.go_template:
             raise TunelabError('the prompt template contains """, which a Modelfile TEMPLATE cannot hold')

@@ -35,8 +35,14 @@ UNSUPPORTED_UNLESS = {
 class ApiError(Exception):
     """An error answered to the client in the OpenAI shape."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
@@ -96,11 +102,19 @@ class ToolCall(_Strict):
         try:
             args = json.loads(self.function.arguments) if self.function.arguments.strip() else {}
         except json.JSONDecodeError as e:
-            raise ApiError(400, f"tool_calls: arguments of {self.function.name!r} are not valid JSON ({e.msg})",
-                           param="messages", code="invalid_value") from None
+            raise ApiError(
+                400,
+                f"tool_calls: arguments of {self.function.name!r} are not valid JSON ({e.msg})",
+                param="messages",
+                code="invalid_value",
+            ) from None
         if not isinstance(args, dict):
-            raise ApiError(400, f"tool_calls: arguments of {self.function.name!r} must be a JSON object", param="messages",
-                           code="invalid_value")
+            raise ApiError(
+                400,
+                f"tool_calls: arguments of {self.function.name!r} must be a JSON object",
+                param="messages",
+                code="invalid_value",
+            )
         out = {"type": "function", "function": {"name": self.function.name, "arguments": args}}
         return {**out, "id": self.id} if self.id else out
 
@@ -189,7 +203,11 @@ def parse_request(body: bytes, model: type[_Sampling]) -> Any:
         problems, first = [], None
         for err in e.errors():
             # drop pydantic's union-member labels ('str', 'list[str]', ...) from the location
-            loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and (p in ("str", "int", "float", "bool") or "[" in p))]
+            loc = [
+                str(p)
+                for p in err["loc"]
+                if not (isinstance(p, str) and (p in ("str", "int", "float", "bool") or "[" in p))
+            ]
             param = ".".join(loc) or None
             first = first or param
             msg = "required" if err["type"] == "missing" else err["msg"]
@@ -227,8 +245,12 @@ def _check_text(path: str, text: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise ApiError(400, f"{path or 'body'}: not valid Unicode (a lone surrogate {text[e.start]!r} at character {e.start})",
-                       param=path or None, code="invalid_value") from None
+        raise ApiError(
+            400,
+            f"{path or 'body'}: not valid Unicode (a lone surrogate {text[e.start]!r} at character {e.start})",
+            param=path or None,
+            code="invalid_value",
+        ) from None
 
 
 class StopTrimmer:
@@ -251,8 +273,15 @@ class StopTrimmer:
         if cut >= 0:
             out, self.buffer, self.stopped = self.buffer[:cut], "", True
             return out
-        hold = max((k for s in self.stops for k in range(min(len(s) - 1, len(self.buffer)), 0, -1)
-                    if self.buffer.endswith(s[:k])), default=0)
+        hold = max(
+            (
+                k
+                for s in self.stops
+                for k in range(min(len(s) - 1, len(self.buffer)), 0, -1)
+                if self.buffer.endswith(s[:k])
+            ),
+            default=0,
+        )
         out = self.buffer[: len(self.buffer) - hold]
         self.buffer = self.buffer[len(self.buffer) - hold :]
         return out
@@ -267,7 +296,11 @@ def new_id(prefix: str) -> str:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def sse(obj: Any) -> str:

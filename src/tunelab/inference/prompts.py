@@ -29,7 +29,9 @@ def instruction_row(instruction: str, input: str, cfg: PromptConfig) -> dict[str
         row["instruction" if "instruction" in fields else fields[0]] = instruction
         if input:
             if "input" not in fields:
-                raise TunelabError("--input: the run's prompt template has no {input} field", hint=f"its fields: {', '.join(fields)}")
+                raise TunelabError(
+                    "--input: the run's prompt template has no {input} field", hint=f"its fields: {', '.join(fields)}"
+                )
             row["input"] = input
         return row
     raise TunelabError(
@@ -51,14 +53,18 @@ def read_prompt_rows(path: Path, cfg: PromptConfig) -> list[dict[str, Any]]:
         raise DataError(f"{path}: prompts file not found")
     from tunelab.data.sources import RawRows, read_jsonl
 
-    needed = {"alpaca": ["instruction"], "messages": ["messages"], "text": [cfg.text_field]}.get(cfg.format) or template_fields(cfg.template or "")
+    needed = {"alpaca": ["instruction"], "messages": ["messages"], "text": [cfg.text_field]}.get(
+        cfg.format
+    ) or template_fields(cfg.template or "")
     raw = RawRows()
     read_jsonl(path, raw, on_bad_row="error")
     for row, where in zip(raw.rows, raw.where, strict=True):
         missing = [f for f in needed if not row.get(f)]
         if missing:
             raise DataError(f"{where}: missing {', '.join(missing)} (prompt format {cfg.format})")
-        if cfg.format == "messages" and not (isinstance(row["messages"], list) and all(isinstance(m, dict) for m in row["messages"])):
+        if cfg.format == "messages" and not (
+            isinstance(row["messages"], list) and all(isinstance(m, dict) for m in row["messages"])
+        ):
             raise DataError(f"{where}: messages must be a list of {{role, content}} objects")
     rows = raw.rows
     if not rows:
@@ -66,7 +72,9 @@ def read_prompt_rows(path: Path, cfg: PromptConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def chat_prompt(messages: list[dict[str, Any]], cfg: PromptConfig | None, tokenizer: Any, tools: list[dict] | None = None) -> str:
+def chat_prompt(
+    messages: list[dict[str, Any]], cfg: PromptConfig | None, tokenizer: Any, tools: list[dict] | None = None
+) -> str:
     """The prompt for a conversation (and the tools it may call).
 
     Models trained on `messages` and base models (cfg None) get the tokenizer's chat template over
@@ -76,7 +84,9 @@ def chat_prompt(messages: list[dict[str, Any]], cfg: PromptConfig | None, tokeni
     """
     if cfg is None or cfg.format == "messages":
         if not getattr(tokenizer, "chat_template", None):
-            raise TunelabError("the model's tokenizer has no chat template", hint="send raw text to the completions endpoint instead")
+            raise TunelabError(
+                "the model's tokenizer has no chat template", hint="send raw text to the completions endpoint instead"
+            )
         if tools:
             from tunelab.data.tools import check_tool_template
 
@@ -85,8 +95,10 @@ def chat_prompt(messages: list[dict[str, Any]], cfg: PromptConfig | None, tokeni
 
         return _first_problem(apply_chat_template, tokenizer, messages, tools, add_generation_prompt=True)
     if tools:
-        raise TunelabError(f"tools: this model was trained on {cfg.format} prompts, which hold no tools; only chat "
-                           "(prompt.format messages) models take them")
+        raise TunelabError(
+            f"tools: this model was trained on {cfg.format} prompts, which hold no tools; only chat "
+            "(prompt.format messages) models take them"
+        )
     if not messages or messages[-1]["role"] != "user":
         raise TunelabError("the last message must be the user's")
     return prompt_text(instruction_row(messages[-1]["content"], "", cfg), cfg, tokenizer)

@@ -46,8 +46,12 @@ DEFAULT_COMPLETION_TOKENS = 16  # the OpenAI completions default
 DEFAULT_MAX_BODY_MB = 4.0  # a context's worth of text is well under 1 MB; the cap only stops abuse
 
 
-def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int = 1024,
-               max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 2**20)) -> FastAPI:
+def create_app(
+    engine: Engine,
+    api_key: str | None = None,
+    max_tokens_limit: int = 1024,
+    max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 2**20),
+) -> FastAPI:
     """The ASGI app. `api_key`: required as `Authorization: Bearer KEY` on /v1/*; `max_tokens_limit`:
     the most tokens one request may ask for; `max_body_bytes`: the largest request body (413 above)."""
     app = FastAPI(title="tunelab", docs_url=None, redoc_url=None, openapi_url=None)
@@ -80,31 +84,52 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
     def lookup(name: str) -> ServedModel:
         served = engine.models.get(name)
         if served is None:
-            raise ApiError(404, f"model {name!r} is not served here (available: {', '.join(engine.models)})",
-                           param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"model {name!r} is not served here (available: {', '.join(engine.models)})",
+                param="model",
+                code="model_not_found",
+            )
         return served
 
     def plan(prompt: str, requested: int | None, default: int, param: str) -> tuple[list[int], int]:
         """Prompt ids and the number of tokens to generate, checked against the limit and the context."""
         if len(prompt) > engine.prompt_char_limit:
-            raise ApiError(400, f"this model's maximum context length is {engine.context_length} tokens; the prompt has "
-                           f"{len(prompt)} characters, more than that many tokens can hold", param=param,
-                           code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"this model's maximum context length is {engine.context_length} tokens; the prompt has "
+                f"{len(prompt)} characters, more than that many tokens can hold",
+                param=param,
+                code="context_length_exceeded",
+            )
         ids = engine.encode(prompt)
         room = engine.context_length - len(ids)
         if requested is not None and requested > max_tokens_limit:
-            raise ApiError(400, f"max_tokens: {requested} is above this server's limit of {max_tokens_limit}",
-                           param="max_tokens", code="max_tokens_exceeded")
+            raise ApiError(
+                400,
+                f"max_tokens: {requested} is above this server's limit of {max_tokens_limit}",
+                param="max_tokens",
+                code="max_tokens_exceeded",
+            )
         if room <= 0 or (requested is not None and requested > room):
-            raise ApiError(400, f"this model's maximum context length is {engine.context_length} tokens; the prompt has "
-                           f"{len(ids)} tokens" + (f" and max_tokens asks for {requested} more" if requested else ""),
-                           param=param, code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"this model's maximum context length is {engine.context_length} tokens; the prompt has "
+                f"{len(ids)} tokens" + (f" and max_tokens asks for {requested} more" if requested else ""),
+                param=param,
+                code="context_length_exceeded",
+            )
         return ids, requested if requested is not None else min(default, max_tokens_limit, room)
 
     def settings_for(req, max_new: int) -> GenerationSettings:
         return GenerationSettings(
-            max_new_tokens=max_new, do_sample=req.temperature > 0, temperature=req.temperature or 1.0, top_p=req.top_p,
-            batch_size=1, seed=req.seed if req.seed is not None else secrets.randbelow(2**31), ignore_eos=req.ignore_eos,
+            max_new_tokens=max_new,
+            do_sample=req.temperature > 0,
+            temperature=req.temperature or 1.0,
+            top_p=req.top_p,
+            batch_size=1,
+            seed=req.seed if req.seed is not None else secrets.randbelow(2**31),
+            ignore_eos=req.ignore_eos,
         )
 
     @app.api_route("/health", methods=["GET", "HEAD"])
@@ -140,6 +165,7 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
     async def respond(request: Request, req, served: ServedModel, jobs, stop: list[str], api: _Shape):
         """Run `jobs` [(token ids, settings)] and answer in `api`'s shape, streamed or whole."""
         if req.stream:
+
             async def events():
                 if api.opening is not None:
                     yield sse(api.chunk(0, api.opening, None))
@@ -159,8 +185,12 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
             return _event_stream(events(), request)
         gens = [await engine.generate(served, ids, settings, stop) for ids, settings in jobs]
         _record(request, gens)
-        return {**api.head, "object": api.whole_object,
-                "choices": [api.whole_choice(i, g) for i, g in enumerate(gens)], "usage": _usage(gens)}
+        return {
+            **api.head,
+            "object": api.whole_object,
+            "choices": [api.whole_choice(i, g) for i, g in enumerate(gens)],
+            "usage": _usage(gens),
+        }
 
     def completion_jobs(req, served: ServedModel) -> list[tuple[list[int], GenerationSettings]]:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
@@ -201,10 +231,20 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
     @app.post("/v1/completions")
     async def completions(request: Request):
         req, served, jobs, stop = await accept(request, CompletionRequest, completion_jobs)
-        return await respond(request, req, served, jobs, stop, _Shape(
-            head={"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": served.id},
-            field="text", piece=lambda text: text or "", whole_object="text_completion",
-            whole=lambda g: {"text": g.text}))
+        return await respond(
+            request,
+            req,
+            served,
+            jobs,
+            stop,
+            _Shape(
+                head={"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": served.id},
+                field="text",
+                piece=lambda text: text or "",
+                whole_object="text_completion",
+                whole=lambda g: {"text": g.text},
+            ),
+        )
 
     def read_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
         """A generated answer's text and tool calls, read with the chat template's own call convention."""
@@ -224,12 +264,21 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
             message = {"role": "assistant", "content": content if content or not calls else None}
             if calls:
                 message["tool_calls"] = calls
-            return {**head, "object": "chat.completion", "usage": _usage(gens),
-                    "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]}
+            return {
+                **head,
+                "object": "chat.completion",
+                "usage": _usage(gens),
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+            }
 
         def chunk(delta, reason=None):
-            return sse({**head, "object": "chat.completion.chunk",
-                        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]})
+            return sse(
+                {
+                    **head,
+                    "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}],
+                }
+            )
 
         async def events():
             yield chunk({"role": "assistant", "content": ""})
@@ -249,11 +298,26 @@ def create_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int
         req, served, jobs, stop = await accept(request, ChatRequest, chat_jobs)
         if req.tool_list():
             return await respond_with_tools(request, req, served, jobs, stop)
-        return await respond(request, req, served, jobs, stop, _Shape(
-            head={"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": now(), "model": served.id},
-            field="delta", piece=lambda text: {} if text is None else {"content": text}, whole_object="chat.completion",
-            whole=lambda g: {"message": {"role": "assistant", "content": g.text}},
-            opening={"role": "assistant", "content": ""}))
+        return await respond(
+            request,
+            req,
+            served,
+            jobs,
+            stop,
+            _Shape(
+                head={
+                    "id": new_id("chatcmpl"),
+                    "object": "chat.completion.chunk",
+                    "created": now(),
+                    "model": served.id,
+                },
+                field="delta",
+                piece=lambda text: {} if text is None else {"content": text},
+                whole_object="chat.completion",
+                whole=lambda g: {"message": {"role": "assistant", "content": g.text}},
+                opening={"role": "assistant", "content": ""},
+            ),
+        )
 
     app.add_middleware(RequestLog)
     return app
@@ -275,15 +339,25 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def _too_large(limit: int) -> ApiError:
-    return ApiError(413, f"the request body is over this server's limit of {limit / 2**20:g} MB (--max-body-mb)",
-                    code="request_too_large")
+    return ApiError(
+        413,
+        f"the request body is over this server's limit of {limit / 2**20:g} MB (--max-body-mb)",
+        code="request_too_large",
+    )
 
 
 class _Shape:
     """How one endpoint's responses look: chunk head, the field a streamed piece goes in, the whole answer."""
 
     def __init__(self, head: dict[str, Any], field: str, piece, whole_object: str, whole, opening=None):
-        self.head, self.field, self.piece, self.whole_object, self.whole, self.opening = head, field, piece, whole_object, whole, opening
+        self.head, self.field, self.piece, self.whole_object, self.whole, self.opening = (
+            head,
+            field,
+            piece,
+            whole_object,
+            whole,
+            opening,
+        )
 
     def chunk(self, i: int, value, finish: str | None) -> dict[str, Any]:
         return {**self.head, "choices": [{"index": i, self.field: value, "logprobs": None, "finish_reason": finish}]}
@@ -343,9 +417,15 @@ def _record(request: Request, gens: list[Generation]) -> None:
 
 def _model_card(m: ServedModel, engine: Engine) -> dict[str, Any]:
     base = next((x.id for x in engine.models.values() if x.adapter is None), None)
-    return {"id": m.id, "object": "model", "created": m.created, "owned_by": "tunelab",
-            "root": m.source, "parent": base if m.adapter is not None and base != m.id else None,
-            "max_model_len": engine.context_length}
+    return {
+        "id": m.id,
+        "object": "model",
+        "created": m.created,
+        "owned_by": "tunelab",
+        "root": m.source,
+        "parent": base if m.adapter is not None and base != m.id else None,
+        "max_model_len": engine.context_length,
+    }
 
 
 class RequestLog:
@@ -407,14 +487,28 @@ def configure_logging() -> None:
     log.propagate = False
 
 
-def run_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-               max_tokens_limit: int = 1024, sock=None, max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 2**20)) -> None:
+def run_server(
+    engine: Engine,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    max_tokens_limit: int = 1024,
+    sock=None,
+    max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 2**20),
+) -> None:
     """Serve until SIGTERM / Ctrl-C: uvicorn stops taking connections, lets running requests finish
     (10 s at most), then the engine cancels what is left."""
     import uvicorn
 
-    config = uvicorn.Config(create_app(engine, api_key, max_tokens_limit, max_body_bytes), host=host, port=port, access_log=False,
-                            log_level="info", timeout_graceful_shutdown=10, lifespan="off")
+    config = uvicorn.Config(
+        create_app(engine, api_key, max_tokens_limit, max_body_bytes),
+        host=host,
+        port=port,
+        access_log=False,
+        log_level="info",
+        timeout_graceful_shutdown=10,
+        lifespan="off",
+    )
     server = uvicorn.Server(config)
     # uvicorn shuts down gracefully on SIGTERM / SIGINT, then re-raises the signal to the handler that
     # was there before it. A no-op SIGTERM handler (and catching the re-raised SIGINT) lets the

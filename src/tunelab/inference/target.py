@@ -140,8 +140,13 @@ def target_from_artifact(ref: str, home) -> Target:
     fmt = art.resolved.version.metadata.get("prompt_format")
     known = fmt in ("alpaca", "messages", "text")
     # nothing else says how it was trained: let inference pick a format when unknown
-    return Target(ref, base=art.base, adapter=art.adapter, prompt=PromptConfig(format=fmt) if known else PromptConfig(),
-                  prompt_known=known)
+    return Target(
+        ref,
+        base=art.base,
+        adapter=art.adapter,
+        prompt=PromptConfig(format=fmt) if known else PromptConfig(),
+        prompt_known=known,
+    )
 
 
 def _folder_prompt(folder: Path) -> PromptConfig | None:
@@ -156,7 +161,13 @@ def _folder_prompt(folder: Path) -> PromptConfig | None:
             return PromptConfig.model_validate(meta.prompt)
         except ValueError:
             pass
-    run = folder.parent if folder.name == "final" else folder.parent.parent if folder.parent.name == "checkpoints" else None
+    run = (
+        folder.parent
+        if folder.name == "final"
+        else folder.parent.parent
+        if folder.parent.name == "checkpoints"
+        else None
+    )
     if run is not None and (run / "config.yaml").is_file():
         from tunelab.config import load_config
 
@@ -192,7 +203,11 @@ def load_target(
     if dtype is not None:
         mcfg = mcfg.model_copy(update={"dtype": dtype})
     qcfg = target.quantization if quantize in (None, True) else QuantizationConfig()
-    tok_path = str(target.adapter) if target.adapter is not None and (target.adapter / "tokenizer_config.json").is_file() else None
+    tok_path = (
+        str(target.adapter)
+        if target.adapter is not None and (target.adapter / "tokenizer_config.json").is_file()
+        else None
+    )
     tokenizer = load_tokenizer(mcfg, tok_path or resolve_model_path(target.base))
     model = load_model(mcfg, qcfg, tokenizer, resolve_model_path(target.base))
     if target.adapter is not None:

@@ -39,24 +39,48 @@ class VllmServe:
 
 def require_vllm() -> None:
     if importlib.util.find_spec("vllm") is None:
-        raise TunelabError("--backend vllm: vLLM is not installed in this Python environment",
-                           hint="pip install vllm (Linux with a CUDA GPU), or serve with the default --backend tunelab")
+        raise TunelabError(
+            "--backend vllm: vLLM is not installed in this Python environment",
+            hint="pip install vllm (Linux with a CUDA GPU), or serve with the default --backend tunelab",
+        )
 
 
-def vllm_command(serve: VllmServe, host: str, port: int, max_batch: int | None = None,
-                 python: str = sys.executable, trust_remote_code: bool = False) -> list[str]:
+def vllm_command(
+    serve: VllmServe,
+    host: str,
+    port: int,
+    max_batch: int | None = None,
+    python: str = sys.executable,
+    trust_remote_code: bool = False,
+) -> list[str]:
     """The command line that starts vLLM's OpenAI server for `serve` (the API key goes in VLLM_API_KEY,
     not here: a command line is visible to every user of the machine)."""
-    cmd = [python, "-m", VLLM_SERVER, "--model", serve.model, "--served-model-name", serve.served_name,
-           "--host", host, "--port", str(port)]
+    cmd = [
+        python,
+        "-m",
+        VLLM_SERVER,
+        "--model",
+        serve.model,
+        "--served-model-name",
+        serve.served_name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     if max_batch is not None:
         cmd += ["--max-num-seqs", str(max_batch)]
     if trust_remote_code:  # only when this command was given --trust-remote-code
         cmd.append("--trust-remote-code")
     if serve.loras:
         rank = max(r for _, _, r in serve.loras)
-        cmd += ["--enable-lora", "--lora-modules", *(f"{name}={folder}" for name, folder, _ in serve.loras),
-                "--max-loras", str(len(serve.loras))]
+        cmd += [
+            "--enable-lora",
+            "--lora-modules",
+            *(f"{name}={folder}" for name, folder, _ in serve.loras),
+            "--max-loras",
+            str(len(serve.loras)),
+        ]
         if rank > 16:  # vLLM's default --max-lora-rank is 16, and it takes only a few values
             cmd += ["--max-lora-rank", str(next((r for r in VLLM_LORA_RANKS if r >= rank), rank))]
     return cmd
@@ -73,18 +97,31 @@ def prepare_vllm(plan: ServePlan, workdir: Path) -> VllmServe:
     for model_id, t in adapters:
         result = export_target(t, workdir / model_id, "adapter", overwrite=True)
         if result.notes:  # DoRA, modules_to_save: vLLM cannot serve them as LoRA modules
-            raise TunelabError(f"--backend vllm: {model_id}: {result.notes[0]}",
-                               hint=f"tunelab export {t.text} --format hf -o DIR, then tunelab serve DIR --backend vllm")
+            raise TunelabError(
+                f"--backend vllm: {model_id}: {result.notes[0]}",
+                hint=f"tunelab export {t.text} --format hf -o DIR, then tunelab serve DIR --backend vllm",
+            )
         rank = int(json.loads((result.folder / "adapter_config.json").read_text()).get("r") or 0)
         serve.loras.append((model_id, result.folder, rank))
     if any(m.prompt is not None and m.prompt.format != "messages" for m in plan.models):
-        serve.notes.append("vLLM asks chat requests in the tokenizer's chat template, not the run's prompt template; "
-                           "send completions in the template (or use --backend tunelab) to ask the model as it was trained")
+        serve.notes.append(
+            "vLLM asks chat requests in the tokenizer's chat template, not the run's prompt template; "
+            "send completions in the template (or use --backend tunelab) to ask the model as it was trained"
+        )
     return serve
 
 
-def serve_vllm(target_text: str, adapters: Sequence[str], name: str | None, host: str, port: int, api_key: str | None,
-               max_batch: int | None, say=print, trust_remote_code: bool = False) -> int:
+def serve_vllm(
+    target_text: str,
+    adapters: Sequence[str],
+    name: str | None,
+    host: str,
+    port: int,
+    api_key: str | None,
+    max_batch: int | None,
+    say=print,
+    trust_remote_code: bool = False,
+) -> int:
     """Run vLLM's server in the foreground until it exits (SIGTERM / Ctrl-C are passed on); its exit code."""
     require_vllm()  # before any export work
     plan = plan_models(target_text, adapters, name, trust_remote_code)

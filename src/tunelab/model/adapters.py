@@ -33,7 +33,9 @@ def apply_adapter(model: Any, cfg: AdapterConfig, quantized: bool, gradient_chec
 
     if cfg.use_dora and getattr(model, "is_loaded_in_8bit", False) and model.device.type == "cpu":
         # PEFT's DoRA reads int8 scale constants that bitsandbytes' CPU backend does not keep (seen: bnb 0.50)
-        raise ConfigError(["adapter.use_dora: DoRA on an 8-bit model does not work on the CPU; use 4-bit or no quantization"])
+        raise ConfigError(
+            ["adapter.use_dora: DoRA on an 8-bit model does not work on the CPU; use 4-bit or no quantization"]
+        )
     if quantized:
         model = prepare_model_for_kbit_training(
             model,
@@ -44,7 +46,12 @@ def apply_adapter(model: Any, cfg: AdapterConfig, quantized: bool, gradient_chec
     if cfg.target_modules != "all-linear":
         missing = [t for t in cfg.target_modules if t not in names]
         if missing:
-            raise ConfigError([f"adapter.target_modules: {', '.join(missing)} not found in the model (has e.g. {', '.join(sorted(names)[:12])})"])
+            raise ConfigError(
+                [
+                    f"adapter.target_modules: {', '.join(missing)} not found in the model "
+                    f"(has e.g. {', '.join(sorted(names)[:12])})"
+                ]
+            )
     return get_peft_model(model, lora_config(cfg))
 
 
@@ -106,15 +113,23 @@ def adapter_warnings(model: Any, cfg: AdapterConfig) -> list[str]:
     if not widths:
         return []
     if cfg.r > max(widths):
-        raise ConfigError([f"adapter.r: {cfg.r} is above the full rank of every adapted layer (at most {max(widths)}); "
-                           f"a rank of {max(widths)} or less can express the same updates"])
+        raise ConfigError(
+            [
+                f"adapter.r: {cfg.r} is above the full rank of every adapted layer (at most {max(widths)}); "
+                f"a rank of {max(widths)} or less can express the same updates"
+            ]
+        )
     out = []
     over = sum(1 for w in widths if cfg.r > w)
     if over:
-        out.append(f"adapter.r {cfg.r} is above the full rank of {over} of {len(widths)} adapted layers "
-                   f"(the narrowest is {min(widths)}); those layers gain parameters, not expressiveness")
+        out.append(
+            f"adapter.r {cfg.r} is above the full rank of {over} of {len(widths)} adapted layers "
+            f"(the narrowest is {min(widths)}); those layers gain parameters, not expressiveness"
+        )
     report = parameter_report(model)
     if report["trainable_pct"] > 50:
-        out.append(f"the LoRA adapter trains {report['trainable_pct']:.0f}% of the model's parameters "
-                   f"(adapter.r {cfg.r}); LoRA's savings need a rank far below the layer width")
+        out.append(
+            f"the LoRA adapter trains {report['trainable_pct']:.0f}% of the model's parameters "
+            f"(adapter.r {cfg.r}); LoRA's savings need a rank far below the layer width"
+        )
     return out

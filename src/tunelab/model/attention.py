@@ -14,7 +14,9 @@ NAME = "tunelab_packed_sdpa"
 _registered = False
 
 
-def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kwargs):
+def packed_sdpa(
+    module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kwargs
+):
     import torch
     import torch.nn.functional as F
 
@@ -24,22 +26,25 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
 
     pos = kwargs.get("position_ids")
     if pos is None or query.shape[0] != 1 or query.shape[2] != key.shape[2] or query.shape[2] < 2:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
     p = pos[0]
     # a new example starts wherever the position does not follow the previous one (as transformers'
     # find_packed_sequence_indices defines it)
     starts = [0, *torch.nonzero(torch.diff(p) != 1).flatten().add(1).tolist()]
     if len(starts) <= 1:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     bounds = [*starts, query.shape[2]]
     drop = dropout if module.training else 0.0
     outs = [
-        F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True,
-                                       dropout_p=drop, scale=scaling)
+        F.scaled_dot_product_attention(
+            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, dropout_p=drop, scale=scaling
+        )
         for s, e in zip(bounds[:-1], bounds[1:], strict=True)
     ]
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None

@@ -111,13 +111,16 @@ def generation_weights(model, enabled: bool = True):
                 bias = None if base.bias is None else base.bias.detach().to(dtype)
                 cache = {"base": weight}
                 if kind == "lora":
+
                     def forward(x, *args, _m=m, _cache=cache, _bias=bias, _dtype=dtype, **kwargs):
                         if args or kwargs or torch.is_grad_enabled():  # mixed-adapter batches, training: PEFT's path
                             return type(_m).forward(_m, x, *args, **kwargs)
                         return F.linear(x.to(_dtype), merged(_m, _cache), _bias).to(x.dtype)
                 else:
+
                     def forward(x, _cache=cache, _bias=bias, _dtype=dtype):
                         return F.linear(x.to(_dtype), _cache["base"], _bias).to(x.dtype)
+
                 m.forward = forward
                 patched.append(m)
         yield

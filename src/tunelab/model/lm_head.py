@@ -57,9 +57,11 @@ def direct_fields(hidden, weight, bias, targets, max_chunk_bytes: int = MAX_CHUN
     chunk = max(1, max_chunk_bytes // (vocab * 4))
     if n <= chunk:
         return _token_fields(hidden, weight, bias, targets)
-    parts = [checkpoint(_token_fields, hidden[i:i + chunk], weight, bias, targets[i:i + chunk], use_reentrant=False)
-             for i in range(0, n, chunk)]
-    return tuple(torch.cat(p) for p in zip(*parts))
+    parts = [
+        checkpoint(_token_fields, hidden[i : i + chunk], weight, bias, targets[i : i + chunk], use_reentrant=False)
+        for i in range(0, n, chunk)
+    ]
+    return tuple(torch.cat(p) for p in zip(*parts, strict=True))
 
 
 def use_direct_lm_head(model, max_chunk_bytes: int = MAX_CHUNK_BYTES) -> bool:
@@ -82,8 +84,14 @@ def use_direct_lm_head(model, max_chunk_bytes: int = MAX_CHUNK_BYTES) -> bool:
     def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
         lm_head = self.get_output_embeddings()
         if not fused_lm_head or trl_uses_triton(lm_head.weight.device):
-            return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
-                               num_items_in_batch=num_items_in_batch, **kwargs)
+            return trl_forward(
+                *args,
+                fused_lm_head=fused_lm_head,
+                labels=labels,
+                shift_labels=shift_labels,
+                num_items_in_batch=num_items_in_batch,
+                **kwargs,
+            )
         kwargs["use_cache"] = False
         hidden = self.base_model(*args, **kwargs).last_hidden_state
         if shift_labels is None:

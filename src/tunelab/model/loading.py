@@ -26,7 +26,9 @@ def resolve_model_path(name: str, weights: bool = True) -> str:
 
         return str(resolve_tiny(name))
     if ref.kind == "artifact":
-        raise TunelabError(f"model.name: {name} is a model artifact; its base model is resolved from the artifact first")
+        raise TunelabError(
+            f"model.name: {name} is a model artifact; its base model is resolved from the artifact first"
+        )
     if ref.kind == "local":
         p = Path(name).expanduser()
         if not p.is_dir():
@@ -99,8 +101,10 @@ def check_remote_code(path: str, trusted: bool, flag: str = "model.trust_remote_
         return
     files = remote_code_files(path)
     if files:
-        raise TunelabError(f"{files[0]} makes the model run its own Python code (auto_map), which is off by default",
-                           hint=f"if you trust that code, allow it with {flag}")
+        raise TunelabError(
+            f"{files[0]} makes the model run its own Python code (auto_map), which is off by default",
+            hint=f"if you trust that code, allow it with {flag}",
+        )
 
 
 def device_for(cfg: ModelConfig) -> str:
@@ -131,7 +135,6 @@ def auto_dtype(device: str) -> str:
 
 def resolve_dtype(name: str, device: str):
     """A dtype name (`auto` resolved for `device`) as a torch dtype."""
-    import torch
 
     from tunelab.dtypes import torch_dtype
 
@@ -144,7 +147,8 @@ def run_precision(cfg, device: str) -> str:
 
 
 def precision_flags(cfg, device: str) -> dict[str, bool]:
-    """`training.precision` -> SFTConfig bf16 / fp16 flags (auto: bf16 on GPUs that have it, fp16 on others, fp32 on CPU)."""
+    """`training.precision` -> SFTConfig bf16 / fp16 flags (auto: bf16 on GPUs that have it, fp16 on others,
+    fp32 on CPU)."""
     p = run_precision(cfg, device)
     if p == "fp16" and not device.startswith("cuda"):
         raise TunelabError("training.precision: fp16 mixed precision needs a GPU; use bf16 or fp32 on the CPU")
@@ -177,12 +181,16 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None):
     except Exception as e:  # noqa: BLE001 - missing, truncated or foreign tokenizer files all mean "not loadable"
         if offline:
             raise TunelabError(unreachable_message("model.name", path)) from None
-        raise TunelabError(f"model.name: cannot load a tokenizer from {cfg.name!r}: {_first_line(e)}",
-                           hint="a model folder needs its tokenizer files (tokenizer.json or tokenizer.model, tokenizer_config.json)") from None
+        raise TunelabError(
+            f"model.name: cannot load a tokenizer from {cfg.name!r}: {_first_line(e)}",
+            hint="a model folder needs its tokenizer files (tokenizer.json or tokenizer.model, tokenizer_config.json)",
+        ) from None
     if isinstance(tok, bool) or not hasattr(tok, "eos_token"):
         raise TunelabError(f"model.name: {cfg.name!r} has no tokenizer files")
     if tok.eos_token is None:
-        raise TunelabError(f"model.name: the tokenizer of {cfg.name} has no EOS token; tuned models could not learn to stop")
+        raise TunelabError(
+            f"model.name: the tokenizer of {cfg.name} has no EOS token; tuned models could not learn to stop"
+        )
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
         if tok.unk_token is not None and tok.unk_token_id != tok.eos_token_id:
             tok.pad_token = tok.unk_token
@@ -198,8 +206,9 @@ def quantization_config(q: QuantizationConfig, model_dtype):
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise ConfigError([f"quantization.bits: {q.bits}-bit loading needs bitsandbytes (pip install bitsandbytes)"]) from None
-    import torch
+        raise ConfigError(
+            [f"quantization.bits: {q.bits}-bit loading needs bitsandbytes (pip install bitsandbytes)"]
+        ) from None
     from transformers import BitsAndBytesConfig
 
     if q.bits == 8:

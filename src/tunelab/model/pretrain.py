@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-
 # tasks a 2-layer model learns in well under a minute (reversal and word sorting take far longer)
 QUICKSTART_TASKS = ["first_word", "repeat_word", "uppercase", "count_words", "add_numbers", "sort_digits"]
 

@@ -30,13 +30,13 @@ TOOLS_CHAT_TEMPLATE = (
     "{% if tools %}<|im_start|>system\n"
     "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n\n{% endif %}"
     "You may call these tools:\n<tools>\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}</tools>\n"
-    "Call one as <tool_call>{\"name\": NAME, \"arguments\": ARGS}</tool_call>.<|im_end|>\n"
+    'Call one as <tool_call>{"name": NAME, "arguments": ARGS}</tool_call>.<|im_end|>\n'
     "{% endif %}"
     "{% for m in messages %}"
     "{% if m['role'] == 'system' and loop.first and tools %}"
     "{% elif m['role'] == 'assistant' %}<|im_start|>assistant\n{{ m['content'] or '' }}"
     "{% for c in m['tool_calls'] or [] %}{% set f = c['function'] if c['function'] is defined else c %}"
-    "<tool_call>{\"name\": \"{{ f['name'] }}\", \"arguments\": {{ f['arguments'] | tojson }}}</tool_call>"
+    '<tool_call>{"name": "{{ f[\'name\'] }}", "arguments": {{ f[\'arguments\'] | tojson }}}</tool_call>'
     "{% endfor %}<|im_end|>\n"
     "{% elif m['role'] == 'tool' %}<|im_start|>user\n<tool_response>{{ m['content'] }}</tool_response><|im_end|>\n"
     "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}"
@@ -93,7 +93,10 @@ def corpus_texts(tools: bool = False) -> list[str]:
         texts += [json.dumps(t) for t in TOOLS] * 100
         for row in tool_conversations(1000, seed=12345):
             call = row["messages"][1]["tool_calls"][0]["function"]
-            texts.append(f"{row['messages'][0]['content']}\n" + json.dumps({"name": call["name"], "arguments": call["arguments"]}))
+            texts.append(
+                f"{row['messages'][0]['content']}\n"
+                + json.dumps({"name": call["name"], "arguments": call["arguments"]})
+            )
     return texts
 
 
@@ -115,11 +118,17 @@ def build_tokenizer(texts: list[str], vocab_size: int, tools: bool = False):
     )
     tok.train_from_iterator(texts, trainer=trainer)
     bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
     if tools:
         tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_TAGS])
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
     )
     fast.chat_template = TOOLS_CHAT_TEMPLATE if tools else CHAT_TEMPLATE
@@ -167,7 +176,9 @@ def resolve_tiny(name: str) -> Path:
     """`tiny:llama-2l` -> a cached local folder, built on first use."""
     preset = name.removeprefix("tiny:")
     if preset not in PRESETS:
-        raise ConfigError([f"model.name: unknown tiny preset {preset!r} (known: {', '.join('tiny:' + p for p in PRESETS)})"])
+        raise ConfigError(
+            [f"model.name: unknown tiny preset {preset!r} (known: {', '.join('tiny:' + p for p in PRESETS)})"]
+        )
     spec = PRESETS[preset]
     digest = hashlib.sha256(json.dumps(spec.digest_fields(), sort_keys=True).encode()).hexdigest()[:10]
     path = cache_root("tiny") / f"{preset}-{digest}"

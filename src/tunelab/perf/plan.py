@@ -46,13 +46,19 @@ def model_config_for(cfg: RunConfig) -> Any:
     name = base_model_source(cfg, weights=False)
     offline = cfg.model.ref.kind == "hub" and ensure_offline_if_unreachable()
     try:
-        return AutoConfig.from_pretrained(name, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
+        return AutoConfig.from_pretrained(
+            name, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code
+        )
     except (OSError, ValueError) as e:
         if offline:
-            raise TunelabError(unreachable_message("model.name", name),
-                               hint="point model.name at a local folder that holds the model's config.json") from None
-        raise TunelabError(f"model.name: cannot read the config of {cfg.model.name!r}: {str(e).splitlines()[0][:200]}",
-                           hint="point model.name at a local folder that holds the model's config.json") from None
+            raise TunelabError(
+                unreachable_message("model.name", name),
+                hint="point model.name at a local folder that holds the model's config.json",
+            ) from None
+        raise TunelabError(
+            f"model.name: cannot read the config of {cfg.model.name!r}: {str(e).splitlines()[0][:200]}",
+            hint="point model.name at a local folder that holds the model's config.json",
+        ) from None
 
 
 def _bytes(dtype: str) -> int:
@@ -100,7 +106,9 @@ def estimate(cfg: RunConfig, device: str, checkpointing: bool | None = None, bat
             adapter += cfg.adapter.r * (mod.in_features + mod.out_features)
             # kept for backward: the (dropped-out) input and the rank-r intermediate
             lora_act_per_token += (mod.in_features * (2 if cfg.adapter.dropout > 0 else 1) + cfg.adapter.r) * act_b
-    other = sum(p.numel() for m in model.modules() if not isinstance(m, torch.nn.Linear) for p in m.parameters(recurse=False))
+    other = sum(
+        p.numel() for m in model.modules() if not isinstance(m, torch.nn.Linear) for p in m.parameters(recurse=False)
+    )
     weights += other * _bytes(wdtype)
 
     trainable = adapter if lora else sum(p.numel() for p in model.parameters())
@@ -139,7 +147,9 @@ def estimate(cfg: RunConfig, device: str, checkpointing: bool | None = None, bat
         "weights": weights,
         # on the CPU the memory-mapped safetensors file stays resident next to the loaded tensors, and
         # bf16 autocast keeps a bf16 copy of every unquantized weight it multiplies
-        "weight_file_and_casts": 0.0 if on_gpu else unquantized * (1 if q else 1 + (prec == "bf16" and wdtype == "fp32") * 0.5),
+        "weight_file_and_casts": 0.0
+        if on_gpu
+        else unquantized * (1 if q else 1 + (prec == "bf16" and wdtype == "fp32") * 0.5),
         "adapter": adapter_bytes,
         "gradients": grads,
         "optimizer": optim,
@@ -206,5 +216,10 @@ def describe(plan: Plan) -> list[tuple[str, str]]:
 
 
 def plan_to_json(plan: Plan) -> dict[str, Any]:
-    return {"device": plan.device, "checkpointing": plan.checkpointing, "tokens_per_microbatch": plan.tokens_per_microbatch,
-            "parts_bytes": {k: int(v) for k, v in plan.parts.items()}, "total_bytes": int(plan.total)}
+    return {
+        "device": plan.device,
+        "checkpointing": plan.checkpointing,
+        "tokens_per_microbatch": plan.tokens_per_microbatch,
+        "parts_bytes": {k: int(v) for k, v in plan.parts.items()},
+        "total_bytes": int(plan.total),
+    }

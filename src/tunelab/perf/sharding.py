@@ -38,7 +38,9 @@ def block_shares(cfg: RunConfig) -> tuple[float, float]:
     return max(sizes) / total, max(0.0, 1 - sum(sizes) / total)
 
 
-def rank_plan(cfg: RunConfig, plan: Plan, strategy: str, world_size: int, shares: tuple[float, float] | None = None) -> Plan:
+def rank_plan(
+    cfg: RunConfig, plan: Plan, strategy: str, world_size: int, shares: tuple[float, float] | None = None
+) -> Plan:
     """`plan` (one process, the whole run) as one rank's share under `strategy` with `world_size` ranks."""
     if world_size <= 1 or strategy == "none":
         return plan
@@ -64,9 +66,12 @@ def rank_plan(cfg: RunConfig, plan: Plan, strategy: str, world_size: int, shares
 def rank_estimator(strategy: str, world_size: int, shares: tuple[float, float] | None = None):
     """`perf.plan.estimate` for one rank (the signature `advise` takes)."""
 
-    def estimator(cfg: RunConfig, device: str, checkpointing: bool | None = None, batch_size: int | None = None) -> Plan:
-        return rank_plan(cfg, estimate(cfg, device, checkpointing=checkpointing, batch_size=batch_size), strategy, world_size,
-                         shares)
+    def estimator(
+        cfg: RunConfig, device: str, checkpointing: bool | None = None, batch_size: int | None = None
+    ) -> Plan:
+        return rank_plan(
+            cfg, estimate(cfg, device, checkpointing=checkpointing, batch_size=batch_size), strategy, world_size, shares
+        )
 
     return estimator
 

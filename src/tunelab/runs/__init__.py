@@ -5,5 +5,15 @@ readers the report uses. The only package that knows file names inside a run."""
 from tunelab.runs.dir import RunDir, RunLock, check_run_dir, prepare_run_dir, rotate_checkpoints, step_dir_name
 from tunelab.runs.records import MODEL_META, DataStats, ModelMeta, Summary
 
-__all__ = ["MODEL_META", "DataStats", "ModelMeta", "RunDir", "RunLock", "Summary", "check_run_dir", "prepare_run_dir",
-           "rotate_checkpoints", "step_dir_name"]
+__all__ = [
+    "MODEL_META",
+    "DataStats",
+    "ModelMeta",
+    "RunDir",
+    "RunLock",
+    "Summary",
+    "check_run_dir",
+    "prepare_run_dir",
+    "rotate_checkpoints",
+    "step_dir_name",
+]

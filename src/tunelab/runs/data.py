@@ -37,7 +37,11 @@ class RunData:
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """(steps, values) of one metrics.jsonl key, in logging order, non-numbers skipped."""
-        pts = [(r["step"], r[key]) for r in self.metrics if isinstance(r.get(key), int | float) and isinstance(r.get("step"), int)]
+        pts = [
+            (r["step"], r[key])
+            for r in self.metrics
+            if isinstance(r.get(key), int | float) and isinstance(r.get("step"), int)
+        ]
         return [s for s, _ in pts], [float(v) for _, v in pts]
 
     def last(self, key: str) -> float | None:
@@ -97,6 +101,8 @@ def load_runs(paths: list[str | Path]) -> list[RunData]:
             r.name = f"{r.path.resolve().parent.name}/{r.name}"
     if not any(r.has_anything for r in runs):
         listed = ", ".join(str(r.path) for r in runs)
-        raise TunelabError(f"nothing to compare: {listed} ha{'s' if len(runs) == 1 else 've'} no metrics yet",
-                           hint="report runs once training has logged a step")
+        raise TunelabError(
+            f"nothing to compare: {listed} ha{'s' if len(runs) == 1 else 've'} no metrics yet",
+            hint="report runs once training has logged a step",
+        )
     return runs

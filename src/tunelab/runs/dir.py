@@ -83,7 +83,9 @@ class RunDir:
         return isinstance(cfg, dict) and {"model", "data", "training", "output"} <= set(cfg) and own
 
     def write_marker(self) -> None:
-        self.write_json(self.marker, {"tool": "tunelab", "created": time.time(), "host": platform.node(), "pid": os.getpid()})
+        self.write_json(
+            self.marker, {"tool": "tunelab", "created": time.time(), "host": platform.node(), "pid": os.getpid()}
+        )
 
     def append_jsonl(self, path: Path, record: dict[str, Any]) -> None:
         try:
@@ -185,8 +187,10 @@ class RunLock:
             os.close(fd)
             if e.errno in (errno.EAGAIN, errno.EACCES):
                 who = f"PID {holder.get('pid', '?')} on {holder.get('host', '?')}" if holder else "another process"
-                raise TunelabError(f"run directory {self.run_path} is in use by {who}",
-                                   hint="wait for that run to finish, or pick another output.name") from None
+                raise TunelabError(
+                    f"run directory {self.run_path} is in use by {who}",
+                    hint="wait for that run to finish, or pick another output.name",
+                ) from None
             raise os_error(e, self.path) from None
         previous = _read_holder(fd)
         if previous:
@@ -230,8 +234,10 @@ def check_run_dir(root: str | Path, name: str, resume: bool, overwrite: bool) ->
     """The run directory to use, or a user error; touches nothing (so it can run before slow setup)."""
     run = RunDir(Path(root) / name)
     if run.path.is_symlink() or (run.path.exists() and not run.path.is_dir()):
-        raise TunelabError(f"{run.path} exists and is not a run directory (a file or a link)",
-                           hint="pick another output.name or output.dir")
+        raise TunelabError(
+            f"{run.path} exists and is not a run directory (a file or a link)",
+            hint="pick another output.name or output.dir",
+        )
     if run.path.exists() and not resume:
         if not overwrite:
             raise TunelabError(

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 # Config keys that name or place a run rather than describe the experiment: never "a difference".
-NOT_COMPARED = frozenset({"output.name", "output.overwrite", "output.dir", "tracking.run_name", "tracking.dir",
-                          "training.resume"})
+NOT_COMPARED = frozenset(
+    {"output.name", "output.overwrite", "output.dir", "tracking.run_name", "tracking.dir", "training.resume"}
+)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

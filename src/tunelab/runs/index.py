@@ -11,8 +11,17 @@ from tunelab.errors import TunelabError
 from tunelab.runs.dir import RunDir
 from tunelab.runs.files import NOT_COMPARED, flatten, read_json, read_yaml
 
-SUMMARY_METRICS = ("status", "steps", "final_train_loss", "final_eval_loss", "samples_exact_match_after", "tokens_per_s",
-                   "train_tokens", "wall_time_s", "peak_rss_mb")
+SUMMARY_METRICS = (
+    "status",
+    "steps",
+    "final_train_loss",
+    "final_eval_loss",
+    "samples_exact_match_after",
+    "tokens_per_s",
+    "train_tokens",
+    "wall_time_s",
+    "peak_rss_mb",
+)
 EVAL_METRICS = ("exact_match", "normalized_exact_match", "rougeL", "bleu", "chrf", "loss", "perplexity")
 
 
@@ -31,8 +40,10 @@ def resolve_run(text: str, root: str | Path) -> Path:
         if p.is_dir() and (p / "config.yaml").is_file():
             return p
     known = [p.name for p in find_runs(root)]
-    raise TunelabError(f"{text}: no run directory of that name under {root}",
-                       hint=f"runs there: {', '.join(known[-10:])}" if known else "list them with: tunelab runs list")
+    raise TunelabError(
+        f"{text}: no run directory of that name under {root}",
+        hint=f"runs there: {', '.join(known[-10:])}" if known else "list them with: tunelab runs list",
+    )
 
 
 def row(run: Path) -> dict[str, Any]:
@@ -66,7 +77,10 @@ def show(run: Path) -> dict[str, Any]:
     data = cfg.get("data") or {}
     inputs = lineage.get("inputs", [])
     requested = {i.get("requested") for i in inputs}
-    reads = [{"ref": i["ref"], "requested": i.get("requested"), "type": i.get("type"), "digest": i.get("digest")} for i in inputs]
+    reads = [
+        {"ref": i["ref"], "requested": i.get("requested"), "type": i.get("type"), "digest": i.get("digest")}
+        for i in inputs
+    ]
     for src in (data.get("train"), data.get("test")):
         if src and src.get("path") not in requested:
             reads.append({"ref": src["path"], "type": "data source"})
@@ -111,7 +125,9 @@ def compare(runs: list[Path]) -> dict[str, Any]:
         raise TunelabError("runs compare: give at least two runs")
     flat = [flatten(read_yaml(RunDir(r).config) or {}) for r in runs]
     keys = sorted(set().union(*flat) - NOT_COMPARED)
-    differ = {k: [f.get(k) for f in flat] for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1}
+    differ = {
+        k: [f.get(k) for f in flat] for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1
+    }
     per_run = [metrics_of(r) for r in runs]
     metrics = {k: [m.get(k) for m in per_run] for k in per_run[0] if any(m.get(k) is not None for m in per_run)}
     return {"runs": [r.name for r in runs], "config": differ, "metrics": metrics}

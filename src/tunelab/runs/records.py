@@ -84,7 +84,9 @@ class Summary(Record):
     world_size: int | None = None  # processes that trained together
     strategy: str | None = None  # ddp, fsdp2, deepspeed_zero2/3 (several processes)
     global_batch: int | None = None  # sequences per optimizer step: batch_size x grad_accum x world_size
-    per_rank: list[dict[str, Any]] | None = None  # several processes: each rank's host, devices, tokens, speed, MFU, memory
+    per_rank: list[dict[str, Any]] | None = (
+        None  # several processes: each rank's host, devices, tokens, speed, MFU, memory
+    )
     final_train_loss: float | None = None
     final_eval_loss: float | None = None
     samples_exact_match_before: float | None = None

@@ -37,11 +37,15 @@ def _folders(sweep: Sweep) -> None:
 def open_existing(sweep: Sweep):
     """The study of a sweep that has been started, or a user error."""
     if not sweep.folder.is_dir() and sweep.spec.storage in (None, "journal", "sqlite"):
-        raise TunelabError(f"nothing to resume: {sweep.folder} does not exist", hint=f"start it with: {sweep.command()}")
+        raise TunelabError(
+            f"nothing to resume: {sweep.folder} does not exist", hint=f"start it with: {sweep.command()}"
+        )
     study = sweep.study(create=False)
     if study is None:
-        raise TunelabError(f"nothing to resume: {sweep.storage_shown()} holds no study named {sweep.name!r}",
-                           hint=f"start it with: {sweep.command()}")
+        raise TunelabError(
+            f"nothing to resume: {sweep.storage_shown()} holds no study named {sweep.name!r}",
+            hint=f"start it with: {sweep.command()}",
+        )
     return study
 
 
@@ -68,16 +72,22 @@ def run(sweep: Sweep, console, out, resume: bool) -> int:
     unfinished = [r for r in rows if r.state in ("running", "interrupted", "killed")]
     finished = [r for r in rows if r.state in results.FINISHED]
     if finished or unfinished:
-        console.print(f"continuing sweep {sweep.name}: {len(finished)} of {sweep.budget} trials finished"
-                      + (f", {len(unfinished)} to continue" if unfinished else ""), highlight=False)
+        console.print(
+            f"continuing sweep {sweep.name}: {len(finished)} of {sweep.budget} trials finished"
+            + (f", {len(unfinished)} to continue" if unfinished else ""),
+            highlight=False,
+        )
     if left <= 0 and not [r for r in unfinished if r.resumable]:
         if not unfinished:
             console.print(f"sweep {sweep.name} is complete: all {sweep.budget} trials finished", highlight=False)
         finish(sweep, study, console, out)
         return 0
-    console.print(f"sweep {sweep.name}: {sweep.spec.method}, {sweep.budget} trials, {sweep.spec.parallel} worker"
-                  f"{'s' if sweep.spec.parallel > 1 else ''}; storage {sweep.storage_shown()}; "
-                  f"trial logs in {sweep.logs_dir}", highlight=False)
+    console.print(
+        f"sweep {sweep.name}: {sweep.spec.method}, {sweep.budget} trials, {sweep.spec.parallel} worker"
+        f"{'s' if sweep.spec.parallel > 1 else ''}; storage {sweep.storage_shown()}; "
+        f"trial logs in {sweep.logs_dir}",
+        highlight=False,
+    )
     deadline = time.time() + sweep.spec.timeout if sweep.spec.timeout else None
     code = 1
     try:
@@ -89,10 +99,15 @@ def run(sweep: Sweep, console, out, resume: bool) -> int:
         rows = finish(sweep, study, console, out)
     done = sum(r.state in results.FINISHED for r in rows)
     if code:
-        console.print(f"[yellow]sweep stopped[/]; continue it with: [bold]{sweep.command('--resume')}[/]", soft_wrap=True)
+        console.print(
+            f"[yellow]sweep stopped[/]; continue it with: [bold]{sweep.command('--resume')}[/]", soft_wrap=True
+        )
     elif deadline is not None and time.time() >= deadline and done < sweep.budget:
-        console.print(f"[yellow]timeout[/] ({sweep.spec.timeout:g} s): {done} of {sweep.budget} trials finished; "
-                      f"continue with: [bold]{sweep.command('--resume')}[/]", soft_wrap=True)
+        console.print(
+            f"[yellow]timeout[/] ({sweep.spec.timeout:g} s): {done} of {sweep.budget} trials finished; "
+            f"continue with: [bold]{sweep.command('--resume')}[/]",
+            soft_wrap=True,
+        )
     return code
 
 
@@ -105,8 +120,14 @@ def _in_process(sweep: Sweep, study, console, deadline: float | None) -> int:
         log_console = Console(file=log, width=160, force_terminal=False)
         with Display(sweep, study, console) as display:
             try:
-                work(sweep, log_console, say=lambda line: log_console.print(line, highlight=False), deadline=deadline,
-                     progress=display.refresh, study=study)
+                work(
+                    sweep,
+                    log_console,
+                    say=lambda line: log_console.print(line, highlight=False),
+                    deadline=deadline,
+                    progress=display.refresh,
+                    study=study,
+                )
             except Interrupted as e:
                 log_console.print(f"interrupted: {e.message}")
                 return e.exit_code
@@ -120,14 +141,29 @@ def worker_env(sweep: Sweep, n: int) -> list[dict[str, str]]:
     gpus = _visible_gpus() if sweep.device != "cpu" else []
     if gpus:
         if n > len(gpus):
-            raise ConfigError([(f"parallel: {n} workers but {len(gpus)} GPU{'s' if len(gpus) != 1 else ''} "
-                                "visible; one trial runs per GPU")])
+            raise ConfigError(
+                [
+                    (
+                        f"parallel: {n} workers but {len(gpus)} GPU{'s' if len(gpus) != 1 else ''} "
+                        "visible; one trial runs per GPU"
+                    )
+                ]
+            )
         if sweep.device.startswith("cuda:") and sweep.device != "cuda:0":
-            raise ConfigError([f"model.device: {sweep.device}; each worker sees its one GPU as cuda:0 (use auto or cuda)"])
+            raise ConfigError(
+                [f"model.device: {sweep.device}; each worker sees its one GPU as cuda:0 (use auto or cuda)"]
+            )
         return [{"CUDA_VISIBLE_DEVICES": gpus[i]} for i in range(n)]
     threads = str(max(1, cpu_count() // n))
-    return [{"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TUNELAB_SWEEP_THREADS": threads,
-             "CUDA_VISIBLE_DEVICES": ""} for _ in range(n)]
+    return [
+        {
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "TUNELAB_SWEEP_THREADS": threads,
+            "CUDA_VISIBLE_DEVICES": "",
+        }
+        for _ in range(n)
+    ]
 
 
 def cpu_count() -> int:
@@ -158,8 +194,10 @@ def _workers(sweep: Sweep, study, console, deadline: float | None, envs: list[di
         nonlocal stops
         stops += 1
         if stops == 1:
-            console.print("[yellow]stopping: each worker saves a checkpoint after its current step[/] "
-                          "(Ctrl-C again to stop them at once)")
+            console.print(
+                "[yellow]stopping: each worker saves a checkpoint after its current step[/] "
+                "(Ctrl-C again to stop them at once)"
+            )
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
@@ -173,9 +211,16 @@ def _workers(sweep: Sweep, study, console, deadline: float | None, envs: list[di
                     cmd += ["--deadline", str(deadline)]
                 log = logs.enter_context(open(sweep.logs_dir / f"worker-{i}.log", "a", encoding="utf-8"))
                 # its own session: a Ctrl-C at the terminal reaches this process only, which forwards it once
-                procs.append(subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                    env={**os.environ, **extra, PARENT_ENV: str(os.getpid()), "COLUMNS": "160"}))
+                procs.append(
+                    subprocess.Popen(
+                        cmd,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                        env={**os.environ, **extra, PARENT_ENV: str(os.getpid()), "COLUMNS": "160"},
+                    )
+                )
             with Display(sweep, study, console) as display:
                 while any(p.poll() is None for p in procs):
                     time.sleep(0.5)
@@ -187,8 +232,11 @@ def _workers(sweep: Sweep, study, console, deadline: float | None, envs: list[di
     for i, c in enumerate(codes):
         if c not in (0, *INTERRUPTED_CODES):
             how = f"was killed by signal {-c}" if c < 0 else f"exited with code {c}"
-            console.print(f"[yellow]worker {i} {how}[/] (see {sweep.logs_dir / f'worker-{i}.log'}); "
-                          "its trial continues when the sweep does", highlight=False)
+            console.print(
+                f"[yellow]worker {i} {how}[/] (see {sweep.logs_dir / f'worker-{i}.log'}); "
+                "its trial continues when the sweep does",
+                highlight=False,
+            )
     if stops or any(c in INTERRUPTED_CODES for c in codes):
         return 130
     return 0 if all(c == 0 for c in codes) else 1
@@ -214,8 +262,11 @@ def finish(sweep: Sweep, study, console, out) -> list[results.Row]:
 
     rows = results.collect(sweep, study)
     c = results.counts(rows)
-    title = (f"sweep {sweep.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(c.items())) + f" of {sweep.budget}"
-             if rows else f"sweep {sweep.name}: no trials yet")
+    title = (
+        f"sweep {sweep.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(c.items())) + f" of {sweep.budget}"
+        if rows
+        else f"sweep {sweep.name}: no trials yet"
+    )
     _wide(out).print(results.table(sweep, rows, title=title))
     for line in results.reasons(rows):
         out.print(line, highlight=False, soft_wrap=True)
@@ -271,11 +322,17 @@ def worker_main(sweep: Sweep, console, deadline: float | None) -> int:
     study = sweep.study(create=True)
     console.print(f"worker {os.getpid()}: sweep {sweep.name}, storage {sweep.storage_shown()}", highlight=False)
     try:
-        outcomes = work(sweep, console, say=lambda line: console.print(line, highlight=False, soft_wrap=True),
-                        deadline=deadline, study=study)
+        outcomes = work(
+            sweep,
+            console,
+            say=lambda line: console.print(line, highlight=False, soft_wrap=True),
+            deadline=deadline,
+            study=study,
+        )
     except Interrupted as e:
         console.print(f"interrupted: {e.message}", highlight=False)
         return e.exit_code
-    console.print(f"worker {os.getpid()}: done after {len(outcomes)} trial{'s' if len(outcomes) != 1 else ''}",
-                  highlight=False)
+    console.print(
+        f"worker {os.getpid()}: done after {len(outcomes)} trial{'s' if len(outcomes) != 1 else ''}", highlight=False
+    )
     return 0

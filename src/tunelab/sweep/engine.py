@@ -43,7 +43,9 @@ def storage_target(storage: str | None, sweep_dir: Path) -> tuple[str, str]:
         return "rdb", f"sqlite:///{sweep_dir / 'study.db'}"
     if "://" in storage:
         return "rdb", storage
-    raise ConfigError([f"storage: {storage!r} is not journal, sqlite or a database URL (postgresql://USER@HOST/DB, sqlite:///PATH)"])
+    raise ConfigError(
+        [f"storage: {storage!r} is not journal, sqlite or a database URL (postgresql://USER@HOST/DB, sqlite:///PATH)"]
+    )
 
 
 def shown(url: str) -> str:
@@ -65,8 +67,14 @@ def check_reachable(storage: str | None, sweep_dir: Path, timeout_s: int = 5) ->
     except (NoSuchModuleError, ArgumentError) as e:
         raise ConfigError([f"storage: {shown(where)} is no database URL SQLAlchemy knows ({_first_line(e)})"]) from None
     except ModuleNotFoundError as e:
-        raise ConfigError([(f"storage: the Python driver for {shown(where).split(':', 1)[0]} is not installed ({e.name}; "
-                            "for PostgreSQL: pip install 'psycopg[binary]')")]) from None
+        raise ConfigError(
+            [
+                (
+                    f"storage: the Python driver for {shown(where).split(':', 1)[0]} is not installed ({e.name}; "
+                    "for PostgreSQL: pip install 'psycopg[binary]')"
+                )
+            ]
+        ) from None
     try:
         with engine.connect():
             pass
@@ -124,12 +132,17 @@ def fingerprint(method: str, axes, objectives: list[tuple[str, str]], base: dict
     base config's settings (its output and tracking sections aside: they name, not define, runs)."""
     from optuna.distributions import distribution_to_json
 
-    return json.loads(json.dumps({  # as the storage will give it back
-        "method": method,
-        "space": {a.name: json.loads(distribution_to_json(a.distribution())) for a in axes},
-        "objective": [list(o) for o in objectives],
-        "base": {k: v for k, v in base.items() if not k.startswith(("output.", "tracking."))},
-    }, default=str))
+    return json.loads(
+        json.dumps(
+            {  # as the storage will give it back
+                "method": method,
+                "space": {a.name: json.loads(distribution_to_json(a.distribution())) for a in axes},
+                "objective": [list(o) for o in objectives],
+                "base": {k: v for k, v in base.items() if not k.startswith(("output.", "tracking."))},
+            },
+            default=str,
+        )
+    )
 
 
 def fingerprint_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
@@ -163,8 +176,16 @@ def open_study(storage, name: str, print_: dict[str, Any], directions: list[str]
     except KeyError:
         if not create:
             return None
-        study = _retrying(lambda: optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
-                                                      directions=directions, load_if_exists=True))
+        study = _retrying(
+            lambda: optuna.create_study(
+                study_name=name,
+                storage=storage,
+                sampler=sampler,
+                pruner=pruner,
+                directions=directions,
+                load_if_exists=True,
+            )
+        )
     stored = study.user_attrs.get(FINGERPRINT)
     if stored is None:
         study.set_user_attr(FINGERPRINT, print_)
@@ -173,8 +194,14 @@ def open_study(storage, name: str, print_: dict[str, Any], directions: list[str]
         stored = {**stored, "objective": "(other directions)"}
     diff = fingerprint_difference(stored, print_)
     if diff:
-        raise ConfigError([(f"storage: it holds a study named {name!r} with {diff}; a sweep does not mix two "
-                            "experiments (give this one another name:, or another storage)")])
+        raise ConfigError(
+            [
+                (
+                    f"storage: it holds a study named {name!r} with {diff}; a sweep does not mix two "
+                    "experiments (give this one another name:, or another storage)"
+                )
+            ]
+        )
     return study
 
 
@@ -231,15 +258,23 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
         return None  # the seed of every trial is fixed by its number
 
 
-def make_pruner(name: str, startup_trials: int | None, warmup_steps: int | None, min_steps: int | None,
-                reduction_factor: int | None, max_steps: int | None):
+def make_pruner(
+    name: str,
+    startup_trials: int | None,
+    warmup_steps: int | None,
+    min_steps: int | None,
+    reduction_factor: int | None,
+    max_steps: int | None,
+):
     p = optuna.pruners
     if name == "median":
-        return p.MedianPruner(n_startup_trials=5 if startup_trials is None else startup_trials,
-                              n_warmup_steps=warmup_steps or 0)
+        return p.MedianPruner(
+            n_startup_trials=5 if startup_trials is None else startup_trials, n_warmup_steps=warmup_steps or 0
+        )
     if name == "hyperband":
-        return p.HyperbandPruner(min_resource=min_steps or 1, max_resource=max_steps or "auto",
-                                 reduction_factor=reduction_factor or 3)
+        return p.HyperbandPruner(
+            min_resource=min_steps or 1, max_resource=max_steps or "auto", reduction_factor=reduction_factor or 3
+        )
     if name == "successive_halving":
         return p.SuccessiveHalvingPruner(min_resource=min_steps or "auto", reduction_factor=reduction_factor or 4)
     return p.NopPruner()

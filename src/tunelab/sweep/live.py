@@ -56,7 +56,9 @@ class Display:
     def line(self, r: Row) -> str:
         text = f"trial {r.name or r.number}: {r.state}"
         if r.values and r.state in ("completed", "pruned"):
-            text += ", " + ", ".join(f"{m} {fmt(v)}" for (m, _), v in zip(self.sweep.objectives, r.values, strict=False))
+            text += ", " + ", ".join(
+                f"{m} {fmt(v)}" for (m, _), v in zip(self.sweep.objectives, r.values, strict=False)
+            )
         if r.state == "pruned" and r.step is not None:
             text += f" at step {r.step}"
         if r.reason and r.state == "failed":

@@ -70,25 +70,36 @@ class Sweep:
         """The sweep's Optuna study (None when it does not exist and `create` is false)."""
         p = self.spec.pruner
         sampler = engine.make_sampler(self.spec.method, space.grid(self.axes), self.spec.seed)
-        pruner = engine.make_pruner(p.name, p.startup_trials, p.warmup_steps, p.min_steps, p.reduction_factor,
-                                    self.max_steps)
-        return engine.open_study(self.storage(), self.name, self.fingerprint, [d for _, d in self.objectives],
-                                 sampler, pruner, create=create)
+        pruner = engine.make_pruner(
+            p.name, p.startup_trials, p.warmup_steps, p.min_steps, p.reduction_factor, self.max_steps
+        )
+        return engine.open_study(
+            self.storage(), self.name, self.fingerprint, [d for _, d in self.objectives], sampler, pruner, create=create
+        )
 
     def settings_config(self, settings: dict[str, Any], run_name: str):
         """The run config of the trial with these settings."""
-        return runner.trial_config(self.base, settings, self.base_path, sweep=self.name, trials_dir=self.trials_dir,
-                                   run_name=run_name, tracking_dir=self.tracking_dir)
+        return runner.trial_config(
+            self.base,
+            settings,
+            self.base_path,
+            sweep=self.name,
+            trials_dir=self.trials_dir,
+            run_name=run_name,
+            tracking_dir=self.tracking_dir,
+        )
 
 
 def find_base(text: str, sweep_file: Path) -> Path:
     """The base config: from the working directory, else from the sweep file's folder."""
     p = Path(text).expanduser()
-    for candidate in ([p] if p.is_absolute() else [Path.cwd() / p, sweep_file.resolve().parent / p]):
+    for candidate in [p] if p.is_absolute() else [Path.cwd() / p, sweep_file.resolve().parent / p]:
         if candidate.is_file():
             return candidate.resolve()
-    raise ConfigError([f"base.config: {text} not found (looked in the working directory and next to {sweep_file})"],
-                      source=str(sweep_file))
+    raise ConfigError(
+        [f"base.config: {text} not found (looked in the working directory and next to {sweep_file})"],
+        source=str(sweep_file),
+    )
 
 
 def prepare(file: Path, overrides: list[str] | None = None, check_data: bool = True) -> Sweep:
@@ -155,9 +166,22 @@ def prepare(file: Path, overrides: list[str] | None = None, check_data: bool = T
     size = space.grid_size(all_axes)
     budget = spec.trials if spec.method != "grid" else min(spec.trials or size, size)
     max_steps = first_cfg.training.max_steps if first_cfg.training.max_steps > 0 else None
-    sweep = Sweep(file=file, overrides=overrides, spec=spec, name=name, folder=folder, base_path=base_path, base=base,
-                  axes=all_axes, budget=budget, objectives=objectives, base_output_dir=Path(first_cfg.output.dir),
-                  tracking_dir=runner.default_tracking_dir(first_cfg), max_steps=max_steps,
-                  device=first_cfg.model.device, models=models)
+    sweep = Sweep(
+        file=file,
+        overrides=overrides,
+        spec=spec,
+        name=name,
+        folder=folder,
+        base_path=base_path,
+        base=base,
+        axes=all_axes,
+        budget=budget,
+        objectives=objectives,
+        base_output_dir=Path(first_cfg.output.dir),
+        tracking_dir=runner.default_tracking_dir(first_cfg),
+        max_steps=max_steps,
+        device=first_cfg.model.device,
+        models=models,
+    )
     sweep.fingerprint = engine.fingerprint(spec.method, all_axes, objectives, runner.flat(runner.redact(base)))
     return sweep

@@ -18,8 +18,13 @@ from tunelab.sweep.plan import Sweep
 from tunelab.sweep.results import Row, best, counts, fmt, headers, rel
 
 TOP = 5  # trials whose loss curves are drawn
-STATE_STYLE = {"completed": ("o", "full"), "pruned": ("o", "none"), "running": ("^", "full"),
-               "interrupted": ("^", "none"), "killed": ("^", "none")}
+STATE_STYLE = {
+    "completed": ("o", "full"),
+    "pruned": ("o", "none"),
+    "running": ("^", "full"),
+    "interrupted": ("^", "none"),
+    "killed": ("^", "none"),
+}
 
 SECTION = """
 <style>tr.failed td { color: #777; background: #f6f6f6; } tr.stopped td { color: #555; }</style>
@@ -79,8 +84,15 @@ def objective_plot(sweep: Sweep, rows: list[Row]) -> tuple[str, str | None]:
     for state, (marker, fill) in STATE_STYLE.items():
         group = [r for r in pts if r.state == state]
         if group:
-            ax.plot([r.number for r in group], [r.values[0] for r in group], linestyle="none", marker=marker,
-                    fillstyle=fill, markersize=7, label=state)
+            ax.plot(
+                [r.number for r in group],
+                [r.values[0] for r in group],
+                linestyle="none",
+                marker=marker,
+                fillstyle=fill,
+                markersize=7,
+                label=state,
+            )
     done = sorted((r.number, r.values[0]) for r in pts if r.state == "completed")
     if done:
         pick = min if d == "minimize" else max
@@ -111,8 +123,16 @@ def intermediate_plot(sweep: Sweep, study, rows: list[Row]) -> tuple[str, str | 
         steps = sorted(t.intermediate_values)
         values = [t.intermediate_values[s] for s in steps]
         r = by_number[t.number]
-        ax.plot(steps, values, color=colour, linewidth=1.3, linestyle="--" if r.state == "pruned" else "-",
-                marker="o", markersize=2.5, label=r.name or str(t.number))
+        ax.plot(
+            steps,
+            values,
+            color=colour,
+            linewidth=1.3,
+            linestyle="--" if r.state == "pruned" else "-",
+            marker="o",
+            markersize=2.5,
+            label=r.name or str(t.number),
+        )
         if r.state == "pruned":
             ax.plot(steps[-1:], values[-1:], color=colour, marker="x", markersize=9, linestyle="none")
     if _log_scale([v for t in trials for v in t.intermediate_values.values()]):
@@ -134,8 +154,11 @@ def importance_plot(sweep: Sweep, study, rows: list[Row]) -> tuple[str, str | No
     target = None if len(sweep.objectives) == 1 else (lambda t: t.values[0])
     try:
         imp = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=sweep.spec.seed), target=target,
-            params=[a.name for a in varying])
+            study,
+            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=sweep.spec.seed),
+            target=target,
+            params=[a.name for a in varying],
+        )
     except (ValueError, RuntimeError) as e:
         return f"{title}: {e}", None
     names = list(imp)[::-1]
@@ -143,7 +166,9 @@ def importance_plot(sweep: Sweep, study, rows: list[Row]) -> tuple[str, str | No
     ax.barh(names, [imp[n] for n in names], color="#4c72b0")
     for i, n in enumerate(names):
         ax.text(imp[n], i, f" {imp[n]:.2f}", va="center", fontsize=8)
-    ax.set(title=f"{title}, {len(done)} completed trials", xlabel=f"share of the variance of {sweep.metric}", xlim=(0, 1.1))
+    ax.set(
+        title=f"{title}, {len(done)} completed trials", xlabel=f"share of the variance of {sweep.metric}", xlim=(0, 1.1)
+    )
     return title, _png(fig)
 
 
@@ -167,15 +192,25 @@ def params_plot(sweep: Sweep, rows: list[Row]) -> tuple[str, str | None]:
 
     n = len(sweep.axes)
     cols = min(n, 3)
-    fig, axs = plt.subplots(math.ceil(n / cols), cols, figsize=(6.4 if n > 1 else 4.2, 2.8 * math.ceil(n / cols)),
-                            dpi=100, squeeze=False, sharey=True)
+    fig, axs = plt.subplots(
+        math.ceil(n / cols),
+        cols,
+        figsize=(6.4 if n > 1 else 4.2, 2.8 * math.ceil(n / cols)),
+        dpi=100,
+        squeeze=False,
+        sharey=True,
+    )
     for ax in axs.flat[n:]:
         ax.set_visible(False)
     for axis, ax in zip(sweep.axes, axs.flat, strict=False):
         if axis.finite:
-            ticks = [space.short_value(v) if not isinstance(v, str) or len(v) < 14 else v[:12] + ".." for v in
-                     [o[axis.keys[0]] if len(axis.keys) == 1 else ",".join(space.short_value(o[k]) for k in axis.keys)
-                      for o in axis.options]]
+            ticks = [
+                space.short_value(v) if not isinstance(v, str) or len(v) < 14 else v[:12] + ".."
+                for v in [
+                    o[axis.keys[0]] if len(axis.keys) == 1 else ",".join(space.short_value(o[k]) for k in axis.keys)
+                    for o in axis.options
+                ]
+            ]
             xs = {label: i for i, label in enumerate(axis.labels)}
             ax.set_xticks(range(len(ticks)), ticks, rotation=20 if max(map(len, ticks)) > 6 else 0, fontsize=8)
         for state, (marker, fill) in STATE_STYLE.items():
@@ -183,8 +218,15 @@ def params_plot(sweep: Sweep, rows: list[Row]) -> tuple[str, str | None]:
             if not group:
                 continue
             x = [xs.get(_axis_value(axis, r)) if axis.finite else r.settings.get(axis.name) for r in group]
-            ax.plot(x, [r.values[0] for r in group], linestyle="none", marker=marker, fillstyle=fill, markersize=6,
-                    label=state)
+            ax.plot(
+                x,
+                [r.values[0] for r in group],
+                linestyle="none",
+                marker=marker,
+                fillstyle=fill,
+                markersize=6,
+                label=state,
+            )
         if not axis.finite and axis.param.log:
             ax.set_xscale("log")
         ax.set_title(axis.name, fontsize=9)
@@ -206,8 +248,14 @@ def pareto_plot(sweep: Sweep, rows: list[Row]) -> tuple[str, str | None]:
     for on, label, style in ((False, "completed", {"color": "#999999"}), (True, "Pareto front", {"color": "#c44e52"})):
         group = sorted((r for r in pts if r.pareto == on), key=lambda r: r.values[0])
         if group:
-            ax.plot([r.values[0] for r in group], [r.values[1] for r in group], marker="o", linestyle="-" if on else "none",
-                    label=label, **style)
+            ax.plot(
+                [r.values[0] for r in group],
+                [r.values[1] for r in group],
+                marker="o",
+                linestyle="-" if on else "none",
+                label=label,
+                **style,
+            )
     ax.set(title=title, xlabel=m1, ylabel=m2)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
@@ -217,21 +265,45 @@ def pareto_plot(sweep: Sweep, rows: list[Row]) -> tuple[str, str | None]:
 def _table(sweep: Sweep, rows: list[Row]) -> tuple[list[str], list[dict]]:
     keys = [k for a in sweep.axes for k in a.keys]
     notes = any(r.reason for r in rows)
-    header = ["rank", "trial", *headers(sweep), *(m for m, _ in sweep.objectives), "state", "steps", "time s",
-              "tokens/s", "peak MB", *(["note"] if notes else [])]
+    header = [
+        "rank",
+        "trial",
+        *headers(sweep),
+        *(m for m, _ in sweep.objectives),
+        "state",
+        "steps",
+        "time s",
+        "tokens/s",
+        "peak MB",
+        *(["note"] if notes else []),
+    ]
     out = []
     for r in rows:
         values = r.values + [None] * (len(sweep.objectives) - len(r.values))
-        texts = [str(r.rank or "-"), r.name or str(r.number), *(fmt(r.settings.get(k)) for k in keys),
-                 *(fmt(v) for v in values), r.state, fmt(r.step), fmt(r.duration_s),
-                 f"{r.tokens_per_s:,.0f}" if r.tokens_per_s else "-", f"{r.peak_mb:,.0f}" if r.peak_mb else "-",
-                 *([r.reason or ""] if notes else [])]
+        texts = [
+            str(r.rank or "-"),
+            r.name or str(r.number),
+            *(fmt(r.settings.get(k)) for k in keys),
+            *(fmt(v) for v in values),
+            r.state,
+            fmt(r.step),
+            fmt(r.duration_s),
+            f"{r.tokens_per_s:,.0f}" if r.tokens_per_s else "-",
+            f"{r.peak_mb:,.0f}" if r.peak_mb else "-",
+            *([r.reason or ""] if notes else []),
+        ]
         state_at = 2 + len(keys) + len(values)
         nums = set(range(2, state_at)) | set(range(state_at + 1, state_at + 5))
         cls = "best" if r.rank == 1 else ""
-        out.append({"cls": {"failed": "failed", "pruned": "stopped"}.get(r.state, ""),
-                    "cells": [{"text": t, "cls": " ".join(x for x in (cls, "num" if i in nums else "") if x)}
-                              for i, t in enumerate(texts)]})
+        out.append(
+            {
+                "cls": {"failed": "failed", "pruned": "stopped"}.get(r.state, ""),
+                "cells": [
+                    {"text": t, "cls": " ".join(x for x in (cls, "num" if i in nums else "") if x)}
+                    for i, t in enumerate(texts)
+                ],
+            }
+        )
     return header, out
 
 
@@ -240,27 +312,45 @@ def section(sweep: Sweep, study, rows: list[Row], run_paths: list[Path]) -> str:
 
     c = counts(rows)
     b = best(rows)
-    about = (f"{sweep.spec.method} search over {', '.join(a.name for a in sweep.axes)}; {len(rows)} of {sweep.budget} trials ("
-             + ", ".join(f"{n} {s}" for s, n in sorted(c.items())) + f"); pruner {sweep.spec.pruner.name}; "
-             f"objective {', '.join(f'{m} ({d})' for m, d in sweep.objectives)}; storage {sweep.storage_shown()}")
+    about = (
+        f"{sweep.spec.method} search over {', '.join(a.name for a in sweep.axes)}; "
+        f"{len(rows)} of {sweep.budget} trials ("
+        + ", ".join(f"{n} {s}" for s, n in sorted(c.items()))
+        + f"); pruner {sweep.spec.pruner.name}; "
+        f"objective {', '.join(f'{m} ({d})' for m, d in sweep.objectives)}; storage {sweep.storage_shown()}"
+    )
     best_line = None
     if b is not None:
         shown = ", ".join(f"{k}={space.short_value(v)}" for k, v in b.settings.items())
         best_file = rel(sweep.best_file)
-        best_line = (f"Best: trial {b.name} ({shown}), {sweep.metric} {fmt(b.values[0] if b.values else None)}; "
-                     f"its config: {best_file} (tunelab train {best_file})")
-    plots = [objective_plot(sweep, rows), intermediate_plot(sweep, study, rows), importance_plot(sweep, study, rows),
-             params_plot(sweep, rows)]
+        best_line = (
+            f"Best: trial {b.name} ({shown}), {sweep.metric} {fmt(b.values[0] if b.values else None)}; "
+            f"its config: {best_file} (tunelab train {best_file})"
+        )
+    plots = [
+        objective_plot(sweep, rows),
+        intermediate_plot(sweep, study, rows),
+        importance_plot(sweep, study, rows),
+        params_plot(sweep, rows),
+    ]
     if len(sweep.objectives) > 1:
         plots.append(pareto_plot(sweep, rows))
-    top = [p for r in rows if r.state == "completed" and r.name for p in [sweep.trials_dir / r.name] if p in run_paths][:TOP]
+    top = [p for r in rows if r.state == "completed" and r.name for p in [sweep.trials_dir / r.name] if p in run_paths][
+        :TOP
+    ]
     if top:
-        plots += runner.curves(top, [("loss", f"training loss, top {len(top)} trials", "loss", True, True),
-                                     ("eval_loss", f"eval loss, top {len(top)} trials", "loss", True, False)])
+        plots += runner.curves(
+            top,
+            [
+                ("loss", f"training loss, top {len(top)} trials", "loss", True, True),
+                ("eval_loss", f"eval loss, top {len(top)} trials", "loss", True, False),
+            ],
+        )
     header, table_rows = _table(sweep, rows)
     env = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(SECTION).render(name=sweep.name, about=about, best_line=best_line, header=header,
-                                           rows=table_rows, plots=plots)
+    return env.from_string(SECTION).render(
+        name=sweep.name, about=about, best_line=best_line, header=header, rows=table_rows, plots=plots
+    )
 
 
 def write_report(sweep: Sweep, study, rows: list[Row], max_prompts: int = 6) -> Path | None:
@@ -294,4 +384,3 @@ def _escape(text: str) -> str:
     from markupsafe import escape
 
     return str(escape(text))
-

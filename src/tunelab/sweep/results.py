@@ -30,7 +30,9 @@ class Row:
     name: str | None  # the run directory under trials/
     settings: dict[str, Any]
     state: str  # completed | pruned | failed | running | interrupted | killed | waiting
-    values: list[float | None] = field(default_factory=list)  # final (completed), at the stop (pruned), so far (running)
+    values: list[float | None] = field(
+        default_factory=list
+    )  # final (completed), at the stop (pruned), so far (running)
     step: int | None = None
     duration_s: float | None = None
     tokens_per_s: float | None = None
@@ -65,8 +67,12 @@ def collect(sweep: Sweep, study) -> list[Row]:
         path = sweep.trials_dir / name if name else None
         local = path is not None and path.is_dir()
         summary = (runner.read_summary(path) if local else None) or attrs.get("summary") or {}
-        state = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
-                 TrialState.WAITING: "waiting"}.get(t.state, "running")
+        state = {
+            TrialState.COMPLETE: "completed",
+            TrialState.PRUNED: "pruned",
+            TrialState.FAIL: "failed",
+            TrialState.WAITING: "waiting",
+        }.get(t.state, "running")
         if state == "running":
             if attrs.get("state") == "interrupted":
                 state = "interrupted"
@@ -89,8 +95,21 @@ def collect(sweep: Sweep, study) -> list[Row]:
         else:
             duration = None
         peak = summary.get("peak_gpu_mb") or summary.get("peak_rss_mb")
-        rows.append(Row(t.number, name, settings, state, values, step, _round(duration), summary.get("tokens_per_s"),
-                        peak, attrs.get("reason") if state != "completed" else None, t.number in pareto))
+        rows.append(
+            Row(
+                t.number,
+                name,
+                settings,
+                state,
+                values,
+                step,
+                _round(duration),
+                summary.get("tokens_per_s"),
+                peak,
+                attrs.get("reason") if state != "completed" else None,
+                t.number in pareto,
+            )
+        )
     return rank(sweep, rows)
 
 
@@ -187,20 +206,33 @@ def table(sweep: Sweep, rows: list[Row], title: str | None = None, live: bool = 
     shown = sorted(rows, key=lambda r: r.number) if live else rows
     for r in shown:
         values = r.values + [None] * (len(sweep.objectives) - len(r.values))
-        cells = [] if live else [str(r.rank) + ("*" if r.pareto and len(sweep.objectives) > 1 else "") if r.rank else "-"]
-        cells += [r.name or f"{r.number:03d}", *(fmt(r.settings.get(k)) for k in keys), *(fmt(v) for v in values),
-                  r.state, fmt(r.step)]
+        cells = (
+            [] if live else [str(r.rank) + ("*" if r.pareto and len(sweep.objectives) > 1 else "") if r.rank else "-"]
+        )
+        cells += [
+            r.name or f"{r.number:03d}",
+            *(fmt(r.settings.get(k)) for k in keys),
+            *(fmt(v) for v in values),
+            r.state,
+            fmt(r.step),
+        ]
         if not live:
-            cells += [fmt(r.duration_s), f"{r.tokens_per_s:,.0f}" if r.tokens_per_s else "-",
-                      f"{r.peak_mb:,.0f}" if r.peak_mb else "-"]
+            cells += [
+                fmt(r.duration_s),
+                f"{r.tokens_per_s:,.0f}" if r.tokens_per_s else "-",
+                f"{r.peak_mb:,.0f}" if r.peak_mb else "-",
+            ]
         t.add_row(*(Text(c) for c in cells), style="bold" if r.rank == 1 else "dim" if r.state == "failed" else None)
     return t
 
 
 def reasons(rows: list[Row]) -> list[str]:
     """One line per trial that failed or was stopped, saying why."""
-    return [f"{r.name or r.number}: {r.state}: {r.reason}" for r in sorted(rows, key=lambda r: r.number)
-            if r.reason and r.state in ("failed", "interrupted")]
+    return [
+        f"{r.name or r.number}: {r.state}: {r.reason}"
+        for r in sorted(rows, key=lambda r: r.number)
+        if r.reason and r.state in ("failed", "interrupted")
+    ]
 
 
 # --- written ----------------------------------------------------------------------------------------------
@@ -246,10 +278,12 @@ def write_best(sweep: Sweep, rows: list[Row]) -> Path | None:
         return None
     shown = ", ".join(f"{k}={space.short_value(v)}" for k, v in b.settings.items())
     values = ", ".join(f"{m} {fmt(v)}" for (m, _), v in zip(sweep.objectives, b.values, strict=False))
-    header = (f"# tunelab train {rel(sweep.best_file)}\n"
-              f"# The best trial of sweep {sweep.name}: trial {b.number} ({shown}), {values}.\n"
-              f"# Its run config as it ran ({rel(sweep.trials_dir / b.name)}/config.yaml), as a new run "
-              f"{sweep.name}-best in {sweep.base_output_dir}.\n")
+    header = (
+        f"# tunelab train {rel(sweep.best_file)}\n"
+        f"# The best trial of sweep {sweep.name}: trial {b.number} ({shown}), {values}.\n"
+        f"# Its run config as it ran ({rel(sweep.trials_dir / b.name)}/config.yaml), as a new run "
+        f"{sweep.name}-best in {sweep.base_output_dir}.\n"
+    )
     return write_text(sweep.best_file, header + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
 
 

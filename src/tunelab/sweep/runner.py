@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import difflib
 import math
-import typing
 from pathlib import Path
 from typing import Any
-
-from pydantic import BaseModel
 
 from tunelab.config import RunConfig, build_config, config_to_dict, redact
 from tunelab.config.load import (
@@ -32,8 +29,17 @@ from tunelab.runs import RunDir, Summary
 from tunelab.runs.files import flatten, read_json, read_jsonl
 
 __all__ = [
-    "ConfigError", "Interrupted", "RunConfig", "TunelabError", "apply_overrides", "as_user_error", "check_name",
-    "format_validation_error", "parse_override", "read_yaml", "redact",
+    "ConfigError",
+    "Interrupted",
+    "RunConfig",
+    "TunelabError",
+    "apply_overrides",
+    "as_user_error",
+    "check_name",
+    "format_validation_error",
+    "parse_override",
+    "read_yaml",
+    "redact",
 ]
 
 # Keys the sweep sets itself on every trial: a search space or a pairing may not set them.
@@ -41,13 +47,31 @@ RESERVED = ("output.", "training.resume", "tracking.run_name", "tracking.dir", "
 
 # What a run writes, by where it writes it. metrics.jsonl keys logged at evaluations can be
 # reported to a pruner step by step; summary.json and eval.json values exist once, at the end.
-LOGGED_AT_EVAL = ("eval_loss", "samples_exact_match", "samples_normalized_exact_match", "samples_rougeL",
-                  "samples_bleu", "samples_chrf", "samples_answer_words")
+LOGGED_AT_EVAL = (
+    "eval_loss",
+    "samples_exact_match",
+    "samples_normalized_exact_match",
+    "samples_rougeL",
+    "samples_bleu",
+    "samples_chrf",
+    "samples_answer_words",
+)
 LOGGED = ("loss", *LOGGED_AT_EVAL)
-SUMMARY = ("final_train_loss", "final_eval_loss", "samples_exact_match_after", "tokens_per_s", "achieved_tflops",
-           "peak_rss_mb", "peak_gpu_mb", "wall_time_s", "train_time_s")
-EVAL = tuple(f"eval.{k}" for k in ("exact_match", "normalized_exact_match", "rougeL", "bleu", "chrf", "loss",
-                                   "perplexity", "answer_words"))
+SUMMARY = (
+    "final_train_loss",
+    "final_eval_loss",
+    "samples_exact_match_after",
+    "tokens_per_s",
+    "achieved_tflops",
+    "peak_rss_mb",
+    "peak_gpu_mb",
+    "wall_time_s",
+    "train_time_s",
+)
+EVAL = tuple(
+    f"eval.{k}"
+    for k in ("exact_match", "normalized_exact_match", "rougeL", "bleu", "chrf", "loss", "perplexity", "answer_words")
+)
 METRICS = (*LOGGED, *SUMMARY, *EVAL)
 
 
@@ -95,11 +119,19 @@ def default_name(path: Path) -> str:
     return default_run_name(path)
 
 
-def trial_config(base: dict[str, Any], settings: dict[str, Any], base_path: Path, *, sweep: str, trials_dir: Path,
-                 run_name: str, tracking_dir: Path | None) -> RunConfig:
+def trial_config(
+    base: dict[str, Any],
+    settings: dict[str, Any],
+    base_path: Path,
+    *,
+    sweep: str,
+    trials_dir: Path,
+    run_name: str,
+    tracking_dir: Path | None,
+) -> RunConfig:
     """The run config of one trial: base + settings, written into `trials_dir/run_name`, tracked
-    with the sweep's name as a tag (and in the run's name, so trackers show the sweep's runs
-    together). The trackers keep the base config's tracking directory: artifact references in the
+    with the sweep's name as a tag and a group (and in the run's name, so trackers show the sweep's
+    runs together). The trackers keep the base config's tracking directory: artifact references in the
     base config resolve there, and the dashboard shows the sweep beside the user's other runs."""
     cfg = build(base, settings, base_path, source=f"trial {run_name}")
     cfg.output.dir, cfg.output.name, cfg.output.overwrite = str(trials_dir), run_name, False
@@ -107,6 +139,7 @@ def trial_config(base: dict[str, Any], settings: dict[str, Any], base_path: Path
     if t.dir is None and tracking_dir is not None:
         t.dir = str(tracking_dir)
     t.tags = [*t.tags, f"sweep:{sweep}"]
+    t.group = t.group or sweep  # the trackers' own grouping (W&B group, trackio group, MLflow tag)
     t.run_name = f"{sweep}-{run_name}"
     t.model_artifact = t.model_artifact or f"{sweep}-{run_name}-model"
     return cfg
@@ -194,14 +227,20 @@ def metric_problem(metric: str, cfg: RunConfig, pruning: bool) -> str | None:
         return f"{metric}: the run has no test split (set data.test or data.test_size)"
     if metric.startswith("samples_") and not (cfg.samples.enabled and cfg.samples.num_prompts):
         return f"{metric}: the run generates no samples (samples.enabled, samples.num_prompts)"
-    if metric.startswith("samples_") and metric not in ("samples_exact_match", "samples_exact_match_after") \
-            and not cfg.eval.generation_metrics:
+    if (
+        metric.startswith("samples_")
+        and metric not in ("samples_exact_match", "samples_exact_match_after")
+        and not cfg.eval.generation_metrics
+    ):
         return f"{metric}: the run scores no sample metrics but exact match (eval.generation_metrics is off)"
     if name == "peak_gpu_mb" and cfg.model.device == "cpu":
         return f"{metric}: a CPU run has no GPU peak"
     if pruning:
         if metric not in LOGGED:
-            return f"{metric} is written once, at the end; a pruner needs a metric logged at every evaluation ({', '.join(LOGGED)})"
+            return (
+                f"{metric} is written once, at the end; "
+                f"a pruner needs a metric logged at every evaluation ({', '.join(LOGGED)})"
+            )
         if cfg.training.eval_steps is None or not has_test_split(cfg):
             return "a pruner needs evaluations during training: set training.eval_steps and a test split"
     return None

@@ -125,8 +125,18 @@ def check_points(all_axes: list[Axis], limit: int = 512) -> list[dict[str, Any]]
     return [{**first, **option} for p in per_axis for option in p]
 
 
-_SHORT = {"learning_rate": "lr", "train_rows": "rows", "batch_size": "bs", "grad_accum": "ga", "max_steps": "steps",
-          "dropout": "drop", "target_modules": "tm", "warmup_ratio": "warmup", "weight_decay": "wd", "name": ""}
+_SHORT = {
+    "learning_rate": "lr",
+    "train_rows": "rows",
+    "batch_size": "bs",
+    "grad_accum": "ga",
+    "max_steps": "steps",
+    "dropout": "drop",
+    "target_modules": "tm",
+    "warmup_ratio": "warmup",
+    "weight_decay": "wd",
+    "name": "",
+}
 
 
 def short_value(value: Any) -> str:

@@ -41,9 +41,13 @@ class Strict(BaseModel):
 
 
 class BaseSpec(Strict):
-    config: str = Field(description="The base run config (YAML); a relative path is looked up from the working "
-                        "directory, then from the sweep file's folder.")
-    overrides: list[str] = Field(default_factory=list, description="Dotted overrides applied to it, as `tunelab train` takes them.")
+    config: str = Field(
+        description="The base run config (YAML); a relative path is looked up from the working "
+        "directory, then from the sweep file's folder."
+    )
+    overrides: list[str] = Field(
+        default_factory=list, description="Dotted overrides applied to it, as `tunelab train` takes them."
+    )
 
 
 class Param(Strict):
@@ -64,8 +68,10 @@ class Param(Strict):
     def _one_kind(self):
         kinds = [k for k, v in (("choice", self.choice), ("int", self.int_), ("float", self.float_)) if v is not None]
         if len(kinds) != 1:
-            raise ValueError("give exactly one of choice: [...], int: [low, high] or float: [low, high]"
-                             + (f" (got {', '.join(kinds)})" if kinds else ""))
+            raise ValueError(
+                "give exactly one of choice: [...], int: [low, high] or float: [low, high]"
+                + (f" (got {', '.join(kinds)})" if kinds else "")
+            )
         if self.choice is not None:
             if not self.choice:
                 raise ValueError("empty choice list")
@@ -93,10 +99,13 @@ class Param(Strict):
 
 
 class Objective(Strict):
-    metric: str = Field(description="What a run writes: eval_loss, loss, samples_exact_match, samples_rougeL, "
-                        "final_eval_loss, tokens_per_s, eval.exact_match (runs `tunelab eval` after training), ...")
+    metric: str = Field(
+        description="What a run writes: eval_loss, loss, samples_exact_match, samples_rougeL, "
+        "final_eval_loss, tokens_per_s, eval.exact_match (runs `tunelab eval` after training), ..."
+    )
     direction: Literal["minimize", "maximize"] | None = Field(
-        None, description="Default: minimize a loss, maximize a score; required for other metrics.")
+        None, description="Default: minimize a loss, maximize a score; required for other metrics."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -114,11 +123,20 @@ class Objective(Strict):
 
 class Pruner(Strict):
     name: Literal["none", "median", "hyperband", "successive_halving"] = Field(
-        "none", description="Optuna's pruner; intermediate values are the objective at every evaluation.")
-    startup_trials: int | None = Field(None, ge=0, description="median: trials that finish before any is pruned (default 5).")
-    warmup_steps: int | None = Field(None, ge=0, description="median: steps of a trial before it may be pruned (default 0).")
-    min_steps: int | None = Field(None, gt=0, description="hyperband / successive_halving: steps every trial runs (default: Optuna's).")
-    reduction_factor: int | None = Field(None, ge=2, description="hyperband / successive_halving: 1/N of the trials go on at each rung.")
+        "none", description="Optuna's pruner; intermediate values are the objective at every evaluation."
+    )
+    startup_trials: int | None = Field(
+        None, ge=0, description="median: trials that finish before any is pruned (default 5)."
+    )
+    warmup_steps: int | None = Field(
+        None, ge=0, description="median: steps of a trial before it may be pruned (default 0)."
+    )
+    min_steps: int | None = Field(
+        None, gt=0, description="hyperband / successive_halving: steps every trial runs (default: Optuna's)."
+    )
+    reduction_factor: int | None = Field(
+        None, ge=2, description="hyperband / successive_halving: 1/N of the trials go on at each rung."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -129,7 +147,9 @@ class Pruner(Strict):
     def _options_fit(self):
         median, halving = ("startup_trials", "warmup_steps"), ("min_steps", "reduction_factor")
         wrong = [k for k in median if getattr(self, k) is not None and self.name != "median"]
-        wrong += [k for k in halving if getattr(self, k) is not None and self.name not in ("hyperband", "successive_halving")]
+        wrong += [
+            k for k in halving if getattr(self, k) is not None and self.name not in ("hyperband", "successive_halving")
+        ]
         if wrong:
             raise ValueError(f"{', '.join(wrong)}: not an option of the {self.name} pruner")
         return self
@@ -141,18 +161,32 @@ class SweepSpec(Strict):
     name: str | None = Field(None, description="Study and folder name (default: the sweep file's stem).")
     dir: str = Field("sweeps", description="Folder that holds sweep folders (<dir>/<name>/).")
     base: BaseSpec = Field(description="The run config every trial starts from.")
-    method: Literal["grid", "random", "tpe"] = Field("grid", description="Optuna's GridSampler, RandomSampler or TPESampler.")
+    method: Literal["grid", "random", "tpe"] = Field(
+        "grid", description="Optuna's GridSampler, RandomSampler or TPESampler."
+    )
     space: dict[str, Param] = Field(default_factory=dict, description="Dotted config key -> choice or range.")
     paired: list[dict[str, Any]] | None = Field(
-        None, description="Settings that vary together (a list of {dotted key: value} maps, all with the same keys): one more axis.")
-    trials: int | None = Field(None, gt=0, description="How many trials: required for random / tpe; grid: at most the whole grid.")
-    objective: list[Objective] = Field(default_factory=lambda: [Objective(metric="eval_loss")],
-                                       description="Metric(s) to optimize; several give a Pareto front.")
+        None,
+        description="Settings that vary together (a list of {dotted key: value} maps, all with the same keys): "
+        "one more axis.",
+    )
+    trials: int | None = Field(
+        None, gt=0, description="How many trials: required for random / tpe; grid: at most the whole grid."
+    )
+    objective: list[Objective] = Field(
+        default_factory=lambda: [Objective(metric="eval_loss")],
+        description="Metric(s) to optimize; several give a Pareto front.",
+    )
     seed: int = Field(0, description="Seed of the sampler (trial N draws with a seed made of this and N).")
     pruner: Pruner = Field(default_factory=Pruner, description="Stop unpromising trials early.")
-    parallel: int = Field(1, gt=0, description="Worker processes; one GPU each on a GPU machine, the CPU threads divided otherwise.")
-    storage: str | None = Field(None, description="journal (default: a journal file in the sweep folder), sqlite "
-                                "(a SQLite file there), or a database URL any machine can reach (postgresql://...).")
+    parallel: int = Field(
+        1, gt=0, description="Worker processes; one GPU each on a GPU machine, the CPU threads divided otherwise."
+    )
+    storage: str | None = Field(
+        None,
+        description="journal (default: a journal file in the sweep folder), sqlite "
+        "(a SQLite file there), or a database URL any machine can reach (postgresql://...).",
+    )
     timeout: float | None = Field(None, gt=0, description="Seconds after which no new trial starts.")
 
     @field_validator("objective", mode="before")
@@ -187,7 +221,9 @@ class SweepSpec(Strict):
             raise ValueError("a paired entry sets nothing")
         for i, entry in enumerate(v):
             if set(entry) != keys:
-                raise ValueError(f"entry {i} sets {', '.join(sorted(entry))}; every entry must set {', '.join(sorted(keys))}")
+                raise ValueError(
+                    f"entry {i} sets {', '.join(sorted(entry))}; every entry must set {', '.join(sorted(keys))}"
+                )
         return v
 
     @model_validator(mode="after")
@@ -197,12 +233,16 @@ class SweepSpec(Strict):
         if self.method == "grid":
             ranges = [k for k, p in self.space.items() if p.kind != "choice"]
             if ranges:
-                raise ValueError(f"space.{ranges[0]}: a range, but method grid enumerates choices "
-                                 "(use choice: [...], or method random / tpe)")
+                raise ValueError(
+                    f"space.{ranges[0]}: a range, but method grid enumerates choices "
+                    "(use choice: [...], or method random / tpe)"
+                )
         elif self.trials is None:
             raise ValueError(f"trials: required for method {self.method} (how many trials to run)")
         if len(self.objective) > 1 and self.pruner.name != "none":
-            raise ValueError("pruner: Optuna prunes single-objective studies only; use pruner none with several objectives")
+            raise ValueError(
+                "pruner: Optuna prunes single-objective studies only; use pruner none with several objectives"
+            )
         return self
 
 

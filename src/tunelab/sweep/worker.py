@@ -226,8 +226,14 @@ def run_trial(sweep: Sweep, study, claim: Claim, console, progress: Callable[[],
         single = len(sweep.objectives) == 1
         reporter = Reporter(trial, sweep.metric, run_path, prune=sweep.pruning and single, progress=progress)
         try:
-            runner.train_trial(cfg, resume=state == "checkpoint", overwrite=state == "partial",
-                               callbacks=[reporter] if single else [], console=console, command=sweep.command("--resume"))
+            runner.train_trial(
+                cfg,
+                resume=state == "checkpoint",
+                overwrite=state == "partial",
+                callbacks=[reporter] if single else [],
+                console=console,
+                command=sweep.command("--resume"),
+            )
         except runner.Interrupted as e:
             trial.set_user_attr("state", "interrupted")
             trial.set_user_attr("reason", e.message)
@@ -248,22 +254,46 @@ def run_trial(sweep: Sweep, study, claim: Claim, console, progress: Callable[[],
         pruned_at = reporter.pruned_at
         if pruned_at is not None:
             step, value = reporter.last
-            runner.mark_pruned(run_path, pruned_at, f"pruned by the {sweep.spec.pruner.name} pruner at step {step} "
-                                                    f"({sweep.metric} {value:.4g})")
-    return _finish(sweep, study, trial, run_path, settings, pruned=pruned_at is not None or state == "pruned",
-                   console=console, t0=t0, fail=fail)
+            runner.mark_pruned(
+                run_path,
+                pruned_at,
+                f"pruned by the {sweep.spec.pruner.name} pruner at step {step} ({sweep.metric} {value:.4g})",
+            )
+    return _finish(
+        sweep,
+        study,
+        trial,
+        run_path,
+        settings,
+        pruned=pruned_at is not None or state == "pruned",
+        console=console,
+        t0=t0,
+        fail=fail,
+    )
 
 
 def _finish(sweep: Sweep, study, trial, run_path: Path, settings, pruned: bool, console, t0: float, fail) -> Outcome:
     name = run_path.name
     summary = runner.read_summary(run_path) or {}
-    trial.set_user_attr("summary", {k: summary.get(k) for k in ("steps", "wall_time_s", "train_tokens", "tokens_per_s",
-                                                                 "peak_rss_mb", "peak_gpu_mb", "device")})
+    trial.set_user_attr(
+        "summary",
+        {
+            k: summary.get(k)
+            for k in ("steps", "wall_time_s", "train_tokens", "tokens_per_s", "peak_rss_mb", "peak_gpu_mb", "device")
+        },
+    )
     if pruned:
         trial.set_user_attr("state", "pruned")
         frozen = study.tell(trial, state=TrialState.PRUNED)
-        return Outcome(trial.number, name, settings, "pruned", values=frozen.values, reason=summary.get("reason"),
-                       seconds=time.perf_counter() - t0)
+        return Outcome(
+            trial.number,
+            name,
+            settings,
+            "pruned",
+            values=frozen.values,
+            reason=summary.get("reason"),
+            seconds=time.perf_counter() - t0,
+        )
     if any(m.startswith("eval.") for m, _ in sweep.objectives):
         try:
             runner.evaluate_trial(run_path, console)
@@ -315,8 +345,14 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def work(sweep: Sweep, console, say: Callable[[str], None], deadline: float | None = None,
-         progress: Callable[[], None] | None = None, study=None) -> list[Outcome]:
+def work(
+    sweep: Sweep,
+    console,
+    say: Callable[[str], None],
+    deadline: float | None = None,
+    progress: Callable[[], None] | None = None,
+    study=None,
+) -> list[Outcome]:
     """Run trials until the sweep has its trials (or `deadline`, epoch seconds, passes); the outcomes.
 
     Ctrl-C / SIGTERM: the running trial saves a checkpoint, is marked interrupted, and

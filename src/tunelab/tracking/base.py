@@ -15,9 +15,10 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout  # builtin TimeoutError only from Python 3.11
-from typing import Any, Callable
+from typing import Any
 
 from tunelab.artifacts.core import ArtifactSpec
 from tunelab.config.load import redact
@@ -32,7 +33,8 @@ class Sink:
         """Open the tracker run and log the start record (config, versions, git, parameters, data, system)."""
 
     def log_metrics(self, record: dict[str, Any]) -> None:
-        """One metrics.jsonl record: `step` plus numbers (loss, learning_rate, grad_norm, tokens_per_s, eval_loss, ...)."""
+        """One metrics.jsonl record: `step` plus numbers (loss, learning_rate, grad_norm, tokens_per_s,
+        eval_loss, ...)."""
 
     def log_system(self, step: int, metrics: dict[str, float]) -> None:
         """System metrics (CPU / GPU memory and utilisation) sampled at `step`."""
@@ -117,5 +119,9 @@ class GuardedSink:
 
     def _fail(self, method: str, why: str) -> None:
         self.disabled = True
-        self.warn(redact(f"tracking: {self.name} failed in {method} ({why}); it is off for the rest of this run, "
-                         "the run directory keeps everything"))
+        self.warn(
+            redact(
+                f"tracking: {self.name} failed in {method} ({why}); it is off for the rest of this run, "
+                "the run directory keeps everything"
+            )
+        )

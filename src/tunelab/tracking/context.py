@@ -8,8 +8,22 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-LIBRARIES = ("tunelab", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes",
-             "tokenizers", "safetensors", "trackio", "wandb", "mlflow", "tensorboard")
+LIBRARIES = (
+    "tunelab",
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "datasets",
+    "accelerate",
+    "bitsandbytes",
+    "tokenizers",
+    "safetensors",
+    "trackio",
+    "wandb",
+    "mlflow",
+    "tensorboard",
+)
 
 
 def library_versions() -> dict[str, str]:

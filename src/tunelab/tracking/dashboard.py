@@ -6,11 +6,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from tunelab.errors import TunelabError
 from tunelab.artifacts.env import isolated
+from tunelab.errors import TunelabError
 
 DEFAULT_PORTS = {"trackio": 7860, "mlflow": 5000, "tensorboard": 6006}
 
@@ -28,8 +28,9 @@ def _wait_for_port(port: int, proc: subprocess.Popen | None, timeout_s: float = 
     raise TunelabError(f"the dashboard did not answer on 127.0.0.1:{port} within {timeout_s:.0f} s")
 
 
-def start(backend: str, tracking_dir: Path, project: str | None, port: int | None,
-          uri: str | None = None) -> tuple[str, Callable[[], None]]:
+def start(
+    backend: str, tracking_dir: Path, project: str | None, port: int | None, uri: str | None = None
+) -> tuple[str, Callable[[], None]]:
     """Start the UI, the trackers pointed at `tracking_dir` until it stops; returns (url, stop)."""
     from contextlib import ExitStack
 
@@ -50,7 +51,9 @@ def start(backend: str, tracking_dir: Path, project: str | None, port: int | Non
     return url, stop_all
 
 
-def _start(backend: str, d: Path, project: str | None, port: int | None, uri: str | None) -> tuple[str, Callable[[], None]]:
+def _start(
+    backend: str, d: Path, project: str | None, port: int | None, uri: str | None
+) -> tuple[str, Callable[[], None]]:
     port = port or DEFAULT_PORTS.get(backend, 0)
     if backend == "trackio":
         import contextlib
@@ -59,16 +62,29 @@ def _start(backend: str, d: Path, project: str | None, port: int | None, uri: st
         import trackio
 
         with contextlib.redirect_stdout(io.StringIO()):  # its banner also prints a write-token URL
-            server, url, _share, _full = trackio.show(project=project, open_browser=False, block_thread=False,
-                                                       host="127.0.0.1", server_port=port)
+            server, url, _share, _full = trackio.show(
+                project=project, open_browser=False, block_thread=False, host="127.0.0.1", server_port=port
+            )
         if project:
             url = url.rstrip("/") + f"/?project={project}"
         return url, server.close
     if backend == "mlflow":
         from tunelab.artifacts.mlflow_store import default_uri
 
-        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri or default_uri(d),
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            uri or default_uri(d),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             _wait_for_port(port, proc)
@@ -86,8 +102,10 @@ def _start(backend: str, d: Path, project: str | None, port: int | None, uri: st
         url = tb.launch()  # serves from a daemon thread; stops with the process
         return url, lambda: None
     if backend == "wandb":
-        raise TunelabError("W&B has no local dashboard",
-                           hint=f"upload offline runs with `wandb sync {d / 'wandb'}/offline-run-*` and open wandb.ai")
+        raise TunelabError(
+            "W&B has no local dashboard",
+            hint=f"upload offline runs with `wandb sync {d / 'wandb'}/offline-run-*` and open wandb.ai",
+        )
     raise TunelabError(f"--backend: unknown backend {backend!r} (dashboards: trackio, mlflow, tensorboard)")
 
 

@@ -44,7 +44,11 @@ class MlflowSink(Sink):
 
         self.client, self.uri = client(self.dir, self.tcfg.uri)
         exp = experiment_id(self.client, self.dir, self.uri, self.tcfg.project)
-        tags = {"mlflow.runName": self.run_name, "job_type": self.tcfg.job_type, "tunelab.tags": ", ".join(info["tags"])}
+        tags = {
+            "mlflow.runName": self.run_name,
+            "job_type": self.tcfg.job_type,
+            "tunelab.tags": ", ".join(info["tags"]),
+        }
         if self.tcfg.group:
             tags["tunelab.group"] = self.tcfg.group  # MLflow's UI groups and filters runs by tags
         for t in info["tags"]:  # each tag also as a key, as MLflow's UI filters them; keys allow few characters
@@ -59,7 +63,9 @@ class MlflowSink(Sink):
             self.client.update_run(self.run_id, status="RUNNING")
         params = [Param(k[:250], v[:6000]) for k, v in mlflow_params(info["config"]).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(self.run_id, params=params[i:i + 100], tags=[RunTag(k, v) for k, v in tags.items()] if i == 0 else [])
+            self.client.log_batch(
+                self.run_id, params=params[i : i + 100], tags=[RunTag(k, v) for k, v in tags.items()] if i == 0 else []
+            )
         self.client.log_dict(self.run_id, info["config"], "tunelab/config.json")
         self.client.log_dict(self.run_id, {k: v for k, v in info.items() if k != "config"}, "tunelab/run.json")
 
@@ -85,8 +91,9 @@ class MlflowSink(Sink):
     def log_samples(self, step: int, table: list[dict[str, Any]]) -> None:
         rows = sample_rows(table)
         # log_table appends to an existing samples.json: one table, a step column, every evaluation
-        self.client.log_table(self.run_id, {c: [r[i] for r in rows] for i, c in enumerate(SAMPLE_COLUMNS)},
-                              artifact_file="samples.json")
+        self.client.log_table(
+            self.run_id, {c: [r[i] for r in rows] for i, c in enumerate(SAMPLE_COLUMNS)}, artifact_file="samples.json"
+        )
 
     def log_artifact(self, spec: ArtifactSpec) -> dict[str, Any]:
         return log_artifact(self.client, self.run_id, spec)
@@ -97,9 +104,15 @@ class MlflowSink(Sink):
         if ref.get("type") != "dataset":
             self.client.set_tag(self.run_id, f"tunelab.input.{ref['name']}", ref["ref"])
             return
-        ds = Dataset(name=ref["name"], digest=(ref.get("digest") or "")[:36], source_type=ref["store"],
-                     source=json.dumps({"ref": ref["ref"]}))
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds, tags=[InputTag("mlflow.data.context", "train")])])
+        ds = Dataset(
+            name=ref["name"],
+            digest=(ref.get("digest") or "")[:36],
+            source_type=ref["store"],
+            source=json.dumps({"ref": ref["ref"]}),
+        )
+        self.client.log_inputs(
+            self.run_id, datasets=[DatasetInput(ds, tags=[InputTag("mlflow.data.context", "train")])]
+        )
 
     def current_best(self, name: str) -> dict[str, Any] | None:
         try:
@@ -114,7 +127,9 @@ class MlflowSink(Sink):
         finals = {k: v for k, v in summary.items() if k.startswith("final_") and isinstance(v, int | float)}
         if finals:
             self._metrics(finals, int(summary.get("steps") or 0))
-        status = {"completed": "FINISHED", "pruned": "KILLED", "interrupted": "KILLED"}.get(summary.get("status"), "FAILED")
+        status = {"completed": "FINISHED", "pruned": "KILLED", "interrupted": "KILLED"}.get(
+            summary.get("status"), "FAILED"
+        )
         self.client.set_terminated(self.run_id, status)
 
 

@@ -23,8 +23,14 @@ from tunelab.runs import RunDir, Summary, step_dir_name
 from tunelab.runs.files import read_json
 from tunelab.tracking.base import GuardedSink, Sink
 
-CHECKPOINT_SKIP = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin", "trainer_state.json",
-                   "tunelab_data_state.json"}
+CHECKPOINT_SKIP = {
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state.pth",
+    "training_args.bin",
+    "trainer_state.json",
+    "tunelab_data_state.json",
+}
 
 
 def artifact_name(text: str) -> str:
@@ -66,7 +72,9 @@ def build_sinks(cfg, run_dir: str | Path, tracking_dir: Path, resume: bool = Fal
 class Tracking:
     """Fan-out to the run's tracker sinks (guarded), plus lineage and system metrics in the run dir."""
 
-    def __init__(self, cfg, config_path: str | Path | None = None, extra_sinks=(), console=None, home: Home | None = None):
+    def __init__(
+        self, cfg, config_path: str | Path | None = None, extra_sinks=(), console=None, home: Home | None = None
+    ):
         self.cfg = cfg
         self.home = home or Home.of(cfg)  # where this config's artifact references resolve
         self.env = ExitStack()  # the trackers' environment, from start() to finish()
@@ -123,19 +131,21 @@ class Tracking:
         sinks = [s for s in sinks if self._store_writable(s)]
         self.guards = [GuardedSink(s, t.timeout_s, self._warn) for s in sinks + self.extra]
         self.lineage["inputs"] = self._inputs()
-        info = redact({
-            "config": config_to_dict(self.cfg),
-            "run_dir": str(run.path.resolve()),
-            "versions": library_versions(),
-            "git": git_state(Path(self.config_path).resolve().parent if self.config_path else None),
-            "parameters": params,
-            "data": data_stats,
-            "machine": machine(),
-            "device": device,
-            "inputs": [i["ref"] for i in self.lineage["inputs"]],
-            "tags": list(t.tags),
-            "notes": t.notes,
-        })
+        info = redact(
+            {
+                "config": config_to_dict(self.cfg),
+                "run_dir": str(run.path.resolve()),
+                "versions": library_versions(),
+                "git": git_state(Path(self.config_path).resolve().parent if self.config_path else None),
+                "parameters": params,
+                "data": data_stats,
+                "machine": machine(),
+                "device": device,
+                "inputs": [i["ref"] for i in self.lineage["inputs"]],
+                "tags": list(t.tags),
+                "notes": t.notes,
+            }
+        )
         self._write_lineage()
         # a tracker that cannot even start (no server, bad URI) is dropped here, with its one warning
         self._each("start", info)
@@ -177,11 +187,15 @@ class Tracking:
             def on_save(self, args, state, control, **kw):
                 ckpt = tracking.run.checkpoints / step_dir_name(state.global_step)
                 if tracking.cfg.tracking.log_checkpoints and ckpt.is_dir():
-                    tracking.log_model(ckpt, {"step": state.global_step, "checkpoint": True}, [f"step-{state.global_step}"])
+                    tracking.log_model(
+                        ckpt, {"step": state.global_step, "checkpoint": True}, [f"step-{state.global_step}"]
+                    )
 
         return CheckpointArtifacts()
 
-    def log_model(self, folder: Path, extra_meta: dict[str, Any], aliases: list[str], best_metric: float | None = None) -> list[dict]:
+    def log_model(
+        self, folder: Path, extra_meta: dict[str, Any], aliases: list[str], best_metric: float | None = None
+    ) -> list[dict]:
         """Log `folder` as a version of the run's model artifact on every backend with artifacts."""
         import shutil
         import tempfile
@@ -196,17 +210,19 @@ class Tracking:
                 if p.is_file() and p.name not in CHECKPOINT_SKIP:
                     shutil.copy2(p, staged / p.name)
         path = staged or folder
-        meta = redact({
-            "base_model": self._root_base_model(cfg.model.name),
-            "adapter": cfg.adapter.type,
-            "quantization": cfg.quantization.bits,
-            "prompt_format": cfg.prompt.format,
-            "run_name": self.run.path.name,
-            "run_dir": str(self.run.path.resolve()),
-            "inputs": [i["ref"] for i in self.lineage["inputs"]],
-            "config": config_to_dict(cfg),
-            **extra_meta,
-        })
+        meta = redact(
+            {
+                "base_model": self._root_base_model(cfg.model.name),
+                "adapter": cfg.adapter.type,
+                "quantization": cfg.quantization.bits,
+                "prompt_format": cfg.prompt.format,
+                "run_name": self.run.path.name,
+                "run_dir": str(self.run.path.resolve()),
+                "inputs": [i["ref"] for i in self.lineage["inputs"]],
+                "config": config_to_dict(cfg),
+                **extra_meta,
+            }
+        )
         digest = content_digest(path)
         size_gb = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**30
         # storing copies every byte once more: allow for it beyond the per-call deadline
@@ -226,8 +242,15 @@ class Tracking:
                 spec = ArtifactSpec(path, name, "model", these, {**meta, "best_metric": best_metric}, digest)
                 rec = g.call("log_artifact", spec, timeout_s=deadline)
                 if rec:
-                    ref = (f"{rec['store']}:{rec.get('project')}/{rec['name']}:{rec['version']}" if rec["store"] != "mlflow"
-                           else f"mlflow:{rec['name']}:{rec['version']}") if rec.get("version") else None
+                    ref = (
+                        (
+                            f"{rec['store']}:{rec.get('project')}/{rec['name']}:{rec['version']}"
+                            if rec["store"] != "mlflow"
+                            else f"mlflow:{rec['name']}:{rec['version']}"
+                        )
+                        if rec.get("version")
+                        else None
+                    )
                     outputs.append({**rec, "ref": ref, "type": "model", "digest": digest, "step": meta.get("step")})
         finally:
             if staged is not None:
@@ -242,16 +265,25 @@ class Tracking:
             return
         if summary.status == "completed" and self.cfg.tracking.log_model and self.run.is_complete():
             metric = summary.final_eval_loss if summary.final_eval_loss is not None else summary.final_train_loss
-            outs = self.log_model(self.run.final, {
-                "step": summary.steps,
-                "final_train_loss": summary.final_train_loss,
-                "final_eval_loss": summary.final_eval_loss,
-                "samples_exact_match_after": summary.samples_exact_match_after,
-            }, ["final", *self.cfg.tracking.model_aliases], best_metric=metric)
+            outs = self.log_model(
+                self.run.final,
+                {
+                    "step": summary.steps,
+                    "final_train_loss": summary.final_train_loss,
+                    "final_eval_loss": summary.final_eval_loss,
+                    "samples_exact_match_after": summary.samples_exact_match_after,
+                },
+                ["final", *self.cfg.tracking.model_aliases],
+                best_metric=metric,
+            )
             for o in outs:
                 if self.console is not None:
-                    self.console.print(f"[bold]model artifact[/]: {o['ref'] or o['store'] + ' (offline: versioned on sync)'} "
-                                       f"({', '.join(o['aliases'])})", highlight=False, emoji=False)
+                    self.console.print(
+                        f"[bold]model artifact[/]: {o['ref'] or o['store'] + ' (offline: versioned on sync)'} "
+                        f"({', '.join(o['aliases'])})",
+                        highlight=False,
+                        emoji=False,
+                    )
         self._each("finish", redact(summary.to_dict()))
         self.finished = True  # only now: a finish that failed half-way (full disk) may be retried as failed
         try:
@@ -282,7 +314,8 @@ class Tracking:
             warnings.warn(message, stacklevel=3)
 
     def _write_where(self) -> None:
-        """tracking.json: where each tracker keeps this run, whether it is still on, and the time the run waited on it."""
+        """tracking.json: where each tracker keeps this run, whether it is still on, and the time the run waited
+        on it."""
         where = {}
         for g in self.guards:
             info = {}

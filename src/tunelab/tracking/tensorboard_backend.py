@@ -23,8 +23,20 @@ def samples_markdown(table: list[dict[str, Any]]) -> str:
     """A markdown table (TensorBoard renders text summaries as markdown)."""
     lines = ["| step | prompt | generation | reference | settings |", "|---|---|---|---|---|"]
     for r in table:
-        lines.append("| " + " | ".join(_md_cell(x) for x in (r["step"], r["prompt"], r["generation"], r["reference"],
-                                                               json.dumps(r["settings"], sort_keys=True))) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                _md_cell(x)
+                for x in (
+                    r["step"],
+                    r["prompt"],
+                    r["generation"],
+                    r["reference"],
+                    json.dumps(r["settings"], sort_keys=True),
+                )
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -69,8 +81,11 @@ class TensorBoardSink(Sink):
         from torch.utils.tensorboard.summary import hparams
 
         hp = {k: v for k, v in flatten(self.config).items() if isinstance(v, int | float | str | bool)}
-        final = {f"final/{k}": float(v) for k, v in summary.items()
-                 if k.startswith("final_") and isinstance(v, int | float) and not isinstance(v, bool)}
+        final = {
+            f"final/{k}": float(v)
+            for k, v in summary.items()
+            if k.startswith("final_") and isinstance(v, int | float) and not isinstance(v, bool)
+        }
         if final:
             # written into this run's own folder (SummaryWriter.add_hparams would open a new one)
             for s in hparams(hp, final):

@@ -4,13 +4,12 @@ content-addressed artifacts with versions, aliases and lineage, and its own web 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from tunelab.artifacts.core import ArtifactSpec
-from tunelab.compat import point_trackio_at, trackio_storage
 from tunelab.artifacts.trackio_store import log_to_run
+from tunelab.compat import point_trackio_at, trackio_storage
 from tunelab.tracking.base import Sink
 
 SAMPLE_COLUMNS = ["step", "prompt", "generation", "reference", "settings"]
@@ -18,13 +17,15 @@ SAMPLE_COLUMNS = ["step", "prompt", "generation", "reference", "settings"]
 
 def sample_rows(table: list[dict[str, Any]]) -> list[list[Any]]:
     """Sample-table rows in SAMPLE_COLUMNS order; the settings dict as JSON so every cell is a scalar."""
-    return [[r["step"], r["prompt"], r["generation"], r["reference"], json.dumps(r["settings"], sort_keys=True)] for r in table]
+    return [
+        [r["step"], r["prompt"], r["generation"], r["reference"], json.dumps(r["settings"], sort_keys=True)]
+        for r in table
+    ]
 
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:
     """The numeric fields of a metrics record, without its step."""
-    return {k: v for k, v in record.items()
-            if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)}
+    return {k: v for k, v in record.items() if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 class TrackioSink(Sink):
@@ -47,9 +48,16 @@ class TrackioSink(Sink):
         import trackio
 
         config = {**info["config"], "tunelab": {k: v for k, v in info.items() if k != "config"}}
-        self.run = trackio.init(project=self.project, name=self.run_name, group=self.group, config=config,
-                                resume="allow" if self.resume else "never", embed=False,
-                                auto_log_cpu=False, auto_log_gpu=False)  # tunelab samples the system itself
+        self.run = trackio.init(
+            project=self.project,
+            name=self.run_name,
+            group=self.group,
+            config=config,
+            resume="allow" if self.resume else "never",
+            embed=False,
+            auto_log_cpu=False,
+            auto_log_gpu=False,
+        )  # tunelab samples the system itself
 
     def where(self) -> dict[str, Any]:
         return {"project": self.project, "run": self.run.name, "dir": str(self.dir)}
@@ -69,8 +77,14 @@ class TrackioSink(Sink):
 
     def log_artifact(self, spec: ArtifactSpec) -> dict[str, Any]:
         art = log_to_run(self.run, spec)
-        return {"store": "trackio", "project": self.project, "name": art.name, "version": art.version,
-                "aliases": list(art.aliases), "native_digest": art.digest}
+        return {
+            "store": "trackio",
+            "project": self.project,
+            "name": art.name,
+            "version": art.version,
+            "aliases": list(art.aliases),
+            "native_digest": art.digest,
+        }
 
     def use_artifact(self, ref: dict[str, Any]) -> None:
         if ref.get("store") == "trackio" and ref.get("project") == self.project:

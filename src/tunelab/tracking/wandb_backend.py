@@ -8,7 +8,6 @@ own system monitor are off: the command line may carry a token, and tunelab samp
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +37,22 @@ class WandbSink(Sink):
 
         t = self.tcfg
         self.run = wandb.init(
-            project=t.project, entity=t.entity, name=self.run_name, id=self.run_id, resume="allow", group=t.group,
-            tags=info["tags"], job_type=t.job_type, notes=info["notes"], dir=str(self.dir),
-            config={**info["config"], "tunelab": {k: v for k, v in info.items() if k not in ("config", "tags", "notes")}},
-            settings=settings(self.mode, t.timeout_s), reinit="create_new",
+            project=t.project,
+            entity=t.entity,
+            name=self.run_name,
+            id=self.run_id,
+            resume="allow",
+            group=t.group,
+            tags=info["tags"],
+            job_type=t.job_type,
+            notes=info["notes"],
+            dir=str(self.dir),
+            config={
+                **info["config"],
+                "tunelab": {k: v for k, v in info.items() if k not in ("config", "tags", "notes")},
+            },
+            settings=settings(self.mode, t.timeout_s),
+            reinit="create_new",
         )
 
     def where(self) -> dict[str, Any]:
@@ -67,8 +78,14 @@ class WandbSink(Sink):
         (art.add_dir if spec.path.is_dir() else art.add_file)(str(spec.path))
         self.run.log_artifact(art, aliases=list(dict.fromkeys(["latest", *spec.aliases])))
         # offline, W&B numbers the version when the run is synced
-        return {"store": "wandb", "project": self.tcfg.project, "name": spec.name, "version": None,
-                "aliases": list(dict.fromkeys(["latest", *spec.aliases])), "native_digest": art.digest}
+        return {
+            "store": "wandb",
+            "project": self.tcfg.project,
+            "name": spec.name,
+            "version": None,
+            "aliases": list(dict.fromkeys(["latest", *spec.aliases])),
+            "native_digest": art.digest,
+        }
 
     def use_artifact(self, ref: dict[str, Any]) -> None:
         if ref.get("store") == "wandb" and self.mode == "online":
@@ -77,7 +94,9 @@ class WandbSink(Sink):
     def finish(self, summary: dict[str, Any]) -> None:
         if self.run is None:
             return
-        self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, int | float | str) and v is not None})
+        self.run.summary.update(
+            {k: v for k, v in summary.items() if isinstance(v, int | float | str) and v is not None}
+        )
         self.run.finish(exit_code=0 if summary.get("status") == "completed" else 1)
         import wandb
 

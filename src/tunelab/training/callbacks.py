@@ -88,7 +88,14 @@ class ProgressCallback(TrainerCallback):
         self.start_step = state.global_step
         if not self.console.is_terminal:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
             TextColumn("[bold]train"),
@@ -127,8 +134,12 @@ class ProgressCallback(TrainerCallback):
         self.last_line = now
         done = state.global_step - self.start_step
         eta = (now - self.started) / done * (state.max_steps - state.global_step) if done else 0.0
-        self.console.print(f"train step {state.global_step}/{state.max_steps}  {self._info()}  "
-                           f"elapsed {_clock(now - self.started)}  eta {_clock(eta)}", highlight=False, soft_wrap=True)
+        self.console.print(
+            f"train step {state.global_step}/{state.max_steps}  {self._info()}  "
+            f"elapsed {_clock(now - self.started)}  eta {_clock(eta)}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     def on_log(self, args, state, control, **kw):
         if self.progress is not None:  # runs after MetricsCallback: show the newest loss
@@ -155,8 +166,18 @@ class SamplesCallback(TrainerCallback):
     sink. Generation runs in `inference_mode`, which restores train mode and the RNG state.
     """
 
-    def __init__(self, run: RunDir, rows: list[dict], prompt_cfg, tokenizer, settings: GenerationSettings, sinks=None,
-                 generation_metrics: bool = False, dense_weights: bool = False, clock: MetricsCallback | None = None):
+    def __init__(
+        self,
+        run: RunDir,
+        rows: list[dict],
+        prompt_cfg,
+        tokenizer,
+        settings: GenerationSettings,
+        sinks=None,
+        generation_metrics: bool = False,
+        dense_weights: bool = False,
+        clock: MetricsCallback | None = None,
+    ):
         self.run = run
         self.clock = clock  # its tokens/s readings must not count the time spent here
         self.dense_weights = dense_weights  # see generate_batch; train() decides from the memory plan
@@ -206,7 +227,6 @@ class SamplesCallback(TrainerCallback):
         self.generate(model, state.global_step)
 
 
-
 class GracefulStop(TrainerCallback):
     """Ctrl-C or SIGTERM (schedulers, `docker stop`, preemptible VMs): finish the current optimizer
     step, save a checkpoint, stop. A second Ctrl-C stops at once (KeyboardInterrupt).
@@ -228,8 +248,10 @@ class GracefulStop(TrainerCallback):
             raise KeyboardInterrupt
         self.signal = signum
         if self.console is not None:
-            self.console.print(f"[yellow]{self.name}: stopping after this step and saving a checkpoint[/] "
-                               "(Ctrl-C again to stop at once)")
+            self.console.print(
+                f"[yellow]{self.name}: stopping after this step and saving a checkpoint[/] "
+                "(Ctrl-C again to stop at once)"
+            )
 
     @contextmanager
     def installed(self):

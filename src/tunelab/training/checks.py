@@ -50,6 +50,8 @@ def resume_point(run: RunDir) -> Path:
     """The newest complete checkpoint of `run`, or a user error saying there is none."""
     ckpt = run.latest_checkpoint()
     if ckpt is None:
-        raise TunelabError(f"nothing to resume in {run.path}: no complete checkpoint under checkpoints/",
-                           hint="checkpoints are written every training.save_steps steps")
+        raise TunelabError(
+            f"nothing to resume in {run.path}: no complete checkpoint under checkpoints/",
+            hint="checkpoints are written every training.save_steps steps",
+        )
     return ckpt

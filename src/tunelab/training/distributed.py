@@ -18,10 +18,11 @@ all-reduces. tunelab never builds a process group itself. This module adds:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from tunelab.errors import TunelabError
 
@@ -57,8 +58,13 @@ class World:
 
         size = num("WORLD_SIZE", default=1)
         local_size = num("LOCAL_WORLD_SIZE", default=size)
-        return cls(size=size, rank=num("RANK", default=0), local_rank=num("LOCAL_RANK", default=0),
-                   local_size=local_size, node_rank=num("GROUP_RANK", "NODE_RANK", default=0))
+        return cls(
+            size=size,
+            rank=num("RANK", default=0),
+            local_rank=num("LOCAL_RANK", default=0),
+            local_size=local_size,
+            node_rank=num("GROUP_RANK", "NODE_RANK", default=0),
+        )
 
     @property
     def distributed(self) -> bool:
@@ -99,8 +105,11 @@ class World:
             return device_for(model_cfg)
         requested = model_cfg.device
         if requested not in ("auto", "cpu", "cuda"):
-            raise TunelabError(f"model.device: {requested} pins every process to one device; with {self.size} processes "
-                               "each rank uses its own (cuda:LOCAL_RANK)", hint="set model.device: auto (or cuda / cpu)")
+            raise TunelabError(
+                f"model.device: {requested} pins every process to one device; with {self.size} processes "
+                "each rank uses its own (cuda:LOCAL_RANK)",
+                hint="set model.device: auto (or cuda / cpu)",
+            )
         if requested == "cpu":
             return "cpu"
         import torch
@@ -109,8 +118,10 @@ class World:
             return device_for(model_cfg)  # `cuda` without a GPU: device_for's own one-line error
         n = torch.cuda.device_count()
         if 1 < n < self.local_size:
-            raise TunelabError(f"{self.local_size} processes on this machine but {n} GPUs are visible; two ranks would "
-                               "share a GPU", hint=f"start at most {n} processes per machine (--nproc {n})")
+            raise TunelabError(
+                f"{self.local_size} processes on this machine but {n} GPUs are visible; two ranks would share a GPU",
+                hint=f"start at most {n} processes per machine (--nproc {n})",
+            )
         from accelerate import PartialState
 
         return str(PartialState().device)
@@ -139,7 +150,6 @@ class World:
             return signum
         import torch
         import torch.distributed as dist
-
         from accelerate import PartialState
 
         t = torch.tensor([int(signum or 0)], device=PartialState().device)
@@ -265,22 +275,28 @@ def check_strategy(cfg, strategy: str, on_cpu: bool | None) -> None:
         import importlib.util
 
         if importlib.util.find_spec("deepspeed") is None:
-            raise TunelabError(f"distributed.strategy: {strategy} needs the deepspeed package, which is not installed",
-                               hint="pip install deepspeed, or use ddp (LoRA / QLoRA) or fsdp2 (full fine-tuning)")
+            raise TunelabError(
+                f"distributed.strategy: {strategy} needs the deepspeed package, which is not installed",
+                hint="pip install deepspeed, or use ddp (LoRA / QLoRA) or fsdp2 (full fine-tuning)",
+            )
         if on_cpu:
             raise TunelabError(f"distributed.strategy: {strategy} needs CUDA GPUs", hint="use ddp on the CPU")
     if strategy == "fsdp2" and on_cpu:
         # accelerate turns FSDP on CPU processes into plain DDP without a word; refuse instead
-        raise TunelabError("distributed.strategy: fsdp2 shards over GPUs only (accelerate runs CPU processes as DDP)",
-                           hint="use ddp on the CPU")
+        raise TunelabError(
+            "distributed.strategy: fsdp2 shards over GPUs only (accelerate runs CPU processes as DDP)",
+            hint="use ddp on the CPU",
+        )
     bits = cfg.quantization.bits
     if strategy in ("fsdp2", "deepspeed_zero3") and bits is not None and not fsdp_quantized_known_good():
         versions = ", ".join(f"{p} {installed(p) or 'absent'}" for p in FSDP_QUANTIZED_FIXED_IN)
         raise TunelabError(
-            f"distributed.strategy: {strategy} with quantization.bits {bits} shards {bits}-bit bitsandbytes weights, which "
+            f"distributed.strategy: {strategy} with quantization.bits {bits} "
+            f"shards {bits}-bit bitsandbytes weights, which "
             f"crashes or silently trains with loss 0 / NaN gradients with the installed {versions} "
             "(bitsandbytes#1945, accelerate#3983)",
-            hint="use ddp: each rank holds the quantized base, only the LoRA gradients are all-reduced")
+            hint="use ddp: each rank holds the quantized base, only the LoRA gradients are all-reduced",
+        )
 
 
 def trainer_args(cfg, strategy: str, backend: str | None, model=None) -> dict[str, Any]:
@@ -293,8 +309,13 @@ def trainer_args(cfg, strategy: str, backend: str | None, model=None) -> dict[st
         # no search for unused ones, which would cost a graph traversal per step
         args["ddp_find_unused_parameters"] = False
     elif strategy == "fsdp2":
-        fsdp_config: dict[str, Any] = {"version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                                       "state_dict_type": "FULL_STATE_DICT", "cpu_ram_efficient_loading": False}
+        fsdp_config: dict[str, Any] = {
+            "version": 2,
+            "reshard_after_forward": True,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "state_dict_type": "FULL_STATE_DICT",
+            "cpu_ram_efficient_loading": False,
+        }
         layers = getattr(model, "_no_split_modules", None) if model is not None else None
         if layers:
             fsdp_config["transformer_layer_cls_to_wrap"] = list(layers)
@@ -304,9 +325,15 @@ def trainer_args(cfg, strategy: str, backend: str | None, model=None) -> dict[st
         zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}
         if stage == 3:
             zero["stage3_gather_16bit_weights_on_model_save"] = True
-        args["deepspeed"] = {"zero_optimization": zero, "train_micro_batch_size_per_gpu": "auto",
-                             "gradient_accumulation_steps": "auto", "train_batch_size": "auto", "gradient_clipping": "auto",
-                             "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}}
+        args["deepspeed"] = {
+            "zero_optimization": zero,
+            "train_micro_batch_size_per_gpu": "auto",
+            "gradient_accumulation_steps": "auto",
+            "train_batch_size": "auto",
+            "gradient_clipping": "auto",
+            "bf16": {"enabled": "auto"},
+            "fp16": {"enabled": "auto"},
+        }
     return args
 
 
@@ -327,9 +354,11 @@ def check_resume_world(checkpoint: Path, world_size: int, command: str = "tunela
     was = checkpoint_world_size(checkpoint)
     if was != world_size:
         how = f"--nproc {was}" if was > 1 else "a single process (no --nproc)"
-        raise TunelabError(f"--resume: {checkpoint.name} was written by {was} process{'es' if was > 1 else ''}, "
-                           f"this run has {world_size}", hint=f"resume with {how}: the global batch, data order and "
-                           "RNG state of the remaining steps depend on it")
+        raise TunelabError(
+            f"--resume: {checkpoint.name} was written by {was} process{'es' if was > 1 else ''}, "
+            f"this run has {world_size}",
+            hint=f"resume with {how}: the global batch, data order and RNG state of the remaining steps depend on it",
+        )
 
 
 def global_batch(cfg, world_size: int) -> int:
@@ -341,7 +370,9 @@ def batch_note(cfg, world_size: int) -> str:
     """The global batch in words, and the grad_accum that keeps one process's batch (the tutorial's 32)."""
     t = cfg.training
     one, now = t.batch_size * t.grad_accum, global_batch(cfg, world_size)
-    text = f"global batch {t.batch_size} x grad_accum {t.grad_accum} x {world_size} processes = {now} sequences per step"
+    text = (
+        f"global batch {t.batch_size} x grad_accum {t.grad_accum} x {world_size} processes = {now} sequences per step"
+    )
     if world_size > 1 and one % (t.batch_size * world_size) == 0:
         text += f" (one process steps {one}; training.grad_accum={one // (t.batch_size * world_size)} would match it)"
     return text
@@ -370,14 +401,29 @@ def peak_flops(device: str, dtype: str) -> float:
     return measure_peak_matmul(dtype, dev, n=4096 if dev.startswith("cuda") else 1024, seconds=0.3)
 
 
-def rank_record(world: World, device: str, trainer_device: str, model_device: str, tokens: int, peak: float,
-                memory: dict[str, float]) -> dict[str, Any]:
+def rank_record(
+    world: World,
+    device: str,
+    trainer_device: str,
+    model_device: str,
+    tokens: int,
+    peak: float,
+    memory: dict[str, float],
+) -> dict[str, Any]:
     """One rank's line in the summary: where it ran (as the Trainer and the weights say) and what it did."""
     import platform
 
-    return {"rank": world.rank, "local_rank": world.local_rank, "host": platform.node(), "device": device,
-            "trainer_device": trainer_device, "model_device": model_device, "tokens": tokens,
-            "peak_tflops": round(peak / 1e12, 4), **memory}
+    return {
+        "rank": world.rank,
+        "local_rank": world.local_rank,
+        "host": platform.node(),
+        "device": device,
+        "trainer_device": trainer_device,
+        "model_device": model_device,
+        "tokens": tokens,
+        "peak_tflops": round(peak / 1e12, 4),
+        **memory,
+    }
 
 
 def job_figures(per_rank: list[dict[str, Any]], seconds: float, flops_per_token: float) -> dict[str, Any]:
@@ -391,8 +437,11 @@ def job_figures(per_rank: list[dict[str, Any]], seconds: float, flops_per_token:
         r["mfu"] = round(achieved / (r["peak_tflops"] * 1e12), 4) if r["peak_tflops"] else None
     peak = sum(r["peak_tflops"] for r in per_rank)
     achieved = sum(flops_per_token * r["tokens"] / seconds for r in per_rank) / 1e12
-    out: dict[str, Any] = {"mfu": round(achieved / peak, 4) if peak else None, "peak_tflops": round(peak, 4),
-                           "peak_rss_mb": round(sum(r["peak_rss_mb"] for r in per_rank), 1)}
+    out: dict[str, Any] = {
+        "mfu": round(achieved / peak, 4) if peak else None,
+        "peak_tflops": round(peak, 4),
+        "peak_rss_mb": round(sum(r["peak_rss_mb"] for r in per_rank), 1),
+    }
     gpus = [r["peak_gpu_mb"] for r in per_rank if r.get("peak_gpu_mb") is not None]
     if gpus:
         out["peak_gpu_mb"] = round(sum(gpus), 1)
@@ -404,12 +453,18 @@ def check_trainer_world(trainer, world: World, device: str, strategy: str = "non
     or the run stops here: a job that silently trains as one process, all ranks on one GPU or
     unsharded is a bug, not a slow run."""
     args = trainer.args
-    wanted = {"fsdp2": "is_fsdp_enabled", "deepspeed_zero2": "is_deepspeed_enabled", "deepspeed_zero3": "is_deepspeed_enabled"}
+    wanted = {
+        "fsdp2": "is_fsdp_enabled",
+        "deepspeed_zero2": "is_deepspeed_enabled",
+        "deepspeed_zero3": "is_deepspeed_enabled",
+    }
     if strategy in wanted and not getattr(trainer, wanted[strategy], False):
         raise RuntimeError(f"distributed.strategy {strategy} asked for, but the trainer does not run it")
     if args.world_size != world.size:
-        raise RuntimeError(f"launched as rank {world.rank} of {world.size} processes, but the trainer runs with world size "
-                           f"{args.world_size}")
+        raise RuntimeError(
+            f"launched as rank {world.rank} of {world.size} processes, but the trainer runs with world size "
+            f"{args.world_size}"
+        )
     if world.distributed and not same_device(str(args.device), device):
         raise RuntimeError(f"rank {world.rank} loaded its model on {device}, but the trainer runs on {args.device}")
 
@@ -430,6 +485,14 @@ def launch_command(config, overrides, world: World) -> str:
     if world.distributed:
         cmd += ["--nproc", str(world.local_size)]
         if world.nnodes > 1:
-            cmd += ["--nnodes", str(world.nnodes), "--node-rank", str(world.node_rank),
-                    "--master-addr", os.environ.get("MASTER_ADDR", "HOST"), "--master-port", os.environ.get("MASTER_PORT", "29500")]
+            cmd += [
+                "--nnodes",
+                str(world.nnodes),
+                "--node-rank",
+                str(world.node_rank),
+                "--master-addr",
+                os.environ.get("MASTER_ADDR", "HOST"),
+                "--master-port",
+                os.environ.get("MASTER_PORT", "29500"),
+            ]
     return shlex.join(cmd)

@@ -42,15 +42,21 @@ class Launch:
 
     def check(self) -> None:
         if self.nproc < 1:
-            raise TunelabError(f"--nproc: {self.nproc} processes; give at least 1 (processes on this machine, one per GPU)")
+            raise TunelabError(
+                f"--nproc: {self.nproc} processes; give at least 1 (processes on this machine, one per GPU)"
+            )
         if self.nnodes < 1:
             raise TunelabError(f"--nnodes: {self.nnodes} machines; give at least 1")
         if not 0 <= self.node_rank < self.nnodes:
-            raise TunelabError(f"--node-rank: {self.node_rank} is not in 0..{self.nnodes - 1} (one number per machine, 0 on the "
-                               "machine at --master-addr)")
+            raise TunelabError(
+                f"--node-rank: {self.node_rank} is not in 0..{self.nnodes - 1} (one number per machine, 0 on the "
+                "machine at --master-addr)"
+            )
         if self.nnodes > 1 and not self.master_addr:
-            raise TunelabError("--master-addr: needed with --nnodes > 1: the address the other machines reach the one with "
-                               "--node-rank 0 at")
+            raise TunelabError(
+                "--master-addr: needed with --nnodes > 1: the address the other machines reach the one with "
+                "--node-rank 0 at"
+            )
         if self.master_port is not None and not 0 < self.master_port < 65536:
             raise TunelabError(f"--master-port: {self.master_port} is no TCP port (1-65535)")
 
@@ -62,8 +68,10 @@ def check_port_free(port: int) -> None:
         try:
             s.bind(("", port))
         except OSError as e:
-            raise TunelabError(f"--master-port: port {port} is in use on this machine ({(e.strerror or str(e)).lower()})",
-                               hint="pick another with --master-port (on one machine, leave it out to get a free one)") from None
+            raise TunelabError(
+                f"--master-port: port {port} is in use on this machine ({(e.strerror or str(e)).lower()})",
+                hint="pick another with --master-port (on one machine, leave it out to get a free one)",
+            ) from None
 
 
 def free_port() -> int:
@@ -77,12 +85,21 @@ def early_checks(cfg, launch: Launch) -> int:
     as far as the config decides it, and the rendezvous port, which is returned."""
     launch.check()
     if dist.World.from_env().distributed:
-        raise TunelabError("--nproc: this process is already one of several started by a launcher (torchrun, accelerate "
-                           "launch)", hint="leave out --nproc / --nnodes when a launcher starts the processes")
+        raise TunelabError(
+            "--nproc: this process is already one of several started by a launcher (torchrun, accelerate launch)",
+            hint="leave out --nproc / --nnodes when a launcher starts the processes",
+        )
     if cfg.model.device not in ("auto", "cpu", "cuda"):
-        raise TunelabError(f"model.device: {cfg.model.device} pins every process to one device; with several processes "
-                           "each rank uses its own (cuda:LOCAL_RANK)", hint="set model.device: auto (or cuda / cpu)")
-    known = cfg.distributed.strategy if cfg.distributed.strategy != "auto" else ("ddp" if cfg.adapter.type == "lora" else None)
+        raise TunelabError(
+            f"model.device: {cfg.model.device} pins every process to one device; with several processes "
+            "each rank uses its own (cuda:LOCAL_RANK)",
+            hint="set model.device: auto (or cuda / cpu)",
+        )
+    known = (
+        cfg.distributed.strategy
+        if cfg.distributed.strategy != "auto"
+        else ("ddp" if cfg.adapter.type == "lora" else None)
+    )
     if known is not None and launch.world_size > 1:
         dist.check_strategy(cfg, known, on_cpu=None)
     port = launch.master_port or (DEFAULT_PORT if launch.nnodes > 1 else free_port())
@@ -104,9 +121,11 @@ def preflight(cfg, launch: Launch, resume: bool) -> str:
 
         n = torch.cuda.device_count()
         if launch.nproc > n and cfg.distributed.backend != "gloo":
-            raise TunelabError(f"--nproc: {launch.nproc} processes but this machine has {n} GPU{'s' if n != 1 else ''}",
-                               hint=f"one process per GPU: --nproc {n} (processes share GPUs only over "
-                                    "distributed.backend=gloo, for tests)")
+            raise TunelabError(
+                f"--nproc: {launch.nproc} processes but this machine has {n} GPU{'s' if n != 1 else ''}",
+                hint=f"one process per GPU: --nproc {n} (processes share GPUs only over "
+                "distributed.backend=gloo, for tests)",
+            )
     device = "cpu" if on_cpu else "cuda:0"
     precision_flags(cfg, device)
     dist.backend_for(cfg, on_cpu)
@@ -124,8 +143,9 @@ def preflight(cfg, launch: Launch, resume: bool) -> str:
     return strategy
 
 
-def launch_run(cfg, config_path: str | Path, overrides: list[str] | None, resume: bool, launch: Launch, port: int,
-               console) -> int:
+def launch_run(
+    cfg, config_path: str | Path, overrides: list[str] | None, resume: bool, launch: Launch, port: int, console
+) -> int:
     """Start the job's processes on this machine and wait for them (after `early_checks`); returns the
     exit code to leave with (a worker's own: 2 for a user error it printed, 130 / 143 after Ctrl-C / SIGTERM)."""
     from rich.text import Text
@@ -134,30 +154,58 @@ def launch_run(cfg, config_path: str | Path, overrides: list[str] | None, resume
 
     strategy = preflight(cfg, launch, resume)
     addr = launch.master_addr or "127.0.0.1"
-    argv = ["--nnodes", str(launch.nnodes), "--nproc-per-node", str(launch.nproc), "--node-rank", str(launch.node_rank),
-            "--master-addr", addr, "--master-port", str(port), "--max-restarts", "0",
-            "--shutdown-timeout", str(SHUTDOWN_TIMEOUT_S), "--module", "tunelab",
-            "train", str(config_path), *(overrides or []), *(["--resume"] if resume else [])]
-    where = f"{launch.nproc} processes on this machine" + (f" x {launch.nnodes} machines (this is node {launch.node_rank})"
-                                                          if launch.nnodes > 1 else "")
-    console.print(Text(f"launch: {where}, {strategy}, rendezvous {addr}:{port} (torch.distributed.run); "
-                       f"{dist.batch_note(cfg, launch.world_size)}", style="bold"), highlight=False, soft_wrap=True)
+    argv = [
+        "--nnodes",
+        str(launch.nnodes),
+        "--nproc-per-node",
+        str(launch.nproc),
+        "--node-rank",
+        str(launch.node_rank),
+        "--master-addr",
+        addr,
+        "--master-port",
+        str(port),
+        "--max-restarts",
+        "0",
+        "--shutdown-timeout",
+        str(SHUTDOWN_TIMEOUT_S),
+        "--module",
+        "tunelab",
+        "train",
+        str(config_path),
+        *(overrides or []),
+        *(["--resume"] if resume else []),
+    ]
+    where = f"{launch.nproc} processes on this machine" + (
+        f" x {launch.nnodes} machines (this is node {launch.node_rank})" if launch.nnodes > 1 else ""
+    )
+    console.print(
+        Text(
+            f"launch: {where}, {strategy}, rendezvous {addr}:{port} (torch.distributed.run); "
+            f"{dist.batch_note(cfg, launch.world_size)}",
+            style="bold",
+        ),
+        highlight=False,
+        soft_wrap=True,
+    )
     return _run_elastic(compat, argv, launch.nproc)
 
 
 def _run_elastic(compat, argv: list[str], nproc: int) -> int:
     import logging
 
+    import torch.distributed.run  # noqa: F401 - its modules' loggers exist from here on
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
-    import torch.distributed.run  # noqa: F401 - its modules' loggers exist from here on
 
     # the workers print their own errors (rank 0 one line, the others nothing) and their stop
     # messages; the launcher's log lines and failure report would repeat them as a page of text.
     # Each elastic module sets its logger's own level, so each is quietened (and put back after).
-    quiet = {name: log for name, log in logging.Logger.manager.loggerDict.items()
-             if isinstance(log, logging.Logger) and name.startswith(("torch.distributed.elastic", "torch.distributed.run"))}
+    quiet = {
+        name: log
+        for name, log in logging.Logger.manager.loggerDict.items()
+        if isinstance(log, logging.Logger) and name.startswith(("torch.distributed.elastic", "torch.distributed.run"))
+    }
     levels = {name: log.level for name, log in quiet.items()}
     for log in quiet.values():
         log.setLevel(logging.CRITICAL)
@@ -171,8 +219,10 @@ def _run_elastic(compat, argv: list[str], nproc: int) -> int:
         rank, failure = e.get_first_failure()
         code = failure.exitcode if failure.exitcode >= 0 else 128 - failure.exitcode
         if code not in (2, 130, 143):  # a user error or a stop was said by the worker itself
-            sys.stderr.write(f"error: rank {rank} exited with code {code}; the other ranks were stopped "
-                             "(its traceback, if any, is above)\n")
+            sys.stderr.write(
+                f"error: rank {rank} exited with code {code}; the other ranks were stopped "
+                "(its traceback, if any, is above)\n"
+            )
         return code
     except SignalException as e:
         return 128 + int(e.sigval)

@@ -39,14 +39,27 @@ def preference_args(cfg: RunConfig, sft_args):
     common = {n: getattr(sft_args, n) for n in names if hasattr(sft_args, n)}
     loss = p.loss(method)
     if method == "dpo":
-        return DPOConfig(**common, beta=p.beta, loss_type=p.losses(method), loss_weights=p.loss_weights,
-                         label_smoothing=p.label_smoothing, max_length=cfg.training.max_length, padding_free=False)
+        return DPOConfig(
+            **common,
+            beta=p.beta,
+            loss_type=p.losses(method),
+            loss_weights=p.loss_weights,
+            label_smoothing=p.label_smoothing,
+            max_length=cfg.training.max_length,
+            padding_free=False,
+        )
     # KTO's KL term pairs each example with its neighbour in a fixed-order batch (TRL requires the
     # sequential sampler for it); the rows were already shuffled (seeded) by the data pipeline.
     if loss == "kto":
         common["train_sampling_strategy"] = "sequential"
-    return KTOConfig(**common, beta=p.beta, loss_type=loss, desirable_weight=p.desirable_weight,
-                     undesirable_weight=p.undesirable_weight, max_length=cfg.training.max_length)
+    return KTOConfig(
+        **common,
+        beta=p.beta,
+        loss_type=loss,
+        desirable_weight=p.desirable_weight,
+        undesirable_weight=p.undesirable_weight,
+        max_length=cfg.training.max_length,
+    )
 
 
 def preference_trainer(method: str):
@@ -65,11 +78,14 @@ def preference_trainer(method: str):
 
     def prepare(self, dataset, processing_class, args, dataset_name):
         if method == "kto" and getattr(self, "calculate_KL", False) and "KL_completion_ids" not in dataset.column_names:
+
             def rotate(batch):
                 return {"KL_completion_ids": [batch["completion_ids"][-1], *batch["completion_ids"][:-1]]}
 
             # keep_in_memory: never write cache files next to the verified tokenized-data cache
-            dataset = dataset.map(rotate, batched=True, batch_size=args.per_device_train_batch_size, keep_in_memory=True)
+            dataset = dataset.map(
+                rotate, batched=True, batch_size=args.per_device_train_batch_size, keep_in_memory=True
+            )
         return dataset
 
     return type(f"Pretokenized{Base.__name__}", (Base,), {PREPARE_DATASET: prepare})
@@ -83,7 +99,9 @@ def sequence_lengths(dataset) -> list[int]:
     out: list[int] = []
     for col in ("chosen_ids", "rejected_ids", "completion_ids"):
         if col in dataset.column_names:
-            out += [p + n for p, n in zip(prompt, pc.list_value_length(dataset.data.column(col)).to_pylist(), strict=True)]
+            out += [
+                p + n for p, n in zip(prompt, pc.list_value_length(dataset.data.column(col)).to_pylist(), strict=True)
+            ]
     return out
 
 
@@ -137,7 +155,8 @@ class PreferenceCallback(TrainerCallback):
         self.score(model, state.global_step)
 
     def summary(self) -> dict[str, float]:
-        """preference_accuracy_before / _after for the run's summary (before only when this session started at step 0)."""
+        """preference_accuracy_before / _after for the run's summary (before only when this session started at
+        step 0)."""
         if not self.history:
             return {}
         first, last = min(self.history), max(self.history)

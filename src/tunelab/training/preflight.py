@@ -67,8 +67,7 @@ def preflight(cfg: RunConfig, resume: bool = False) -> Report:
     from tunelab import hub
 
     report = Report()
-    uses_hub = cfg.model.ref.kind == "hub" or any(
-        s.ref.kind == "hub" for s in cfg.data.sources)
+    uses_hub = cfg.model.ref.kind == "hub" or any(s.ref.kind == "hub" for s in cfg.data.sources)
     offline = hub.ensure_offline_if_unreachable() if uses_hub else False
     device = _device(cfg, report)
     _precision(cfg, device, report)
@@ -115,7 +114,11 @@ def _model(cfg: RunConfig, report: Report, offline: bool):
             from tunelab.model.tiny import PRESETS
 
             if ref.preset not in PRESETS:
-                report.add("problem", "model.name", f"unknown tiny preset {name!r} (known: {', '.join('tiny:' + p for p in PRESETS)})")
+                report.add(
+                    "problem",
+                    "model.name",
+                    f"unknown tiny preset {name!r} (known: {', '.join('tiny:' + p for p in PRESETS)})",
+                )
                 return None
             report.add("ok", "model.name", f"{name} (built locally on first use)")
             return None
@@ -157,8 +160,12 @@ def _hub_model(cfg: RunConfig, report: Report, offline: bool):
         if len(have) == len(cached):
             report.add("ok", "model.name", f"{name}: config and tokenizer in the local hub cache (weights not checked)")
         else:
-            report.add("note", "model.name", f"{name}: not checked (offline, and not in the local hub cache); "
-                                              "training needs the hub or a local folder")
+            report.add(
+                "note",
+                "model.name",
+                f"{name}: not checked (offline, and not in the local hub cache); "
+                "training needs the hub or a local folder",
+            )
         return None
     try:
         from transformers import AutoConfig
@@ -179,8 +186,11 @@ def _data(cfg: RunConfig, report: Report, offline: bool, tokenizer) -> None:
         train, test, stats = load_splits(cfg)
     except TunelabError as e:
         if offline and hub_sources:
-            report.add("note", "data.train.path", f"{hub_sources[0].path}: not checked (offline, and not in the local "
-                                                  "datasets cache)")
+            report.add(
+                "note",
+                "data.train.path",
+                f"{hub_sources[0].path}: not checked (offline, and not in the local datasets cache)",
+            )
             return
         report.add("problem", *_field_and_message(e, "data.train.path"))
         return
@@ -191,7 +201,7 @@ def _data(cfg: RunConfig, report: Report, offline: bool, tokenizer) -> None:
         from tunelab.data.templates import render_segments
 
         try:
-            for row in (train.rows[:1] + test.rows[:1]):
+            for row in train.rows[:1] + test.rows[:1]:
                 render_segments(row, cfg.prompt, tokenizer)
         except TunelabError as e:
             report.add("problem", *_field_and_message(e, "prompt.format"))
@@ -203,8 +213,10 @@ def _outputs(cfg: RunConfig, report: Report, resume: bool) -> None:
     from tunelab.files import unwritable
     from tunelab.runs import RunDir
 
-    targets = [("output.dir", Path(cfg.output.dir)),
-               ("data.cache_dir", Path(cfg.data.cache_dir) if cfg.data.cache_dir else cache_root("data"))]
+    targets = [
+        ("output.dir", Path(cfg.output.dir)),
+        ("data.cache_dir", Path(cfg.data.cache_dir) if cfg.data.cache_dir else cache_root("data")),
+    ]
     if cfg.tracking.backends():
         targets.append(("tracking.dir", tracking_dir(cfg)))
     for name, path in targets:
@@ -216,12 +228,17 @@ def _outputs(cfg: RunConfig, report: Report, resume: bool) -> None:
     if explicit not in (False, None, "auto", True):
         p = Path(str(explicit)).expanduser()
         if not (p / "trainer_state.json").is_file():
-            report.add("problem", "training.resume", f"{p} is not a checkpoint (no trainer_state.json)" if p.exists()
-                       else f"{p} does not exist")
+            report.add(
+                "problem",
+                "training.resume",
+                f"{p} is not a checkpoint (no trainer_state.json)" if p.exists() else f"{p} does not exist",
+            )
     elif (resume or explicit == "auto") and run.latest_checkpoint() is None:
         report.add("problem", "training.resume", f"nothing to resume in {run.path}: no complete checkpoint")
     elif run.path.exists() and not resume and explicit is False:
         if not cfg.output.overwrite:
-            report.add("note", "output.name", f"{run.path} exists: train will refuse unless --resume or output.overwrite=true")
+            report.add(
+                "note", "output.name", f"{run.path} exists: train will refuse unless --resume or output.overwrite=true"
+            )
         elif not run.is_tunelab_run():
             report.add("problem", "output.overwrite", f"{run.path} was not made by tunelab; it is never replaced")

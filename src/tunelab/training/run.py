@@ -13,7 +13,6 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 from rich.markup import escape
 from rich.text import Text
@@ -24,20 +23,48 @@ from tunelab.data.prepare import check_lost_answers, data_notes, prepare_data
 from tunelab.errors import Interrupted, TunelabError, as_user_error, os_error
 from tunelab.evaluation.metrics import exact_match_rate
 from tunelab.model.adapters import adapter_warnings, apply_adapter, parameter_report
-from tunelab.model.loading import load_model, load_tokenizer, precision_flags, resolve_model_path
-from tunelab.model.loading import run_precision, run_weight_dtype
-from tunelab.training.callbacks import GracefulStop, MetricsCallback, ProgressCallback, ResumedIntervals, SamplesCallback
-from tunelab.training.preference import PreferenceCallback, preference_args, preference_trainer, sample_rows, sequence_lengths
+from tunelab.model.loading import (
+    load_model,
+    load_tokenizer,
+    precision_flags,
+    resolve_model_path,
+    run_precision,
+    run_weight_dtype,
+)
+from tunelab.runs import (
+    DataStats,
+    ModelMeta,
+    RunDir,
+    RunLock,
+    Summary,
+    prepare_run_dir,
+    rotate_checkpoints,
+    step_dir_name,
+)
 from tunelab.training import distributed as dist
+from tunelab.training.callbacks import (
+    GracefulStop,
+    MetricsCallback,
+    ProgressCallback,
+    ResumedIntervals,
+    SamplesCallback,
+)
 from tunelab.training.checks import check_outputs_writable as _check_outputs_writable
 from tunelab.training.checks import check_run_dir_for as _check_run_dir
 from tunelab.training.checks import explicit_checkpoint as _explicit_checkpoint
 from tunelab.training.checks import resume_point as _resume_point
-from tunelab.runs import DataStats, ModelMeta, RunDir, RunLock, Summary, prepare_run_dir, rotate_checkpoints
-from tunelab.runs import step_dir_name
+from tunelab.training.preference import (
+    PreferenceCallback,
+    preference_args,
+    preference_trainer,
+    sample_rows,
+    sequence_lengths,
+)
 
 
-def sft_config(cfg: RunConfig, run: RunDir, device: str, has_test: bool, checkpointing: bool, extra: dict | None = None):
+def sft_config(
+    cfg: RunConfig, run: RunDir, device: str, has_test: bool, checkpointing: bool, extra: dict | None = None
+):
     from trl import SFTConfig
 
     t = cfg.training
@@ -137,13 +164,34 @@ def packing_efficiency(dataset, max_length: int) -> float | None:
 
 # Settings that `--resume` may change: they do not alter what the optimizer steps compute. Any
 # other difference from the run's saved config would silently give a run that is neither.
-RESUME_MAY_CHANGE = ("training.save_steps", "training.eval_steps", "training.logging_steps", "training.save_total_limit",
-                     "training.dataloader_workers", "training.progress_every_s", "data.max_lost_answers", "training.resume", "model.device", "output.",
-                     "samples.", "eval.", "tracking.", "distributed.backend", "distributed.timeout_s")
+RESUME_MAY_CHANGE = (
+    "training.save_steps",
+    "training.eval_steps",
+    "training.logging_steps",
+    "training.save_total_limit",
+    "training.dataloader_workers",
+    "training.progress_every_s",
+    "data.max_lost_answers",
+    "training.resume",
+    "model.device",
+    "output.",
+    "samples.",
+    "eval.",
+    "tracking.",
+    "distributed.backend",
+    "distributed.timeout_s",
+)
 
 
-def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = False, console=None, sinks=None,
-          command: str | None = None, callbacks=None) -> Summary:
+def train(
+    cfg: RunConfig,
+    config_path: str | Path | None = None,
+    resume: bool = False,
+    console=None,
+    sinks=None,
+    command: str | None = None,
+    callbacks=None,
+) -> Summary:
     """Run a whole training job as configured; returns the summary (also written to summary.json).
 
     `command` is how the user started the run (printed in the resume hint); `callbacks` are extra
@@ -169,17 +217,49 @@ def train(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = 
     lock = world.on_main(lambda: RunLock(run.path).acquire())
     try:
         if lock is not None and lock.took_over:
-            console.print(Text(f"note: took over the lock of {run.path} left by PID {lock.took_over.get('pid')} on "
-                               f"{lock.took_over.get('host')}, which is gone", style="yellow"))
-        return _train(cfg, config_path, resume, console, sinks, command, callbacks, device, run_name, explicit,
-                      world, strategy, backend)
+            console.print(
+                Text(
+                    f"note: took over the lock of {run.path} left by PID {lock.took_over.get('pid')} on "
+                    f"{lock.took_over.get('host')}, which is gone",
+                    style="yellow",
+                )
+            )
+        return _train(
+            cfg,
+            config_path,
+            resume,
+            console,
+            sinks,
+            command,
+            callbacks,
+            device,
+            run_name,
+            explicit,
+            world,
+            strategy,
+            backend,
+        )
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(cfg, config_path, resume, console, sinks, command, callbacks, device, run_name, explicit,
-           world=dist.World(), strategy="none", backend=None) -> Summary:
+def _train(
+    cfg,
+    config_path,
+    resume,
+    console,
+    sinks,
+    command,
+    callbacks,
+    device,
+    run_name,
+    explicit,
+    world: dist.World | None = None,
+    strategy="none",
+    backend=None,
+) -> Summary:
+    world = world or dist.World()
     t_start = time.perf_counter()
     sinks = list(sinks or [])
     from tunelab.artifacts import Home
@@ -187,7 +267,9 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
     from tunelab.tracking import Tracking
 
     home = Home.of(cfg)  # where this config's artifact references resolve
-    tracking = Tracking(cfg, config_path, extra_sinks=sinks, console=console, home=home)  # W&B online without a key stops here
+    tracking = Tracking(
+        cfg, config_path, extra_sinks=sinks, console=console, home=home
+    )  # W&B online without a key stops here
 
     # --- setup: everything that can fail on user input happens before the run dir is touched
     run = _check_run_dir(cfg, run_name, resume, explicit)  # again, now that this process holds the lock
@@ -200,14 +282,20 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
         dist.check_resume_world(checkpoint, world.size)
     # a model artifact reference resolves (or fails in one line) before any weights load
     # (rank 0 first: an artifact is fetched, a tiny: model built, once into the cache the others read)
-    init = world.main_first(lambda: continued_model(cfg.model.name, home))  # a model artifact, or a run / adapter folder (SFT, then DPO)
+    init = world.main_first(
+        lambda: continued_model(cfg.model.name, home)
+    )  # a model artifact, or a run / adapter folder (SFT, then DPO)
     if init is not None:
         check_adapter_fits(init, cfg.adapter)
     model_path = world.main_first(lambda: resolve_model_path(init.base if init is not None else cfg.model.name))
     tokenizer = load_tokenizer(cfg.model, model_path)
-    data = world.main_first(lambda: prepare_data(cfg, tokenizer, console, home))  # rank 0 tokenizes, the others read its cache
-    console.print(f"[bold]data[/]: {data.stats['train_examples']} train / {data.stats['test_examples']} test examples, "
-                  f"{data.stats['train_tokens']:,} train tokens{' (cache hit)' if data.cache_hit else ''}")
+    data = world.main_first(
+        lambda: prepare_data(cfg, tokenizer, console, home)
+    )  # rank 0 tokenizes, the others read its cache
+    console.print(
+        f"[bold]data[/]: {data.stats['train_examples']} train / {data.stats['test_examples']} test examples, "
+        f"{data.stats['train_tokens']:,} train tokens{' (cache hit)' if data.cache_hit else ''}"
+    )
     notes = data_notes(data.stats, cfg)
     for line in notes:  # lost training signal is said before training starts (and reaches the trackers)
         console.print(Text(f"warning: {line}", style="yellow"), soft_wrap=True)
@@ -217,8 +305,12 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
     from transformers import set_seed
 
     set_seed(cfg.training.seed)  # the adapter's initialisation is part of the run's reproducibility
-    model = load_model(cfg.model.model_copy(update={"dtype": run_weight_dtype(cfg, device), "device": device}), cfg.quantization,
-                       tokenizer, model_path)
+    model = load_model(
+        cfg.model.model_copy(update={"dtype": run_weight_dtype(cfg, device), "device": device}),
+        cfg.quantization,
+        tokenizer,
+        model_path,
+    )
     checkpointing = cfg.training.gradient_checkpointing
     if checkpointing == "auto":
         from tunelab.perf.plan import decide_checkpointing
@@ -230,6 +322,7 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
     dense_samples = _dense_samples_fit(cfg, device, checkpointing, model)
     if init is not None and init.adapter is not None:
         load_adapter_weights(model, init.adapter)  # continue the artifact's adapter
+
     # the model and adapter loaded: only now is the run directory created (or replaced), by rank 0 alone
     def open_run_dir() -> RunDir:
         run = prepare_run_dir(cfg.output.dir, run_name, resume=checkpoint is not None, overwrite=cfg.output.overwrite)
@@ -237,8 +330,10 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
             run.remove_partial_files()
             dropped = run.truncate_logs(_checkpoint_step(checkpoint))
             if dropped:
-                console.print(f"[dim]resume: dropped the records after step {_checkpoint_step(checkpoint)} from "
-                              f"{', '.join(f'{k} ({v})' for k, v in dropped.items())}; those steps run again[/]")
+                console.print(
+                    f"[dim]resume: dropped the records after step {_checkpoint_step(checkpoint)} from "
+                    f"{', '.join(f'{k} ({v})' for k, v in dropped.items())}; those steps run again[/]"
+                )
         try:
             save_config(cfg, run.config)
         except OSError as e:
@@ -250,12 +345,17 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
     from tunelab.perf.flops import flops_per_token, mean_attended_context
 
     flops = flops_per_token(model, mean_attended_context(row_lengths(data.train)))
-    console.print(f"[bold]model[/]: {escape(cfg.model.name)} ({params['total']:,} params, {params['trainable']:,} trainable = "
-                  f"{params['trainable_pct']}%){', ' + str(cfg.quantization.bits) + '-bit' if cfg.quantization.bits else ''}, "
-                  f"device {device}", highlight=False)
+    console.print(
+        f"[bold]model[/]: {escape(cfg.model.name)} ({params['total']:,} params, {params['trainable']:,} trainable = "
+        f"{params['trainable_pct']}%){', ' + str(cfg.quantization.bits) + '-bit' if cfg.quantization.bits else ''}, "
+        f"device {device}",
+        highlight=False,
+    )
 
     trainer_cls = make_trainer_class(cfg.training.method)
-    args = sft_config(cfg, run, device, data.test is not None, checkpointing, dist.trainer_args(cfg, strategy, backend, model))
+    args = sft_config(
+        cfg, run, device, data.test is not None, checkpointing, dist.trainer_args(cfg, strategy, backend, model)
+    )
     trainer = trainer_cls(
         model=model,
         args=args if cfg.training.method == "sft" else preference_args(cfg, args),
@@ -264,7 +364,9 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
         processing_class=tokenizer,
     )
     trainer.run, trainer.keep = run, cfg.training.save_total_limit
-    dist.check_trainer_world(trainer, world, device, strategy)  # a silent fall-back to one process is a bug, said loudly
+    dist.check_trainer_world(
+        trainer, world, device, strategy
+    )  # a silent fall-back to one process is a bug, said loudly
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl replace its dict dumps
@@ -275,7 +377,9 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
     if cfg.training.loss_kernel == "auto" and cfg.training.method == "sft":  # the preference losses need TRL's outputs
         use_direct_lm_head(trainer.model)  # TRL's tiled LM head is slow without Triton (a no-op with it)
     packed = cfg.training.packing and cfg.training.method == "sft"
-    data.stats["packing_efficiency"] = packing_efficiency(trainer.train_dataset, cfg.training.max_length) if packed else None
+    data.stats["packing_efficiency"] = (
+        packing_efficiency(trainer.train_dataset, cfg.training.max_length) if packed else None
+    )
     _print_plan(cfg, data, trainer, console)
 
     if world.is_main:  # one tracker run, one metrics file, one progress bar, one samples table: rank 0's
@@ -283,23 +387,45 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
         trainer.add_callback(tracking.callback())
     sinks = [tracking]  # the trackers (and any sinks passed in), each guarded
     metrics_cb = MetricsCallback(run, sinks)
-    progress_cb = ProgressCallback(metrics_cb, console, cfg.training.progress_every_s, dist.global_batch(cfg, world.size))
+    progress_cb = ProgressCallback(
+        metrics_cb, console, cfg.training.progress_every_s, dist.global_batch(cfg, world.size)
+    )
     settings = cfg.samples.generation()
     samples_cb = None
     if dist.shards_weights(strategy) and cfg.samples.enabled:
-        console.print(Text(f"warning: samples: off under {strategy} (no rank holds the whole model to generate with); "
-                           "score the final model with tunelab eval", style="yellow"), soft_wrap=True)
+        console.print(
+            Text(
+                f"warning: samples: off under {strategy} (no rank holds the whole model to generate with); "
+                "score the final model with tunelab eval",
+                style="yellow",
+            ),
+            soft_wrap=True,
+        )
     elif cfg.samples.enabled and cfg.samples.num_prompts and data.test_rows and world.is_main:
         # rank 0 generates between steps while the others wait in the next step's all-reduce
-        samples_cb = SamplesCallback(run, sample_rows(data.test_rows)[: cfg.samples.num_prompts], cfg.prompt, tokenizer, settings, sinks,
-                                     generation_metrics=cfg.eval.generation_metrics, dense_weights=dense_samples,
-                                     clock=metrics_cb)
+        samples_cb = SamplesCallback(
+            run,
+            sample_rows(data.test_rows)[: cfg.samples.num_prompts],
+            cfg.prompt,
+            tokenizer,
+            settings,
+            sinks,
+            generation_metrics=cfg.eval.generation_metrics,
+            dense_weights=dense_samples,
+            clock=metrics_cb,
+        )
     pref_cb = None
     if cfg.training.method != "sft" and cfg.preference.eval_pairs and data.test_rows and world.is_main:
-        pref_cb = PreferenceCallback(run, _held_out_pairs(cfg, data.test_rows, tokenizer), tokenizer, sinks, clock=metrics_cb)
+        pref_cb = PreferenceCallback(
+            run, _held_out_pairs(cfg, data.test_rows, tokenizer), tokenizer, sinks, clock=metrics_cb
+        )
     stopper = GracefulStop(console, agree=world.agree_signal)  # every rank stops after the same step
-    for cb in (*((metrics_cb, progress_cb, samples_cb, pref_cb) if world.is_main else ()), ResumedIntervals(), stopper,
-               *(callbacks or [])):
+    for cb in (
+        *((metrics_cb, progress_cb, samples_cb, pref_cb) if world.is_main else ()),
+        ResumedIntervals(),
+        stopper,
+        *(callbacks or []),
+    ):
         if cb is not None:
             trainer.add_callback(cb)
 
@@ -313,7 +439,11 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
                 table = samples_cb.generate(trainer.model, 0)
                 before = exact_match_rate([r["generation"] for r in table], samples_cb.references)
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-            if stopper.signal is None and data.test is not None and not _evaluated_at(trainer, trainer.state.global_step):
+            if (
+                stopper.signal is None
+                and data.test is not None
+                and not _evaluated_at(trainer, trainer.state.global_step)
+            ):
                 trainer.evaluate()
         if stopper.signal is not None:
             status = "interrupted"
@@ -339,7 +469,11 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
             _close_failed(run, tracking, status, reason, trainer.state.global_step)
     if status == "interrupted":
         saved = run.latest_checkpoint()
-        at = f"; checkpoint {saved.name} saved" if saved is not None and _checkpoint_step(saved) == trainer.state.global_step else ""
+        at = (
+            f"; checkpoint {saved.name} saved"
+            if saved is not None and _checkpoint_step(saved) == trainer.state.global_step
+            else ""
+        )
         raise Interrupted(f"{reason}{at}", hint=resume_hint, exit_code=143 if stopper.signal == signal.SIGTERM else 130)
 
     history = trainer.state.log_history
@@ -352,9 +486,17 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
     pure_train_s = max(train_s - sample_s - eval_s, 1e-9)
     # where each rank ran and what it did; speeds over rank 0's clock (the others waited out its samples)
     prec = run_precision(cfg, device)
-    per_rank = world.gather(dist.rank_record(world, device, str(trainer.args.device), str(next(model.parameters()).device),
-                                             trainer.rank_tokens, dist.peak_flops(device, prec if prec != "fp32" else run_weight_dtype(cfg, device)),
-                                             peak_memory_mb(device)))
+    per_rank = world.gather(
+        dist.rank_record(
+            world,
+            device,
+            str(trainer.args.device),
+            str(next(model.parameters()).device),
+            trainer.rank_tokens,
+            dist.peak_flops(device, prec if prec != "fp32" else run_weight_dtype(cfg, device)),
+            peak_memory_mb(device),
+        )
+    )
     job = dist.job_figures(per_rank, pure_train_s, flops.per_token)
     after = None
     if samples_cb is not None and samples_cb.history:
@@ -411,7 +553,9 @@ def _train(cfg, config_path, resume, console, sinks, command, callbacks, device,
     except Exception as e:
         err = e if isinstance(e, TunelabError) else as_user_error(e)
         if world.is_main:
-            _close_failed(run, tracking, "failed", err.message if err else f"{type(e).__name__}: {e}", trainer.state.global_step)
+            _close_failed(
+                run, tracking, "failed", err.message if err else f"{type(e).__name__}: {e}", trainer.state.global_step
+            )
         if err is None:
             raise
         raise err from None
@@ -439,13 +583,22 @@ def _print_plan(cfg: RunConfig, data, trainer, console) -> None:
     steps = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * per_epoch)
     packed = f" packed into {sequences} rows of {t.max_length}" if t.packing and t.method == "sft" else ""
     world = f" x {trainer.args.world_size} processes" if trainer.args.world_size > 1 else ""
-    console.print(f"[bold]plan[/]: {data.stats['train_examples']} examples ({data.stats['train_tokens']:,} tokens){packed} -> "
-                  f"{steps} optimizer steps at batch {t.batch_size} x grad_accum {t.grad_accum}{world} = {per_step} "
-                  f"sequences per step", highlight=False, soft_wrap=True)
+    console.print(
+        f"[bold]plan[/]: {data.stats['train_examples']} examples ({data.stats['train_tokens']:,} tokens){packed} -> "
+        f"{steps} optimizer steps at batch {t.batch_size} x grad_accum {t.grad_accum}{world} = {per_step} "
+        f"sequences per step",
+        highlight=False,
+        soft_wrap=True,
+    )
     if steps < 10:
-        console.print(Text(f"warning: only {steps} optimizer steps: the learning-rate warmup and schedule have little room, "
-                           "and the loss curve says little; add data or epochs, or lower the batch (batch_size x grad_accum)",
-                           style="yellow"), soft_wrap=True)
+        console.print(
+            Text(
+                f"warning: only {steps} optimizer steps: the learning-rate warmup and schedule have little room, "
+                "and the loss curve says little; add data or epochs, or lower the batch (batch_size x grad_accum)",
+                style="yellow",
+            ),
+            soft_wrap=True,
+        )
 
 
 def _close_failed(run: RunDir, tracking, status: str, reason: str | None, step: int) -> None:
@@ -488,15 +641,23 @@ def _check_resume_settings(cfg: RunConfig, run: RunDir, checkpoint: Path) -> Non
     saved = flatten(read_yaml(saved_file))
     now = flatten(config_to_dict(cfg))
     # a setting the saved config predates (the schema grew since) counts as unchanged at its default
-    defaults = flatten(config_to_dict(RunConfig.model_validate({"model": {"name": "tiny:x"}, "data": {"train": {"path": "x"}}})))
-    changed = [k for k in sorted(set(saved) | set(now))
-               if saved.get(k) != now.get(k) and not k.startswith(RESUME_MAY_CHANGE)
-               and not (k not in saved and k in defaults and now.get(k) == defaults[k])]
+    defaults = flatten(
+        config_to_dict(RunConfig.model_validate({"model": {"name": "tiny:x"}, "data": {"train": {"path": "x"}}}))
+    )
+    changed = [
+        k
+        for k in sorted(set(saved) | set(now))
+        if saved.get(k) != now.get(k)
+        and not k.startswith(RESUME_MAY_CHANGE)
+        and not (k not in saved and k in defaults and now.get(k) == defaults[k])
+    ]
     if changed:
         shown = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
-        raise TunelabError(f"--resume cannot change {', '.join(changed)} ({shown})",
-                           hint="resume with the run's own settings (runs/<name>/config.yaml), or start a new run; "
-                                f"resume may change: {', '.join(k.rstrip('.') for k in RESUME_MAY_CHANGE)}")
+        raise TunelabError(
+            f"--resume cannot change {', '.join(changed)} ({shown})",
+            hint="resume with the run's own settings (runs/<name>/config.yaml), or start a new run; "
+            f"resume may change: {', '.join(k.rstrip('.') for k in RESUME_MAY_CHANGE)}",
+        )
 
 
 def check_checkpoint_files(checkpoint: Path) -> None:
@@ -517,11 +678,15 @@ def check_checkpoint_files(checkpoint: Path) -> None:
                 torch.load(f, map_location="cpu", weights_only=True, mmap=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise TunelabError(f"{f}: not loadable as weights-only data ({first})",
-                               hint="tunelab never unpickles code; delete that checkpoint to resume from an older one, "
-                                    "or start the run again") from None
+            raise TunelabError(
+                f"{f}: not loadable as weights-only data ({first})",
+                hint="tunelab never unpickles code; delete that checkpoint to resume from an older one, "
+                "or start the run again",
+            ) from None
     if not any(checkpoint.glob("*.safetensors")):
-        raise TunelabError(f"{checkpoint}: holds no *.safetensors weights", hint="tunelab resumes from safetensors checkpoints only")
+        raise TunelabError(
+            f"{checkpoint}: holds no *.safetensors weights", hint="tunelab resumes from safetensors checkpoints only"
+        )
 
 
 def _dense_samples_fit(cfg: RunConfig, device: str, checkpointing: bool, model) -> bool:
@@ -546,9 +711,12 @@ def _evaluated_at(trainer, step: int) -> bool:
     return any("eval_loss" in h and h.get("step") == step for h in trainer.state.log_history)
 
 
-def _save_final(trainer, tokenizer, run: RunDir, cfg: RunConfig, model_path: str, world=dist.World()) -> None:
+def _save_final(
+    trainer, tokenizer, run: RunDir, cfg: RunConfig, model_path: str, world: dist.World | None = None
+) -> None:
     """final/ appears only complete: written to final.tmp, then renamed (by rank 0; every rank takes
     part in saving, which a sharded model needs)."""
+    world = world or dist.World()
     tmp = run.path / "final.tmp"
     if world.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
