@@ -11,31 +11,9 @@ import yaml
 
 from conftest import run_cli
 from inference_support import one_torch_thread, running_server  # noqa: F401 (autouse fixture)
+from tunelab.data.synthetic import TOOLS  # the tools the synthetic tool-call rows (the training data) offer
 
 pytestmark = pytest.mark.slow
-
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "add",
-            "description": "Add two numbers.",
-            "parameters": {
-                "type": "object",
-                "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-                "required": ["a", "b"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "upper",
-            "description": "Write text in upper case.",
-            "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
-        },
-    },
-]
 
 
 @pytest.fixture(scope="module")
