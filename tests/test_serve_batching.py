@@ -185,6 +185,10 @@ def test_logits_processors_are_the_ones_generate_builds(tiny_model_dir):
     sampled = logits_processors(model, generate_kwargs(model, tok, settings(temperature=0.7, top_p=0.9)), 5, "cpu")
     assert [type(p) for p in sampled] == [TemperatureLogitsWarper, TopPLogitsWarper]
     assert sampled[0].temperature == 0.7 and sampled[1].top_p == 0.9
+    fixed = logits_processors(
+        model, generate_kwargs(model, tok, settings().model_copy(update={"ignore_eos": True})), 5, "cpu"
+    )
+    assert [type(p).__name__ for p in fixed] == ["MinNewTokensLengthLogitsProcessor"]  # generate's EOS suppression
 
 
 # --- the scheduler ----------------------------------------------------------------------------------------
@@ -227,8 +231,8 @@ def test_concurrent_requests_share_forward_passes_and_keep_their_settings(engine
 
 
 def test_ignore_eos_generates_max_tokens_past_an_end_token(engine, adapters, monkeypatch):
-    """vLLM's ignore_eos (the serving benchmark's fixed-length answers): the scheduler suppresses the
-    end tokens as `generate`'s min_new_tokens does. The greedy first token is made an end token here,
+    """vLLM's ignore_eos (the serving benchmark's fixed-length answers): the scheduler's processors are
+    `generate`'s own, min_new_tokens' EOS suppression included. The greedy first token is made an end token here,
     so without the setting every answer stops at once and with it each runs to max_tokens."""
     import torch
 
@@ -239,7 +243,11 @@ def test_ignore_eos_generates_max_tokens_past_an_end_token(engine, adapters, mon
     model, tok = _MODELS[target]
     with torch.no_grad():
         first = int(model(torch.tensor([encode_prompt(tok, PROMPTS[0])])).logits[0, -1].argmax())
-    monkeypatch.setattr(engine.scheduler, "_eos", {*engine.scheduler._eos, first})
+    from tunelab.inference import generate
+
+    stops = [*engine.scheduler._eos, first]
+    monkeypatch.setattr(engine.scheduler, "_eos", set(stops))
+    monkeypatch.setattr(generate, "stop_token_ids", lambda model, tokenizer: stops)  # what generate_kwargs passes
     plain = settings(max_new=10)
     forced = plain.model_copy(update={"ignore_eos": True})
     stopped, *full = asyncio.run(

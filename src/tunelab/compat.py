@@ -249,11 +249,14 @@ def torchrun(argv: list[str]) -> None:
 
 def generation_logits_processors(model, generate_kwargs: dict, prompt_length: int, device):
     """The logits processors `model.generate(**generate_kwargs)` would build for a prompt of
-    `prompt_length` tokens (transformers' private `GenerationMixin._prepare_generation_config` and
-    `_get_logits_processor`), for the server's batching scheduler."""
+    `prompt_length` tokens (transformers' private `GenerationMixin._prepare_generation_config`,
+    `_prepare_special_tokens` and `_get_logits_processor`), for the server's batching scheduler."""
     from transformers import LogitsProcessorList
 
     config, _ = model._prepare_generation_config(None, **generate_kwargs)
+    # the special-token tensors `generate` sets before it builds the processors: without them the
+    # EOS-dependent ones (min_new_tokens, min_length) are silently left out
+    model._prepare_special_tokens(config, kwargs_has_attention_mask=True, device=device)
     return model._get_logits_processor(
         generation_config=config,
         input_ids_seq_length=prompt_length,

@@ -285,9 +285,7 @@ class BatchScheduler:
             for i, seq in enumerate(group.seqs)
             if not self._advance(
                 seq,
-                self._choose(seq, logits[i : i + 1])
-                if seq.processors or seq.settings.do_sample or seq.settings.ignore_eos
-                else greedy[i],
+                self._choose(seq, logits[i : i + 1]) if seq.processors or seq.settings.do_sample else greedy[i],
             )
         ]
         for i, seq in enumerate(group.seqs):
@@ -315,10 +313,6 @@ class BatchScheduler:
         scores = logits.to(copy=True, dtype=torch.float32)
         if seq.processors:
             scores = seq.processors(torch.tensor([seq.prompt + seq.new], device=self._device), scores)
-        if seq.settings.ignore_eos:
-            # what `generate`'s min_new_tokens does; the processors built outside `generate` lack its
-            # EOS tensor, so they never add that step themselves
-            scores[:, sorted(self._eos)] = float("-inf")
         if seq.settings.do_sample:
             probs = torch.nn.functional.softmax(scores, dim=-1)
             return int(torch.multinomial(probs, num_samples=1, generator=seq.generator))
