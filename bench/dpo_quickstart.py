@@ -8,6 +8,7 @@ before and after the run, from its summary.json.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -25,6 +26,7 @@ from quickstart import cpu_model, git_commit  # noqa: E402
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, not a run
     work = Path(tempfile.mkdtemp(prefix="tunelab-dpo-"))
     try:
         t0 = time.perf_counter()

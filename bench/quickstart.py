@@ -29,18 +29,18 @@ TUNELAB = [sys.executable, "-m", "tunelab"]
 
 
 def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return "unknown"
-    name = re.search(r"Model name:\s*(.+)", out)
-    amx = " (AMX)" if "amx_tile" in out else ""
-    return (name.group(1).strip() if name else "unknown") + amx
+    """The CPU as the results name it: its model, and AMX where it has it (tunelab.perf.machine reads lscpu)."""
+    from tunelab.perf.machine import cpu_info
+
+    info = cpu_info()
+    return info.model + (" (AMX)" if info.amx else "")
 
 
 def git_commit() -> str:
-    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return r.stdout.strip() or "unknown"
+    sys.path.insert(0, str(ROOT / "bench"))
+    from run_bench import git_commit as commit  # the harness's own
+
+    return commit()
 
 
 def timed(*args: str, env: dict[str, str]) -> float:
