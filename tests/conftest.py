@@ -51,6 +51,22 @@ def write_json(path: Path, data) -> Path:
     return path
 
 
+def write_cfg(tmp_path: Path, cfg: dict, name: str = "run.yaml") -> Path:
+    """A run config written as YAML into `tmp_path`."""
+    import yaml
+
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def read_jsonl(p: Path) -> list[dict]:
+    """Every record of a JSON Lines file a finished run wrote (a partial line is an error here)."""
+    import json
+
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the real `tunelab` CLI in a subprocess."""
     return subprocess.run(

@@ -13,15 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, read_jsonl, run_cli
 
 pytestmark = pytest.mark.slow
 
 STEPS = 150
-
-
-def read_jsonl(p: Path) -> list[dict]:
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")

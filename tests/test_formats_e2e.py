@@ -6,23 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import base_config, run_cli, run_faulty
+from conftest import base_config, read_jsonl, run_cli, run_faulty, write_cfg
 
 pytestmark = pytest.mark.slow
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sharegpt_tools.json"
-
-
-def write_cfg(tmp_path: Path, cfg: dict, name: str = "run.yaml") -> Path:
-    p = tmp_path / name
-    p.write_text(yaml.safe_dump(cfg))
-    return p
-
-
-def read_jsonl(p: Path) -> list[dict]:
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
 def summary(run: Path) -> dict:
