@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# GPU check (issue 14), one script, under 8 minutes, no hub:
+# GPU check (issues 14 and 17), one script, under 10 minutes, no hub:
 #   1. W3: the OpenLLaMA-3B shape (../shared/models/open_llama_3b_v2/config.json, random weights), QLoRA r=64,
 #      length 1024, batch 2, with tunelab and with the reference pipeline (bench/run_bench.py w3);
 #   2. the DDP parity test on the GPUs present (bench/ddp_parity.py --device cuda): one process per GPU over
 #      NCCL, N processes x grad_accum 1 against one x grad_accum N (LoRA, QLoRA; FSDP2 full fine-tuning with
 #      2+ GPUs); on one GPU, 2 processes share it over gloo.
-# Results: bench/results/w3.json, bench/results/ddp-parity-cuda.json, bench/results/gpu-check.log (and copies
+#   3. training.kernels (issue 17): step 1 runs with `auto`, which is Liger's fused RMSNorm / SwiGLU / RoPE when the
+#      liger-kernel package is installed (the script tries `pip install liger-kernel` first); W3 then runs again
+#      with `training.kernels=none`, tunelab's side only, for the with / without comparison.
+# Results: bench/results/w3.json, w3-noref+training.kernels-none.json, ddp-parity-cuda.json, gpu-check.log (and copies
 # in $OUT when the device tool runs it).
 #
 #   bench/gpu_check.sh              # on a CUDA machine with tunelab's environment (make setup TORCH_SPEC=torch==2.13.0+cu128)
@@ -52,9 +55,12 @@ if [ "$DRY" = 1 ]; then
   step ddp-parity-cpu 420 "$PY" bench/ddp_parity.py --device cpu
   results="bench/results/w3-dry.json bench/results/ddp-parity-cpu.json"
 else
-  step w3 270 "$PY" bench/run_bench.py w3
-  step ddp-parity 180 "$PY" bench/ddp_parity.py --device cuda --steps 6
-  results="bench/results/w3.json bench/results/ddp-parity-cuda.json"
+  "$PY" -c "import liger_kernel" 2>/dev/null || "$PY" -m pip install -q liger-kernel >>"$LOG" 2>&1 ||
+    say "gpu_check: liger-kernel is not installed and could not be installed: both W3 runs go without fused kernels"
+  step w3 250 "$PY" bench/run_bench.py w3
+  step w3-kernels-none 150 "$PY" bench/run_bench.py w3 --skip-reference --set training.kernels=none
+  step ddp-parity 170 "$PY" bench/ddp_parity.py --device cuda --steps 6
+  results="bench/results/w3.json bench/results/w3-noref+training.kernels-none.json bench/results/ddp-parity-cuda.json"
 fi
 say "gpu_check: done in $(( $(date +%s) - started ))s, exit $status"
 if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then

@@ -6,9 +6,9 @@
     python bench/run_bench.py dataprep           # data preparation at 1k / 10k / 100k rows
     python bench/run_bench.py plan [--measure]   # `tunelab plan` estimates against measured peaks (+ held-out runs)
 
-`--set KEY=VALUE` (repeatable; w1, w2) changes tunelab's side of a workload, e.g. `--set training.precision=bf16`
+`--set KEY=VALUE` (repeatable; w1, w2, w3) changes tunelab's side of a workload, e.g. `--set training.precision=bf16`
 or `--set training.loss_kernel=trl` (what a change was measured against); such variants are saved as
-bench/results/<workload>+<key-value,...>.json. `--skip-reference` (w1) runs tunelab's side only.
+bench/results/<workload>+<key-value,...>.json. `--skip-reference` (w1, w3) runs tunelab's side only.
 
 Each workload runs tunelab and the reference in the same invocation, alternating, and reports
 medians and tunelab/reference ratios. Results go to bench/results/<workload>.json; the tables in
@@ -323,7 +323,7 @@ def w2(reps: int, quick: bool, variant: dict | None = None) -> dict:
     return {"workload": "w2", **results}
 
 
-def w3(dry_run: bool) -> dict:
+def w3(dry_run: bool, variant: dict | None = None, skip_reference: bool = False) -> dict:
     """OpenLLaMA-3B architecture with random weights, QLoRA as in the tutorial; dry run: same code, tiny shape."""
     import torch
     from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
@@ -350,23 +350,29 @@ def w3(dry_run: bool) -> dict:
     train, test = write_split(rows, 999 - 10, 10, "w3")
     n_rows = 64 * 4  # about 64 packed sequences of 1024 with alpaca-length examples
     extra = ["--max-steps", "2"] if dry_run else []
-    ref = run_reference(
-        path,
-        train,
-        test,
-        [
-            "--train-rows",
-            str(n_rows),
-            "--test-rows",
-            "10",
-            "--max-length",
-            "1024",
-            "--max-new-tokens",
-            "32",
-            "--eval-steps",
-            "1000",
-            *extra,
-        ],
+    ref = (
+        []
+        if skip_reference
+        else [
+            run_reference(
+                path,
+                train,
+                test,
+                [
+                    "--train-rows",
+                    str(n_rows),
+                    "--test-rows",
+                    "10",
+                    "--max-length",
+                    "1024",
+                    "--max-new-tokens",
+                    "32",
+                    "--eval-steps",
+                    "1000",
+                    *extra,
+                ],
+            )
+        ]
     )
     cfg = tunelab_cfg(
         path,
@@ -378,9 +384,10 @@ def w3(dry_run: bool) -> dict:
         training__save_steps=None,
         samples__enabled=False,
         **({"training__max_steps": 2} if dry_run else {}),
+        **overrides(variant),
     )
     tl = run_tunelab(cfg, "w3")
-    return {"workload": "w3", "dry_run": dry_run, **summarize("w3", [tl], [ref])}
+    return {"workload": "w3", "dry_run": dry_run, **summarize("w3", [tl], ref)}
 
 
 def dataprep() -> dict:
@@ -529,12 +536,14 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="w1/w2: a tunelab config override for this variant (repeatable), e.g. training.precision=bf16",
+        help="w1/w2/w3: a tunelab config override for this variant (repeatable), e.g. training.precision=bf16",
     )
-    ap.add_argument("--skip-reference", action="store_true", help="w1: run tunelab's side only (variants of tunelab)")
+    ap.add_argument(
+        "--skip-reference", action="store_true", help="w1/w3: run tunelab's side only (variants of tunelab)"
+    )
     a = ap.parse_args()
-    if a.set and a.workload not in ("w1", "w2"):
-        ap.error("--set applies to w1 and w2 only")
+    if a.set and a.workload not in ("w1", "w2", "w3"):
+        ap.error("--set applies to w1, w2 and w3 only")
     variant = parse_sets(ap, a.set)
     bench_env()
     host = machine()
@@ -544,7 +553,7 @@ def main() -> None:
     elif a.workload == "w2":
         res = w2(a.reps, a.quick, variant)
     elif a.workload == "w3":
-        res = w3(a.dry_run)
+        res = w3(a.dry_run, variant, a.skip_reference)
     elif a.workload == "dataprep":
         res = dataprep()
     else:

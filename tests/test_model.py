@@ -286,3 +286,34 @@ def test_generation_weights_give_the_same_outputs(tiny_model_dir, bits):
         loss = model(**batch, labels=batch["input_ids"]).loss
         loss.backward()
     assert any(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
+
+
+def test_training_kernels_resolve_to_liger_only_where_it_runs(monkeypatch, tiny_model_dir):
+    """auto: Liger on CUDA with the package and a covered architecture, nothing elsewhere; liger: insists,
+    and says why it cannot in one line naming the field; the patch is Liger's own per-architecture function."""
+    from tunelab.errors import ConfigError
+    from tunelab.model import kernels as k
+
+    monkeypatch.setattr(k, "_liger_functions", lambda: None)
+    assert k.resolve_kernels("auto", "cpu", "llama").name == "none"
+    assert k.resolve_kernels("none", "cuda:0", "llama").name == "none"
+    with pytest.raises(ConfigError, match=r"training\.kernels: liger: Liger's kernels are Triton, which needs a CUDA"):
+        k.resolve_kernels("liger", "cpu", "llama")
+    with pytest.raises(ConfigError, match="liger-kernel package is not installed"):
+        k.resolve_kernels("liger", "cuda:0", "llama")
+
+    calls = []
+    monkeypatch.setattr(k, "_liger_functions", lambda: {"llama": lambda **kw: calls.append(kw)})
+    assert k.resolve_kernels("auto", "cuda:0", "llama").name == "liger"
+    assert k.resolve_kernels("auto", "cuda:0", None).name == "liger"  # before the model's config is read
+    assert k.resolve_kernels("auto", "cuda:0", "mamba").name == "none"
+    with pytest.raises(ConfigError, match="no kernels for model_type 'mamba'"):
+        k.resolve_kernels("liger", "cuda:0", "mamba")
+    assert k.resolve_kernels("auto", "cpu", "llama").name == "none"  # never on the CPU
+
+    model, _ = _model(tiny_model_dir)
+    k.apply_kernels(model, k.resolve_kernels("none", "cuda:0", "llama"))
+    assert calls == []
+    k.apply_kernels(model, k.resolve_kernels("liger", "cuda:0", "llama"))
+    assert calls == [{"model": model, **k.LIGER_PARTS}]
+    assert k.LIGER_PARTS["fused_linear_cross_entropy"] is False  # TRL's fused LM head computes the loss

@@ -94,3 +94,42 @@ def test_plan_cli(tmp_path):
     assert r.returncode == 0 and "does not fit" in r.stdout
     r = run_cli("plan", str(p), "model.name=/nonexistent/model")
     assert r.returncode == 2 and "model.name" in r.stderr
+
+
+_FREED_PAGES = """
+import json, os, sys, torch
+from tunelab.perf.allocator import keep_freed_memory
+page = os.sysconf("SC_PAGE_SIZE")
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * page
+def returned():  # bytes the process gives back when a 64 MiB tensor it wrote is freed
+    x = torch.ones(2048, 8192)
+    before = rss()
+    del x
+    return before - rss()
+out = {"default": returned()}
+out["kept"] = keep_freed_memory()
+out["first"], out["again"] = returned(), returned()
+out["kept_twice"] = keep_freed_memory()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident size from Linux's /proc")
+def test_cpu_runs_keep_freed_memory_for_reuse():
+    """glibc gives a freed 64 MiB tensor back to the kernel (the next one faults its pages in again);
+    after keep_freed_memory its pages stay in the process for the next tensor to reuse."""
+    import json
+    import subprocess
+    import sys
+
+    from tunelab.perf.allocator import _glibc
+
+    if _glibc() is None:
+        pytest.skip("not glibc")
+    r = subprocess.run([sys.executable, "-c", _FREED_PAGES], capture_output=True, text=True, check=True)
+    got = json.loads(r.stdout)
+    mib = 2**20
+    assert got["default"] > 60 * mib  # the default: unmapped at once
+    assert got["kept"] and got["kept_twice"]
+    assert abs(got["first"]) < 4 * mib and abs(got["again"]) < 4 * mib  # kept: nothing goes back

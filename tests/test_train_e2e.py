@@ -84,6 +84,11 @@ def test_bad_inputs_exit_2_with_one_line_and_no_traceback(tmp_path, synth_file):
         (base_config(synth_file, tmp_path / "runs"), ["adapter.r=0"], "adapter.r: Input should be greater than 0"),
         (base_config(synth_file, tmp_path / "runs"), ["training.learning_rate=-1"], "training.learning_rate"),
         (base_config(synth_file, tmp_path / "runs", model={"name": str(tmp_path)}), [], "no config.json"),
+        (
+            base_config(synth_file, tmp_path / "runs"),
+            ["training.kernels=liger"],
+            "training.kernels: liger: Liger's kernels are Triton, which needs a CUDA GPU",
+        ),
     ]
     for i, (cfg, overrides, expected) in enumerate(cases):
         path = write_cfg(tmp_path, cfg, f"c{i}.yaml")

@@ -359,6 +359,16 @@ class TrainingConfig(Section):
         description="Loss over the LM head: auto = TRL's Triton kernel on GPUs, one fp32 log-softmax elsewhere; "
         "trl = TRL's always.",
     )
+    kernels: Literal["auto", "liger", "none"] = Field(
+        "auto",
+        description="Fused GPU kernels for the decoder: auto = Liger's RMSNorm / SwiGLU / RoPE (Triton) on CUDA when "
+        "liger-kernel is installed and covers the architecture, none elsewhere; liger = insist; none = off.",
+    )
+    cpu_allocator: Literal["auto", "system"] = Field(
+        "auto",
+        description="auto: a CPU run keeps the memory it frees for reuse (glibc malloc never unmaps it), so large "
+        "tensors do not page-fault in fresh memory at every step; system: the C library's defaults.",
+    )
     method: Literal["sft", "dpo", "kto"] = Field(
         "sft",
         description="sft (TRL's SFTTrainer), or preference tuning with TRL's stable trainers: dpo (pairs: "

@@ -40,14 +40,16 @@ def packed_sdpa(
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     bounds = [*starts, query.shape[2]]
+    sizes = [e - s for s, e in zip(bounds[:-1], bounds[1:], strict=True)]
     drop = dropout if module.training else 0.0
+    # split, not slices: the backward of n slices zero-fills and adds n gradients the size of the whole row
+    # (n x the row for q, k and v); split's backward is one concatenation
     outs = [
-        F.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, dropout_p=drop, scale=scaling
-        )
-        for s, e in zip(bounds[:-1], bounds[1:], strict=True)
+        F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop, scale=scaling).transpose(1, 2)
+        for q, k, v in zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2), strict=True)
     ]
-    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+    # concatenated straight into [batch, tokens, heads, dim], the layout transformers' SDPA returns: one copy
+    return torch.cat(outs, dim=1), None
 
 
 def register() -> str:

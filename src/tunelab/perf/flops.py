@@ -103,12 +103,14 @@ def measure_peak(
     dtype = torch_dtype(dtype_name)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
+    c = torch.empty(n, n, device=device, dtype=dtype)  # one output, written again and again: the kernel's rate,
+    # not the allocator's (a fresh 16 MiB output per call can cost a page fault per 4 KiB page on the CPU)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     t_end = time.perf_counter() + seconds
     # the first calls pay for kernel selection (oneDNN / cuBLAS heuristics) and first-touch page faults
     for _ in range(3):
         t0 = time.perf_counter()
-        a @ b
+        torch.matmul(a, b, out=c)
         sync()
         per_call = time.perf_counter() - t0
     # a run of several calls when one is short (a GPU does 4096^3 in a fraction of a millisecond), so
@@ -118,7 +120,7 @@ def measure_peak(
     while len(rates) < max_runs and (len(rates) < min_runs or time.perf_counter() < t_end):
         t0 = time.perf_counter()
         for _ in range(reps):
-            a @ b
+            torch.matmul(a, b, out=c)
         sync()
         rates.append(reps * 2 * n**3 / (time.perf_counter() - t0))
     return PeakMeasurement(

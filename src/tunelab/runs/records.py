@@ -67,6 +67,7 @@ class Summary(Record):
     device: str | None = None
     host: str | None = None
     gradient_checkpointing: bool | None = None
+    kernels: str | None = None  # training.kernels as resolved: liger or none
     resumed_from: str | None = None
     wall_time_s: float | None = None
     train_time_s: float | None = None

@@ -71,6 +71,7 @@ def preflight(cfg: RunConfig, resume: bool = False) -> Report:
     offline = hub.ensure_offline_if_unreachable() if uses_hub else False
     device = _device(cfg, report)
     _precision(cfg, device, report)
+    _kernels(cfg, device, report)
     tokenizer = _model(cfg, report, offline)
     _data(cfg, report, offline, tokenizer)
     _outputs(cfg, report, resume)
@@ -100,7 +101,25 @@ def _precision(cfg: RunConfig, device: str, report: Report) -> None:
     if device == "cpu" and run_weight_dtype(cfg, device) == "fp16" and cfg.quantization.bits is None:
         report.add("problem", "model.dtype", "fp16 weights are not supported for training on the CPU; use fp32 or bf16")
         return
-    report.add("ok", "training.precision", run_precision(cfg, device))
+    from tunelab.perf.machine import cpu_bf16_note
+
+    precision = run_precision(cfg, device)
+    slow = cpu_bf16_note(device, precision)
+    if slow:
+        report.add("note", "training.precision", slow)
+    else:
+        report.add("ok", "training.precision", precision)
+
+
+def _kernels(cfg: RunConfig, device: str, report: Report) -> None:
+    from tunelab.model.kernels import resolve_kernels
+
+    try:
+        kernels = resolve_kernels(cfg.training.kernels, device, None)
+    except TunelabError as e:
+        report.add("problem", *_field_and_message(e, "training.kernels"))
+        return
+    report.add("ok", "training.kernels", kernels.why)
 
 
 def _model(cfg: RunConfig, report: Report, offline: bool):

@@ -23,6 +23,7 @@ from tunelab.data.prepare import check_lost_answers, data_notes, prepare_data
 from tunelab.errors import Interrupted, TunelabError, as_user_error, os_error
 from tunelab.evaluation.metrics import exact_match_rate
 from tunelab.model.adapters import adapter_warnings, apply_adapter, parameter_report
+from tunelab.model.kernels import apply_kernels, resolve_kernels
 from tunelab.model.loading import (
     load_model,
     load_tokenizer,
@@ -31,6 +32,7 @@ from tunelab.model.loading import (
     run_precision,
     run_weight_dtype,
 )
+from tunelab.perf.machine import cpu_bf16_note
 from tunelab.runs import (
     DataStats,
     ModelMeta,
@@ -171,6 +173,7 @@ RESUME_MAY_CHANGE = (
     "training.save_total_limit",
     "training.dataloader_workers",
     "training.progress_every_s",
+    "training.cpu_allocator",
     "data.max_lost_answers",
     "training.resume",
     "model.device",
@@ -207,6 +210,10 @@ def train(
         console.quiet = True  # rank 0 speaks for the job (the others' tracebacks still reach stderr)
     device = world.device(cfg.model)  # cuda:LOCAL_RANK, never device_map="auto"
     precision_flags(cfg, device)  # fail before anything is written
+    resolve_kernels(cfg.training.kernels, device, None)  # training.kernels: liger where it cannot run
+    slow = cpu_bf16_note(device, run_precision(cfg, device))
+    if slow:
+        console.print(Text(f"warning: training.precision: {slow}", style="yellow"), soft_wrap=True)
     strategy = dist.resolve_strategy(cfg, world.size, device, world.local_size)
     dist.check_strategy(cfg, strategy, device == "cpu")
     explicit = _explicit_checkpoint(cfg)  # a training.resume path that is no checkpoint is named first
@@ -261,6 +268,10 @@ def _train(
 ) -> Summary:
     world = world or dist.World()
     t_start = time.perf_counter()
+    if device == "cpu" and cfg.training.cpu_allocator == "auto":
+        from tunelab.perf.allocator import keep_freed_memory
+
+        keep_freed_memory()  # before the weights load: every large tensor of the run reuses freed pages
     sinks = list(sinks or [])
     from tunelab.artifacts import Home
     from tunelab.artifacts.models import check_adapter_fits, continued_model, load_adapter_weights
@@ -311,6 +322,8 @@ def _train(
         tokenizer,
         model_path,
     )
+    kernels = resolve_kernels(cfg.training.kernels, device, model.config.model_type)
+    apply_kernels(model, kernels)  # the base model's own modules, before the adapter wraps them
     checkpointing = cfg.training.gradient_checkpointing
     if checkpointing == "auto":
         from tunelab.perf.plan import decide_checkpointing
@@ -348,7 +361,7 @@ def _train(
     console.print(
         f"[bold]model[/]: {escape(cfg.model.name)} ({params['total']:,} params, {params['trainable']:,} trainable = "
         f"{params['trainable_pct']}%){', ' + str(cfg.quantization.bits) + '-bit' if cfg.quantization.bits else ''}, "
-        f"device {device}",
+        f"device {device}{', kernels: ' + kernels.why if kernels.name != 'none' else ''}",
         highlight=False,
     )
 
@@ -515,6 +528,7 @@ def _train(
         host=platform.node(),
         steps=trainer.state.global_step,
         gradient_checkpointing=checkpointing,
+        kernels=kernels.name,
         resumed_from=str(checkpoint) if checkpoint else None,
         wall_time_s=round(time.perf_counter() - t_start, 2),
         train_time_s=round(train_s, 2),
