@@ -133,3 +133,19 @@ def test_cpu_runs_keep_freed_memory_for_reuse():
     assert got["default"] > 60 * mib  # the default: unmapped at once
     assert got["kept"] and got["kept_twice"]
     assert abs(got["first"]) < 4 * mib and abs(got["again"]) < 4 * mib  # kept: nothing goes back
+
+
+def test_bf16_on_a_cpu_without_bf16_units_is_flagged(monkeypatch):
+    from dataclasses import replace
+
+    from tunelab.perf import machine
+
+    base = machine.CpuInfo("Xeon", 2, 2, 2, False, True, False, ["avx2", "avx512f"], "AVX512")
+    monkeypatch.setattr(machine, "cpu_info", lambda: base)
+    note = machine.cpu_bf16_note("cpu", "bf16")
+    assert note and "no AVX512-BF16 or AMX" in note and "training.precision: fp32" in note
+    assert machine.cpu_bf16_note("cpu", "fp32") is None
+    assert machine.cpu_bf16_note("cuda:0", "bf16") is None
+    for has in (dict(avx512_bf16=True), dict(amx=True), dict(isa=[])):  # bf16 units, or flags not known
+        monkeypatch.setattr(machine, "cpu_info", lambda has=has: replace(base, **has))
+        assert machine.cpu_bf16_note("cpu", "bf16") is None

@@ -1,0 +1,123 @@
+"""Two variants of a W2 training step in one process, alternating at every step: a change measured on
+a machine whose speed swings by minutes (docs/performance.md, issue 17).
+
+    python bench/step_ab.py attention [--rounds 6]   # per-example attention by slices (before) vs split (now)
+    python bench/step_ab.py allocator [--rounds 6]   # glibc's default malloc vs keeping freed memory (now)
+
+W2's model (bench/run_bench.py builds it into bench/out/w2-model) with LoRA r=64 on q/k/v/o, dropout
+0.1, fp32, one packed row of 2,048 tokens of alpaca-length examples (60-300 tokens, position ids
+restarting per example, as TRL's padding-free packing gives). A step is forward + backward through
+the model's own loss. Each round runs both arms, in alternating order, each one warm step then one
+timed step; the figure to read is the per-round ratio, which a slow minute affects on both sides.
+Minor page faults per step (getrusage) are counted too: unlike time, they do not depend on the
+machine's speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import resource
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import run_bench as rb  # bench/ is on sys.path when this script runs
+
+libc = ctypes.CDLL("libc.so.6")
+
+
+def allocator(keep: bool) -> None:
+    """keep: what tunelab.perf.allocator sets; else glibc's defaults, with the kept heap given back."""
+    if keep:
+        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD
+        libc.mallopt(-4, 0)  # M_MMAP_MAX
+    else:
+        libc.mallopt(-4, 65536)
+        libc.mallopt(-1, 128 * 1024)
+        libc.malloc_trim(0)
+
+
+def sliced_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kw):
+    """tunelab's per-example attention before b11439d: one slice of the row per example."""
+    p = kw["position_ids"][0]
+    starts = [0, *torch.nonzero(torch.diff(p) != 1).flatten().add(1).tolist()]
+    bounds = [*starts, query.shape[2]]
+    outs = [
+        F.scaled_dot_product_attention(
+            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling
+        )
+        for s, e in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("change", choices=["attention", "allocator"])
+    ap.add_argument("--rounds", type=int, default=6)
+    a = ap.parse_args()
+
+    from transformers import AttentionInterface
+
+    from tunelab.config.schema import AdapterConfig, ModelConfig, QuantizationConfig
+    from tunelab.model import attention
+    from tunelab.model.adapters import apply_adapter
+    from tunelab.model.loading import load_model, load_tokenizer
+
+    impl = {"split": attention.packed_sdpa, "slices": sliced_attention}
+    current = {"f": attention.packed_sdpa}
+    attention.register()
+    AttentionInterface.register(attention.NAME, lambda *x, **k: current["f"](*x, **k))
+    model_dir, _, _ = rb.w2_inputs()
+    mcfg = ModelConfig(name=str(model_dir))
+    torch.manual_seed(0)
+    model = load_model(mcfg, QuantizationConfig(bits=None), load_tokenizer(mcfg))
+    adapter = AdapterConfig(r=64, alpha=16, dropout=0.1, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    model = apply_adapter(model, adapter, quantized=False, gradient_checkpointing=False)
+    model.train()
+    g = torch.Generator().manual_seed(1)
+    lens: list[int] = []
+    while sum(lens) < 2048:
+        lens.append(int(torch.randint(60, 300, (1,), generator=g)))
+    lens[-1] -= sum(lens) - 2048
+    pos = torch.cat([torch.arange(n) for n in lens])[None]
+    ids = torch.randint(5, model.config.vocab_size, (1, 2048), generator=g)
+
+    def step():
+        model(input_ids=ids, position_ids=pos, labels=ids).loss.backward()
+
+    arms = ("slices", "split") if a.change == "attention" else ("default", "keep")
+    allocator(a.change == "attention")  # the attention comparison runs with the allocator as tunelab sets it
+    secs: dict[str, list[float]] = {x: [] for x in arms}
+    faults: dict[str, list[int]] = {x: [] for x in arms}
+    step()
+    for r in range(a.rounds):
+        for arm in arms if r % 2 == 0 else arms[::-1]:
+            if a.change == "attention":
+                current["f"] = impl[arm]
+            else:
+                allocator(arm == "keep")
+            step()
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t0 = time.perf_counter()
+            step()
+            secs[arm].append(time.perf_counter() - t0)
+            faults[arm].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    print(f"{len(lens)} examples in one row of 2,048 tokens; {a.rounds} rounds, {torch.get_num_threads()} threads")
+    for arm in arms:
+        print(
+            f"{arm:8s} step median {statistics.median(secs[arm]):.3f} s, min {min(secs[arm]):.3f} s; "
+            f"minor page faults per step: median {int(statistics.median(faults[arm])):,}"
+        )
+    ratios = [new / old for new, old in zip(secs[arms[1]], secs[arms[0]], strict=True)]
+    print(
+        f"{arms[1]} / {arms[0]} per round: median {statistics.median(ratios):.3f} "
+        f"(range {min(ratios):.3f}-{max(ratios):.3f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
