@@ -355,11 +355,19 @@ def test_qlora_through_torchrun_equals_one_process(tmp_path, synth_file):
     assert (s["world_size"], s["strategy"], s["quantization"]) == (2, "ddp", 4)
     a, b = _adapter(single), _adapter(two)
     # QLoRA's adapter trains in bf16 here: the all-reduced gradients differ from the accumulated ones in the
-    # last fp32 bits, which can round a weight to the neighbouring bf16 value (one step: 2^-8 relative)
+    # last fp32 bits, which can round a weight to the neighbouring bf16 value (one step: 2^-8 relative). Adam
+    # divides each gradient by its own running RMS, so for a weight whose gradient is near zero those last bits
+    # move the update by more than its own ulp, so weights are compared at the tensor's scale. (Measured on a
+    # Xeon, whose CPU kernels round differently from the EPYC's: a weight of 4e-4 moved by 2e-5; over all
+    # tensors, relative error at most 1.0e-3 and largest difference 1.03 % of the tensor's largest weight.)
     for k in a:
         assert a[k].dtype == b[k].dtype
-        tol = 1e-5 if a[k].dtype == __import__("torch").float32 else 2**-7
-        assert float(((a[k].float() - b[k].float()).abs() - tol * a[k].float().abs()).max()) <= 1e-5, k
+        x, y = a[k].float(), b[k].float()
+        if a[k].dtype == __import__("torch").float32:
+            assert float(((x - y).abs() - 1e-5 * x.abs()).max()) <= 1e-5, k
+        else:  # overall within a bf16 ulp (2^-7 relative), no weight off by more than a few ulps of the tensor's scale
+            assert float((x - y).norm() / x.norm()) <= 2**-7, k
+            assert float((x - y).abs().max()) <= 2**-5 * float(x.abs().max()), k
 
 
 @pytestmark_slow
