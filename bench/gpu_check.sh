@@ -6,7 +6,8 @@
 #      NCCL, N processes x grad_accum 1 against one x grad_accum N (LoRA, QLoRA; FSDP2 full fine-tuning with
 #      2+ GPUs); on one GPU, 2 processes share it over gloo.
 #   3. training.kernels (issue 17): step 1 runs with `auto`, which is Liger's fused RMSNorm / SwiGLU / RoPE when the
-#      liger-kernel package is installed (the script tries `pip install liger-kernel` first); W3 then runs again
+#      liger-kernel package is installed (the script tries `pip install --no-deps liger-kernel` first,
+#      so the CUDA torch and its Triton stay as they are); W3 then runs again
 #      with `training.kernels=none`, tunelab's side only, for the with / without comparison.
 # Results: bench/results/w3.json, w3-noref+training.kernels-none.json, ddp-parity-cuda.json, gpu-check.log (and copies
 # in $OUT when the device tool runs it).
@@ -55,7 +56,7 @@ if [ "$DRY" = 1 ]; then
   step ddp-parity-cpu 420 "$PY" bench/ddp_parity.py --device cpu
   results="bench/results/w3-dry.json bench/results/ddp-parity-cpu.json"
 else
-  "$PY" -c "import liger_kernel" 2>/dev/null || "$PY" -m pip install -q liger-kernel >>"$LOG" 2>&1 ||
+  "$PY" -c "import liger_kernel" 2>/dev/null || "$PY" -m pip install -q --no-deps liger-kernel >>"$LOG" 2>&1 ||
     say "gpu_check: liger-kernel is not installed and could not be installed: both W3 runs go without fused kernels"
   step w3 250 "$PY" bench/run_bench.py w3
   step w3-kernels-none 150 "$PY" bench/run_bench.py w3 --skip-reference --set training.kernels=none

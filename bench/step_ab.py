@@ -10,13 +10,13 @@ restarting per example, as TRL's padding-free packing gives). A step is forward 
 the model's own loss. Each round runs both arms, in alternating order, each one warm step then one
 timed step; the figure to read is the per-round ratio, which a slow minute affects on both sides.
 Minor page faults per step (getrusage) are counted too: unlike time, they do not depend on the
-machine's speed.
+machine's speed. `allocator` first times one large element-wise op (exp over a micro-batch of W2's
+logits) under both settings.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import resource
 import statistics
 import time
@@ -25,19 +25,31 @@ import torch
 import torch.nn.functional as F
 
 import run_bench as rb  # bench/ is on sys.path when this script runs
-
-libc = ctypes.CDLL("libc.so.6")
+from tunelab.perf import allocator as tl_alloc
 
 
 def allocator(keep: bool) -> None:
-    """keep: what tunelab.perf.allocator sets; else glibc's defaults, with the kept heap given back."""
+    """keep: tunelab's own setting (tunelab.perf.allocator); else glibc's defaults, the kept heap given back."""
+    libc = tl_alloc._glibc()
     if keep:
-        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD
-        libc.mallopt(-4, 0)  # M_MMAP_MAX
+        tl_alloc._kept = False  # let keep_freed_memory set it again after a default arm
+        assert tl_alloc.keep_freed_memory(), "not glibc"
     else:
-        libc.mallopt(-4, 65536)
-        libc.mallopt(-1, 128 * 1024)
+        libc.mallopt(tl_alloc.M_MMAP_MAX, 65536)  # glibc's defaults
+        libc.mallopt(tl_alloc.M_TRIM_THRESHOLD, 128 * 1024)
         libc.malloc_trim(0)
+
+
+def exp_ms(keep: bool, reps: int = 9) -> float:
+    """Median time of exp() over one W2 micro-batch of logits (2,048 x 8,192 fp32) into a fresh output."""
+    allocator(keep)
+    z = torch.randn(2048, 8192)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        z.exp()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
 
 
 def sliced_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kw):
@@ -59,6 +71,15 @@ def main() -> None:
     ap.add_argument("change", choices=["attention", "allocator"])
     ap.add_argument("--rounds", type=int, default=6)
     a = ap.parse_args()
+    if a.change == "allocator":  # one large element-wise op first: the effect without the model around it
+        ms = {keep: [] for keep in (False, True)}
+        for r in range(4):
+            for keep in (False, True) if r % 2 == 0 else (True, False):
+                ms[keep].append(exp_ms(keep))
+        print(
+            "exp() over 2,048 x 8,192 fp32, fresh output, median of 4 x 9: "
+            f"default {statistics.median(ms[False]):.1f} ms, keep {statistics.median(ms[True]):.1f} ms"
+        )
 
     from transformers import AttentionInterface
 

@@ -316,4 +316,3 @@ def test_training_kernels_resolve_to_liger_only_where_it_runs(monkeypatch, tiny_
     assert calls == []
     k.apply_kernels(model, k.resolve_kernels("liger", "cuda:0", "llama"))
     assert calls == [{"model": model, **k.LIGER_PARTS}]
-    assert k.LIGER_PARTS["fused_linear_cross_entropy"] is False  # TRL's fused LM head computes the loss

@@ -6,7 +6,8 @@ CPU training step allocates and frees tensors of that size many times: the logit
 micro-batch alone are tokens x vocabulary x 4 bytes (64 MiB at 2,048 x 8,192), and their
 softmax, its gradient and the casts around them are as large. Each new one pays a page fault for
 every 4 KiB page the first time it is written. On this project's 2-core Xeon, `exp()` over a
-2,048 x 8,192 fp32 tensor took 30 ms with a fresh output and 7.5 ms when malloc reused freed pages.
+2,048 x 8,192 fp32 tensor into a fresh output took about 21 ms by default and 7 ms with freed pages
+reused (`bench/step_ab.py allocator`; docs/performance.md has every run).
 
 `keep_freed_memory` makes malloc serve every size from its heap and never give the heap back
 (`mallopt(M_MMAP_MAX, 0)`, `M_TRIM_THRESHOLD` at its maximum): what the jemalloc / tcmalloc

@@ -91,6 +91,6 @@ def cpu_bf16_note(device: str, precision: str) -> str | None:
     if cpu.amx or cpu.avx512_bf16 or not cpu.isa:  # not an x86 CPU that reports its flags: nothing to say
         return None
     return (
-        f"bf16 on a CPU without bf16 matmul units ({cpu.model}: no AVX512-BF16 or AMX) converts every matmul "
-        "through fp32; fp32 is several times faster here (training.precision: fp32)"
+        f"bf16 on a CPU without bf16 matmul units ({cpu.model}: no AVX512-BF16 or AMX): torch's bf16 matmuls "
+        "run several times slower than fp32 on such CPUs (training.precision: fp32)"
     )
