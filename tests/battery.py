@@ -897,6 +897,18 @@ def case_synthetic_spec_prints_as_written(ctx):
     return expect(ctx, ["validate", str(cfg)], "synthetic:100:bogus=1")
 
 
+def _load_area_cases() -> None:
+    """Register the cases kept by area in battery_<area>.py beside this file (each imports `case`,
+    `expect` and `Context` from here)."""
+    import importlib
+
+    for p in sorted(Path(__file__).parent.glob("battery_*.py")):
+        importlib.import_module(p.stem)
+
+
+_load_area_cases()
+
+
 def run_all(tmp: Path, names: list[str] | None = None, log=print) -> dict[str, Outcome]:
     """Run the cases (all, or `names`) in `tmp`; returns each case's outcome."""
     ctx = Context(tmp)
@@ -923,6 +935,11 @@ def counts(results: dict[str, Outcome]) -> dict[str, int]:
 
 if __name__ == "__main__":
     import tempfile
+
+    # Run as a script, this file is __main__; the area modules registered into `battery`.
+    import battery as _battery
+
+    run_all, counts = _battery.run_all, _battery.counts
 
     names = sys.argv[1:] or None
     with tempfile.TemporaryDirectory(prefix="tunelab-battery-") as d:
