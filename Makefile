@@ -22,7 +22,7 @@ quickstart: setup
 	@echo "next: source $(VENV)/bin/activate, then e.g. tunelab generate runs/quickstart (the train output above shows one of its own prompts)"
 
 test: setup lint
-	scripts/ensure-chromium.sh
+	scripts/ensure-test-tools.sh
 	$(PY) -m pytest -q
 
 # ruff's lint rules and formatting (pyproject.toml [tool.ruff]); part of make test

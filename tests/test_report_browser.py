@@ -2,7 +2,7 @@
 
 Runs scripts/report_screenshot.py (the script that made docs/report-screenshot.png) and checks the
 DOM it reports. Skips, saying why, where the system Chromium or Playwright is missing; `make test`
-installs Chromium first when it can (scripts/ensure-chromium.sh).
+installs Chromium first when it can (scripts/ensure-test-tools.sh).
 """
 
 import json
