@@ -146,7 +146,10 @@ def start_server(target: str, max_batch: int, max_tokens: int, env: dict) -> tup
         "--max-tokens-limit",
         str(max_tokens),
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    from tunelab.procs import child_env
+
+    # the server dies with the benchmark (a killed benchmark leaves no server holding the port and memory)
+    proc = subprocess.Popen(cmd, env=child_env(env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while True:

@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -67,11 +68,30 @@ class Skip(Exception):
     pass
 
 
+_ZYGOTE: list = []
+
+
+def _zygote():
+    """The process the commands are forked from (tests/zygote.py), started on first use; None when
+    TUNELAB_BATTERY_FORK=0 asks for a fresh interpreter per command."""
+    if os.environ.get("TUNELAB_BATTERY_FORK", "1") == "0":
+        return None
+    if not _ZYGOTE or not _ZYGOTE[0].alive:
+        import atexit
+
+        from zygote import Zygote
+
+        _ZYGOTE[:] = [Zygote({**os.environ, "COLUMNS": "200"})]
+        atexit.register(_ZYGOTE[0].close)
+    return _ZYGOTE[0]
+
+
 @dataclass
 class Context:
     tmp: Path
     env: dict[str, str] = field(default_factory=dict)
     _run: Path | None = None
+    runs: int = 0
 
     def path(self, name: str) -> Path:
         p = self.tmp / name
@@ -79,6 +99,14 @@ class Context:
         return p
 
     def cli(self, *args: str, timeout: float = 300, fault: str | None = None) -> tuple[int | None, str, bool]:
+        env = {**os.environ, **self.env, "COLUMNS": "200"}
+        zygote = _zygote()
+        if zygote is not None and zygote.can_run(env):
+            self.runs += 1
+            out = (
+                Path(tempfile.gettempdir()) / f"tunelab-battery-{os.getpid()}-{self.runs}.txt"
+            )  # not in the case's folders
+            return zygote.run(list(args), self.tmp, env, timeout, fault, out)
         cmd = (
             [sys.executable, "-m", "tunelab.cli.main", *args]
             if fault is None
@@ -91,7 +119,7 @@ class Context:
                 text=True,
                 timeout=timeout,
                 cwd=self.tmp,
-                env={**os.environ, **self.env, "COLUMNS": "200"},
+                env=env,
             )
         except subprocess.TimeoutExpired as e:
             return (

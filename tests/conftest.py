@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tunelab.procs import child_env
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "alpaca_en_demo.json"
 
@@ -68,14 +70,14 @@ def read_jsonl(p: Path) -> list[dict]:
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run the real `tunelab` CLI in a subprocess."""
+    """Run the real `tunelab` CLI in a subprocess (which dies with the tests: `tunelab.procs`)."""
     return subprocess.run(
         [sys.executable, "-m", "tunelab.cli.main", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "COLUMNS": "200"},
+        env=child_env({**os.environ, "COLUMNS": "200"}),
     )
 
 

@@ -156,7 +156,7 @@ def test_too_long_examples_truncate_or_drop(tmp_path, tokenizer):
     raw.add(short, "x:2")
     cfg = cfg_for(tmp_path / "d.json")
     cols, counts = tokenize_rows(raw, TokenSpec.of(cfg), tokenizer)
-    assert counts == {"too_long_truncated": 1} and len(cols["input_ids"][0]) == 64
+    assert counts == {"too_long_truncated": 1, "too_long_tokens_cut": 170} and len(cols["input_ids"][0]) == 64
     cfg.data.too_long = "drop"
     cols, counts = tokenize_rows(raw, TokenSpec.of(cfg), tokenizer)
     assert counts == {"too_long_dropped": 1} and len(cols["input_ids"]) == 1

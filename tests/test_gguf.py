@@ -550,7 +550,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_model_dir, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     res = _cli("export", str(tiny_model_dir), "--format", "gguf", "-o", str(out))
-    assert res.exit_code == 2 and "already exists and is not empty" in " ".join(res.output.split())
+    assert res.exit_code == 2 and "already exists and was not written by tunelab" in " ".join(res.output.split())
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2", "out"]  # no staging folder left behind
 

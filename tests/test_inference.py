@@ -130,7 +130,7 @@ def test_prompt_file_errors_name_file_and_line(tmp_path):
 
     f = tmp_path / "p.jsonl"
     f.write_text('{"instruction": "a"}\n{"input": "b"}\n')
-    with pytest.raises(DataError, match=f"{f}:2: missing instruction"):
+    with pytest.raises(DataError, match=f"{f}:2: missing field 'instruction'"):
         read_prompt_rows(f, PromptConfig())
     f.write_text('{"instruction": "a"}\nnot json\n')
     with pytest.raises(DataError, match=f"{f}:2: malformed JSON"):

@@ -19,6 +19,7 @@ import openai
 import pytest
 
 from inference_support import RUN_NAME, free_port, one_torch_thread, running_server, trained_run  # noqa: F401 (autouse fixture)
+from tunelab.procs import child_env
 
 BASE_ID = "tiny:llama-2l"
 MODEL_IDS = [BASE_ID, RUN_NAME, "early"]
@@ -309,7 +310,7 @@ def test_serve_cli_binds_localhost_and_stops_cleanly_on_sigterm(run):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "TUNELAB_API_KEY": key, "COLUMNS": "200"},
+        env=child_env({**os.environ, "TUNELAB_API_KEY": key, "COLUMNS": "200"}),  # dies with the tests
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -10,12 +10,14 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 # lowest first; a package may import the packages of earlier layers, never a later one
 LAYERS = [
     {"errors"},
-    {"refs", "dtypes", "cache", "compat", "files"},
+    {"refs", "dtypes", "cache", "compat", "files", "procs"},
     {"hub"},
     {"config"},
     {"runs"},
+    {"outputs"},
     {"artifacts"},
     {"data"},
+    {"scoring"},
     {"model", "tracking"},
     {"perf"},
     {"inference"},

@@ -111,16 +111,31 @@ def check_adapter_fits(art: ModelArtifact, adapter_cfg) -> None:
 
 
 def check_adapter_folder(folder: Path) -> None:
-    """An adapter folder must hold safetensors weights: a pickled adapter_model.bin is never loaded."""
-    if (folder / "adapter_model.safetensors").is_file():
-        return
-    if (folder / "adapter_model.bin").is_file():
-        raise TunelabError(
-            f"{folder / 'adapter_model.bin'}: a pickled adapter; tunelab loads safetensors only",
-            hint="convert it where you trust the file: PeftModel.from_pretrained(...).save_pretrained(DIR) "
-            "writes adapter_model.safetensors",
-        )
-    raise TunelabError(f"{folder}: holds no adapter_model.safetensors")
+    """An adapter folder that loads: safetensors weights whose header reads (a pickled adapter_model.bin
+    is never loaded) and an adapter_config.json that is a JSON object. Checked before any loading, so a
+    damaged folder is one line naming the file instead of a library's traceback."""
+    from tunelab.runs.damage import DamagedRun, read_json_record, safetensors_problem
+
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        if (folder / "adapter_model.bin").is_file():
+            raise TunelabError(
+                f"{folder / 'adapter_model.bin'}: a pickled adapter; tunelab loads safetensors only",
+                hint="convert it where you trust the file: PeftModel.from_pretrained(...).save_pretrained(DIR) "
+                "writes adapter_model.safetensors",
+            )
+        raise TunelabError(f"{folder}: holds no adapter_model.safetensors")
+    redo = "train or export it again (a run can resume from a checkpoint)"
+    problem = safetensors_problem(weights)
+    if problem:
+        raise TunelabError(f"{weights}: {problem}", hint=redo)
+    config = folder / "adapter_config.json"
+    try:
+        found = read_json_record(config)
+    except DamagedRun as e:
+        raise TunelabError(f"{config}: {e.problem}", hint=redo) from None
+    if found is None:
+        raise TunelabError(f"{config}: missing; an adapter folder needs it beside its weights", hint=redo)
 
 
 def load_adapter_weights(model, adapter_dir: Path) -> None:

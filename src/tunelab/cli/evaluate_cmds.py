@@ -57,6 +57,14 @@ def eval_(
             "--trust-remote-code", help="Allow the model's own Python code; a run's saved config never grants it."
         ),
     ] = False,
+    scorer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scorer",
+            help="Also score with this scorer: NAME or NAME:PARAMS (JSON, e.g. 'contains:[\"Paris\"]'); repeatable; "
+            "added to the run's eval.scorers. `tunelab scorers` lists them.",
+        ),
+    ] = None,
 ):
     """Score a model on held-out prompts against its base: loss, perplexity, exact match, ROUGE-L, BLEU, chrF."""
     from tunelab.cli.common import _quiet_libraries, console
@@ -67,6 +75,9 @@ def eval_(
     for name, value in (("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size)):
         if value is not None and value <= 0:
             raise TunelabError(f"{name} {value}: must be positive")
+    from tunelab.scoring import cli_scorers
+
+    extra_scorers = cli_scorers(scorer or [])
     _quiet_libraries()
     from tunelab.evaluation.runner import evaluate
 
@@ -82,6 +93,7 @@ def eval_(
         batch_size=batch_size,
         console=console,
         trust_remote_code=trust_remote_code,
+        scorers=extra_scorers,
     )
     _print_results(result)
 
@@ -119,7 +131,8 @@ def _print_results(result) -> None:
         t.add_column(m.label, justify="right")
     if len(models) > 1:
         t.add_column("difference", justify="right")
-    for key, (label, fmt) in METRIC_ROWS.items():
+    rows = {**METRIC_ROWS, **{k: (k, "{:.3f}") for k in result.scorers if k not in METRIC_ROWS}}
+    for key, (label, fmt) in rows.items():
         values = [m.metrics.get(key) for m in models]
         if all(v is None for v in values):
             continue
@@ -129,7 +142,7 @@ def _print_results(result) -> None:
             if diff is None:
                 cells.append("-")
             else:
-                sign = direction(key) * (1 if diff > 0 else -1 if diff < 0 else 0)
+                sign = result.scorers.get(key, direction(key)) * (1 if diff > 0 else -1 if diff < 0 else 0)
                 colour = {1: "green", -1: "red"}.get(sign, "")
                 text = ("+" if diff > 0 else "") + (f"{diff * 100:.1f} pts" if "%" in fmt else fmt.format(diff))
                 cells.append(f"[{colour}]{text}[/]" if colour else text)

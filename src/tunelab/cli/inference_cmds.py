@@ -21,6 +21,9 @@ Temperature = Annotated[float, typer.Option(help="0: greedy decoding; above 0: s
 TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling threshold (with --temperature > 0).")]
 Seed = Annotated[int, typer.Option(help="Sampling seed.")]
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: the run's model.device).")]
+Overwrite = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an earlier tunelab model folder (never the input or other files).")
+]
 Trust = Annotated[
     bool,
     typer.Option(
@@ -62,6 +65,19 @@ def _load(target_text: str, device: str | None, trust_remote_code: bool = False)
     _quiet_libraries()
     model, tokenizer = load_target(target, device=device)
     return target, model, tokenizer, inference_prompt(target, tokenizer)
+
+
+def _is_generations(path: Path) -> bool:
+    """Whether `path` is what `generate --file` writes: JSON Lines whose rows carry a "generation"."""
+    import json
+
+    try:
+        with path.open(encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), "")
+        row = json.loads(first)
+    except (OSError, ValueError):
+        return False
+    return isinstance(row, dict) and "generation" in row
 
 
 def _check_room(model, n_prompt: int, max_new: int) -> None:
@@ -142,26 +158,28 @@ def register(app: typer.Typer) -> None:
         from rich.progress import Progress
 
         from tunelab.cli.common import console, out
+        from tunelab.inference.folder import source_folders
         from tunelab.inference.generate import generate_batch
         from tunelab.inference.prompts import prompt_text, read_prompt_rows
         from tunelab.inference.target import resolve_target
+        from tunelab.outputs import Output, check_output, staged_file
 
         resolved = resolve_target(target, trust)
-        rows = read_prompt_rows(file, resolved.prompt) if resolved.prompt_known else None  # fail before loading weights
+        # before loading weights: where the answers go, and (when the format is known) the prompts themselves
+        dest = out_file or file.with_name(file.name.removesuffix(".jsonl") + ".generations.jsonl")
+        generations = Output("the answers of `tunelab generate --file`", _is_generations)
+        dest = check_output(dest, "--out", generations, [file, *source_folders(resolved)], overwrite=True)
+        rows = read_prompt_rows(file, resolved.prompt) if resolved.prompt_known else None
         t, model, tokenizer, prompt_cfg = _load(target, device, trust)
         rows = rows or read_prompt_rows(file, prompt_cfg)
         prompts = [prompt_text(r, prompt_cfg, tokenizer) for r in rows]
-        dest = out_file or file.with_name(file.name.removesuffix(".jsonl") + ".generations.jsonl")
         start = time.perf_counter()
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("generate", total=len(prompts))
             answers = generate_batch(model, tokenizer, prompts, settings, on_batch=lambda n: progress.advance(task, n))
-        tmp = dest.with_name(dest.name + ".tmp")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("w", encoding="utf-8") as f:
+        with staged_file(dest) as tmp, tmp.open("w", encoding="utf-8") as f:
             for row, answer in zip(rows, answers, strict=True):
                 f.write(json.dumps({**row, "generation": answer}, ensure_ascii=False) + "\n")
-        tmp.replace(dest)
         out.print(
             f"wrote {len(answers)} answers to {dest} "
             f"({time.perf_counter() - start:.1f} s, {prompt_cfg.format} prompts)",
@@ -246,7 +264,7 @@ def register(app: typer.Typer) -> None:
         dtype: Annotated[
             str, typer.Option(help="bf16, fp16 or fp32; auto: the dtype the base model was published in.")
         ] = "auto",
-        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")] = False,
+        overwrite: Overwrite = False,
         device: Device = None,
         trust_remote_code: Trust = False,
     ):
@@ -288,7 +306,7 @@ def register(app: typer.Typer) -> None:
                 "the merged unquantized weights; norms stay f32.",
             ),
         ] = None,
-        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")] = False,
+        overwrite: Overwrite = False,
         push_to_hub: Annotated[
             str | None, typer.Option("--push-to-hub", help="Also upload to this hub repo (token from env HF_TOKEN).")
         ] = None,

@@ -80,11 +80,18 @@ def train(
         launch = Launch(nproc, nnodes, node_rank, master_addr, master_port)
         port = early_checks(cfg, launch)  # the flags, the strategy, the port: refused before any library loads
         raise typer.Exit(launch_run(cfg, config, overrides, resume, launch, port, console))
+    from tunelab.training.distributed import World, check_launch_env, check_launched, launch_command
+
+    check_launch_env()  # WORLD_SIZE=2 left in a shell: said by every process (none is a rank of a real job)
+    world = World.from_env()  # one of several processes started by a launcher, or alone
+    if not world.is_main:
+        console.quiet = True  # rank 0 speaks for the job
+    warning = check_launched(cfg, world)  # LOCAL_WORLD_SIZE 64 on a small machine: refused before anything loads
+    if warning:
+        console.print(Text(f"warning: {warning}", style="yellow"), highlight=False, soft_wrap=True)
     _quiet_libraries()
-    from tunelab.training.distributed import World, launch_command
     from tunelab.training.run import train as run_training
 
-    world = World.from_env()  # one of several processes started by a launcher, or alone
     command = launch_command(config, overrides, world)
     s = run_training(cfg, config_path=config, resume=resume, console=console, command=command)
     if world.is_main:
@@ -176,6 +183,10 @@ def validate(
     strict: Annotated[
         bool, typer.Option("--strict", help="Exit 2 on notes too (things that could not be checked, e.g. offline).")
     ] = False,
+    nproc: Annotated[
+        int,
+        typer.Option("--nproc", help="Check as for `train --nproc N`: the strategy, and whether N processes fit here."),
+    ] = 1,
 ):
     """Check everything about a run without loading weights: config, device, precision, model, data, output folders.
 
@@ -186,7 +197,7 @@ def validate(
     from tunelab.training.preflight import preflight
 
     cfg = load_config(config, overrides)
-    report = preflight(cfg, resume=resume)
+    report = preflight(cfg, resume=resume, nproc=nproc)
     for f in report.findings:  # diagnostics on stderr; the verdict on stdout
         style = {"problem": "red", "note": "yellow", "ok": "green"}[f.kind]
         console.print(Text.assemble((f"{f.kind:7s} ", style), f.line()), highlight=False, soft_wrap=True)
@@ -234,12 +245,14 @@ def tiny(
     preset: Annotated[str, typer.Option(help="llama-2l, llama-4l or quickstart-base.")] = "llama-2l",
 ):
     """Build a tiny Llama model and tokenizer locally (safetensors, Hugging Face layout)."""
-    from tunelab.model.tiny import PRESETS, build_tiny
+    from tunelab.model.tiny import PRESETS, TINY_MODEL, build_tiny
+    from tunelab.outputs import check_output
 
     if preset not in PRESETS:
         raise TunelabError(f"--preset: unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+    folder = check_output(out_dir, "--out", TINY_MODEL, overwrite=True)
     _quiet_libraries()
-    build_tiny(out_dir, PRESETS[preset])
+    build_tiny(folder, PRESETS[preset])
     out.print(f"wrote {out_dir} ({preset})")
 
 
@@ -251,12 +264,50 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ):
     """Write seeded synthetic Alpaca-format tasks with exact answers."""
-    from tunelab.data.synthetic import generate, write_jsonl
+    from tunelab.data.synthetic import SYNTHETIC_DATA, generate, write_jsonl
+    from tunelab.outputs import check_output
 
     if n <= 0:
         raise TunelabError("--n: must be positive")
-    write_jsonl(generate(n, seed), out_file)
+    write_jsonl(generate(n, seed), check_output(out_file, "--out", SYNTHETIC_DATA, overwrite=True))
     out.print(f"wrote {n} rows to {out_file}")
+
+
+@app.command()
+@user_errors
+def scorers():
+    """List the scorers eval.scorers and `tunelab eval --scorer` take: name, direction, reference, parameters."""
+    from rich.table import Table
+
+    from tunelab.scoring import DEFAULT_SCORERS, REGISTRY
+
+    t = Table(title="scorers: eval.scorers takes NAME or {NAME: {PARAM: VALUE}}", title_justify="left")
+    for column in ("scorer", "better", "reference", "parameters", "what it scores"):
+        t.add_column(column)
+    # the default set first, as eval reports it, then the rest by name
+    for kind in sorted(REGISTRY.values(), key=lambda k: (k.name not in DEFAULT_SCORERS, _default_rank(k.name))):
+        better = {1: "higher", -1: "lower", 0: "-"}[kind.direction]
+        t.add_row(kind.name, better, "needed" if kind.needs_reference else "-", _params(kind.params), kind.doc)
+    out.print(t)
+
+
+def _default_rank(name: str):
+    from tunelab.scoring import DEFAULT_SCORERS
+
+    return DEFAULT_SCORERS.index(name) if name in DEFAULT_SCORERS else name
+
+
+def _params(model) -> str:
+    """A parameter model's fields as `name=default` (`name` alone when required), its own fields only."""
+    from pydantic_core import PydanticUndefined
+
+    shown = []
+    for field_name, f in model.model_fields.items():
+        if field_name == "name":  # every scorer takes it
+            continue
+        key = f.alias or field_name
+        shown.append(key if f.default is PydanticUndefined else f"{key}={f.default}")
+    return ", ".join(shown) or "-"
 
 
 from tunelab.cli import evaluate_cmds, inference_cmds, perf_cmds, sweep_cmds, tracking_cmds  # noqa: E402
@@ -266,6 +317,11 @@ for _area in (tracking_cmds, evaluate_cmds, inference_cmds, perf_cmds, sweep_cmd
 
 
 def main() -> None:
+    from tunelab.procs import die_with_parent
+
+    if not die_with_parent():  # started by a process that is gone already: nothing to run for
+        sys.stderr.write("tunelab: the process that started this one has exited; stopping\n")
+        sys.exit(143)
     app(prog_name="tunelab")
 
 

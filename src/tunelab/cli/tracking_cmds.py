@@ -234,11 +234,13 @@ def artifacts_show(
 
 @user_errors
 def runs_list(runs_dir: RunsDirOpt = Path("runs"), as_json: JsonOpt = False):
-    """A table of the runs: status, base model, key hyper-parameters, final losses, duration."""
+    """A table of the runs: status, method, base model, key hyper-parameters, final losses, duration.
+    A damaged run is left out with a note saying which file is damaged and how."""
     from tunelab.cli.common import out
-    from tunelab.runs.index import find_runs, row
+    from tunelab.runs.index import rows as list_rows
 
-    rows = [row(r) for r in find_runs(runs_dir)]
+    rows, notes = list_rows(runs_dir)
+    _notes(notes)
     if as_json:
         out.print_json(json.dumps(rows))
         return
@@ -246,6 +248,7 @@ def runs_list(runs_dir: RunsDirOpt = Path("runs"), as_json: JsonOpt = False):
         "name",
         "status",
         "base_model",
+        "method",
         "adapter",
         "quantization",
         "learning_rate",
@@ -258,6 +261,14 @@ def runs_list(runs_dir: RunsDirOpt = Path("runs"), as_json: JsonOpt = False):
     print_table(
         [c.replace("_", " ") for c in cols], [[_fmt(r[c]) for c in cols] for r in rows], title=f"runs in {runs_dir}"
     )
+
+
+def _notes(notes: list[str]) -> None:
+    """One line each on stderr, so a table or JSON on stdout stays clean."""
+    from tunelab.cli.common import console
+
+    for note in notes:
+        console.print(note, highlight=False, markup=False, soft_wrap=True)
 
 
 @user_errors
@@ -316,6 +327,7 @@ def runs_compare(
     from tunelab.runs.index import compare, resolve_run
 
     res = compare([resolve_run(r, runs_dir) for r in runs])
+    _notes(res["notes"])
     if as_json:
         out.print_json(json.dumps(res, default=str))
         return

@@ -53,12 +53,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError([f"{p}:{line}: not UTF-8 text (byte {e.object[e.start]:#04x})"]) from None
     except OSError as e:
         raise ConfigError([f"{p}: cannot read it ({e.strerror})"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}" if mark else str(p)
-        raise ConfigError([f"{where}: invalid YAML: {getattr(e, 'problem', e)}"]) from None
+    data = parse_yaml(text, str(p))
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -75,10 +70,32 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not parts:
         raise ConfigError([f"override {text!r}: empty key"])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+        value = parse_yaml(raw, f"override {key.strip()}", numbered=False) if raw.strip() else None
+    except ConfigError as e:
+        if not isinstance(e.__context__, yaml.YAMLError):
+            raise
+        value = raw  # not YAML: the text itself (a template with braces, a path with colons)
     return parts, value
+
+
+def parse_yaml(text: str, where: str, numbered: bool = True) -> Any:
+    """YAML text as data; a ConfigError naming `where` (and, when `numbered`, the line) for invalid
+    YAML, nesting past Python's recursion limit, or an integer past Python's digit limit for int()."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"{where}:{mark.line + 1}" if mark and numbered else where
+        raise ConfigError([f"{at}: invalid YAML: {getattr(e, 'problem', e)}"]) from e
+    except RecursionError:
+        raise ConfigError([f"{where}: nested too deeply to read"]) from None
+    except ValueError:
+        import sys
+
+        limit = sys.get_int_max_str_digits()
+        m = re.search(rf"[0-9_]{{{limit + 1},}}", text)
+        at = f"{where}:{text.count(chr(10), 0, m.start()) + 1}" if m and numbered else where
+        raise ConfigError([f"{at}: a number of more than {limit:,} digits; no setting takes one"]) from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -112,7 +129,10 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
 
 def format_validation_error(err: ValidationError, model: type[BaseModel] = RunConfig) -> list[str]:
     problems = []
-    for e in err.errors():
+    errors = err.errors()
+    for e in errors:
+        if _lost_union_member(e, errors):
+            continue
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
         # pydantic adds the tried union member (e.g. 'list[str]', 'literal[...]') to the location; drop it
         loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float", "bool"})))
@@ -129,7 +149,7 @@ def format_validation_error(err: ValidationError, model: type[BaseModel] = RunCo
         else:
             msg = e["msg"].removeprefix("Value error, ")
             got = e.get("input")
-            shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+            shown = "" if isinstance(got, dict | list) or got is None else f" (got {_shown(got)})"
             problems.append(f"{field}: {msg}{shown}")
     # union members each report the same field; keep the first message per field
     seen, unique = set(), []
@@ -139,6 +159,24 @@ def format_validation_error(err: ValidationError, model: type[BaseModel] = RunCo
             seen.add(key)
             unique.append(p)
     return unique
+
+
+def _lost_union_member(e: dict, errors: list[dict]) -> bool:
+    """A union member's "not a mapping" error when another member got further (`data.train` as one
+    source, when it is a list of sources with a bad field): the deeper error is the one to show."""
+    if e["type"] not in ("model_type", "dict_type", "list_type"):
+        return False
+    prefix = e["loc"][:-1]
+    return any(o is not e and o["loc"][: len(prefix)] == prefix and len(o["loc"]) > len(e["loc"]) for o in errors)
+
+
+def _shown(value: Any) -> str:
+    """A rejected value for a one-line message: at most 60 characters (a 300-character name, a
+    3,000-digit number would otherwise fill the screen)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:50]}... ({len(text)} characters)"
 
 
 def key_problem(key: str) -> str | None:
@@ -211,6 +249,8 @@ def anchor_paths(cfg: RunConfig, base: Path) -> None:
     for src in cfg.data.sources:
         src.path = anchored(src.path)
     cfg.model.name = anchored(cfg.model.name)
+    if cfg.prompt.chat_template is not None and not cfg.prompt.chat_template.isidentifier():
+        cfg.prompt.chat_template = anchored(cfg.prompt.chat_template)  # a file; built-in names are identifiers
     # Where runs and tracker files go is relative to the working directory (as `runs/` in the
     # quickstart): made absolute here, a saved run config finds its own artifact store from anywhere.
     for section in (cfg.output, cfg.tracking):

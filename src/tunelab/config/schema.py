@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,12 +20,19 @@ DType = Literal["auto", "bf16", "fp16", "fp32"]
 # absolute path would point a run (and output.overwrite) at someone else's files.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
+# File systems take 255 bytes per path component; what tunelab names after a run (its lock file
+# `.<name>.lock`, temporary names, a sweep's trial and tracker names) needs room beside it.
+NAME_MAX = 200
+# numpy's seed range: a seed outside it fails only once training starts.
+SEED_MAX = 2**32 - 1
 
 
 def check_name(value: str) -> str:
     """A single path component of letters, digits, '.', '_' and '-', not '.' or '..' (else ValueError)."""
     if not NAME_PATTERN.match(value) or value in (".", ".."):
         raise ValueError("must be one folder name of letters, digits, '.', '_' and '-' (not '.' or '..', no '/')")
+    if len(value) > NAME_MAX:
+        raise ValueError(f"must be at most {NAME_MAX} characters; file systems cap the length of a folder name")
     return value
 
 
@@ -163,12 +170,15 @@ class SourceConfig(Section):
     )
     sharegpt: ShareGPTConfig = Field(default_factory=ShareGPTConfig, description="ShareGPT keys and role names.")
     field_map: dict[str, str] | None = Field(None, description="Rename this source's fields (default: data.field_map).")
-    documents: Literal["file", "blank_lines"] = Field(
-        "file", description=".txt files: each file is one document, or each block between blank lines is one."
+    documents: Literal["file", "blank_lines", "lines"] = Field(
+        "file",
+        description=".txt files: each file is one document, each block between blank lines is one, or each "
+        "non-blank line is one (LLaMA-Factory's convention).",
     )
     weight: float | None = Field(
         None,
         gt=0,
+        allow_inf_nan=False,
         description="In a mixture: this source's share of the training rows "
         "(weights are normalised; rows are counted exactly, seeded).",
     )
@@ -214,7 +224,7 @@ class DataConfig(Section):
     )
     test_rows: int | None = Field(None, gt=0, description="Use only the first N test rows.")
     shuffle: bool = Field(True, description="Shuffle the training rows (seeded) before selecting.")
-    seed: int = Field(42, description="Seed for shuffling and test carving.")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed for shuffling and test carving.")
     field_map: dict[str, str] = Field(
         default_factory=dict, description="Rename source fields, e.g. {question: instruction}."
     )
@@ -225,7 +235,13 @@ class DataConfig(Section):
         "truncate",
         description="What to do with examples over max_length: truncate, drop, or split into max_length "
         "pieces, each its own packed example (TRL's bfd_split; continued pre-training on long documents; needs "
-        "training.packing: true). Blocks (training.packing: blocks) never cut an example short.",
+        "training.packing: true). Blocks (training.packing: blocks) never cut an example short. Default: split "
+        "for prompt.format text with training.packing: true (a long document keeps every token), else truncate.",
+    )
+    truncate_prompt: Literal["none", "left"] = Field(
+        "none",
+        description="Preference pairs (dpo / kto) whose prompt leaves no room for the answers: none = drop the pair "
+        "(counted), left = drop the prompt's first tokens so its end and the answers fit (TRL's keep_end).",
     )
     max_lost_answers: float = Field(
         0.5,
@@ -296,6 +312,12 @@ class PromptConfig(Section):
     template: str | None = Field(
         None, description="custom: template with {field} placeholders; the response field is appended after it."
     )
+    chat_template: str | None = Field(
+        None,
+        description="messages: the chat template to render with instead of the tokenizer's own: a built-in name "
+        "(chatml; hermes, llama3 render tools) or a Jinja file. Saved with the tokenizer in final/ and every "
+        "exported folder, so generate, serve and export use it too.",
+    )
     response_field: str = Field("output", description="custom: the field holding the answer.")
     text_field: str = Field("text", description="text: the field holding the raw text.")
     train_on: Literal["response", "all"] = Field(
@@ -330,6 +352,8 @@ class PromptConfig(Section):
     def _template_needed(self):
         if self.format == "custom" and not self.template:
             raise ValueError("prompt.template is required when prompt.format is custom")
+        if self.chat_template is not None and self.format != "messages":
+            raise ValueError("prompt.chat_template: only prompt.format messages renders with a chat template")
         return self
 
 
@@ -393,7 +417,7 @@ class TrainingConfig(Section):
         None, gt=0, description="Checkpoint every N steps (null: no intermediate checkpoints)."
     )
     save_total_limit: int | None = Field(None, gt=0, description="Keep only the newest N checkpoints.")
-    seed: int = Field(42, description="Seed for initialisation, dropout and data order.")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed for initialisation, dropout and data order.")
     resume: Literal[False, "auto"] | str = Field(
         False, description="`auto`: continue from the newest checkpoint of this run; or a checkpoint path."
     )
@@ -483,7 +507,7 @@ class GenerationSettings(Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     batch_size: int = Field(16, gt=0, description="Prompts generated together (batched, KV cache, left padding).")
-    seed: int = Field(0, description="Sampling seed (generation never touches the training RNG).")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Sampling seed (generation never touches the training RNG).")
     ignore_eos: bool = Field(
         False,
         description="Generate max_new_tokens tokens even past an end-of-sequence token "
@@ -512,8 +536,16 @@ class SamplesConfig(GenerationSettings):
 class EvalConfig(Section):
     generation_metrics: bool = Field(
         True,
-        description="At every evaluation, score the sample answers (exact match, normalized exact match, "
-        "ROUGE-L, BLEU, chrF, answer length) into metrics.jsonl and the trackers, next to the loss.",
+        description="At every evaluation, score the sample answers with eval.scorers into metrics.jsonl and the "
+        "trackers, next to the loss (off: exact match alone).",
+    )
+    # checked against the scorer registry (tunelab.scoring, above this layer) by train, validate and eval
+    scorers: list[str | dict[str, Any]] | None = Field(
+        None,
+        description="What scores `tunelab eval` and the sample answers at every evaluation (as samples_<name>): "
+        "scorer names or {name: parameters}, e.g. [exact_match, {numeric: {tolerance: 1e-6}}, "
+        "{python: my_checks:score}]; `tunelab scorers` lists them. Default: exact_match, normalized_exact_match, "
+        "rougeL, bleu, chrf, answer_words.",
     )
 
 
@@ -618,6 +650,8 @@ class RunConfig(Section):
                     f"{where}.format: {src.format} rows cannot be rendered as prompt.format {fmt} "
                     f"(it takes {', '.join(SOURCE_FORMATS_FOR[fmt])})"
                 )
+        if fmt == "text" and "too_long" not in self.data.model_fields_set and self.training.packing is True:
+            self.data.too_long = "split"  # a long document keeps every token (one .txt file is one document)
         if self.data.too_long == "split" and self.training.packing is not True:
             raise ValueError(
                 "data.too_long: split cuts long examples into packed pieces; it needs training.packing: true"

@@ -14,17 +14,26 @@ from typing import Any
 from tunelab.config.schema import ShareGPTConfig
 
 ROLES = ("system", "user", "assistant", "tool")
+# JSON that parses as syntax but not as Python values: an integer past int()'s digit limit, or nesting
+# deeper than the recursion limit
+UNREADABLE_JSON = "JSON holding a number too long or nesting too deep to read"
 
 
 class RowProblem(Exception):
-    def __init__(self, message: str, reason: str):
+    """A row tunelab cannot use: what is wrong, the reason it is counted under, and (when skipping such
+    rows would skip them all, as for a whole file of another shape) what to set instead."""
+
+    def __init__(self, message: str, reason: str, hint: str | None = None):
         super().__init__(message)
-        self.message, self.reason = message, reason
+        self.message, self.reason, self.hint = message, reason, hint
 
 
-def normalize_messages(msgs: Any, tools: Any = None, field: str = "messages") -> tuple[list[dict], list[dict] | None]:
+def normalize_messages(
+    msgs: Any, tools: Any = None, field: str = "messages", answered: bool = True
+) -> tuple[list[dict], list[dict] | None]:
     """Checked copies of a conversation and its tools list: tool-call arguments as JSON objects (not
-    strings), every tool definition in the OpenAI shape {type: function, function: {...}}."""
+    strings), every tool definition in the OpenAI shape {type: function, function: {...}}.
+    `answered`: the conversation must hold an assistant turn to learn from (not so for a prompt)."""
     if not isinstance(msgs, list) or not msgs:
         raise RowProblem(f"field {field!r} should be a non-empty list of {{role, content}}", "bad_messages")
     out = []
@@ -49,7 +58,7 @@ def normalize_messages(msgs: Any, tools: Any = None, field: str = "messages") ->
                 f"{field}[{i}].content should be a string, got {type(m.get('content')).__name__}", "bad_messages"
             )
         out.append(m)
-    if not any(m["role"] == "assistant" and (m["content"].strip() or m.get("tool_calls")) for m in out):
+    if answered and not any(m["role"] == "assistant" and (m["content"].strip() or m.get("tool_calls")) for m in out):
         raise RowProblem("conversation has no assistant turn to learn from", "no_assistant_turn")
     return out, normalize_tools(tools)
 
@@ -63,6 +72,8 @@ def normalize_tools(tools: Any, field: str = "tools") -> list[dict] | None:
             tools = json.loads(tools)
         except json.JSONDecodeError as e:
             raise RowProblem(f"field {field!r}: not valid JSON ({e.msg})", "bad_tools") from None
+        except (ValueError, RecursionError):
+            raise RowProblem(f"field {field!r}: {UNREADABLE_JSON}", "bad_tools") from None
     if not isinstance(tools, list):
         raise RowProblem(f"field {field!r} should be a list of tool definitions", "bad_tools")
     out = []
@@ -89,6 +100,8 @@ def _tool_call(call: Any, where: str) -> dict:
             args = json.loads(args) if args.strip() else {}
         except json.JSONDecodeError as e:
             raise RowProblem(f"{where}.arguments: not valid JSON ({e.msg})", "bad_tool_calls") from None
+        except (ValueError, RecursionError):
+            raise RowProblem(f"{where}.arguments: {UNREADABLE_JSON}", "bad_tool_calls") from None
     if not isinstance(args, dict):
         raise RowProblem(f"{where}.arguments should be a JSON object", "bad_tool_calls")
     out = {"type": "function", "function": {"name": fn["name"], "arguments": args}}
@@ -109,23 +122,48 @@ def is_sharegpt(row: dict[str, Any], sg: ShareGPTConfig) -> bool:
     )
 
 
-def from_sharegpt(row: dict[str, Any], sg: ShareGPTConfig) -> dict[str, Any]:
+def from_sharegpt(row: dict[str, Any], sg: ShareGPTConfig, answered: bool = True) -> dict[str, Any]:
     """A ShareGPT row as {messages, tools}: function_call turns become assistant tool calls (consecutive
-    ones one turn with several calls), observation turns tool results, the system field a system turn."""
+    ones one turn with several calls), observation turns tool results, the system field a system turn.
+    `answered` False: a prompt, which need not hold an assistant turn yet."""
     turns = row.get(sg.conversations)
     if not isinstance(turns, list) or not turns:
         raise RowProblem(
             f"field {sg.conversations!r} should be a non-empty list of turns", f"missing_{sg.conversations}"
         )
-    roles = sg.role_map()
     msgs: list[dict[str, Any]] = []
     system = row.get(sg.system)
     if system is not None and not isinstance(system, str):
         raise RowProblem(f"field {sg.system!r} should be a string, got {type(system).__name__}", "bad_sharegpt")
     if system and system.strip():
         msgs.append({"role": "system", "content": system})
+    _add_turns(msgs, turns, sg, sg.conversations)
+    out = {k: v for k, v in row.items() if k not in (sg.conversations, sg.system, sg.tools)}
+    out["messages"], tools = normalize_messages(msgs, row.get(sg.tools), sg.conversations, answered)
+    if tools:
+        out["tools"] = tools
+    return out
+
+
+def sharegpt_preference(row: dict[str, Any], sg: ShareGPTConfig) -> dict[str, Any]:
+    """A ShareGPT preference row (LLaMA-Factory's: `conversations` the prompt, `chosen` / `rejected`
+    one `{from, value}` turn each, or a list of them) with OpenAI-shaped `prompt` and answers."""
+    out = from_sharegpt(row, sg, answered=False)
+    out["prompt"] = out.pop("messages")
+    for name in ("chosen", "rejected", "completion"):
+        value = row.get(name)
+        if isinstance(value, dict | list):
+            answer: list[dict[str, Any]] = []
+            _add_turns(answer, _as_list(value), sg, name)
+            out[name] = answer[0] if isinstance(value, dict) and len(answer) == 1 else answer
+    return out
+
+
+def _add_turns(msgs: list[dict[str, Any]], turns: list, sg: ShareGPTConfig, field: str) -> None:
+    """ShareGPT turns appended to `msgs` as OpenAI messages (a function call joins the assistant's call turn)."""
+    roles = sg.role_map()
     for i, turn in enumerate(turns):
-        where = f"{sg.conversations}[{i}]"
+        where = f"{field}[{i}]" if len(turns) > 1 or field == sg.conversations else field
         if not isinstance(turn, dict):
             raise RowProblem(f"{where} should be an object with {sg.role!r} and {sg.content!r}", "bad_sharegpt")
         name, value = turn.get(sg.role), turn.get(sg.content)
@@ -145,6 +183,8 @@ def from_sharegpt(row: dict[str, Any], sg: ShareGPTConfig) -> dict[str, Any]:
                 raise RowProblem(
                     f"{where}.{sg.content}: a function call that is not valid JSON ({e.msg})", "bad_tool_calls"
                 ) from None
+            except (ValueError, RecursionError):
+                raise RowProblem(f"{where}.{sg.content}: {UNREADABLE_JSON}", "bad_tool_calls") from None
             calls = [_tool_call(c, f"{where}.{sg.content}") for c in _as_list(calls)]
             if msgs and msgs[-1]["role"] == "assistant" and msgs[-1].get("tool_calls"):
                 msgs[-1]["tool_calls"] += calls
@@ -154,11 +194,6 @@ def from_sharegpt(row: dict[str, Any], sg: ShareGPTConfig) -> dict[str, Any]:
             msgs.append({"role": "system", "content": value})
         else:
             msgs.append({"role": role, "content": value})
-    out = {k: v for k, v in row.items() if k not in (sg.conversations, sg.system, sg.tools)}
-    out["messages"], tools = normalize_messages(msgs, row.get(sg.tools), sg.conversations)
-    if tools:
-        out["tools"] = tools
-    return out
 
 
 def from_alpaca(row: dict[str, Any]) -> dict[str, Any]:

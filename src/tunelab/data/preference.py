@@ -47,6 +47,8 @@ def _answer_turn(value: Any, name: str) -> tuple[list[dict] | None, dict]:
 
 def preference_row(row: dict[str, Any], cfg: PromptConfig, method: str) -> dict[str, Any]:
     """The normalised row, or RowProblem."""
+    if method == "kto" and "label" in row and not any(k in row for k in ("completion", "chosen", "rejected")):
+        row = _answer_as_completion(row, cfg)
     unpaired = method == "kto" and "completion" in row
     names = ("completion",) if unpaired else ("chosen", "rejected")
     for n in names:
@@ -62,6 +64,22 @@ def preference_row(row: dict[str, Any], cfg: PromptConfig, method: str) -> dict[
     answers = {n: _answer_text(row[n], n) for n in names}
     key = "output" if cfg.format == "alpaca" else cfg.response_field
     return {**row, key: answers[names[0]]}
+
+
+def _answer_as_completion(row: dict[str, Any], cfg: PromptConfig) -> dict[str, Any]:
+    """A KTO row that holds its answer where an SFT row does (LLaMA-Factory's `messages` + `label`: the
+    last assistant turn; an Alpaca row's `output`) with that answer as its `completion`."""
+    if cfg.format != "messages":
+        key = "output" if cfg.format == "alpaca" else cfg.response_field
+        return {**{k: v for k, v in row.items() if k != key}, "completion": row.get(key)}
+    msgs = row.get("prompt", row.get("messages"))
+    if not isinstance(msgs, list) or not msgs or not isinstance(msgs[-1], dict) or msgs[-1].get("role") != "assistant":
+        raise RowProblem(
+            "a KTO row (label) needs a completion: a 'completion' field, or messages ending in the assistant's answer",
+            "missing_completion",
+        )
+    rest = {k: v for k, v in row.items() if k not in ("prompt", "messages")}
+    return {**rest, "prompt": msgs[:-1], "completion": msgs[-1]}
 
 
 def _chat_row(row: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
@@ -101,13 +119,18 @@ def _answers(row: dict[str, Any], method: str) -> list[tuple[str, Any, bool]]:
     return [("chosen_ids", row["chosen"], True), ("rejected_ids", row["rejected"], False)]
 
 
-def iter_pairs(raw, spec, tokenizer, counts: Counter, method: str, chunk: int = 500):
+def iter_pairs(raw, spec, tokenizer, counts: Counter, method: str, chunk: int = 500, by_source=None):
     """Yield batches of tokenized preference examples: {prompt_ids, chosen_ids, rejected_ids} (dpo)
     or {prompt_ids, completion_ids, label} (kto), with `origin` (the row's source) alongside.
 
     Every answer ends with EOS. A prompt that fills max_length leaves no answer token and is dropped
-    (`no_response_tokens`); a longer prompt + answer is truncated (or dropped with data.too_long: drop).
+    (`no_response_tokens`), unless data.truncate_prompt is left: then the prompt keeps its last tokens
+    (at least half of max_length, the rest for the longest answer; `prompt_truncated_left`). A longer
+    prompt + answer is truncated (or dropped with data.too_long: drop). `counts` and `by_source` (per
+    training source) count each, and the answer tokens truncation cut (`too_long_tokens_cut`).
     """
+    from tunelab.data.prepare import loss_counter
+
     max_len, eos = spec.max_length, tokenizer.eos_token_id
     cfg = spec.prompt.model_copy(update={"train_on": "response"})
     adds = tokenizer_adds_bos(tokenizer)
@@ -132,15 +155,23 @@ def iter_pairs(raw, spec, tokenizer, counts: Counter, method: str, chunk: int = 
                 p_ids += next(enc)
             done = [(column, next(enc), label) for column, _, label in answers]
             done = [(c, ids if ids and ids[-1] == eos else [*ids, eos], label) for c, ids, label in done]
+            lose = loss_counter(counts, by_source, origin)
+            longest = max(len(ids) for _, ids, _ in done)
+            if spec.truncate_prompt == "left" and len(p_ids) + longest > max_len:
+                keep = max(max_len // 2, max_len - longest)
+                if len(p_ids) > keep:
+                    lose("prompt_truncated_left")
+                    p_ids = _prompt_tail(p_ids, keep, tokenizer.bos_token_id)
             if len(p_ids) >= max_len:
-                counts["no_response_tokens"] += 1
+                lose("no_response_tokens")
                 continue
             room = max_len - len(p_ids)
             if any(len(ids) > room for _, ids, _ in done):
                 if spec.too_long == "drop":
-                    counts["too_long_dropped"] += 1
+                    lose("too_long_dropped")
                     continue
-                counts["too_long_truncated"] += 1
+                lose("too_long_truncated")
+                lose("too_long_tokens_cut", sum(max(0, len(ids) - room) for _, ids, _ in done))
                 done = [(c, ids[:room], label) for c, ids, label in done]
             if method == "kto":
                 for _, ids, label in done:
@@ -151,6 +182,13 @@ def iter_pairs(raw, spec, tokenizer, counts: Counter, method: str, chunk: int = 
                     out.setdefault(k, []).append(v)
         if out["prompt_ids"]:
             yield out
+
+
+def _prompt_tail(p_ids: list[int], keep: int, bos: int | None) -> list[int]:
+    """The last `keep` tokens of a prompt, behind its BOS when it starts with one (TRL's keep_end)."""
+    if bos is not None and p_ids[:1] == [bos]:
+        return [bos, *p_ids[len(p_ids) - keep + 1 :]]
+    return p_ids[len(p_ids) - keep :]
 
 
 def example_tokens(batch: dict[str, list], i: int) -> tuple[int, int]:

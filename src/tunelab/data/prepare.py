@@ -29,7 +29,7 @@ from tunelab.data.tokens import needs_bos
 from tunelab.data.validate import validate_rows
 from tunelab.errors import ConfigError, DataError
 
-CACHE_VERSION = "4"
+CACHE_VERSION = "5"
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,13 @@ class TokenSpec:
     too_long: str = "truncate"
     whole: bool = False  # examples keep their length: TRL's packing cuts them (packing: blocks, too_long: split)
     on_bad_row: str = "error"  # a conversation the chat template refuses: a file:line error, or skipped and counted
+    truncate_prompt: str = "none"  # preference pairs: left = a long prompt loses its first tokens, not the pair
 
     @classmethod
     def of(cls, cfg: RunConfig) -> TokenSpec:
-        whole = cfg.training.method == "sft" and (cfg.training.packing == "blocks" or cfg.data.too_long == "split")
-        return cls(cfg.prompt, cfg.training.max_length, cfg.data.too_long, whole=whole, on_bad_row=cfg.data.on_bad_row)
+        d = cfg.data
+        whole = cfg.training.method == "sft" and (cfg.training.packing == "blocks" or d.too_long == "split")
+        return cls(cfg.prompt, cfg.training.max_length, d.too_long, whole, d.on_bad_row, d.truncate_prompt)
 
 
 @dataclass
@@ -91,9 +93,7 @@ def load_splits(cfg: RunConfig, home=None) -> tuple[RawRows, RawRows, dict[str, 
         if not test.rows:
             raise DataError(no_rows_message(d.test.path, test, "data.test"), hint=_no_rows_hint(test))
     elif d.test_size is not None:
-        n_test = int(round(d.test_size * len(train.rows))) if d.test_size < 1 else int(d.test_size)
-        if not 0 < n_test < len(train.rows):
-            raise DataError(f"data.test_size: {d.test_size} leaves no train or no test rows out of {len(train.rows)}")
+        n_test = test_count(d.test_size, train, src, "data.test_size")
         order = list(range(len(train.rows)))
         random.Random(d.seed).shuffle(order)
         test = _subset(train, sorted(order[:n_test]))
@@ -146,12 +146,8 @@ def load_mixture(cfg: RunConfig, home) -> tuple[RawRows, RawRows, dict[str, Any]
         test_size = src.test_size if src.test_size is not None else d.test_size
         test = RawRows()
         if test_size is not None:
-            n_test = int(round(test_size * len(raw.rows))) if test_size < 1 else int(test_size)
-            if not 0 < n_test < len(raw.rows):
-                raise DataError(
-                    f"{label}.test_size: {test_size} leaves no train or no test rows out of {len(raw.rows)} "
-                    f"in {src.path}"
-                )
+            field = f"{label}.test_size" if src.test_size is not None else "data.test_size"
+            n_test = test_count(test_size, raw, src, field, f" in {src.path}")
             order = list(range(len(raw.rows)))
             random.Random(d.seed + i).shuffle(order)
             test = _subset(raw, sorted(order[:n_test]), origin=i)
@@ -215,6 +211,21 @@ def load_mixture(cfg: RunConfig, home) -> tuple[RawRows, RawRows, dict[str, Any]
     if notes:
         stats["format_notes"] = notes
     return train, test, stats
+
+
+def test_count(test_size: float | int, raw: RawRows, src, field: str, where: str = "") -> int:
+    """How many of a source's rows `test_size` (a fraction or a count) carves for testing; a DataError
+    when that leaves no train or no test row (for whole .txt files, saying how to cut them into documents)."""
+    n = len(raw.rows)
+    n_test = int(round(test_size * n)) if test_size < 1 else int(test_size)
+    if 0 < n_test < n:
+        return n_test
+    whole_files = src.documents == "file" and all(".txt:" in w for w in raw.where)
+    cut = " (each .txt file is one document: set data.train.documents: lines or blank_lines)" if whole_files else ""
+    raise DataError(
+        f"{field}: {test_size} leaves no train or no test rows out of {n}{where}{cut}",
+        hint="or name a test file in data.test" if whole_files else None,
+    )
 
 
 def mixture_counts(available: list[int], srcs, total: int | None) -> list[int]:
@@ -292,13 +303,22 @@ def _render(raw: RawRows, start: int, rows: list[dict[str, Any]], spec: TokenSpe
     return out
 
 
-def iter_tokenized(raw: RawRows, spec: TokenSpec, tokenizer: Any, counts: Counter, chunk: int = 1000):
+def iter_tokenized(
+    raw: RawRows,
+    spec: TokenSpec,
+    tokenizer: Any,
+    counts: Counter,
+    chunk: int = 1000,
+    by_source: dict[int, Counter] | None = None,
+):
     """Yield batches {input_ids, labels, origin} of rendered, tokenized rows; EOS ends every example.
 
     Works a chunk of rows at a time (the tokenizer's Rust batch call), so memory stays bounded by
-    the chunk, not the data set. `counts` collects truncated / dropped examples by reason; `origin`
-    is each example's training source. With `spec.whole` examples keep their full length (TRL's
-    packing cuts them: `wrapped` blocks, or `bfd_split` pieces, counted as `too_long_split`).
+    the chunk, not the data set. `counts` (and `by_source`, per training source) collects truncated /
+    dropped examples by reason, the tokens truncation cut (`too_long_tokens_cut`) and the assistant
+    tool calls it cut or dropped (`tool_calls_lost`); `origin` is each example's
+    training source. With `spec.whole` examples keep their full length (TRL's packing cuts them:
+    `wrapped` blocks, or `bfd_split` pieces, counted as `too_long_split`).
     """
     max_len = spec.max_length
     eos = tokenizer.eos_token_id
@@ -314,8 +334,12 @@ def iter_tokenized(raw: RawRows, spec: TokenSpec, tokenizer: Any, counts: Counte
         k = 0
         for index, s in rendered:
             origin = raw.origin[index] if raw.origin else 0
+            lose = loss_counter(counts, by_source, origin)
+            calls = _calls_per_answer(raw.rows[index], spec.prompt)
             ids: list[int] = []
             labels: list[int] = []
+            ends: list[int] = []  # where each trainable segment (an assistant turn) ends
+            cut = False
             if s and needs_bos(tokenizer, s[0][0], adds_bos):
                 ids.append(bos)
                 labels.append(-100)
@@ -324,26 +348,56 @@ def iter_tokenized(raw: RawRows, spec: TokenSpec, tokenizer: Any, counts: Counte
                 k += 1
                 ids.extend(piece)
                 labels.extend(piece if trainable else [-100] * len(piece))
+                if trainable:
+                    ends.append(len(ids))
             if not ids or ids[-1] != eos:
                 ids.append(eos)
                 labels.append(eos)
             if len(ids) > max_len and spec.whole:
                 if spec.too_long == "split":
-                    counts["too_long_split"] += 1
+                    lose("too_long_split")
             elif len(ids) > max_len:
                 if spec.too_long == "drop":
-                    counts["too_long_dropped"] += 1
+                    lose("too_long_dropped")
+                    lose("tool_calls_lost", sum(calls))
                     continue
-                counts["too_long_truncated"] += 1
+                lose("too_long_truncated")
+                lose("too_long_tokens_cut", len(ids) - max_len)
+                cut = True
+                lose("tool_calls_lost", sum(n for n, end in zip(calls, ends, strict=False) if end > max_len))
                 ids, labels = ids[:max_len], labels[:max_len]
             if all(lab == -100 for lab in labels):
-                counts["no_response_tokens"] += 1
+                lose("no_response_tokens")
+                if cut:  # every token of the row is lost, not only those past the limit
+                    lose("too_long_tokens_cut", len(ids))
+                else:  # (a truncated row counted its lost calls above)
+                    lose("tool_calls_lost", sum(calls))
                 continue
             ids_out.append(ids)
             labels_out.append(labels)
             origin_out.append(origin)
         if ids_out:
             yield {"input_ids": ids_out, "labels": labels_out, "origin": origin_out}
+
+
+def loss_counter(counts: Counter, by_source: dict[int, Counter] | None, origin: int):
+    """`lose(key, n)`: add n to `counts` and to the example's source's own counter."""
+
+    def lose(key: str, n: int = 1) -> None:
+        if n:
+            counts[key] += n
+            if by_source is not None:
+                by_source.setdefault(origin, Counter())[key] += n
+
+    return lose
+
+
+def _calls_per_answer(row: dict[str, Any], prompt: PromptConfig) -> list[int]:
+    """Tool calls in each trainable segment of a chat row (its assistant turns, in order); none to
+    count when every segment is trainable (train_on: all) or the row is no chat."""
+    if prompt.format != "messages" or prompt.train_on != "response":
+        return []
+    return [len(m.get("tool_calls") or ()) for m in row["messages"] if m["role"] == "assistant"]
 
 
 def tokenize_rows(raw: RawRows, spec: TokenSpec, tokenizer: Any) -> tuple[dict[str, list], Counter]:
@@ -375,7 +429,7 @@ def write_arrow(
     ids = Sequence(Value("int32"))
     if method == "sft":
         features = Features({"input_ids": ids, "labels": ids})
-        batches = iter_tokenized(raw, spec, tokenizer, counts)
+        batches = iter_tokenized(raw, spec, tokenizer, counts, by_source=per_source)
     else:
         from tunelab.data.preference import iter_pairs
 
@@ -385,7 +439,7 @@ def write_arrow(
             else {"chosen_ids": ids, "rejected_ids": ids}
         )
         features = Features({"prompt_ids": ids, **answer})
-        batches = iter_pairs(raw, spec, tokenizer, counts, method)
+        batches = iter_pairs(raw, spec, tokenizer, counts, method, by_source=per_source)
     n = tokens = loss_tokens = 0
     with ArrowWriter(features=features, path=str(path)) as writer:
         for batch in batches:
@@ -436,11 +490,9 @@ def prepare_data(cfg: RunConfig, tokenizer: Any, console=None, home=None) -> Pre
     if console is not None:
         for line in stats.get("format_notes", []):
             console.print(f"[bold]note[/]: {line}", highlight=False, soft_wrap=True)
-    if cfg.prompt.format == "messages":
-        from tunelab.data.tools import check_tool_template, needs_tools
+    from tunelab.data.tools import check_run_tools
 
-        if needs_tools(train.rows) or needs_tools(test.rows):
-            check_tool_template(tokenizer, cfg.model.name)  # before any weights load
+    check_run_tools(cfg, tokenizer, train.rows, test.rows)  # before any weights load
     cache_dir = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else cache_root("data")
     entry = cache_dir / cache_key(cfg, train, test, tokenizer)
     hit = (entry / "stats.json").is_file()
@@ -479,10 +531,12 @@ def _build_entry(entry: Path, cfg: RunConfig, tokenizer: Any, train: RawRows, te
         if not tr["examples"]:
             raise DataError(_all_dropped(cfg, len(train.rows), counts))
         train_counts = {f"train_{k}": v for k, v in counts.items()}
+        if counts["tool_calls_lost"]:
+            train_counts["train_tool_calls"] = sum(sum(_calls_per_answer(r, cfg.prompt)) for r in train.rows)
         te = write_arrow(test, spec, tokenizer, tmp / "test.arrow", counts, method)
         for i, info in enumerate(stats.get("sources", [])):
             got = per_source.get(i, Counter())
-            info.update(train_examples=got["examples"], train_tokens=got["tokens"])
+            info.update(train_examples=got.pop("examples", 0), train_tokens=got.pop("tokens", 0), **got)
         stats = {
             **stats,
             "train_examples": tr["examples"],
@@ -520,33 +574,26 @@ def _all_dropped(cfg: RunConfig, rows: int, counts: Counter) -> str:
     return f"{', '.join(s.path for s in cfg.data.train_sources)}: every training example was dropped ({dict(counts)})"
 
 
+LOSSES = ("too_long_truncated", "too_long_dropped", "no_response_tokens")
+
+
 def data_notes(stats: dict[str, Any], cfg: RunConfig) -> list[str]:
-    """One line per non-zero loss of training signal: rows truncated, rows dropped (too long, or no
-    answer token left after truncation), for the train split and for the rest."""
+    """One line per non-zero loss of training signal: rows truncated (and the share of tokens and tool
+    calls cut), rows dropped (too long, or no answer token left after truncation), prompts shortened
+    from the left, for the train split and for the rest; then a line for each mixture source that
+    lost more than a tenth of its rows."""
     n, out = cfg.training.max_length, []
     rows = stats.get("train_rows") or 0
-    parts = [
-        (
-            "train",
-            {k: stats.get(f"train_{k}", 0) for k in ("too_long_truncated", "too_long_dropped", "no_response_tokens")},
-            rows,
-        ),
-        (
-            "test",
-            {
-                k: stats.get(k, 0) - stats.get(f"train_{k}", 0)
-                for k in ("too_long_truncated", "too_long_dropped", "no_response_tokens")
-            },
-            stats.get("test_rows") or 0,
-        ),
-    ]
+    test = {k: stats.get(k, 0) - stats.get(f"train_{k}", 0) for k in LOSSES}
+    parts = [("train", {k: stats.get(f"train_{k}", 0) for k in LOSSES}, rows), ("test", test, stats.get("test_rows"))]
     for split, c, total in parts:
         if not total:
             continue
         if c["too_long_truncated"]:
+            line = f"{c['too_long_truncated']} of {total} {split} rows truncated to {n} tokens"
             out.append(
-                f"{c['too_long_truncated']} of {total} {split} rows truncated to {n} tokens "
-                f"({c['too_long_truncated'] / total:.0%})"
+                f"{line} ({c['too_long_truncated'] / total:.0%})"
+                + (_tokens_cut(stats, cfg) if split == "train" else "")
             )
         if c["too_long_dropped"]:
             out.append(
@@ -555,9 +602,60 @@ def data_notes(stats: dict[str, Any], cfg: RunConfig) -> list[str]:
         if c["no_response_tokens"]:
             out.append(
                 f"{c['no_response_tokens']} of {total} {split} rows dropped: no answer tokens left after truncation "
-                f"({c['no_response_tokens'] / total:.0%}); raise training.max_length or set data.too_long: drop"
+                f"({c['no_response_tokens'] / total:.0%}); {_lost_answer_hint(cfg)}"
             )
+    calls, lost = stats.get("train_tool_calls", 0), stats.get("train_tool_calls_lost", 0)
+    if lost:
+        out.append(f"{lost} of {calls} tool calls in the train rows ({lost / calls:.0%}) fall past the {n}-token cut")
+    if stats.get("train_prompt_truncated_left"):
+        out.append(
+            f"{stats['train_prompt_truncated_left']} of {rows} train prompts lost their first tokens to fit "
+            f"{n} tokens (data.truncate_prompt: left)"
+        )
+    return out + source_notes(stats)
+
+
+def _tokens_cut(stats: dict[str, Any], cfg: RunConfig) -> str:
+    """', losing X of Y tokens (Z %)' for the train split, with how to keep them for raw text."""
+    cut = stats.get("train_too_long_tokens_cut", 0)
+    if not cut:
+        return ""
+    total = (stats.get("train_tokens") or 0) + cut
+    keep = "; data.too_long: split keeps them" if cfg.prompt.format == "text" else ""
+    return f", losing {cut:,} of {total:,} tokens ({cut / total:.1%}){keep}"
+
+
+def source_notes(stats: dict[str, Any], limit: float = 0.1) -> list[str]:
+    """A line for each mixture source whose rows lost more than `limit` of themselves to max_length:
+    what was lost, and the source's real share of the training examples next to the share asked for."""
+    sources = stats.get("sources") or []
+    examples = sum(s.get("train_examples", 0) for s in sources)
+    weights = sum(s.get("weight") or 0 for s in sources)
+    out = []
+    for i, s in enumerate(sources):
+        rows = s.get("train_rows") or 0
+        dropped = s.get("too_long_dropped", 0) + s.get("no_response_tokens", 0)
+        truncated = max(0, s.get("too_long_truncated", 0) - s.get("no_response_tokens", 0))  # and kept
+        if not rows or not examples or (dropped + truncated) / rows <= limit:
+            continue
+        what = [f"{dropped} of {rows} rows dropped"] if dropped else []
+        what += [f"{truncated} of {rows} truncated"] if truncated else []
+        share = f"{s.get('train_examples', 0) / examples:.0%} of the training examples"
+        if s.get("weight") and weights:
+            share += f" (its weight asks for {s['weight'] / weights:.0%})"
+        out.append(f"data.train[{i}] {Path(s['path']).name}: {', '.join(what)} to max_length; it is {share}")
     return out
+
+
+def _prompts_may_shorten(cfg: RunConfig) -> bool:
+    """Whether data.truncate_prompt: left would keep preference pairs whose prompt fills max_length."""
+    return cfg.training.method != "sft" and cfg.data.truncate_prompt == "none"
+
+
+def _lost_answer_hint(cfg: RunConfig) -> str:
+    if _prompts_may_shorten(cfg):
+        return "raise training.max_length, or set data.truncate_prompt: left to shorten long prompts from the left"
+    return "raise training.max_length or set data.too_long: drop"
 
 
 def check_lost_answers(stats: dict[str, Any], cfg: RunConfig) -> None:
@@ -569,7 +667,9 @@ def check_lost_answers(stats: dict[str, Any], cfg: RunConfig) -> None:
         raise DataError(
             f"training.max_length: {lost} of {rows} training rows ({lost / rows:.0%}) lose every answer token to "
             f"truncation at {cfg.training.max_length} tokens (data.max_lost_answers allows {limit:.0%})",
-            hint="raise training.max_length, or set data.max_lost_answers: 1.0 to train on what is left",
+            hint="raise training.max_length"
+            + (", set data.truncate_prompt: left" if _prompts_may_shorten(cfg) else "")
+            + ", or set data.max_lost_answers: 1.0 to train on what is left",
         )
 
 

@@ -39,16 +39,23 @@ class RawRows:
         self.origin.append(origin)
 
 
-def _bad(msg: str, reason: str, out: RawRows, on_bad_row: str) -> None:
+BAD_ROW_HINT = "fix the row, or set data.on_bad_row: skip to skip and count such rows"
+
+
+def _bad(msg: str, reason: str, out: RawRows, on_bad_row: str, hint: str | None = None) -> None:
     if on_bad_row == "error":
-        raise DataError(msg, hint="fix the row, or set data.on_bad_row: skip to skip and count such rows")
+        raise DataError(msg, hint=hint or BAD_ROW_HINT)
     out.skipped[reason] += 1
 
 
 def read_jsonl(path: Path, out: RawRows, on_bad_row: str) -> None:
     lines = 0
-    with path.open(encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Windows exports) is not data
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:  # decoded line by line, so text that is not UTF-8 is found at its line
+        for lineno, raw in enumerate(f, 1):
+            try:  # -sig: a byte-order mark (Windows exports) is not data
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start + 1})") from None
             if not line.strip():
                 continue
             lines += 1
@@ -59,6 +66,9 @@ def read_jsonl(path: Path, out: RawRows, on_bad_row: str) -> None:
                 continue
             except RecursionError:
                 _bad(f"{path}:{lineno}: JSON nested too deeply to read", "malformed_json", out, on_bad_row)
+                continue
+            except ValueError as e:  # an integer past Python's digit limit for int()
+                _bad(f"{path}:{lineno}: a number too long to read ({e})", "malformed_json", out, on_bad_row)
                 continue
             if not isinstance(row, dict):
                 _bad(
@@ -87,6 +97,8 @@ def _read_json(path: Path, out: RawRows, on_bad_row: str) -> None:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
     except RecursionError:
         raise DataError(f"{path}: JSON nested too deeply to read") from None
+    except ValueError as e:  # an integer past Python's digit limit for int()
+        raise DataError(f"{path}: a number too long to read ({e})") from None
     if not isinstance(data, list):
         raise DataError(f"{path}:1: expected a JSON array of objects (or JSON Lines)")
     if not data:
@@ -135,14 +147,19 @@ def _read_csv(path: Path, out: RawRows, on_bad_row: str) -> None:
 
 
 def read_text_documents(path: Path, out: RawRows, documents: str = "file") -> None:
-    """A .txt file as rows {text}: the whole file as one document, or (`blank_lines`) each block of
-    lines between blank lines, located by the line it starts on."""
+    """A .txt file as rows {text}: the whole file as one document, (`blank_lines`) each block of lines
+    between blank lines, or (`lines`) each non-blank line, located by the line it starts on."""
     text = path.read_text(encoding="utf-8-sig")
     if not text.strip():
         out.empty.append(f"{path}: the file is empty" if not text else f"{path}: the file holds only blank lines")
         return
     if documents == "file":
         out.add({"text": text}, f"{path}:1")
+        return
+    if documents == "lines":
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                out.add({"text": line}, f"{path}:{lineno}")
         return
     block: list[str] = []
     start = 0

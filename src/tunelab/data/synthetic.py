@@ -8,10 +8,13 @@ digits so that a tiny model with a small tokenizer can learn them in minutes on 
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Callable
 from pathlib import Path
+
+from tunelab.outputs import Output, write_text
 
 WORDS = (
     "cat dog sun moon tree fish bird star rain snow lake hill road book door milk rice salt gold iron "
@@ -188,9 +191,32 @@ def tool_conversations(n: int, seed: int = 0) -> list[dict]:
 
 
 def write_jsonl(rows: list[dict[str, str]], path: str | Path) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(p)
-    return p
+    """The rows as JSON Lines at `path`, written under a temporary name and renamed."""
+    return write_text(Path(path), "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def is_synthetic_file(path: Path, limit: int = 64 * 2**20) -> bool:
+    """Whether `path` holds only rows `generate` writes (every instruction one of the tasks'): what
+    `tunelab synth` may replace. A user's own Alpaca data has other instructions and is never replaced."""
+    try:
+        if path.stat().st_size > limit:
+            return False
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [json.loads(line) for line in lines]
+    except (OSError, ValueError):
+        return False
+    return bool(rows) and all(isinstance(r, dict) and _is_task_row(r) for r in rows)
+
+
+def _is_task_row(row: dict) -> bool:
+    return set(row) == {"instruction", "input", "output"} and row["instruction"] in task_instructions()
+
+
+@functools.cache
+def task_instructions() -> frozenset[str]:
+    """Every instruction the tasks ask, drawn from the tasks themselves (their spaces are small, the draws seeded)."""
+    return frozenset(task(random.Random(s))["instruction"] for task in TASKS.values() for s in range(3000))
+
+
+# What `tunelab synth --out` writes; an earlier one is replaced (it is rebuilt exactly from its seed).
+SYNTHETIC_DATA = Output("synthetic tasks of `tunelab synth`", is_synthetic_file)

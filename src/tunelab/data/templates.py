@@ -71,7 +71,12 @@ def apply_chat_template(
     only when there are some); a template that raises (its own `raise_exception`, or the sandbox
     refusing an escape) is a user error, not a traceback."""
     if not getattr(tokenizer, "chat_template", None):
-        raise ConfigError(["prompt.format: messages needs a tokenizer with a chat template; this one has none"])
+        raise ConfigError(
+            [
+                "prompt.format: messages needs a chat template and this tokenizer has none; name one with "
+                "prompt.chat_template: chatml (hermes or llama3 also render tools, or a Jinja file)"
+            ]
+        )
     if tools:
         kwargs["tools"] = tools
     try:

@@ -41,8 +41,9 @@ def _render(tokenizer: Any, messages: list[dict], **kwargs) -> str:
     return apply_chat_template(tokenizer, messages, PROBE_TOOLS, **kwargs)
 
 
-def check_tool_template(tokenizer: Any, name: str = "the model") -> None:
-    """ConfigError unless the chat template renders a tool definition, a tool call and a tool result."""
+def check_tool_template(tokenizer: Any, name: str = "the model", field: str = "model.name") -> None:
+    """ConfigError unless the chat template renders a tool definition, a tool call and a tool result
+    (`field`, `name`: the config field that chose the template and what it names)."""
     text = _render(
         tokenizer,
         [
@@ -64,11 +65,21 @@ def check_tool_template(tokenizer: Any, name: str = "the model") -> None:
     if missing:
         raise ConfigError(
             [
-                f"model.name: the chat template of {name} cannot render tool calls (a probe conversation "
-                f"lost {', '.join(missing)}); rows with tool_calls or tools need a template "
-                "that takes tools= (Qwen2.5, Llama 3.1, Hermes, Mistral), or drop those fields"
+                f"{field}: the chat template of {name} cannot render tool calls (a probe conversation "
+                f"lost {', '.join(missing)}); set prompt.chat_template: hermes (or llama3, or a Jinja file "
+                "that takes tools=), use a model whose template does (Qwen2.5, Llama 3.1, Hermes, Mistral; "
+                "offline: tiny:tools-2l), or drop the tool_calls and tools fields"
             ]
         )
+
+
+def check_run_tools(cfg: Any, tokenizer: Any, *splits: list[dict[str, Any]]) -> None:
+    """A run's chat template must render tools when any of its rows hold some (ConfigError naming the
+    field that chose the template: prompt.chat_template, else model.name)."""
+    if cfg.prompt.format != "messages" or not any(needs_tools(rows) for rows in splits):
+        return
+    chosen = cfg.prompt.chat_template
+    check_tool_template(tokenizer, chosen or cfg.model.name, "prompt.chat_template" if chosen else "model.name")
 
 
 def needs_tools(rows: list[dict[str, Any]]) -> bool:
@@ -113,7 +124,7 @@ def _find_call(text: str) -> tuple[int, int, bool]:
             continue
         try:
             obj, end = dec.raw_decode(text, i)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError, or a number / nesting past Python's limits
             continue
         if isinstance(obj, dict) and _call_of(obj) is not None and (best is None or end - i > best[1] - best[0]):
             best = (i, end, "function" in obj)
@@ -135,7 +146,7 @@ def _call_of(obj: dict) -> tuple[str, dict] | None:
     if isinstance(args, str):
         try:
             args = json.loads(args)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             return None
     return (fn["name"], args) if isinstance(args, dict) else None
 
@@ -158,7 +169,7 @@ def parse_tool_calls(text: str, fmt: ToolFormat) -> tuple[str, list[dict[str, An
             body += 1
         try:
             obj, end = dec.raw_decode(text, body)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             obj, end = None, body
         call = _call_of(obj) if isinstance(obj, dict) else None
         if call is None:  # not a call: keep the text and look further on

@@ -6,7 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from tunelab.config.schema import PromptConfig, ShareGPTConfig, SourceConfig
-from tunelab.data.chat import ROLES, RowProblem, from_alpaca, from_sharegpt, is_sharegpt, normalize_messages  # noqa: F401
+from tunelab.data.chat import (  # noqa: F401 (ROLES: imported from here too)
+    ROLES,
+    RowProblem,
+    from_alpaca,
+    from_sharegpt,
+    is_sharegpt,
+    normalize_messages,
+    sharegpt_preference,
+)
 from tunelab.data.sources import RawRows, _bad
 from tunelab.data.templates import required_fields
 
@@ -43,35 +51,45 @@ def row_problem(row: dict[str, Any], cfg: PromptConfig) -> tuple[str, str] | Non
 
 
 def check_row(
-    row: dict[str, Any], cfg: PromptConfig, shape: SourceConfig | None = None, method: str = "sft"
+    row: dict[str, Any],
+    cfg: PromptConfig,
+    shape: SourceConfig | None = None,
+    method: str = "sft",
+    prompt_only: bool = False,
 ) -> dict[str, Any]:
     """The row, converted to the prompt format's shape and normalised, or RowProblem.
 
     `shape` is the source it came from (its `format` and ShareGPT keys); `method` a preference
-    method when the rows are pairs (or KTO completions) rather than single answers."""
+    method when the rows are pairs (or KTO completions) rather than single answers; `prompt_only`:
+    the row is a question to answer (generate --file), so it needs no answer of its own."""
     for key, value in row.items():
         bad = _bad_text(value, str(key))
         if bad:
             raise RowProblem(f"field {bad} holds invalid Unicode (a lone surrogate such as \\ud800)", "invalid_unicode")
     fmt = shape.format if shape is not None else "auto"
+    answered = method == "sft" and not prompt_only
     if cfg.format == "messages":
         sg = shape.sharegpt if shape is not None else ShareGPTConfig()
         if fmt == "sharegpt" or (fmt == "auto" and is_sharegpt(row, sg)):
-            row = from_sharegpt(row, sg)
+            row = from_sharegpt(row, sg, answered) if method == "sft" else sharegpt_preference(row, sg)
         elif fmt == "alpaca":
             row = from_alpaca(row) if method == "sft" else _alpaca_prompt(row)
+    row = _trl_pair_as_alpaca(row, cfg, method, prompt_only)
     answer = "output" if cfg.format == "alpaca" else cfg.response_field if cfg.format == "custom" else None
     for name in required_fields(cfg):
-        if method != "sft" and (name == answer or name == "messages"):
-            continue  # preference rows hold their answers as chosen / rejected (or completion)
+        if not answered and name == answer:
+            continue  # preference rows hold their answers as chosen / rejected (or completion); prompts none
+        if method != "sft" and name == "messages":
+            continue
         if name not in row or row[name] is None:
             chat = cfg.format == "alpaca" and ("conversations" in row or "messages" in row)
             raise RowProblem(
                 f"missing field {name!r}" + (" (a chat row: set prompt.format: messages)" if chat else ""),
                 f"missing_{name}",
+                hint=SHAPE_HINT if chat else None,
             )
         if name == "messages":
-            msgs, tools = normalize_messages(row["messages"], row.get("tools"))
+            msgs, tools = normalize_messages(row["messages"], row.get("tools"), answered=answered)
             row = {**row, "messages": msgs}
             if tools:
                 row["tools"] = tools
@@ -91,6 +109,34 @@ def check_row(
     if cfg.format == "alpaca":
         row = {**row, "input": row.get("input") or ""}
     return row
+
+
+# A whole file of another row shape: skipping its rows (data.on_bad_row: skip) would skip them all.
+SHAPE_HINT = "a file of chat rows needs prompt.format: messages (skipping such rows would skip them all)"
+
+
+def _trl_pair_as_alpaca(row: dict[str, Any], cfg: PromptConfig, method: str, prompt_only: bool) -> dict[str, Any]:
+    """TRL's preference rows ({prompt, chosen, rejected}, or {prompt, completion, label}; a prompt file's
+    bare {prompt}) under the Alpaca format: a text prompt is the instruction; a chat prompt, or pairs
+    under sft, say what to set."""
+    answers = [k for k in ("chosen", "rejected", "completion") if k in row]
+    if cfg.format != "alpaca" or "instruction" in row or "prompt" not in row or not (answers or prompt_only):
+        return row
+    shape = f"a preference row ({', '.join(['prompt', *answers])})"
+    pairs = "training.method: dpo (kto for completion + label)"
+    if not isinstance(row["prompt"], str):
+        raise RowProblem(
+            f"{shape} whose prompt is a conversation: set prompt.format: messages",
+            "chat_preference_row",
+            hint=f"and {pairs} to learn from the pairs" if method == "sft" else SHAPE_HINT,
+        )
+    if method == "sft" and not prompt_only:
+        raise RowProblem(
+            f"{shape} under training.method sft: set {pairs} to learn from the pairs",
+            "preference_row",
+            hint="or data.field_map: {prompt: instruction, chosen: output} to fine-tune on the chosen answers",
+        )
+    return {"instruction": row["prompt"], **{k: v for k, v in row.items() if k != "prompt"}}
 
 
 def _alpaca_prompt(row: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +174,7 @@ def validate_rows(
     source: str = "the data",
     shape: SourceConfig | None = None,
     method: str = "sft",
+    prompt_only: bool = False,
 ) -> RawRows:
     """Rename fields, check (and convert) each row, and keep the good ones (or stop at the first bad one).
 
@@ -144,9 +191,9 @@ def validate_rows(
         if detect and is_sharegpt(row, sg):
             detected += 1
         try:
-            row = check_row(row, cfg, shape, method)
+            row = check_row(row, cfg, shape, method, prompt_only)
         except RowProblem as e:
-            _bad(f"{where}: {e.message}", e.reason, out, on_bad_row)
+            _bad(f"{where}: {e.message}", e.reason, out, on_bad_row, e.hint)
             continue
         out.add(row, where)
     if detected:

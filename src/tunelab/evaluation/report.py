@@ -9,6 +9,7 @@ as a marked gap.
 from __future__ import annotations
 
 import json
+import math
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,8 +17,10 @@ from typing import Any
 
 from tunelab.evaluation.metrics import direction, exact_match
 from tunelab.evaluation.plots import all_curves
+from tunelab.outputs import Output, check_output, write_text
 from tunelab.runs.data import RunData, load_runs
 from tunelab.runs.files import NOT_COMPARED, flatten
+from tunelab.runs.index import eval_metrics
 
 TEMPLATES = Path(__file__).parent / "templates"
 # shown in the "same in every run" table when equal; any key that differs is shown regardless
@@ -91,28 +94,57 @@ def config_tables(runs: list[RunData]) -> tuple[list[dict], list[dict]]:
     return differ, same
 
 
-def metric_row(label: str, key: str, values: list[float | None], how: str, notes: list[str] | None = None) -> dict:
+def metric_row(
+    label: str,
+    key: str,
+    values: list[float | None],
+    how: str,
+    notes: list[str] | None = None,
+    groups: list[str] | None = None,
+) -> dict:
     """A table row: formatted cells, the best one marked when it alone is best as shown (a tie, or
-    values that print the same, such as 0.0 and 0.04 at one decimal, gets no star)."""
+    values that print the same, such as 0.0 and 0.04 at one decimal, gets no star). With `groups`
+    (each run's training method) only runs of one group compete: the losses of SFT, DPO and KTO
+    measure different objectives. A NaN or infinite value (a diverged run) is shown, never best."""
     d = direction(key)
+    values = [_number(v) for v in values]
     texts = [fmt(v, how) if v is not None else None for v in values]
-    present = [(v, t) for v, t in zip(values, texts, strict=True) if v is not None]
-    best_text = None
-    if d and len(present) > 1:
-        best_v = max(v for v, _ in present) if d > 0 else min(v for v, _ in present)
-        candidate = next(t for v, t in present if v == best_v)
-        if sum(1 for _, t in present if t == candidate) == 1:
-            best_text = candidate
+    groups = groups or [""] * len(values)
+    best: set[int] = set()
+    if d:
+        for g in dict.fromkeys(groups):
+            best |= _sole_best(values, texts, [i for i, x in enumerate(groups) if x == g], d)
     cells = [
         {
             "text": texts[i] or "",
             "gap": v is None,
-            "best": best_text is not None and texts[i] == best_text,
+            "best": i in best,
             "note": (notes or [""] * len(values))[i],
         }
         for i, v in enumerate(values)
     ]
     return {"label": label, "key": key, "cells": cells, "values": values}
+
+
+def _sole_best(values: list[float | None], texts: list[str | None], among: list[int], d: int) -> set[int]:
+    """{index} of the one best finite value among `among` when it alone prints as best, else empty."""
+    present = [i for i in among if values[i] is not None and math.isfinite(values[i])]
+    if len(present) < 2:
+        return set()
+    pick = max if d > 0 else min
+    winner = pick(present, key=lambda i: values[i])
+    return {winner} if sum(1 for i in present if texts[i] == texts[winner]) == 1 else set()
+
+
+def _number(v: Any) -> float | None:
+    """A metric value as a number; anything else (a damaged eval.json's text) is a gap."""
+    return v if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def method_groups(runs: list[RunData]) -> list[str] | None:
+    """Each run's training method when the runs mix methods (their losses are then not comparable), else None."""
+    methods = [r.method for r in runs]
+    return methods if len(set(methods)) > 1 else None
 
 
 def verdict(runs: list[RunData], eval_rows: list[dict], train_rows: list[dict]) -> str | None:
@@ -124,8 +156,8 @@ def verdict(runs: list[RunData], eval_rows: list[dict], train_rows: list[dict]) 
         row = next((r for r in rows if r["key"] == key), None)
         if row is None:
             continue
-        scored = [(v, runs[i].name) for i, v in enumerate(row["values"]) if v is not None]
-        if len(scored) < 2:
+        scored = [(v, runs[i].name) for i, v in enumerate(row["values"]) if v is not None and math.isfinite(v)]
+        if len(scored) < 2 or (key.endswith("loss") and method_groups(runs)):
             continue
         scored.sort(key=lambda x: x[0], reverse=direction(key) > 0)
         (best, name), (second, other) = scored[0], scored[1]
@@ -146,18 +178,27 @@ def metrics_tables(runs: list[RunData]) -> tuple[list[dict], list[dict]]:
         for key, label, how in EVAL_ROWS:
             values, notes = [], []
             for r in runs:
-                models = r.eval.get("models", {})
-                values.append(models.get("target", {}).get("metrics", {}).get(key))
-                base = models.get("baseline", {}).get("metrics", {}).get(key)
+                values.append(_number(eval_metrics(r.eval, "target").get(key)))
+                base = _number(eval_metrics(r.eval, "baseline").get(key))
                 notes.append(f"base {fmt(base, how)}" if base is not None else "")
             if any(v is not None for v in values):
                 eval_rows.append(metric_row(label, key, values, how, notes))
+    groups = method_groups(runs)
+    within = " (compared within each method)" if groups else ""
     train_rows = [
         metric_row(
-            "final train loss", "final_train_loss", [r.final("final_train_loss", "loss") for r in runs], "{:.4f}"
+            f"final train loss{within}",
+            "final_train_loss",
+            [r.final("final_train_loss", "loss") for r in runs],
+            "{:.4f}",
+            groups=groups,
         ),
         metric_row(
-            "final eval loss", "final_eval_loss", [r.final("final_eval_loss", "eval_loss") for r in runs], "{:.4f}"
+            f"final eval loss{within}",
+            "final_eval_loss",
+            [r.final("final_eval_loss", "eval_loss") for r in runs],
+            "{:.4f}",
+            groups=groups,
         ),
         metric_row(
             "sample exact match, before training",
@@ -223,19 +264,22 @@ def _metadata(r: RunData) -> dict[str, str]:
         "device": str(s.get("device", "")),
         "host": str(s.get("host", "")),
         "peak memory": ", ".join(memory),
-        "base model": str(s.get("base_model") or r.config.get("model", {}).get("name", "")),
+        "base model": str(s.get("base_model") or (r.config.get("model") or {}).get("name", "")),
         "adapter": _adapter(r),
         "trainable parameters": f"{params['trainable']:,} of {params['total']:,}" if "trainable" in params else "",
         "data": _data(r),
         "data version": _data_version(r),
-        "evaluated": f"{r.eval.get('created', '')} on {r.eval.get('data', {}).get('examples', '?')} examples"
-        if r.eval
-        else "",
+        "evaluated": f"{r.eval.get('created', '')} on {_examples(r.eval)} examples" if r.eval else "",
     }
 
 
+def _examples(ev: dict[str, Any]) -> Any:
+    data = ev.get("data")
+    return data.get("examples", "?") if isinstance(data, dict) else "?"
+
+
 def _adapter(r: RunData) -> str:
-    a, q = r.config.get("adapter", {}), r.config.get("quantization", {})
+    a, q = r.config.get("adapter") or {}, r.config.get("quantization") or {}
     if not a:
         return ""
     text = "full fine-tune" if a.get("type") == "none" else f"LoRA r={a.get('r')} alpha={a.get('alpha')}"
@@ -243,19 +287,35 @@ def _adapter(r: RunData) -> str:
 
 
 def _data(r: RunData) -> str:
-    train = r.config.get("data", {}).get("train", {})
+    """The training data: its source (a mixture's sources, each with its weight or rows) and row counts."""
+    train = (r.config.get("data") or {}).get("train")
     stats = r.summary.data.to_dict() if r.summary is not None and r.summary.data is not None else {}
-    text = str(train.get("path", ""))
-    if train.get("revision"):
-        text += f"@{train['revision']}"
+    if isinstance(train, list):
+        text = " + ".join(_source(s, share=True) for s in train if isinstance(s, dict))
+    else:
+        text = _source(train) if isinstance(train, dict) else ""
     if stats.get("train_rows") is not None:
-        text += f" ({stats['train_rows']:,} train / {stats.get('test_rows', 0):,} test rows)"
+        text += f" ({stats['train_rows']:,} train / {stats.get('test_rows') or 0:,} test rows)"
+    return text
+
+
+def _source(src: dict[str, Any], share: bool = False) -> str:
+    text = str(src.get("path", ""))
+    if src.get("revision"):
+        text += f"@{src['revision']}"
+    if share and src.get("weight") is not None:
+        text += f" (weight {src['weight']})"
+    elif share and src.get("rows") is not None:
+        text += f" ({src['rows']} rows)"
     return text
 
 
 def _data_version(r: RunData) -> str:
     """The dataset artifact versions the run read (lineage.json), with their content digests."""
-    inputs = [i for i in r.lineage.get("inputs", []) if isinstance(i, dict) and i.get("type") == "dataset"]
+    listed = r.lineage.get("inputs")
+    inputs = (
+        [i for i in listed if isinstance(i, dict) and i.get("type") == "dataset"] if isinstance(listed, list) else []
+    )
     return ", ".join(f"{i.get('ref', i.get('name', '?'))} (sha256 {str(i.get('digest', ''))[:12]})" for i in inputs)
 
 
@@ -273,9 +333,10 @@ def sample_sections(runs: list[RunData], max_prompts: int) -> list[dict]:
             p = s.get("prompt")
             if p in by_prompt or (isinstance(p, str) and not r.samples):
                 entry = by_prompt.setdefault(p, {"reference": s.get("reference", ""), "answers": {}})
+                answers = s.get("answers") if isinstance(s.get("answers"), dict) else {}
                 for role, label in (("target", "tunelab eval"), ("baseline", "tunelab eval: base")):
-                    if role in s.get("answers", {}):
-                        entry["answers"][(label, i)] = s["answers"][role]
+                    if role in answers:
+                        entry["answers"][(label, i)] = answers[role]
     prompts = list(by_prompt)[:max_prompts]
     prefix = _shared_prefix(prompts)
     sections = []
@@ -346,18 +407,28 @@ def render(context: dict[str, Any]) -> str:
     return env.get_template("report.html.j2").render(**context)
 
 
+# An earlier report is recognized by its title, the first thing the template writes after <head>.
+REPORT = Output("a tunelab report", lambda p: _starts_with(p, b"<title>tunelab report:"))
+
+
+def _starts_with(path: Path, mark: bytes) -> bool:
+    try:
+        with path.open("rb") as f:
+            return mark in f.read(4096)
+    except OSError:
+        return False
+
+
 def write_report(paths: list[str | Path], output: str | Path, max_prompts: int = 12) -> dict[str, Any]:
     """Render the report for `paths` into `output` (written to a temporary name, then renamed).
 
-    Returns the size written and the gaps found (run: what is missing)."""
+    Returns the size written and the gaps found (run: what is missing). `output` may replace an earlier
+    report, never a run's files or any other file (see `tunelab.outputs.check_output`)."""
+    out = check_output(output, "-o", REPORT, [Path(p) for p in paths], overwrite=True)
     runs = load_runs(paths)
     html = render(build_context(runs, max_prompts))
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
+    write_text(out, html)
     return {
         "bytes": len(html.encode()),
-        "gaps": [f"{r.name}: {g}" for r in runs for g in r.gaps if g.startswith("no metrics")],
+        "gaps": [f"{r.name}: {g}" for r in runs for g in r.gaps if g.startswith(("no metrics", "damaged"))],
     }

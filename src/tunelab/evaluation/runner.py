@@ -12,7 +12,6 @@ from __future__ import annotations
 import gc
 import json
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -23,14 +22,23 @@ from typing import Any
 from tunelab.data.prepare import tokenize_rows
 from tunelab.errors import TunelabError
 from tunelab.evaluation.data import EvalRows, check_args, load_eval_rows
-from tunelab.evaluation.metrics import example_scores, generation_metrics
 from tunelab.evaluation.preference import has_pairs, preference_scores, tokenized_pairs
+from tunelab.inference.folder import model_folders
 from tunelab.inference.generate import GenerationSettings, generate_batch
 from tunelab.inference.target import Target, load_target, resolve_target
+from tunelab.outputs import Output, check_output, write_text
+from tunelab.runs.files import read_json
 from tunelab.runs.records import ModelMeta
+from tunelab.scoring import Scorer, config_scorers, merged, score_set
 
 SAMPLES_FILE = "eval_samples.jsonl"
 RESULTS_FILE = "eval.json"
+# `--out`: a folder eval adds its two files to; an earlier one holds an eval.json as `_summary` writes it.
+EVAL_RESULTS = Output(
+    "eval results",
+    lambda p: {"target", "models", "generation"} <= set(read_json(p / RESULTS_FILE) or {}),
+    adds_files=True,
+)
 
 
 @dataclass
@@ -41,7 +49,7 @@ class ModelResult:
     label: str
     spec: str  # what was loaded: a path, a hub id, or "<base> (adapter disabled)"
     answers: list[str] = field(default_factory=list)
-    scores: list[dict[str, float]] = field(default_factory=list)
+    scores: list[dict[str, float | None]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -50,6 +58,7 @@ class EvalResult:
     summary: dict[str, Any]
     models: list[ModelResult]
     out_dir: Path
+    scorers: dict[str, int] = field(default_factory=dict)  # key each scorer reported under -> its direction
 
 
 def response_loss(model, tokenizer, rows: EvalRows, batch_size: int) -> dict[str, float]:
@@ -93,8 +102,25 @@ def settings_for(target: Target, max_new_tokens: int | None, batch_size: int | N
     return s
 
 
+def eval_scorers(target: Target, extra: list[Scorer] | None) -> list[Scorer]:
+    """The run's eval.scorers (or the default set), with the `--scorer` ones added (replacing any of
+    the same name); a bad declaration is a ConfigError naming it."""
+    config = target.config
+    source = str(target.run_dir / "config.yaml") if target.run_dir is not None else None
+    return merged(config_scorers(config.eval.scorers if config else None, source), extra or [])
+
+
 def _score(
-    result: ModelResult, model, tokenizer, rows: EvalRows, prompts, references, settings, loss_batch, progress
+    result: ModelResult,
+    model,
+    tokenizer,
+    rows: EvalRows,
+    prompts,
+    references,
+    settings,
+    loss_batch,
+    progress,
+    scorers: list[Scorer],
 ) -> None:
     if not rows.generates:  # raw text: judged by its loss and perplexity alone, as continued pre-training is
         result.metrics = response_loss(model, tokenizer, rows, loss_batch)
@@ -102,11 +128,8 @@ def _score(
     task = progress.add_task(result.label, total=len(prompts)) if progress is not None else None
     on_batch = (lambda n: progress.advance(task, n)) if progress is not None else None
     result.answers = generate_batch(model, tokenizer, prompts, settings, on_batch=on_batch)
-    result.scores = [example_scores(a, r) for a, r in zip(result.answers, references, strict=True)]
-    result.metrics = {
-        **response_loss(model, tokenizer, rows, loss_batch),
-        **generation_metrics(result.answers, references, result.scores),
-    }
+    result.scores, aggregates = score_set(scorers, prompts, result.answers, references, rows.rows)
+    result.metrics = {**response_loss(model, tokenizer, rows, loss_batch), **aggregates}
     if has_pairs(rows.rows):  # preference rows: is the chosen answer the likelier one?
         result.metrics.update(
             preference_scores(model, tokenizer, tokenized_pairs(rows.raw, rows.spec, tokenizer), loss_batch)
@@ -159,21 +182,25 @@ def evaluate(
     console=None,
     sinks: list[Any] | None = None,
     trust_remote_code: bool = False,
+    scorers: list[Scorer] | None = None,
 ) -> EvalResult:
     """Evaluate a target (and its baseline) and write eval.json + eval_samples.jsonl atomically.
 
     The baseline is `baseline` when given, else the target's base model when there is one
     (`use_baseline=False`: none). `sinks` (tracker clients) get `log_metrics(record)` with the
     aggregates as `eval/<metric>` and `eval/baseline/<metric>` at the run's step, and
-    `log_samples(step, rows)` with one row per example and model.
+    `log_samples(step, rows)` with one row per example and model. `scorers` (`--scorer`) are added
+    to the run's eval.scorers.
     """
     t0 = time.perf_counter()
     target = resolve_target(target_text, trust_remote_code)
     check_args(target, data, split)
+    chosen = eval_scorers(target, scorers)
     base_target = resolve_target(baseline, trust_remote_code) if baseline else None
     out = Path(out_dir) if out_dir is not None else target.run_dir
     if out is None:
         raise TunelabError(f"{target_text}: not a run directory; say where to write eval.json", hint="pass --out DIR")
+    out = check_output(out, "--out", EVAL_RESULTS, model_folders(target), overwrite=True, home=target.run_dir)
     rows = load_eval_rows(target, data, split, limit)
     settings = settings_for(target, max_new_tokens, batch_size)
     loss_batch = (target.config.training.eval_batch_size or target.config.training.batch_size) if target.config else 8
@@ -200,20 +227,23 @@ def evaluate(
             )
 
     with _progress(console) as progress:
-        _score(models[0], model, tokenizer, rows, prompts, references, settings, loss_batch, progress)
+        _score(models[0], model, tokenizer, rows, prompts, references, settings, loss_batch, progress, chosen)
         if len(models) > 1:
             if base_target is None:  # the same weights with the LoRA layers switched off
                 with model.disable_adapter():
-                    _score(models[1], model, tokenizer, rows, prompts, references, settings, loss_batch, progress)
+                    _score(
+                        models[1], model, tokenizer, rows, prompts, references, settings, loss_batch, progress, chosen
+                    )
             else:  # two sets of weights need not fit in memory together
                 del model
                 _release_memory()
                 model, base_tok = load_target(base_target)
-                _score(models[1], model, base_tok, rows, prompts, references, settings, loss_batch, progress)
+                _score(models[1], model, base_tok, rows, prompts, references, settings, loss_batch, progress, chosen)
     del model
     _release_memory()
 
     summary = _summary(target, rows, settings, models, time.perf_counter() - t0)
+    summary["scorers"] = {s.key: s.declaration() for s in chosen}  # what each metric key means, to rerun it
     _write(out, summary, prompts, references, models)
     step = summary["step"] or 0
     for sink in sinks or []:
@@ -239,7 +269,7 @@ def evaluate(
                 for i, (p, r) in enumerate(zip(prompts, references, strict=True))
             ],
         )
-    return EvalResult(summary, models, out)
+    return EvalResult(summary, models, out, {s.key: s.direction for s in chosen})
 
 
 def _short(text: str) -> str:
@@ -302,9 +332,6 @@ def _sample_records(prompts, references, models: list[ModelResult]) -> list[dict
 
 def _write(out: Path, summary, prompts, references, models) -> None:
     """Both files are written to temporary names and renamed, so a reader never sees half of one."""
-    out.mkdir(parents=True, exist_ok=True)
     lines = "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in _sample_records(prompts, references, models))
     for name, text in ((SAMPLES_FILE, lines), (RESULTS_FILE, json.dumps(summary, indent=2))):
-        tmp = out / f"{name}.tmp{os.getpid()}"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out / name)
+        write_text(out / name, text)

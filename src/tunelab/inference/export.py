@@ -18,15 +18,15 @@ from pathlib import Path
 from tunelab.errors import TunelabError
 from tunelab.inference.folder import (
     base_model_id,
+    check_model_output,
     copy_tokenizer_files,
     is_hub_id,
-    publish,
-    staging_dir,
     write_model_card,
     write_model_meta,
 )
 from tunelab.inference.merge import LogitCheck, write_full_model
 from tunelab.inference.target import Target
+from tunelab.outputs import staged_folder
 
 TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:latest"
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max-lora-rank accepts
@@ -72,28 +72,29 @@ def export_target(
 ) -> ExportResult:
     """Write `out` in the given format; the result lists the commands that serve it.
 
-    `quant` (gguf only): the GGUF tensor type, f16 when None."""
-    out = out.expanduser().resolve()
+    `quant` (gguf only): the GGUF tensor type, f16 when None. `overwrite`: replace an earlier model folder
+    tunelab wrote at `out` (never the source, nor files tunelab did not write)."""
     if quant is not None and fmt != "gguf":
         raise TunelabError("--quant: only with --format gguf")
+    if fmt not in ("hf", "adapter", "gguf"):
+        raise TunelabError(f"--format: {fmt!r} is not hf, adapter or gguf")
+    if fmt == "adapter" and target.adapter is None:
+        raise TunelabError(f"{target.text}: a full model has no adapter to export", hint="use --format hf")
+    out = check_model_output(out, target, overwrite)
     if fmt == "gguf":
         from tunelab.inference.gguf_export import export_gguf
 
-        return export_gguf(target, out, dtype, quant or "f16", overwrite)
+        return export_gguf(target, out, dtype, quant or "f16")
     if fmt == "hf":
         usage = hf_commands(out, target.name)
-        check = write_full_model(target, out, dtype, overwrite, usage=usage)
+        check = write_full_model(target, out, dtype, usage=usage)
         return ExportResult(
             out, "merged" if target.adapter is not None else "full", check, usage, wrote="Hugging Face model folder"
         )
-    if fmt != "adapter":
-        raise TunelabError(f"--format: {fmt!r} is not hf, adapter or gguf")
-    if target.adapter is None:
-        raise TunelabError(f"{target.text}: a full model has no adapter to export", hint="use --format hf")
-    return _export_adapter(target, out, overwrite)
+    return _export_adapter(target, out)
 
 
-def _export_adapter(target: Target, out: Path, overwrite: bool) -> ExportResult:
+def _export_adapter(target: Target, out: Path) -> ExportResult:
     src = target.adapter
     assert src is not None
     if not (src / "adapter_model.safetensors").is_file():
@@ -109,16 +110,12 @@ def _export_adapter(target: Target, out: Path, overwrite: bool) -> ExportResult:
             "export --format hf for vLLM"
         )
     usage = adapter_commands(out, target.name, config["base_model_name_or_path"], int(config.get("r") or 0))
-    tmp = staging_dir(out, overwrite)
-    try:
+    with staged_folder(out) as tmp:
         shutil.copy2(src / "adapter_model.safetensors", tmp / "adapter_model.safetensors")
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
         copy_tokenizer_files(src, tmp)
         write_model_meta(tmp, target, "adapter")
         write_model_card(tmp, target, "adapter", None, usage)
-        publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out, "adapter", None, usage, notes, wrote="PEFT adapter")
 
 

@@ -6,15 +6,14 @@ data and config, and carries the prompt format the model must be asked in.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tunelab.errors import TunelabError
 from tunelab.inference.target import Target
+from tunelab.outputs import Output, check_output
 from tunelab.runs import ModelMeta, RunDir
 
 TOKENIZER_FILES = (
@@ -29,23 +28,29 @@ TOKENIZER_FILES = (
 )
 
 
-def staging_dir(out: Path, overwrite: bool) -> Path:
-    """An empty folder next to `out` to write into; `publish` renames it to `out`."""
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise TunelabError(f"{out} already exists and is not empty", hint="pick another -o folder or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
+# What merge and export write: a model folder, recognized by its tunelab_model.json (a run's final/
+# carries one too, but check_output refuses any folder inside a run directory).
+MODEL_FOLDER = Output("a model folder", ModelMeta.present, folder=True)
 
 
-def publish(tmp: Path, out: Path) -> Path:
-    """Replace `out` by the finished folder in one rename: a reader never sees half a model."""
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+def source_folders(target: Target) -> list[Path]:
+    """Every local folder the target's model is read from: its run, its adapter, a local base model."""
+    return [target.run_dir, *model_folders(target)] if target.run_dir is not None else model_folders(target)
+
+
+def model_folders(target: Target) -> list[Path]:
+    """The local model folders the target loads (its adapter, a base model folder), without its run directory."""
+    found = [target.adapter]
+    for name in (target.base, target.text):
+        p = Path(name).expanduser()
+        if p.is_dir() and (target.run_dir is None or p.resolve() != target.run_dir.resolve()):
+            found.append(p)
+    return [p for p in found if p is not None]
+
+
+def check_model_output(out: Path, target: Target, overwrite: bool) -> Path:
+    """Where merge / export may write `out` (see `tunelab.outputs.check_output`); before any weights load."""
+    return check_output(out, "-o", MODEL_FOLDER, source_folders(target), overwrite)
 
 
 def base_model_id(target: Target) -> str:

@@ -24,9 +24,10 @@ from types import SimpleNamespace
 from tunelab.errors import TunelabError
 from tunelab.inference import gguf as gg
 from tunelab.inference.export import ExportResult
-from tunelab.inference.folder import publish, staging_dir, write_model_card, write_model_meta
-from tunelab.inference.merge import check_inputs, compare_logits, logits_for, write_full_model
+from tunelab.inference.folder import write_model_card, write_model_meta
+from tunelab.inference.merge import check_inputs, compare_logits, fill_model_folder, logits_for
 from tunelab.inference.target import Target, inference_prompt
+from tunelab.outputs import staged_folder
 
 TOLERANCE_KEY = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}  # merge.TOLERANCE's names
 
@@ -46,7 +47,8 @@ def engine_name(name: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._") or "model"
 
 
-def export_gguf(target: Target, out: Path, dtype: str, quant: str, overwrite: bool) -> ExportResult:
+def export_gguf(target: Target, out: Path, dtype: str, quant: str) -> ExportResult:
+    """Write the GGUF folder at `out` (a place `check_model_output` allowed)."""
     from transformers import AutoTokenizer, GenerationConfig
 
     from tunelab.inference.generate import stop_token_ids
@@ -56,15 +58,14 @@ def export_gguf(target: Target, out: Path, dtype: str, quant: str, overwrite: bo
 
     gg.check_quant(quant)
     base_dir = Path(resolve_model_path(target.base))
-    if (base_dir / "config.json").is_file():  # refuse an unsupported architecture before merging anything
-        gg.read_hparams(json.loads((base_dir / "config.json").read_text()))
+    gg.read_hparams(_base_config(target))  # refuse an unsupported architecture before merging anything
     name = engine_name(target.name)
     file_name = f"{name}-{quant}.gguf"
     usage = gguf_commands(out, file_name, name)
-    tmp = staging_dir(out, overwrite)
-    try:
-        merged = tmp / "merged-hf"
-        merge_check = write_full_model(target, merged, dtype, usage=[])
+    with staged_folder(out) as tmp:
+        merged = tmp / "merged-hf"  # scratch: converted, checked against the file, then removed
+        merged.mkdir()
+        merge_check = fill_model_folder(target, merged, dtype, usage=[])
         hp = gg.read_hparams(json.loads((merged / "config.json").read_text()))
         tokenizer = AutoTokenizer.from_pretrained(merged)
         stops = stop_token_ids(
@@ -93,9 +94,6 @@ def export_gguf(target: Target, out: Path, dtype: str, quant: str, overwrite: bo
             tmp, target, kind, f"{merge_check.describe()}\n\nGGUF ({quant}): {check}", usage, library="gguf"
         )
         shutil.rmtree(merged)
-        publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     notes = [*hp.notes, *prompt.notes]
     if summary.fallbacks:
         shown = ", ".join(f.split(":")[0] for f in summary.fallbacks[:4]) + (
@@ -111,6 +109,29 @@ def export_gguf(target: Target, out: Path, dtype: str, quant: str, overwrite: bo
     size = f"{summary.bytes / 2**20:.1f} MiB" if summary.bytes >= 2**20 else f"{summary.bytes / 2**10:.0f} KiB"
     wrote = f"{file_name}, {size}, {summary.params:,} parameters ({types}); Modelfile (prompt format: {prompt.format})"
     return ExportResult(out, "gguf", merge_check, usage, notes, checks=[check], wrote=wrote)
+
+
+def _base_config(target: Target) -> dict:
+    """The base model's config.json: from its folder, else (a hub id) from the hub cache, with the one
+    offline line when it is not cached and the hub cannot be reached."""
+    from tunelab.model.loading import resolve_model_path
+
+    folder = Path(resolve_model_path(target.base))
+    if (folder / "config.json").is_file():
+        return json.loads((folder / "config.json").read_text())
+    from huggingface_hub import hf_hub_download
+
+    from tunelab.hub import ensure_offline_if_unreachable, unreachable_message
+
+    offline = ensure_offline_if_unreachable()
+    revision = target.config.model.revision if target.config is not None else None
+    try:
+        return json.loads(Path(hf_hub_download(target.base, "config.json", revision=revision)).read_text())
+    except Exception as e:  # noqa: BLE001 - not cached, no such repo, gated: the base cannot be read either way
+        if offline:
+            raise TunelabError(unreachable_message("model.name", target.base)) from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TunelabError(f"model.name: cannot read config.json of {target.base!r}: {first}") from None
 
 
 def _generation_config(cls, folder: Path):

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import gc
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunelab.dtypes import TORCH_NAMES, short_name, torch_dtype
 from tunelab.errors import TunelabError
-from tunelab.inference.folder import publish, staging_dir, write_model_card, write_model_meta
+from tunelab.inference.folder import check_model_output, write_model_card, write_model_meta
 from tunelab.inference.generate import encode_prompt, stop_token_ids
 from tunelab.inference.prompts import instruction_row, prompt_text
 from tunelab.inference.target import Target, load_target
+from tunelab.outputs import staged_folder
 
 CHECK_INSTRUCTIONS = [
     ("Reverse the order of the words.", "cat dog sun"),
@@ -132,25 +132,35 @@ def merge_target(
     """Merge the target's adapter into its base, write `out`, and return the logit check.
 
     Raises when the merged model, reloaded from disk, does not reproduce the adapter model's
-    logits within tolerance; `out` is then left untouched.
+    logits within tolerance; `out` is then left untouched. `overwrite`: replace an earlier model
+    folder tunelab wrote at `out` (never the source, nor files tunelab did not write).
     """
     if target.adapter is None:
         raise TunelabError(
             f"{target.text}: a full model, there is no adapter to merge",
             hint="tunelab export --format hf copies it as it is",
         )
-    return write_full_model(target, out, dtype, overwrite, device, usage)
+    out = check_model_output(out, target, overwrite)
+    return write_full_model(target, out, dtype, device, usage)
 
 
 def write_full_model(
     target: Target,
     out: Path,
     dtype: str = "auto",
-    overwrite: bool = False,
     device: str | None = None,
     usage: list[str] | None = None,
 ) -> LogitCheck:
-    """A standalone Hugging Face folder of the target (adapter merged when there is one), checked by reloading it."""
+    """A standalone Hugging Face folder of the target (adapter merged when there is one) at `out` (a place
+    `check_model_output` allowed), checked by reloading it; staged, so `out` appears only once it passed."""
+    with staged_folder(out) as tmp:
+        return fill_model_folder(target, tmp, dtype, device, usage)
+
+
+def fill_model_folder(
+    target: Target, folder: Path, dtype: str = "auto", device: str | None = None, usage: list[str] | None = None
+) -> LogitCheck:
+    """Write the target's full model (adapter merged) into the empty `folder` and check it by reloading it."""
     from transformers import AutoModelForCausalLM
 
     from tunelab.model.loading import device_for, resolve_model_path
@@ -163,37 +173,32 @@ def write_full_model(
     dev = device_for(target.model_cfg.model_copy(update={"device": device or target.model_cfg.device}))
     # fp16 matmuls are not a CPU thing: work in fp32 there and round once when saving.
     work_dtype = "fp32" if dtype == "fp16" and dev == "cpu" else dtype
-    tmp = staging_dir(out, overwrite)
-    try:
-        model, tokenizer = load_target(target, quantize=False, device=dev, dtype=work_dtype)
-        inputs = check_inputs(target, tokenizer)
-        reference = logits_for(model, inputs)
-        if kind == "merged":
-            try:
-                model = model.merge_and_unload(safe_merge=True)
-            except ValueError as e:  # safe_merge found NaNs in the merged weights
-                raise TunelabError(f"{target.text}: merging produced broken weights: {e}") from None
-        save_full_model(model, tokenizer, tmp, dtype)
-        del model
-        gc.collect()
-        reloaded = AutoModelForCausalLM.from_pretrained(
-            tmp,
-            dtype=torch_dtype(work_dtype),
-            device_map={"": dev},
-            use_safetensors=True,
-            trust_remote_code=target.model_cfg.trust_remote_code,
+    model, tokenizer = load_target(target, quantize=False, device=dev, dtype=work_dtype)
+    inputs = check_inputs(target, tokenizer)
+    reference = logits_for(model, inputs)
+    if kind == "merged":
+        try:
+            model = model.merge_and_unload(safe_merge=True)
+        except ValueError as e:  # safe_merge found NaNs in the merged weights
+            raise TunelabError(f"{target.text}: merging produced broken weights: {e}") from None
+    save_full_model(model, tokenizer, folder, dtype)
+    del model
+    gc.collect()
+    reloaded = AutoModelForCausalLM.from_pretrained(
+        folder,
+        dtype=torch_dtype(work_dtype),
+        device_map={"": dev},
+        use_safetensors=True,
+        trust_remote_code=target.model_cfg.trust_remote_code,
+    )
+    check = compare_logits(reference, logits_for(reloaded, inputs), dtype)
+    check.compared_with = "the adapter model's" if kind == "merged" else "the source model's"
+    del reloaded
+    if not check.ok:
+        raise TunelabError(
+            f"{target.text}: {check.describe()}",
+            hint="the folder was not written; report this with the run's config",
         )
-        check = compare_logits(reference, logits_for(reloaded, inputs), dtype)
-        check.compared_with = "the adapter model's" if kind == "merged" else "the source model's"
-        del reloaded
-        if not check.ok:
-            raise TunelabError(
-                f"{target.text}: {check.describe()}",
-                hint="the folder was not written; report this with the run's config",
-            )
-        write_model_meta(tmp, target, kind, {"dtype": dtype, "check": check.describe()})
-        write_model_card(tmp, target, kind, check.describe() if kind == "merged" else None, usage or [])
-        publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_model_meta(folder, target, kind, {"dtype": dtype, "check": check.describe()})
+    write_model_card(folder, target, kind, check.describe() if kind == "merged" else None, usage or [])
     return check

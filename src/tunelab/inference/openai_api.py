@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 import uuid
 from typing import Any, Literal
@@ -99,15 +100,8 @@ class ToolCall(_Strict):
 
     def for_template(self) -> dict[str, Any]:
         """The call as chat templates take it: arguments as a JSON object."""
-        try:
-            args = json.loads(self.function.arguments) if self.function.arguments.strip() else {}
-        except json.JSONDecodeError as e:
-            raise ApiError(
-                400,
-                f"tool_calls: arguments of {self.function.name!r} are not valid JSON ({e.msg})",
-                param="messages",
-                code="invalid_value",
-            ) from None
+        what = f"tool_calls: arguments of {self.function.name!r}"
+        args = client_json(self.function.arguments, what, param="messages") if self.function.arguments.strip() else {}
         if not isinstance(args, dict):
             raise ApiError(
                 400,
@@ -185,12 +179,7 @@ class ChatRequest(_Sampling):
 
 def parse_request(body: bytes, model: type[_Sampling]) -> Any:
     """The validated request, or an ApiError naming the first bad field (all of them in the message)."""
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
-    except RecursionError:  # json's C scanner gives up past Python's recursion limit (~1000 levels)
-        raise ApiError(400, "the request body is nested too deeply", code="invalid_json") from None
+    data = client_json(body, "the request body")
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
     _check_unicode(body, data)
@@ -213,6 +202,22 @@ def parse_request(body: bytes, model: type[_Sampling]) -> Any:
             msg = "required" if err["type"] == "missing" else err["msg"]
             problems.append(f"{param}: {msg}" if param else msg)
         raise ApiError(400, "; ".join(dict.fromkeys(problems)), param=first, code="invalid_value") from None
+
+
+def client_json(text: str | bytes, what: str, param: str | None = None) -> Any:
+    """JSON a client sent (the body, or a JSON string inside it), or the 400 that says why it is not:
+    not JSON, nested past Python's recursion limit, or an integer past its digit limit for int().
+    A body's problems are `invalid_json`; a value's inside it, `invalid_value` naming `param`."""
+    code = "invalid_json" if param is None else "invalid_value"
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        problem = f"is not valid JSON ({getattr(e, 'msg', None) or e})"
+    except RecursionError:  # json's C scanner gives up past Python's recursion limit (~1000 levels)
+        problem = "is nested too deeply"
+    except ValueError:
+        problem = f"holds an integer of more than {sys.get_int_max_str_digits():,} digits"
+    raise ApiError(400, f"{what} {problem}", param=param, code=code)
 
 
 def _check_unicode(body: bytes, data: Any) -> None:

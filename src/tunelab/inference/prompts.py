@@ -48,25 +48,26 @@ def prompt_text(row: dict[str, Any], cfg: PromptConfig, tokenizer: Any) -> str:
 
 
 def read_prompt_rows(path: Path, cfg: PromptConfig) -> list[dict[str, Any]]:
-    """Rows of a JSONL prompts file, each checked for the fields the prompt format needs (`file:line` errors)."""
+    """Rows of a prompts file, read and checked by the reader `train` and `eval --data` use (the same
+    row shapes: ShareGPT, OpenAI messages with `tools` as a list or its JSON text, Alpaca), except that
+    a prompt needs no answer. JSON Lines, or .json / .csv / .parquet by the file's suffix; `file:line` errors."""
     if not path.is_file():
         raise DataError(f"{path}: prompts file not found")
-    from tunelab.data.sources import RawRows, read_jsonl
+    from tunelab.config.schema import SourceConfig
+    from tunelab.data.sources import BAD_ROW_HINT, RawRows, read_jsonl, read_source
+    from tunelab.data.validate import validate_rows
 
-    needed = {"alpaca": ["instruction"], "messages": ["messages"], "text": [cfg.text_field]}.get(
-        cfg.format
-    ) or template_fields(cfg.template or "")
-    raw = RawRows()
-    read_jsonl(path, raw, on_bad_row="error")
-    for row, where in zip(raw.rows, raw.where, strict=True):
-        missing = [f for f in needed if not row.get(f)]
-        if missing:
-            raise DataError(f"{where}: missing {', '.join(missing)} (prompt format {cfg.format})")
-        if cfg.format == "messages" and not (
-            isinstance(row["messages"], list) and all(isinstance(m, dict) for m in row["messages"])
-        ):
-            raise DataError(f"{where}: messages must be a list of {{role, content}} objects")
-    rows = raw.rows
+    try:
+        if path.suffix in (".json", ".csv", ".parquet"):
+            raw = read_source(SourceConfig(path=str(path)), "error")
+        else:
+            raw = RawRows()
+            read_jsonl(path, raw, on_bad_row="error")
+        rows = validate_rows(raw, cfg, {}, "error", str(path), prompt_only=True).rows
+    except DataError as e:
+        if e.hint != BAD_ROW_HINT:
+            raise
+        raise DataError(e.message) from None  # data.on_bad_row is a training setting; here the row is to fix
     if not rows:
         raise DataError(f"{path}: no prompts in the file")
     return rows

@@ -8,7 +8,6 @@ prompted the way it was trained.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,7 +86,7 @@ def _resolve(text: str, home) -> Target:
 
         return target_from_artifact(text, home or Home.default())
     if ref.kind == "local":
-        if p.is_dir() and (p / "adapter_config.json").is_file():
+        if p.is_dir() and any((p / n).is_file() for n in ("adapter_config.json", "adapter_model.safetensors")):
             return _from_adapter_folder(text, p)
         if p.is_dir() and (p / "config.json").is_file():
             prompt = _folder_prompt(p)
@@ -97,7 +96,11 @@ def _resolve(text: str, home) -> Target:
 
 
 def _from_adapter_folder(text: str, p: Path) -> Target:
-    base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    from tunelab.artifacts.models import check_adapter_folder
+    from tunelab.runs.damage import read_json_record
+
+    check_adapter_folder(p)  # before reading its config: a damaged folder is one line, not a JSON traceback
+    base = (read_json_record(p / "adapter_config.json") or {}).get("base_model_name_or_path")
     meta = ModelMeta.read(p)
     if meta is not None and meta.base_model_path:
         base = meta.base_model_path

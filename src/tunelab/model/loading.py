@@ -169,8 +169,9 @@ def run_weight_dtype(cfg, device: str) -> str:
     return "bf16" if run_precision(cfg, device) == "bf16" and cfg.adapter.type == "lora" else "fp32"
 
 
-def load_tokenizer(cfg: ModelConfig, path: str | None = None):
-    """The model's tokenizer with a pad token distinct from EOS (so EOS is learnt, not masked as padding)."""
+def load_tokenizer(cfg: ModelConfig, path: str | None = None, chat_template: str | None = None):
+    """The model's tokenizer with a pad token distinct from EOS (so EOS is learnt, not masked as padding),
+    rendering chats with `chat_template` (a run's `prompt.chat_template`) when one is named."""
     from transformers import AutoTokenizer
 
     path = path or resolve_model_path(cfg.name)
@@ -197,7 +198,9 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None):
         else:
             tok.add_special_tokens({"pad_token": "<pad>"})
     tok.padding_side = "right"
-    return tok
+    from tunelab.data.chat_templates import use_chat_template
+
+    return use_chat_template(tok, chat_template)
 
 
 def quantization_config(q: QuantizationConfig, model_dtype):

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tunelab.cache import cache_root
 from tunelab.errors import ConfigError
+from tunelab.outputs import Output, staged_folder
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -135,12 +134,16 @@ def build_tokenizer(texts: list[str], vocab_size: int, tools: bool = False):
     return fast
 
 
+TINY_MARKER = "tunelab_tiny.json"  # the spec a tiny model folder was built from
+# What `tunelab tiny --out` writes; an earlier one (any preset) may be replaced: it is rebuilt exactly from its spec.
+TINY_MODEL = Output("a tiny model", lambda p: (p / TINY_MARKER).is_file(), folder=True)
+
+
 def build_tiny(out: str | Path, spec: TinySpec = TinySpec(), texts: list[str] | None = None) -> Path:
-    """Write a randomly initialised tiny Llama and its tokenizer to `out` (atomically)."""
+    """Write a randomly initialised tiny Llama and its tokenizer to `out` (staged, then renamed into place)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    out = Path(out)
     tokenizer = build_tokenizer(texts or corpus_texts(spec.tools), spec.vocab, spec.tools)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -157,19 +160,15 @@ def build_tiny(out: str | Path, spec: TinySpec = TinySpec(), texts: list[str] | 
     )
     torch.manual_seed(spec.seed)
     model = LlamaForCausalLM(config)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "tunelab_tiny.json").write_text(json.dumps(asdict(spec), indent=2))
-    if spec.pretrain_steps:
-        from tunelab.model.pretrain import pretrain_on_synthetic
+    with staged_folder(Path(out)) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / TINY_MARKER).write_text(json.dumps(asdict(spec), indent=2))
+        if spec.pretrain_steps:
+            from tunelab.model.pretrain import pretrain_on_synthetic
 
-        pretrain_on_synthetic(tmp, spec.pretrain_steps, spec.seed)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.replace(out)
-    return out
+            pretrain_on_synthetic(tmp, spec.pretrain_steps, spec.seed)
+    return Path(out)
 
 
 def resolve_tiny(name: str) -> Path:

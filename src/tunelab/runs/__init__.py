@@ -2,11 +2,13 @@
 typed records (`Summary`, `DataStats`, `ModelMeta`), the run index behind `tunelab runs`, and the
 readers the report uses. The only package that knows file names inside a run."""
 
+from tunelab.runs.damage import DamagedRun
 from tunelab.runs.dir import RunDir, RunLock, check_run_dir, prepare_run_dir, rotate_checkpoints, step_dir_name
 from tunelab.runs.records import MODEL_META, DataStats, ModelMeta, Summary
 
 __all__ = [
     "MODEL_META",
+    "DamagedRun",
     "DataStats",
     "ModelMeta",
     "RunDir",

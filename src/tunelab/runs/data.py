@@ -8,13 +8,15 @@ directory at all is a user error.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.runs.damage import DamagedRun, read_config_record, read_json_record
 from tunelab.runs.dir import RunDir
-from tunelab.runs.files import read_json, read_jsonl, read_yaml
+from tunelab.runs.files import read_json, read_jsonl
 from tunelab.runs.records import Summary
 
 
@@ -30,17 +32,24 @@ class RunData:
     eval_samples: list[dict[str, Any]] = field(default_factory=list)
     lineage: dict[str, Any] = field(default_factory=dict)
     gaps: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # "damaged run: FILE: what is wrong", one per file
 
     @property
     def has_anything(self) -> bool:
         return bool(self.metrics or (self.summary is not None and self.summary.status == "completed") or self.eval)
 
+    @property
+    def method(self) -> str:
+        """sft, dpo or kto: losses of different methods measure different objectives."""
+        return str((self.config.get("training") or {}).get("method") or "sft")
+
     def series(self, key: str) -> tuple[list[int], list[float]]:
-        """(steps, values) of one metrics.jsonl key, in logging order, non-numbers skipped."""
+        """(steps, values) of one metrics.jsonl key, in logging order; non-numbers and NaN or
+        infinite values (a diverged step) skipped."""
         pts = [
             (r["step"], r[key])
             for r in self.metrics
-            if isinstance(r.get(key), int | float) and isinstance(r.get("step"), int)
+            if isinstance(r.get(key), int | float) and math.isfinite(r[key]) and isinstance(r.get("step"), int)
         ]
         return [s for s, _ in pts], [float(v) for _, v in pts]
 
@@ -64,12 +73,8 @@ def load_run(path: str | Path) -> RunData:
     if not any(f.is_file() for f in known):
         raise TunelabError(f"{p}: not a run directory (it holds none of {', '.join(f.name for f in known)})")
     run = RunData(path=p, name=p.resolve().name)
-    if rd.config.is_file():
-        cfg = read_yaml(rd.config)
-        run.config = cfg or {}
-        if cfg is None:
-            run.gaps.append("config.yaml is unreadable")
-    else:
+    run.config = _readable(run, read_config_record, rd.config) or {}
+    if not rd.config.is_file():
         run.gaps.append("no config.yaml")
     run.metrics, bad = read_jsonl(rd.metrics)
     if not run.metrics:
@@ -77,17 +82,27 @@ def load_run(path: str | Path) -> RunData:
     if bad:
         run.gaps.append(f"{bad} unreadable line(s) in metrics.jsonl")
     run.samples, _ = read_jsonl(rd.samples)
-    run.summary = rd.read_summary()
-    if run.summary is None:
+    run.summary = _readable(run, Summary.read, rd.summary)
+    if run.summary is None and not rd.summary.is_file():
         run.gaps.append("no summary.json (not finished)")
-    elif run.summary.status != "completed":
+    elif run.summary is not None and run.summary.status != "completed":
         run.gaps.append(f"status {run.summary.status}")
-    run.eval = read_json(rd.eval_results) or {}
-    if not run.eval:
+    run.eval = _readable(run, read_json_record, rd.eval_results) or {}
+    if not rd.eval_results.is_file():
         run.gaps.append(f"not evaluated (run: tunelab eval {p})")
     run.eval_samples, _ = read_jsonl(rd.eval_samples)
     run.lineage = read_json(rd.lineage) or {}  # dataset artifact versions, when tracked
     return run
+
+
+def _readable(run: RunData, read, path: Path):
+    """What `read` makes of `path`; None, with the damage noted as a gap, when the file is damaged."""
+    try:
+        return read(path)
+    except DamagedRun as e:
+        run.gaps.append(e.message)
+        run.damaged.append(e.message)
+        return None
 
 
 def load_runs(paths: list[str | Path]) -> list[RunData]:

@@ -44,16 +44,6 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
     return out, bad
 
 
-def read_yaml(path: Path) -> dict[str, Any] | None:
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def flatten(d: dict[str, Any] | None, prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}; empty dicts stay values."""
     out: dict[str, Any] = {}

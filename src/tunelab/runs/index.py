@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.runs.damage import DamagedRun, read_config_record, read_json_record
 from tunelab.runs.dir import RunDir
-from tunelab.runs.files import NOT_COMPARED, flatten, read_json, read_yaml
+from tunelab.runs.files import NOT_COMPARED, flatten, read_json
 
 SUMMARY_METRICS = (
     "status",
@@ -46,15 +47,27 @@ def resolve_run(text: str, root: str | Path) -> Path:
     )
 
 
+def rows(root: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The lines of `tunelab runs list`, and a note for each damaged run left out of them."""
+    out, notes = [], []
+    for run in find_runs(root):
+        try:
+            out.append(row(run))
+        except DamagedRun as e:
+            notes.append(f"skipped {run.name}: {e.message}")
+    return out, notes
+
+
 def row(run: Path) -> dict[str, Any]:
-    """One line of `tunelab runs list`."""
+    """One line of `tunelab runs list` (`DamagedRun` when its config or summary is damaged)."""
     rd = RunDir(run)
-    cfg = read_yaml(rd.config) or {}
+    cfg = read_config_record(rd.config) or {}
     s = rd.read_summary()
-    t, a = cfg.get("training", {}), cfg.get("adapter", {})
+    t, a = cfg.get("training") or {}, cfg.get("adapter") or {}
     return {
         "name": run.name,
         "status": rd.status(),
+        "method": t.get("method") or "sft",
         "base_model": (cfg.get("model") or {}).get("name"),
         "adapter": f"{a.get('type')} r={a.get('r')}" if a.get("type") == "lora" else a.get("type"),
         "quantization": (cfg.get("quantization") or {}).get("bits"),
@@ -73,17 +86,16 @@ def show(run: Path) -> dict[str, Any]:
     rd = RunDir(run)
     s = rd.read_summary()
     lineage = read_json(rd.lineage) or {"inputs": [], "outputs": []}
-    cfg = read_yaml(rd.config) or {}
-    data = cfg.get("data") or {}
-    inputs = lineage.get("inputs", [])
+    cfg = read_config_record(rd.config) or {}
+    inputs = [i for i in _list(lineage.get("inputs")) if isinstance(i, dict) and "ref" in i]
     requested = {i.get("requested") for i in inputs}
     reads = [
         {"ref": i["ref"], "requested": i.get("requested"), "type": i.get("type"), "digest": i.get("digest")}
         for i in inputs
     ]
-    for src in (data.get("train"), data.get("test")):
-        if src and src.get("path") not in requested:
-            reads.append({"ref": src["path"], "type": "data source"})
+    for path in source_paths(cfg):
+        if path not in requested:
+            reads.append({"ref": path, "type": "data source"})
     base = (cfg.get("model") or {}).get("name")
     if base and base not in requested:
         reads.append({"ref": base, "type": "base model"})
@@ -93,10 +105,22 @@ def show(run: Path) -> dict[str, Any]:
         **row(run),
         "summary": {k: summary.get(k) for k in SUMMARY_METRICS if k in summary},
         "reads": reads,
-        "writes": lineage.get("outputs", []),
-        "trackers": read_json(rd.tracking) or {},
+        "writes": [w for w in _list(lineage.get("outputs")) if isinstance(w, dict)],
+        "trackers": {k: v for k, v in (read_json(rd.tracking) or {}).items() if isinstance(v, dict)},
         "files": files,
     }
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def source_paths(cfg: dict[str, Any]) -> list[str]:
+    """The data paths a saved run config names: every training source of a mixture, and the test source."""
+    data = cfg.get("data") or {}
+    train = data.get("train")
+    sources = [*(train if isinstance(train, list) else [train]), data.get("test")]
+    return [str(s["path"]) for s in sources if isinstance(s, dict) and s.get("path")]
 
 
 def metrics_of(run: Path) -> dict[str, Any]:
@@ -109,25 +133,44 @@ def metrics_of(run: Path) -> dict[str, Any]:
     out["status"] = rd.status()
     params = d.get("parameters") or {}
     out["parameters"], out["trainable_parameters"] = params.get("total"), params.get("trainable")
-    ev = read_json(rd.eval_results) or {}
-    models = ev.get("models") or {}
+    ev = read_json_record(rd.eval_results) or {}
     for role, prefix in (("target", "eval_"), ("baseline", "eval_baseline_")):
-        metrics = (models.get(role) or {}).get("metrics") or {}
+        metrics = eval_metrics(ev, role)
         for k in EVAL_METRICS:
             out[prefix + k] = metrics.get(k)
     return out
 
 
+def eval_metrics(ev: dict[str, Any], role: str) -> dict[str, Any]:
+    """eval.json's metrics of one model (`target` or `baseline`); empty when it has none (or none in that shape)."""
+    model = (ev.get("models") or {}).get(role) if isinstance(ev.get("models"), dict) else None
+    metrics = model.get("metrics") if isinstance(model, dict) else None
+    return metrics if isinstance(metrics, dict) else {}
+
+
 def compare(runs: list[Path]) -> dict[str, Any]:
     """Config keys whose values differ between the runs, and their metrics side by side (rows
-    that no run has are left out)."""
+    that no run has are left out). A damaged run is left out with a note in `notes`."""
     if len(runs) < 2:
         raise TunelabError("runs compare: give at least two runs")
-    flat = [flatten(read_yaml(RunDir(r).config) or {}) for r in runs]
+    kept, flat, per_run, notes = [], [], [], []
+    for r in runs:
+        try:
+            cfg, metrics = read_config_record(RunDir(r).config) or {}, metrics_of(r)
+        except DamagedRun as e:
+            notes.append(f"skipped {r.name}: {e.message}")
+            continue
+        kept.append(r)
+        flat.append(flatten(cfg))
+        per_run.append(metrics)
+    if len(kept) < 2:
+        raise TunelabError(f"runs compare: fewer than two readable runs; {'; '.join(notes)}")
     keys = sorted(set().union(*flat) - NOT_COMPARED)
     differ = {
         k: [f.get(k) for f in flat] for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1
     }
-    per_run = [metrics_of(r) for r in runs]
     metrics = {k: [m.get(k) for m in per_run] for k in per_run[0] if any(m.get(k) is not None for m in per_run)}
-    return {"runs": [r.name for r in runs], "config": differ, "metrics": metrics}
+    methods = sorted({f.get("training.method") or "sft" for f in flat})
+    if len(methods) > 1:  # the report stars losses only within a method; here the reader is told
+        notes.append(f"note: these runs mix {', '.join(methods)}: their losses measure different objectives")
+    return {"runs": [r.name for r in kept], "config": differ, "metrics": metrics, "notes": notes}

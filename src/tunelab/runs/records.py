@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tunelab.runs.damage import DamagedRun, read_json_record, validation_problem
 from tunelab.runs.files import read_json
 
 MODEL_META = "tunelab_model.json"
@@ -104,14 +105,18 @@ class Summary(Record):
 
     @classmethod
     def read(cls, path: Path) -> Summary | None:
-        """The summary at `path`, or None when there is none (or it is unreadable)."""
-        data = read_json(path)
-        if data is None or "status" not in data:
+        """The summary at `path`; None when there is none yet; `DamagedRun` when the file is there but
+        is not a summary (not JSON, no status, a field of the wrong type). Losses may be NaN or
+        infinite: a run that diverged records that, and readers show it rather than rank it."""
+        data = read_json_record(path)
+        if data is None:
             return None
+        if not isinstance(data.get("status"), str):
+            raise DamagedRun(path, "no status (completed, failed, interrupted or pruned)")
         try:
             return cls.model_validate(data)
-        except ValueError:
-            return cls.model_construct(**data)  # a summary from another version: keep what it says
+        except ValidationError as e:
+            raise DamagedRun(path, validation_problem(e)) from None
 
 
 ModelKind = Literal["adapter", "full", "merged", "gguf"]

@@ -17,13 +17,13 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from tunelab.procs import child_env
 from tunelab.sweep import engine, results, runner
 from tunelab.sweep.live import Display
 from tunelab.sweep.plan import Sweep
 from tunelab.sweep.runner import ConfigError, Interrupted, TunelabError
 
 INTERRUPTED_CODES = (130, 143, -signal.SIGINT, -signal.SIGTERM)
-PARENT_ENV = "TUNELAB_SWEEP_PARENT"  # set for the workers a sweep starts: its PID
 
 
 def _folders(sweep: Sweep) -> None:
@@ -218,7 +218,9 @@ def _workers(sweep: Sweep, study, console, deadline: float | None, envs: list[di
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
-                        env={**os.environ, **extra, PARENT_ENV: str(os.getpid()), "COLUMNS": "160"},
+                        # SIGTERM when this process dies (a kill -9 of it leaves no worker training on its
+                        # own: the worker saves a checkpoint and marks its trial interrupted)
+                        env=child_env({**os.environ, **extra, "COLUMNS": "160"}),
                     )
                 )
             with Display(sweep, study, console) as display:
@@ -240,20 +242,6 @@ def _workers(sweep: Sweep, study, console, deadline: float | None, envs: list[di
     if stops or any(c in INTERRUPTED_CODES for c in codes):
         return 130
     return 0 if all(c == 0 for c in codes) else 1
-
-
-def die_with_parent() -> bool:
-    """In a worker the sweep started: SIGTERM when the sweep process dies (a kill -9 of it leaves no worker
-    training on its own: the worker saves a checkpoint and marks its trial interrupted). False when the
-    sweep process is already gone."""
-    parent = os.environ.get(PARENT_ENV)
-    if not parent:
-        return True
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    return os.getppid() == int(parent)  # checked after: it may have died before prctl
 
 
 def finish(sweep: Sweep, study, console, out) -> list[results.Row]:
@@ -311,8 +299,6 @@ def worker_main(sweep: Sweep, console, deadline: float | None) -> int:
     from tunelab.sweep.worker import work
 
     engine.quiet()
-    if not die_with_parent():
-        return 143
     threads = os.environ.get("TUNELAB_SWEEP_THREADS")
     if threads:
         import torch

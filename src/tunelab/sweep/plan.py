@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunelab.files import unwritable
 from tunelab.sweep import engine, runner, space
 from tunelab.sweep.runner import ConfigError
 from tunelab.sweep.spec import SweepSpec, load_spec
@@ -159,6 +160,9 @@ def prepare(file: Path, overrides: list[str] | None = None, check_data: bool = T
         engine.check_reachable(spec.storage, folder)
     except ConfigError as e:
         problems += e.problems
+    why = unwritable(folder)
+    if why is not None:
+        problems.append(f"dir: cannot write the sweep folder {folder}: {why}")
     if problems:
         more = len(problems) - MAX_PROBLEMS
         raise ConfigError(problems[:MAX_PROBLEMS] + ([f"... and {more} more"] if more > 0 else []), source=str(file))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import yaml
 from optuna.trial import TrialState
 
+from tunelab.outputs import write_text as write_whole
 from tunelab.sweep import runner, space
 from tunelab.sweep.plan import Sweep
 
@@ -296,9 +296,5 @@ def rel(p: Path) -> str:
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Write a file whole or not at all (a temporary name, then renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    """Write a file whole or not at all (a temporary name, then renamed; a failed write is one line)."""
+    return write_whole(path, text)

@@ -191,9 +191,8 @@ def build_local_models(names: set[str]) -> None:
 def check_data(cfg: RunConfig) -> str | None:
     """Read the data as `tunelab validate` does, when it is local or synthetic (no hub): None when it
     loads, else the one-line reason."""
-    for src in (cfg.data.train, cfg.data.test):
-        if src is not None and src.ref.kind not in ("local", "synthetic"):
-            return None
+    if any(src.ref.kind not in ("local", "synthetic") for src in cfg.data.sources):
+        return None
     from tunelab.data.prepare import load_splits
 
     try:
@@ -295,7 +294,7 @@ def mark_pruned(run_path: Path, step: int, reason: str) -> None:
     A stop-status hook in `train()` would write this in the first place; until it has one, the
     summary it wrote as completed is rewritten (atomically, through the run directory's writer)."""
     rd = RunDir(run_path)
-    s = rd.read_summary() or Summary(status="pruned", steps=step)
+    s = _summary(rd) or Summary(status="pruned", steps=step)
     s.status, s.reason = "pruned", reason
     if s.steps is None:
         s.steps = step
@@ -309,7 +308,7 @@ def run_state(run_path: Path) -> str:
     rd = RunDir(run_path)
     if not rd.path.is_dir():
         return "none"
-    s = rd.read_summary()
+    s = _summary(rd)
     if s is not None and s.status in ("completed", "pruned") and rd.is_complete():
         return s.status
     if rd.latest_checkpoint() is not None and not rd.is_complete():
@@ -321,8 +320,18 @@ def run_state(run_path: Path) -> str:
 
 
 def read_summary(run_path: Path) -> dict[str, Any] | None:
-    s = RunDir(run_path).read_summary()
+    s = _summary(RunDir(run_path))
     return None if s is None else _as_dict(s)
+
+
+def _summary(rd: RunDir) -> Summary | None:
+    """A trial's summary; a damaged one counts as none (the trial is read, resumed or run again as if unfinished)."""
+    from tunelab.runs.damage import DamagedRun
+
+    try:
+        return rd.read_summary()
+    except DamagedRun:
+        return None
 
 
 def read_metrics(run_path: Path) -> list[dict[str, Any]]:

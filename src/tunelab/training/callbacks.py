@@ -15,6 +15,7 @@ from tunelab.data.templates import reference, render_prompt
 from tunelab.evaluation.metrics import exact_match_rate
 from tunelab.inference.generate import GenerationSettings, generate_batch
 from tunelab.runs import RunDir
+from tunelab.scoring import Scorer, score_set
 
 
 class MetricsCallback(TrainerCallback):
@@ -174,14 +175,14 @@ class SamplesCallback(TrainerCallback):
         tokenizer,
         settings: GenerationSettings,
         sinks=None,
-        generation_metrics: bool = False,
+        scorers: list[Scorer] | None = None,
         dense_weights: bool = False,
         clock: MetricsCallback | None = None,
     ):
         self.run = run
         self.clock = clock  # its tokens/s readings must not count the time spent here
         self.dense_weights = dense_weights  # see generate_batch; train() decides from the memory plan
-        self.generation_metrics = generation_metrics
+        self.scorers = scorers or []  # besides exact match, which the run's summary always reports
         self.rows = rows
         self.prompts = [render_prompt(r, prompt_cfg, tokenizer) for r in rows]
         self.references = [reference(r, prompt_cfg) for r in rows]
@@ -210,10 +211,9 @@ class SamplesCallback(TrainerCallback):
         for rec in table:
             self.run.append_jsonl(self.run.samples, rec)
         record = {"step": step, "samples_exact_match": exact_match_rate(answers, self.references)}
-        if self.generation_metrics:  # quality curves next to the loss curves (config: eval.generation_metrics)
-            from tunelab.evaluation.metrics import generation_metrics
-
-            record.update({f"samples_{k}": v for k, v in generation_metrics(answers, self.references).items()})
+        if self.scorers:  # quality curves next to the loss curves (config: eval.scorers, eval.generation_metrics)
+            _, scores = score_set(self.scorers, self.prompts, answers, self.references, self.rows)
+            record.update({f"samples_{k}": v for k, v in scores.items()})
         self.run.append_jsonl(self.run.metrics, record)
         for sink in self.sinks:
             sink.log_samples(step, table)
@@ -267,9 +267,15 @@ class GracefulStop(TrainerCallback):
                 signal.signal(s, h)
 
     def on_step_end(self, args, state, control, **kw):
+        stop = self.signal
         if self.agree is not None:
-            self.signal = self.agree(self.signal)
-        if self.signal is not None:
+            # every rank decides on what all saw. A signal whose handler ran during this all-reduce (it runs
+            # once the all-reduce returns) stays in self.signal for the next step's: assigning the result
+            # would lose it on every rank, as happens when all ranks get their launcher's SIGTERM together
+            stop = self.agree(self.signal)
+            if stop is not None:
+                self.signal = stop
+        if stop is not None:
             control.should_save = True
             control.should_training_stop = True
             control.should_evaluate = False

@@ -8,6 +8,8 @@ all-reduces. tunelab never builds a process group itself. This module adds:
 - `World`: this process's place in the job, read once from the launcher's environment;
 - which strategy a run uses (`resolve_strategy`) and what cannot work here (`check_strategy`), said
   in one line before anything is written;
+- how many processes this machine holds (`process_fit`: one per GPU; on the CPU, what the memory
+  holds, a warning beyond the cores), and the launcher's variables making sense (`check_launch_env`);
 - each rank's own device (`cuda:LOCAL_RANK`, never `device_map="auto"`);
 - rank 0 first with its outcome shared (`World.main_first`, `World.on_main`), so a user error on
   rank 0 ends every rank with the same one line instead of leaving the others in a barrier;
@@ -22,9 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tunelab.errors import TunelabError
+
+if TYPE_CHECKING:
+    from tunelab.perf.machine import Machine, ProcessFit
 
 T = TypeVar("T")
 
@@ -246,6 +251,120 @@ def rank_budget(device: str, local_size: int) -> float:
     if device.startswith("cuda"):
         return available_memory(device) * 0.9
     return available_memory(device) * 0.7 / max(1, local_size)
+
+
+FLOOR_NEED = "every process needs at least {gib} GiB (Python, torch and the libraries, before any model)"
+PLAN_NEED = "a CPU run of this config needs about {gib} GiB per process (model, optimizer, activations, data)"
+
+
+def process_fit(
+    cfg, nproc: int, flag: str = "--nproc", machine: Machine | None = None, planned: bool = True
+) -> ProcessFit:
+    """How `nproc` processes of this run fit this machine (a `perf.machine.ProcessFit`): the one rule that
+    `train --nproc`, `validate --nproc` and a rank torchrun / accelerate launch started all apply.
+
+    A GPU run takes one process per GPU. A CPU run takes as many as the memory holds, each one rank's
+    memory plan, and a warning beyond the cores. `planned=False` loads no library and answers in well
+    under a second: the floor of any process, which refuses `--nproc 64` on a small machine before
+    anything else happens; the plan (torch and transformers loaded) refines it before any process starts."""
+    from tunelab.perf.machine import Machine, ProcessFit, processes_fit
+    from tunelab.perf.plan import CPU_PROCESS_OVERHEAD
+
+    machine = machine or Machine.here()
+    floor = processes_fit(nproc, CPU_PROCESS_OVERHEAD, machine, FLOOR_NEED, flag)
+    if not planned or floor.kind == "problem":
+        return floor
+    if not runs_on_cpu(cfg):
+        import torch
+
+        n = torch.cuda.device_count()
+        if nproc > n and cfg.distributed.backend != "gloo":
+            return ProcessFit(
+                "problem",
+                f"{nproc} processes but this machine has {n} GPU{'s' if n != 1 else ''}",
+                n,
+                f"one process per GPU: {flag} {n} (processes share GPUs only over distributed.backend=gloo, for tests)",
+            )
+        return floor
+    per_rank = cpu_rank_memory(cfg, nproc)
+    return floor if per_rank is None else processes_fit(nproc, per_rank, machine, PLAN_NEED, flag)
+
+
+def cpu_rank_memory(cfg, nproc: int) -> float | None:
+    """One CPU rank's planned peak in bytes (DDP: the CPU's only strategy), or None without a model config
+    to plan from (a hub model while offline)."""
+    from tunelab.perf.plan import decide_checkpointing
+    from tunelab.perf.sharding import rank_estimator
+
+    ckpt = cfg.training.gradient_checkpointing
+    if ckpt == "auto":
+        ckpt = decide_checkpointing(cfg, "cpu")
+    try:
+        return rank_estimator("ddp", nproc)(cfg, "cpu", checkpointing=ckpt is True).total
+    except TunelabError:
+        return None
+
+
+LAUNCH_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+CHECKED_ENV = "TUNELAB_NPROC_CHECKED"  # set by `--nproc` for its workers: the launcher applied `process_fit`
+
+_LAUNCHER_HINT = (
+    "let a launcher set these (tunelab train --nproc N, torchrun, accelerate launch); unset WORLD_SIZE, RANK, "
+    "LOCAL_RANK and LOCAL_WORLD_SIZE to run one process"
+)
+
+
+def check_launch_env(env: dict[str, str] | None = None) -> None:
+    """The variables a launcher sets (torchrun, accelerate launch) make sense together, or a user error
+    naming the one that does not: set by hand or left over in a shell, they would crash or hang the
+    process group."""
+    env = dict(os.environ if env is None else env)
+    for name in LAUNCH_VARS:
+        value = env.get(name, "").strip()
+        if value and not value.isdigit():
+            raise TunelabError(f"{name}={value}: not a number of processes or a rank", hint=_LAUNCHER_HINT)
+    world = World.from_env(env)
+    if world.size < 1 or world.local_size < 1:
+        raise TunelabError(
+            f"WORLD_SIZE={world.size}, LOCAL_WORLD_SIZE={world.local_size}: give at least 1", hint=_LAUNCHER_HINT
+        )
+    if not world.distributed:
+        return
+    missing = [n for n in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not env.get(n, "").strip()]
+    if missing:
+        raise TunelabError(
+            f"WORLD_SIZE={world.size} but {', '.join(missing)} not set: this process is not one a launcher started",
+            hint=_LAUNCHER_HINT,
+        )
+    if not 0 <= world.rank < world.size:
+        raise TunelabError(f"RANK={world.rank} is not in 0..{world.size - 1} (WORLD_SIZE={world.size})")
+    if world.local_size > world.size or not 0 <= world.local_rank < world.local_size:
+        raise TunelabError(
+            f"LOCAL_RANK={world.local_rank}, LOCAL_WORLD_SIZE={world.local_size}: not a rank of "
+            f"0..LOCAL_WORLD_SIZE-1 on a machine of a job of WORLD_SIZE={world.size}",
+            hint=_LAUNCHER_HINT,
+        )
+
+
+def check_launched(cfg, world: World) -> str | None:
+    """At the start of a rank that torchrun / accelerate launch started (after `check_launch_env`), before
+    anything loads: the processes on its machine (LOCAL_WORLD_SIZE) against `process_fit`'s floor (the plan
+    would first cost every rank the libraries' memory). Returns the warning for rank 0 to print; the ranks of
+    `--nproc` were checked by their launcher."""
+    if not world.distributed or os.environ.get(CHECKED_ENV) or not os.environ.get("LOCAL_WORLD_SIZE"):
+        return None  # alone; checked by `--nproc` already; or no launcher's word on how many share this machine
+    from tunelab.perf.machine import Machine
+
+    machine = Machine.here(siblings=world.local_size - 1)
+    fit = process_fit(cfg, world.local_size, "--nproc-per-node", machine, planned=False)
+    return require_fit(fit, "LOCAL_WORLD_SIZE")
+
+
+def require_fit(fit: ProcessFit, field: str = "--nproc") -> str | None:
+    """A refused `process_fit` as the user error; else its warning (None when there is nothing to say)."""
+    if fit.kind == "problem":
+        raise TunelabError(f"{field}: {fit.message}", hint=fit.hint)
+    return f"{field}: {fit.message}" if fit.kind == "note" else None
 
 
 def installed(pkg: str) -> str | None:

@@ -2,11 +2,12 @@
 elastic launcher (what `torchrun` runs) in this process.
 
 Everything that can be refused is refused here first, in one line, before any process starts or
-anything is written: the flags, the strategy (a package that is missing, FSDP2 over 4-bit weights),
-the run directory, a resume from a checkpoint written by another number of processes, and a
-rendezvous port that is taken. The workers are `python -m tunelab train CONFIG ...`, the command a
-user would give torchrun or `accelerate launch` themselves; each finds its rank in the environment
-(`training.distributed.World`).
+anything is written: the flags, more processes than this machine holds (`distributed.process_fit`),
+the strategy (a package that is missing, FSDP2 over 4-bit weights), the run directory, a resume from
+a checkpoint written by another number of processes, and a rendezvous port that is taken. The
+workers are `python -m tunelab train CONFIG ...`, the command a user would give torchrun or
+`accelerate launch` themselves; each finds its rank in the environment (`training.distributed.World`)
+and dies with this process (`tunelab.procs`), which torch's launcher alone does not arrange.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.procs import PARENT_ENV
 from tunelab.training import distributed as dist
 
 # Seconds the launcher gives the workers to finish their step and write a checkpoint after Ctrl-C /
@@ -84,6 +86,7 @@ def early_checks(cfg, launch: Launch) -> int:
     """The refusals that need no library loaded (so they come in a second): the flags, the strategy
     as far as the config decides it, and the rendezvous port, which is returned."""
     launch.check()
+    dist.require_fit(dist.process_fit(cfg, launch.nproc, planned=False))  # --nproc 64: refused in a second
     if dist.World.from_env().distributed:
         raise TunelabError(
             "--nproc: this process is already one of several started by a launcher (torchrun, accelerate launch)",
@@ -108,24 +111,16 @@ def early_checks(cfg, launch: Launch) -> int:
     return port
 
 
-def preflight(cfg, launch: Launch, resume: bool) -> str:
-    """What every rank would refuse, refused once here (after `early_checks`); returns the strategy."""
+def preflight(cfg, launch: Launch, resume: bool) -> tuple[str, str | None]:
+    """What every rank would refuse, refused once here (after `early_checks`); returns the strategy and a
+    warning about the number of processes (None when there is none)."""
     from tunelab.model.loading import precision_flags
     from tunelab.runs import RunLock
     from tunelab.training.checks import check_outputs_writable, check_run_dir_for, explicit_checkpoint, resume_point
 
     resume = resume or cfg.training.resume not in (False, None)
     on_cpu = dist.runs_on_cpu(cfg)
-    if not on_cpu:
-        import torch
-
-        n = torch.cuda.device_count()
-        if launch.nproc > n and cfg.distributed.backend != "gloo":
-            raise TunelabError(
-                f"--nproc: {launch.nproc} processes but this machine has {n} GPU{'s' if n != 1 else ''}",
-                hint=f"one process per GPU: --nproc {n} (processes share GPUs only over "
-                "distributed.backend=gloo, for tests)",
-            )
+    warning = dist.require_fit(dist.process_fit(cfg, launch.nproc))
     device = "cpu" if on_cpu else "cuda:0"
     precision_flags(cfg, device)
     dist.backend_for(cfg, on_cpu)
@@ -140,7 +135,7 @@ def preflight(cfg, launch: Launch, resume: bool) -> str:
         dist.check_resume_world(explicit or resume_point(run), launch.world_size)
     if launch.node_rank == 0 and run.path.parent.is_dir():
         RunLock(run.path).acquire().release()  # in use by another run: said now, not by rank 0 later
-    return strategy
+    return strategy, warning
 
 
 def launch_run(
@@ -152,7 +147,9 @@ def launch_run(
 
     from tunelab import compat
 
-    strategy = preflight(cfg, launch, resume)
+    strategy, warning = preflight(cfg, launch, resume)
+    if warning:
+        console.print(Text(f"warning: {warning}", style="yellow"), highlight=False, soft_wrap=True)
     addr = launch.master_addr or "127.0.0.1"
     argv = [
         "--nnodes",
@@ -212,6 +209,9 @@ def _run_elastic(compat, argv: list[str], nproc: int) -> int:
     threads = "OMP_NUM_THREADS" not in os.environ
     if threads:  # processes on one machine share its cores (oversubscribed threads slow each other far beyond N x)
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    # the workers die with this process: a launcher killed with SIGKILL leaves no orphan training on its own
+    os.environ[PARENT_ENV] = str(os.getpid())
+    os.environ[dist.CHECKED_ENV] = "1"
     try:
         compat.torchrun(argv)
         return 0
@@ -231,3 +231,5 @@ def _run_elastic(compat, argv: list[str], nproc: int) -> int:
             log.setLevel(levels[name])
         if threads:
             os.environ.pop("OMP_NUM_THREADS", None)
+        os.environ.pop(PARENT_ENV, None)
+        os.environ.pop(dist.CHECKED_ENV, None)

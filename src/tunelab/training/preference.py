@@ -88,7 +88,43 @@ def preference_trainer(method: str):
             )
         return dataset
 
-    return type(f"Pretokenized{Base.__name__}", (Base,), {PREPARE_DATASET: prepare})
+    def init(self, *args, **kwargs):
+        Base.__init__(self, *args, **kwargs)
+        # added here, before the run's own callbacks: its mark is in the logs they write
+        self.add_callback(KLWatch())
+
+    return type(f"Pretokenized{Base.__name__}", (Base,), {PREPARE_DATASET: prepare, "__init__": init})
+
+
+# KL(policy || reference) in nats past which a preference run has most likely left the reference
+# behind (a learning rate too high for the method: KTO at the DPO example's rate went 0 -> 474 in 5 steps).
+KL_WARN = 10.0
+
+
+class KLWatch(TrainerCallback):
+    """Says once, on stderr and as `kl_warning` in that step's metrics, when the logged KL (KTO logs
+    it) passes `KL_WARN`: a run that diverged this way keeps going and its losses look fine."""
+
+    def __init__(self, console=None, limit: float | None = None):
+        self.console, self.limit, self.warned = console, KL_WARN if limit is None else limit, False
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        kl = (logs or {}).get("kl")
+        if self.warned or not isinstance(kl, int | float) or not kl > self.limit:
+            return
+        self.warned = True
+        logs["kl_warning"] = float(kl)
+        if self.console is None:
+            from rich.console import Console
+
+            self.console = Console(stderr=True)
+        self.console.print(
+            f"[yellow]warning:[/] KL from the reference model is {kl:.1f} at step {state.global_step} "
+            f"(past {self.limit:g}): the policy is running away from the reference; "
+            "a lower training.learning_rate or a higher preference.beta keeps it close",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def sequence_lengths(dataset) -> list[int]:

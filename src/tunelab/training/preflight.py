@@ -62,8 +62,9 @@ def _field_and_message(e: BaseException, default_field: str) -> tuple[str, str]:
     return default_field, msg
 
 
-def preflight(cfg: RunConfig, resume: bool = False) -> Report:
-    """Every check `tunelab validate` runs, collected (never raising for a user error)."""
+def preflight(cfg: RunConfig, resume: bool = False, nproc: int = 1) -> Report:
+    """Every check `tunelab validate` runs, collected (never raising for a user error); `nproc` as for
+    `train --nproc`."""
     from tunelab import hub
 
     report = Report()
@@ -72,8 +73,11 @@ def preflight(cfg: RunConfig, resume: bool = False) -> Report:
     device = _device(cfg, report)
     _precision(cfg, device, report)
     _kernels(cfg, device, report)
+    if nproc != 1:
+        _processes(cfg, nproc, device, report)
     tokenizer = _model(cfg, report, offline)
     _data(cfg, report, offline, tokenizer)
+    _scorers(cfg, report)
     _outputs(cfg, report, resume)
     return report
 
@@ -122,6 +126,24 @@ def _kernels(cfg: RunConfig, device: str, report: Report) -> None:
     report.add("ok", "training.kernels", kernels.why)
 
 
+def _processes(cfg: RunConfig, nproc: int, device: str, report: Report) -> None:
+    """`--nproc N`: the flag, the strategy, and how N processes fit this machine (what `train --nproc` refuses)."""
+    from tunelab.training import distributed as dist
+    from tunelab.training.launch import Launch
+
+    try:
+        Launch(nproc).check()
+    except TunelabError as e:
+        report.add("problem", "--nproc", e.message.removeprefix("--nproc: "))
+        return
+    try:
+        dist.check_strategy(cfg, dist.resolve_strategy(cfg, nproc, device, nproc), device == "cpu")
+    except TunelabError as e:
+        report.add("problem", *_field_and_message(e, "distributed.strategy"))
+    fit = dist.process_fit(cfg, nproc)
+    report.add(fit.kind, "--nproc", fit.message + (f" ({fit.hint})" if fit.hint else ""))
+
+
 def _model(cfg: RunConfig, report: Report, offline: bool):
     """Check the base model without its weights; returns its tokenizer when it could be loaded cheaply."""
     from tunelab.model.loading import check_remote_code, load_tokenizer, resolve_model_path
@@ -161,7 +183,8 @@ def _model(cfg: RunConfig, report: Report, offline: bool):
         if not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
             report.add("problem", "model.name", f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)})")
             return None
-        tokenizer = load_tokenizer(cfg.model, path) if cfg.prompt.format == "messages" else None
+        chat = cfg.prompt.format == "messages"
+        tokenizer = load_tokenizer(cfg.model, path, cfg.prompt.chat_template) if chat else None
         report.add("ok", "model.name", f"{path}: config, weights (safetensors) and tokenizer present")
         return tokenizer
     except TunelabError as e:
@@ -218,12 +241,25 @@ def _data(cfg: RunConfig, report: Report, offline: bool, tokenizer) -> None:
     report.add("ok", "data", f"{stats['train_rows']} train rows, {stats['test_rows']} test rows{skipped}")
     if tokenizer is not None and cfg.prompt.format == "messages":
         from tunelab.data.templates import render_segments
+        from tunelab.data.tools import check_run_tools
 
         try:
+            check_run_tools(cfg, tokenizer, train.rows, test.rows)
             for row in train.rows[:1] + test.rows[:1]:
                 render_segments(row, cfg.prompt, tokenizer)
         except TunelabError as e:
             report.add("problem", *_field_and_message(e, "prompt.format"))
+
+
+def _scorers(cfg: RunConfig, report: Report) -> None:
+    from tunelab.errors import ConfigError
+    from tunelab.scoring import config_scorers
+
+    try:
+        config_scorers(cfg.eval.scorers)
+    except ConfigError as e:
+        for line in e.problems:
+            report.add("problem", *line.split(": ", 1))
 
 
 def _outputs(cfg: RunConfig, report: Report, resume: bool) -> None:

@@ -42,6 +42,7 @@ from tunelab.model.loading import (
 )
 from tunelab.perf.machine import cpu_bf16_note
 from tunelab.runs import DataStats, RunDir, RunLock, Summary, prepare_run_dir
+from tunelab.scoring import config_scorers
 from tunelab.training import distributed as dist
 from tunelab.training.callbacks import (
     GracefulStop,
@@ -131,6 +132,7 @@ def _settle_launch(cfg: RunConfig, config_path, resume, console, sinks, command,
     strategy = dist.resolve_strategy(cfg, world.size, device, world.local_size)
     dist.check_strategy(cfg, strategy, device == "cpu")
     explicit = explicit_checkpoint(cfg)  # a training.resume path that is no checkpoint is named first
+    config_scorers(cfg.eval.scorers)  # an unknown scorer or a bad parameter, before anything loads
     check_outputs_writable(cfg)
     return Launch(
         config_path=config_path,
@@ -372,7 +374,7 @@ class TrainingRun:
             self.tokenizer,
             cfg.samples.generation(),
             self.sinks,
-            generation_metrics=cfg.eval.generation_metrics,
+            scorers=config_scorers(cfg.eval.scorers) if cfg.eval.generation_metrics else None,
             dense_weights=self.dense_samples,
             clock=self.metrics_cb,
         )
