@@ -290,10 +290,10 @@ def engine_comparison(target: str, prompts: list[str], args) -> dict:
     import torch
     from transformers import ContinuousBatchingConfig, GenerationConfig
 
-    from tunelab.inference.batching import BatchScheduler
     from tunelab.inference.generate import GenerationSettings, encode_prompt, generate_one, stop_token_ids
     from tunelab.inference.target import load_target, resolve_target
     from tunelab.model.dense import generation_weights
+    from tunelab.serve.batching import BatchScheduler
 
     torch.set_num_threads(args.threads)
     model, tok = load_target(resolve_target(target))

@@ -50,7 +50,7 @@ def running_server(engine, **app_kwargs):
     """Serve `engine` on a free port of 127.0.0.1 in a thread; yields the base URL; stops the server on exit."""
     import uvicorn
 
-    from tunelab.inference.server import create_app
+    from tunelab.serve.app import create_app
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tunelab.errors import TunelabError
-from tunelab.runs import Summary
+from tunelab.runs import EvalRecord, Summary
 from tunelab.runs.damage import DamagedRun, read_config_record, safetensors_problem
 from tunelab.runs.data import RunData, load_run, load_runs
 from tunelab.runs.index import compare, rows, source_paths
@@ -125,7 +125,7 @@ def test_report_pages_on_damaged_values_mixtures_and_mixed_methods(tmp_path):
         ]
     )
     (runs[0].path / "eval.json").write_text(json.dumps({"models": {"target": {"metrics": {"exact_match": "high"}}}}))
-    runs[0].eval = json.loads((runs[0].path / "eval.json").read_text())
+    runs[0].eval = EvalRecord.read(runs[0].path / "eval.json")  # the text value reads as a gap
     _, train_rows = metrics_tables(runs)
     loss = next(r for r in train_rows if r["key"] == "final_train_loss")
     assert loss["label"] == "final train loss (compared within each method)"

@@ -128,7 +128,7 @@ def test_eval_logs_to_tracker_sinks(run_dir, tmp_path):
     result = evaluate(str(run_dir), limit=4, out_dir=tmp_path, sinks=[sink])
     [record] = sink.metrics
     assert record["step"] == STEPS
-    assert record["eval/exact_match"] == result.summary["models"]["target"]["metrics"]["exact_match"]
+    assert record["eval/exact_match"] == result.record.metrics("target")["exact_match"]
     assert "eval/baseline/chrf" in record and "eval/baseline/loss" in record
     [(step, table)] = sink.samples
     assert step == STEPS and len(table) == 8  # 4 examples x (tuned, base)

@@ -156,8 +156,8 @@ def _write(folder: Path, quant: str, name: str = "m") -> Path:
     """GGUF of a model folder (no run: the tiny model or one built here), with its tokenizer's chat template."""
     from transformers import AutoTokenizer
 
-    from tunelab.inference.gguf import read_hparams, write_gguf
-    from tunelab.inference.gguf_vocab import read_vocab
+    from tunelab.export.gguf import read_hparams, write_gguf
+    from tunelab.export.gguf_vocab import read_vocab
 
     tok = AutoTokenizer.from_pretrained(folder)
     hp = read_hparams(json.loads((folder / "config.json").read_text()))
@@ -224,7 +224,7 @@ def _held_out_rows(n: int = 12):
 
 def test_qk_permutation_turns_transformers_rotary_into_ggml_rotary():
     """rope(permute(W) x) in ggml's interleaved-pairs form == permute(rope(W x)) in transformers' half-split form."""
-    from tunelab.inference.gguf import permute_rotary, unpermute_rotary
+    from tunelab.export.gguf import permute_rotary, unpermute_rotary
 
     torch.manual_seed(0)
     heads, d, hidden, pos = 3, 8, 12, 5
@@ -254,9 +254,9 @@ def test_tiny_model_reads_back_from_the_file_alone(tiny_model_dir, tmp_path, qua
     import gguf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tunelab.export.gguf import model_from_gguf
+    from tunelab.export.merge import TOLERANCE
     from tunelab.inference.generate import encode_prompt
-    from tunelab.inference.gguf import model_from_gguf
-    from tunelab.inference.merge import TOLERANCE
 
     folder = tmp_path / "tiny"
     shutil.copytree(tiny_model_dir, folder)
@@ -293,7 +293,7 @@ def test_rows_off_the_block_size_fall_back_to_f16_with_gqa_and_tied_embeddings(t
     import gguf
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from tunelab.inference.gguf import model_from_gguf
+    from tunelab.export.gguf import model_from_gguf
 
     folder = tmp_path / "odd"
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -315,8 +315,8 @@ def test_rows_off_the_block_size_fall_back_to_f16_with_gqa_and_tied_embeddings(t
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    from tunelab.inference.gguf import read_hparams, write_gguf
-    from tunelab.inference.gguf_vocab import read_vocab
+    from tunelab.export.gguf import read_hparams, write_gguf
+    from tunelab.export.gguf_vocab import read_vocab
 
     vocab = read_vocab(folder, tok, cfg.vocab_size, [tok.eos_token_id], [])
     summary = write_gguf(folder, tmp_path / "odd.gguf", "q8_0", vocab, None, "odd")
@@ -336,7 +336,7 @@ def test_rows_off_the_block_size_fall_back_to_f16_with_gqa_and_tied_embeddings(t
 def test_vocab_metadata_of_the_byte_level_tokenizer(tiny_model_dir, tokenizer):
     import gguf
 
-    from tunelab.inference.gguf_vocab import pre_tokenizer_name, read_vocab
+    from tunelab.export.gguf_vocab import pre_tokenizer_name, read_vocab
 
     v = read_vocab(
         tiny_model_dir,
@@ -367,7 +367,7 @@ def test_vocab_metadata_of_the_byte_level_tokenizer(tiny_model_dir, tokenizer):
 
 def test_unsupported_pre_tokenizer_is_refused(tiny_model_dir, tmp_path, tokenizer):
     from tunelab.errors import TunelabError
-    from tunelab.inference.gguf_vocab import read_vocab
+    from tunelab.export.gguf_vocab import read_vocab
 
     folder = tmp_path / "tok"
     folder.mkdir()
@@ -434,7 +434,7 @@ def test_sentencepiece_vocab_metadata(spm_model_dir):
     import gguf
     from transformers import AutoTokenizer
 
-    from tunelab.inference.gguf_vocab import read_vocab
+    from tunelab.export.gguf_vocab import read_vocab
 
     tok = AutoTokenizer.from_pretrained(spm_model_dir)
     v = read_vocab(spm_model_dir, tok, len(tok), [tok.eos_token_id], [spm_model_dir.parent / "sp"])
@@ -456,8 +456,8 @@ def test_sentencepiece_vocab_metadata(spm_model_dir):
 
 
 def test_alpaca_chat_template_and_modelfile_render_the_training_prompt(tokenizer, tmp_path):
+    from tunelab.export.ollama import engine_prompt, modelfile
     from tunelab.inference.generate import encode_prompt
-    from tunelab.inference.ollama import engine_prompt, modelfile
     from tunelab.inference.prompts import instruction_row, prompt_text
 
     cfg = PromptConfig(format="alpaca")
@@ -487,7 +487,7 @@ def test_alpaca_chat_template_and_modelfile_render_the_training_prompt(tokenizer
 
 
 def test_chatml_runs_get_a_go_template_that_renders_like_the_chat_template(tokenizer, tmp_path):
-    from tunelab.inference.ollama import engine_prompt, is_chatml
+    from tunelab.export.ollama import engine_prompt, is_chatml
 
     assert is_chatml(tokenizer)
     p = engine_prompt(PromptConfig(format="messages"), tokenizer, [tokenizer.eos_token_id])
@@ -506,7 +506,7 @@ def test_chatml_runs_get_a_go_template_that_renders_like_the_chat_template(token
 
 
 def test_other_chat_templates_get_a_note_instead_of_a_guess(tokenizer):
-    from tunelab.inference.ollama import engine_prompt, modelfile
+    from tunelab.export.ollama import engine_prompt, modelfile
 
     tokenizer = type(tokenizer).from_pretrained(tokenizer.name_or_path)
     tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
@@ -556,7 +556,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_model_dir, tmp_path):
 
 
 def test_a_gguf_check_failure_publishes_nothing(tiny_model_dir, tmp_path, monkeypatch):
-    from tunelab.inference import gguf as gg
+    from tunelab.export import gguf as gg
 
     def broken(path, rope_parameters=None):  # a converter bug: the file's weights are not the model's
         model = real(path, rope_parameters)
@@ -583,7 +583,7 @@ def run(tmp_path_factory) -> Path:
 def exported(run, tmp_path_factory):
     """The run exported through the real CLI at f16, q8_0 and q4_0, and merged as a Hugging Face folder
     (the reference)."""
-    from tunelab.inference.merge import merge_target
+    from tunelab.export.merge import merge_target
     from tunelab.inference.target import resolve_target
 
     root = tmp_path_factory.mktemp("gguf-export")
@@ -623,9 +623,9 @@ def test_gguf_answers_like_the_merged_model(exported):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunelab.data.templates import alpaca_prompt
+    from tunelab.export.gguf import model_from_gguf
+    from tunelab.export.merge import TOLERANCE
     from tunelab.inference.generate import encode_prompt
-    from tunelab.inference.gguf import model_from_gguf
-    from tunelab.inference.merge import TOLERANCE
 
     root, _ = exported
     tok = AutoTokenizer.from_pretrained(root / "merged")
@@ -654,8 +654,8 @@ def test_llama_cpp_loads_the_file_and_answers_like_tunelab(exported, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunelab.data.templates import alpaca_prompt
+    from tunelab.export.gguf import model_from_gguf
     from tunelab.inference.generate import GenerationSettings, encode_prompt, generate_batch
-    from tunelab.inference.gguf import model_from_gguf
 
     root, _ = exported
     tok = AutoTokenizer.from_pretrained(root / "merged")
@@ -724,9 +724,9 @@ def test_llama_cpp_tokenizes_and_answers_like_transformers_with_a_sentencepiece_
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunelab.data.templates import alpaca_prompt
+    from tunelab.export.gguf import read_hparams, write_gguf
+    from tunelab.export.gguf_vocab import read_vocab
     from tunelab.inference.generate import encode_prompt
-    from tunelab.inference.gguf import read_hparams, write_gguf
-    from tunelab.inference.gguf_vocab import read_vocab
 
     tok = AutoTokenizer.from_pretrained(spm_model_dir)
     hp = read_hparams(json.loads((spm_model_dir / "config.json").read_text()))

@@ -154,7 +154,7 @@ def test_folder_metadata_gives_the_prompt_format(tiny_model_dir, tmp_path):
 
 
 def test_logit_check_fails_when_logits_differ():
-    from tunelab.inference.merge import compare_logits
+    from tunelab.export.merge import compare_logits
 
     ref = [torch.randn(5, 50) * 4 for _ in range(3)]
     assert compare_logits(ref, [r.clone() for r in ref], "fp32").ok
@@ -300,7 +300,7 @@ def test_merge_writes_a_model_whose_logits_match_the_adapter(run, tmp_path):
 
 @pytest.mark.slow
 def test_merge_of_a_qlora_run_reloads_the_base_unquantized(run, tmp_path):
-    from tunelab.inference.merge import merge_target
+    from tunelab.export.merge import merge_target
     from tunelab.inference.target import resolve_target
 
     qrun = tmp_path / "qrun"

@@ -35,7 +35,7 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine(run):
     """The run's adapter, its step-2 checkpoint as a second adapter, and the base, over one model."""
-    from tunelab.inference.engine import load_engine
+    from tunelab.serve.engine import load_engine
 
     eng = load_engine(str(run), [f"early={run / 'checkpoints' / 'step-000002'}"])
     yield eng
@@ -44,7 +44,7 @@ def engine(run):
 
 @pytest.fixture(scope="module")
 def base_engine(tiny_model_dir):
-    from tunelab.inference.engine import load_engine
+    from tunelab.serve.engine import load_engine
 
     eng = load_engine(BASE_ID)
     yield eng

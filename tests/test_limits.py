@@ -12,7 +12,7 @@ import yaml
 
 from tunelab.config import load_config
 from tunelab.errors import ConfigError
-from tunelab.inference.openai_api import ApiError, ChatRequest, CompletionRequest, ToolCall, parse_request
+from tunelab.serve.openai_api import ApiError, ChatRequest, CompletionRequest, ToolCall, parse_request
 
 HUGE = "9" * 5000  # past Python's 4,300-digit limit for int()
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -155,7 +155,7 @@ def test_serve_answers_400_to_numbers_and_nesting_past_the_limits(tiny_model_dir
     import httpx
 
     from inference_support import running_server
-    from tunelab.inference.engine import load_engine
+    from tunelab.serve.engine import load_engine
 
     def chat_with_arguments(arguments: str) -> dict:
         call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": arguments}}

@@ -50,7 +50,7 @@ def adapters(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def engine(adapters):
     """Adapters a and b over the tiny base (served too, under its folder path), batched."""
-    from tunelab.inference.engine import load_engine
+    from tunelab.serve.engine import load_engine
 
     eng = load_engine(str(adapters["a"]), [f"b={adapters['b']}"], name="a", max_batch=8)
     yield eng
@@ -116,7 +116,7 @@ async def together(engine, jobs):
 def test_rows_that_join_and_leave_decode_as_they_would_alone(tiny_model_dir):
     from transformers import AutoModelForCausalLM, DynamicCache
 
-    from tunelab.inference.batch_cache import Rows
+    from tunelab.serve.batch_cache import Rows
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     prompts = [[1, 5, 9, 200, 31], [1, 77], [1, 300, 301, 302, 303, 304, 305, 306]]
@@ -158,7 +158,7 @@ def test_rows_that_join_and_leave_decode_as_they_would_alone(tiny_model_dir):
 def test_models_whose_cache_cannot_be_stacked_are_served_one_at_a_time():
     from transformers import LlamaConfig, MistralConfig
 
-    from tunelab.inference.batch_cache import batching_unsupported
+    from tunelab.serve.batch_cache import batching_unsupported
 
     shape = dict(
         vocab_size=100,
@@ -176,8 +176,8 @@ def test_models_whose_cache_cannot_be_stacked_are_served_one_at_a_time():
 def test_logits_processors_are_the_ones_generate_builds(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer, TemperatureLogitsWarper, TopPLogitsWarper
 
-    from tunelab.inference.batching import logits_processors
     from tunelab.inference.generate import generate_kwargs
+    from tunelab.serve.batching import logits_processors
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -282,7 +282,7 @@ def test_no_adapter_starves_another(adapters):
     """--max-batch 2. A request for b that finds a's request decoding runs next to it (steps alternate
     between adapters), and one that finds the batch full is admitted before a's requests that came
     after it (first come, first served across adapters)."""
-    from tunelab.inference.engine import load_engine
+    from tunelab.serve.engine import load_engine
 
     eng = load_engine(str(adapters["a"]), [f"b={adapters['b']}"], name="a", max_batch=2)
     done: list[tuple[str, int]] = []
@@ -318,7 +318,7 @@ def test_no_adapter_starves_another(adapters):
 
 
 def test_max_batch_1_is_the_one_at_a_time_engine(adapters):
-    from tunelab.inference.engine import load_engine
+    from tunelab.serve.engine import load_engine
 
     eng = load_engine(str(adapters["a"]), name="a", max_batch=1)
     try:
@@ -331,7 +331,7 @@ def test_max_batch_1_is_the_one_at_a_time_engine(adapters):
 
 
 def test_close_answers_running_requests_and_cancels_queued_ones(adapters):
-    from tunelab.inference.engine import load_engine
+    from tunelab.serve.engine import load_engine
 
     eng = load_engine(str(adapters["a"]), name="a", max_batch=2)
 
@@ -407,8 +407,8 @@ def test_streaming_under_batching_through_the_openai_client(engine):
 
 
 def test_a_failed_forward_pass_fails_its_requests_and_the_server_goes_on(adapters, monkeypatch):
-    from tunelab.inference import batching
-    from tunelab.inference.engine import load_engine
+    from tunelab.serve import batching
+    from tunelab.serve.engine import load_engine
 
     eng = load_engine(str(adapters["a"]), name="a", max_batch=4)
     real_step = batching.BatchScheduler._step

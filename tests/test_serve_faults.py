@@ -18,7 +18,7 @@ BASE_ID = "tiny:llama-2l"
 
 @pytest.fixture(scope="module")
 def base_engine(tiny_model_dir):
-    from tunelab.inference.engine import load_engine
+    from tunelab.serve.engine import load_engine
 
     eng = load_engine(BASE_ID)
     yield eng

@@ -45,7 +45,7 @@ def tool_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def url(tool_run):
-    from tunelab.inference.engine import load_engine
+    from tunelab.serve.engine import load_engine
 
     engine = load_engine(str(tool_run), [])
     with running_server(engine) as u:
@@ -86,7 +86,7 @@ def test_the_openai_client_gets_tool_calls_back_and_sends_the_result(url):
 
 
 def test_tools_for_a_model_whose_template_cannot_render_them_is_a_400(tiny_model_dir):
-    from tunelab.inference.engine import load_engine
+    from tunelab.serve.engine import load_engine
 
     engine = load_engine("tiny:llama-2l", [])
     try:

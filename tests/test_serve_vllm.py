@@ -41,8 +41,8 @@ def test_bad_serve_flags_are_user_errors(adapters):
 
 
 def test_the_vllm_command_serves_the_ids_tunelab_would(adapters, tiny_model_dir, tmp_path):
-    from tunelab.inference.engine import plan_models
-    from tunelab.inference.vllm_backend import VLLM_SERVER, prepare_vllm, vllm_command
+    from tunelab.serve.engine import plan_models
+    from tunelab.serve.vllm_backend import VLLM_SERVER, prepare_vllm, vllm_command
 
     plan = plan_models(str(adapters["a"]), [f"b={adapters['b']}"], name="support")
     serve = prepare_vllm(plan, tmp_path)
@@ -77,7 +77,7 @@ def test_the_vllm_command_serves_the_ids_tunelab_would(adapters, tiny_model_dir,
 
 
 def test_high_rank_adapters_get_a_max_lora_rank_vllm_accepts(tmp_path):
-    from tunelab.inference.vllm_backend import VllmServe, vllm_command
+    from tunelab.serve.vllm_backend import VllmServe, vllm_command
 
     serve = VllmServe("org/base", "org/base", [("r1", tmp_path / "r1", 8), ("r2", tmp_path / "r2", 48)])
     cmd = vllm_command(serve, "0.0.0.0", 9000, python="python")
@@ -100,7 +100,7 @@ def test_high_rank_adapters_get_a_max_lora_rank_vllm_accepts(tmp_path):
 
 
 def test_serve_vllm_passes_the_key_in_the_environment_and_returns_vllms_exit_code(adapters, monkeypatch):
-    from tunelab.inference import vllm_backend
+    from tunelab.serve import vllm_backend
 
     seen = {}
 

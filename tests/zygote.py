@@ -27,7 +27,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PRELOAD = ("torch", "numpy", "pyarrow", "transformers", "datasets", "peft", "trl", "tunelab.cli.main")
-SAFE_PREFIXES = ("TUNELAB_",)
+# TUNELAB_*: read by tunelab when a command runs; PYTEST_CURRENT_TEST: pytest names each test in it (no library
+# reads it at import), so under pytest every test but the first would otherwise start a fresh interpreter
+SAFE_PREFIXES = ("TUNELAB_", "PYTEST_CURRENT_TEST")
 
 
 class Zygote:

@@ -77,23 +77,25 @@ def _mb(n: int | None) -> str:
 _DISK_FULL = ("no space left", "storagefull", "file write failed", "errno 28", "disk quota exceeded")
 
 
-def as_user_error(e: BaseException) -> TunelabError | None:
-    """The user error an exception from a library stands for (a full disk, a read-only folder), or None for a bug."""
+def as_user_error(e: BaseException, where: object = None) -> TunelabError | None:
+    """The user error an exception from a library stands for (a full disk, a read-only folder), or None for a bug.
+    `where`: what was being written, named when the exception names no path itself."""
     import errno
 
     if isinstance(e, TunelabError):
         return e
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
-        return os_error(e)
+        return os_error(e, getattr(e, "filename", None) or where)
     text = str(e).lower()
     if any(m in text for m in _DISK_FULL):
-        return os_error(OSError(errno.ENOSPC, "No space left on device", _path_in(str(e))))
+        return os_error(OSError(errno.ENOSPC, "No space left on device"), _path_in(str(e)) or where)
     cause = e.__cause__ or e.__context__
-    return as_user_error(cause) if isinstance(cause, BaseException) and cause is not e else None
+    return as_user_error(cause, where) if isinstance(cause, BaseException) and cause is not e else None
 
 
 def _path_in(text: str) -> str | None:
+    """An absolute path in a library's message (not the "/O" of "I/O error")."""
     import re
 
-    m = re.search(r"(/[^\s'\"]+)", text)
+    m = re.search(r"(?:^|[\s'\"(:=])(/[^\s'\"]+)", text)
     return m.group(1) if m else None

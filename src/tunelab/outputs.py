@@ -71,7 +71,7 @@ def check_output(
     anywhere, it never replaces a file that is not its own earlier output. `overwrite`: an earlier output
     of this kind may be replaced. `home`: the folder the verb writes into by default (eval: the run
     directory), allowed as it is. Nothing is written, and no folder is created."""
-    out = Path(path).expanduser().resolve()
+    out = _resolved(path, option)
     _check_name(out, option)
     where = f"{option} {out}"
     if home is None or out != Path(home).expanduser().resolve():
@@ -84,6 +84,18 @@ def check_output(
     if why is not None:
         raise TunelabError(f"{where}: cannot write there: {why}")
     return out
+
+
+def _resolved(path: str | Path, what: str) -> Path:
+    """`path` made absolute with its links followed; a link that loops is one line naming it."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as e:  # a loop: RuntimeError before Python 3.13, OSError (ELOOP) since
+        if isinstance(e, OSError) and e.errno != errno.ELOOP:
+            raise
+        raise TunelabError(
+            f"{what} {path}: a symbolic link that points back at itself", hint="remove the link or name a real path"
+        ) from None
 
 
 def _check_name(out: Path, option: str) -> None:
@@ -101,7 +113,7 @@ def _check_sources(out: Path, where: str, sources: Sequence[Path | None], kind: 
     for src in sources:
         if src is None:
             continue
-        s = Path(src).expanduser().resolve()
+        s = _resolved(src, "the input")
         if out == s:
             why = "is the input this command reads"
         elif s in out.parents and (kind.folder or kind.adds_files):

@@ -131,6 +131,19 @@ class DataRef:
     synthetic: SyntheticSpec | None = None
 
 
+# Synthetic rows are made in memory (about 8 s and 1 GB a million): more is a typo that would only hang.
+SYNTHETIC_MAX_ROWS = 1_000_000
+
+
+def synthetic_rows_problem(n: int) -> str | None:
+    """Why `n` cannot be the row count of synthetic data (`synthetic:N`, `tunelab synth --n`), or None."""
+    if n <= 0:
+        return "the row count must be positive"
+    if n > SYNTHETIC_MAX_ROWS:
+        return f"{n} rows is above the most synthetic data holds ({SYNTHETIC_MAX_ROWS:,})"
+    return None
+
+
 def parse_synthetic(text: str, known_tasks: tuple[str, ...] | None = None) -> SyntheticSpec:
     """`synthetic:N[:seed=S][:tasks=a,b][:kind=alpaca|preference|tools]`."""
     parts = text.split(":")[1:]
@@ -146,8 +159,9 @@ def parse_synthetic(text: str, known_tasks: tuple[str, ...] | None = None) -> Sy
         raise RefError(f"{text}: unknown option {', '.join(opts)} (expected synthetic:N[:seed=S][:tasks=a,b][:kind=K])")
     if kind not in SYNTHETIC_KINDS:
         raise RefError(f"{text}: unknown kind {kind!r} (kinds: {', '.join(SYNTHETIC_KINDS)})")
-    if n <= 0:
-        raise RefError(f"{text}: the row count must be positive")
+    problem = synthetic_rows_problem(n)
+    if problem:
+        raise RefError(f"{text}: {problem}")
     unknown = [t for t in tasks or () if known_tasks is not None and t not in known_tasks]
     if unknown:
         raise RefError(f"{text}: unknown task {', '.join(unknown)} (tasks: {', '.join(known_tasks or ())})")

@@ -10,6 +10,7 @@ from typing import Any
 from tunelab.artifacts.core import ArtifactSpec, ArtifactVersion, unknown
 from tunelab.errors import TunelabError
 from tunelab.refs import ArtifactRef
+from tunelab.runs.metric_table import FINAL_EVAL_LOSS, FINAL_TRAIN_LOSS
 
 
 def default_uri(tracking_dir: Path) -> str:
@@ -49,7 +50,7 @@ def log_artifact(c, run_id: str, spec: ArtifactSpec) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - MlflowException RESOURCE_DOES_NOT_EXIST
         c.create_registered_model(spec.name, tags={"tunelab.type": spec.type})
     tags = {"tunelab.digest": spec.digest, "tunelab.type": spec.type, "tunelab.run_id": run_id}
-    for key in ("base_model", "best_metric", "final_eval_loss", "final_train_loss", "step", "run_name"):
+    for key in ("base_model", "best_metric", FINAL_EVAL_LOSS, FINAL_TRAIN_LOSS, "step", "run_name"):
         if meta.get(key) is not None:
             tags[f"tunelab.{key}"] = str(meta[key])
     mv = c.create_model_version(

@@ -9,18 +9,6 @@ import typer
 
 from tunelab.cli.common import user_errors
 
-# metric key -> (label, format); the order is the table's order
-METRIC_ROWS = {
-    "loss": ("loss (response tokens)", "{:.4f}"),
-    "perplexity": ("perplexity", "{:.2f}"),
-    "exact_match": ("exact match", "{:.1%}"),
-    "normalized_exact_match": ("normalized exact match", "{:.1%}"),
-    "rougeL": ("ROUGE-L F1", "{:.3f}"),
-    "bleu": ("BLEU", "{:.1f}"),
-    "chrf": ("chrF", "{:.1f}"),
-    "answer_words": ("answer length (words)", "{:.2f}"),
-}
-
 
 @user_errors
 def eval_(
@@ -113,42 +101,46 @@ def report(
         raise TunelabError(f"--max-prompts {max_prompts}: must be zero or more")
     info = write_report(runs, output, max_prompts=max_prompts)
     gaps = f"; gaps: {', '.join(info['gaps'])}" if info["gaps"] else ""
-    out.print(f"wrote {output} ({len(runs)} run{'s' if len(runs) != 1 else ''}, {info['bytes'] / 1024:,.0f} KiB){gaps}")
+    out.print(  # paths and the damaged files' lines are never wrapped: they are copied and searched for
+        f"wrote {output} ({len(runs)} run{'s' if len(runs) != 1 else ''}, {info['bytes'] / 1024:,.0f} KiB){gaps}",
+        soft_wrap=True,
+    )
 
 
 def _print_results(result) -> None:
+    """The metrics of each model side by side, in the metric table's order and formats, with the difference."""
     from rich.table import Table
 
     from tunelab.cli.common import out
-    from tunelab.evaluation.metrics import direction
 
-    s = result.summary
-    models = result.models
-    d = s["data"]
-    t = Table(title=f"eval {s['target']}: {d['examples']} examples from {d['source']}", title_justify="left")
+    record, models = result.record, result.models
+    d = record.data
+    t = Table(title=f"eval {record.target}: {d.examples} examples from {d.source}", title_justify="left")
     t.add_column("metric")
     for m in models:
         t.add_column(m.label, justify="right")
     if len(models) > 1:
         t.add_column("difference", justify="right")
-    rows = {**METRIC_ROWS, **{k: (k, "{:.3f}") for k in result.scorers if k not in METRIC_ROWS}}
-    for key, (label, fmt) in rows.items():
-        values = [m.metrics.get(key) for m in models]
+    for row in result.table.at("eval"):
+        values = [m.metrics.get(row.field) for m in models]
         if all(v is None for v in values):
             continue
-        cells = ["-" if v is None else fmt.format(v) for v in values]
+        cells = ["-" if v is None else row.format(v) for v in values]
         if len(models) > 1:
-            diff = s.get("difference", {}).get(key)
-            if diff is None:
-                cells.append("-")
-            else:
-                sign = result.scorers.get(key, direction(key)) * (1 if diff > 0 else -1 if diff < 0 else 0)
-                colour = {1: "green", -1: "red"}.get(sign, "")
-                text = ("+" if diff > 0 else "") + (f"{diff * 100:.1f} pts" if "%" in fmt else fmt.format(diff))
-                cells.append(f"[{colour}]{text}[/]" if colour else text)
-        t.add_row(label, *cells)
+            cells.append(_difference(row, (record.difference or {}).get(row.field)))
+        t.add_row(row.label, *cells)
     out.print(t)
-    out.print(f"wrote {result.out_dir}/eval.json and {result.out_dir}/eval_samples.jsonl ({s['time_s']:.1f} s)")
+    out.print(f"wrote {result.out_dir}/eval.json and {result.out_dir}/eval_samples.jsonl ({record.time_s:.1f} s)")
+
+
+def _difference(row, diff: float | None) -> str:
+    """Target minus baseline, green when it is better by the metric's direction, red when worse."""
+    if diff is None:
+        return "-"
+    sign = row.direction * (1 if diff > 0 else -1 if diff < 0 else 0)
+    colour = {1: "green", -1: "red"}.get(sign, "")
+    text = ("+" if diff > 0 else "") + (f"{diff * 100:.1f} pts" if row.fmt == "pct" else row.format(diff))
+    return f"[{colour}]{text}[/]" if colour else text
 
 
 def register(app: typer.Typer) -> None:

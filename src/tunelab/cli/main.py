@@ -72,12 +72,14 @@ def train(
     batch_size x grad_accum x N x M sequences.
     """
     from tunelab.config import load_config
+    from tunelab.training.launch import Launch
 
+    launch = Launch(nproc, nnodes, node_rank, master_addr, master_port)
+    launch.check()  # also alone: --node-rank 5 or --master-port 70000 with one machine is a mistake too
     cfg = load_config(config, overrides)
     if (nproc, nnodes) != (1, 1):
-        from tunelab.training.launch import Launch, early_checks, launch_run
+        from tunelab.training.launch import early_checks, launch_run
 
-        launch = Launch(nproc, nnodes, node_rank, master_addr, master_port)
         port = early_checks(cfg, launch)  # the flags, the strategy, the port: refused before any library loads
         raise typer.Exit(launch_run(cfg, config, overrides, resume, launch, port, console))
     from tunelab.training.distributed import World, check_launch_env, check_launched, launch_command
@@ -199,8 +201,9 @@ def validate(
     cfg = load_config(config, overrides)
     report = preflight(cfg, resume=resume, nproc=nproc)
     for f in report.findings:  # diagnostics on stderr; the verdict on stdout
-        style = {"problem": "red", "note": "yellow", "ok": "green"}[f.kind]
-        console.print(Text.assemble((f"{f.kind:7s} ", style), f.line()), highlight=False, soft_wrap=True)
+        style = {"problem": "red", "note": "yellow", "ok": "green"}[f.severity]
+        hint = f"; {f.hint}" if f.hint and f.severity != "ok" else ""
+        console.print(Text.assemble((f"{f.severity:7s} ", style), f.line() + hint), highlight=False, soft_wrap=True)
     problems, notes = report.problems, report.notes
     if problems or (strict and notes):
         n = len(problems) + (len(notes) if strict else 0)
@@ -266,9 +269,11 @@ def synth(
     """Write seeded synthetic Alpaca-format tasks with exact answers."""
     from tunelab.data.synthetic import SYNTHETIC_DATA, generate, write_jsonl
     from tunelab.outputs import check_output
+    from tunelab.refs import synthetic_rows_problem
 
-    if n <= 0:
-        raise TunelabError("--n: must be positive")
+    problem = synthetic_rows_problem(n)
+    if problem:
+        raise TunelabError(f"--n: {problem}")
     write_jsonl(generate(n, seed), check_output(out_file, "--out", SYNTHETIC_DATA, overwrite=True))
     out.print(f"wrote {n} rows to {out_file}")
 
@@ -310,9 +315,17 @@ def _params(model) -> str:
     return ", ".join(shown) or "-"
 
 
-from tunelab.cli import evaluate_cmds, inference_cmds, perf_cmds, sweep_cmds, tracking_cmds  # noqa: E402
+from tunelab.cli import (  # noqa: E402
+    evaluate_cmds,
+    export_cmds,
+    generate_cmds,
+    perf_cmds,
+    serve_cmds,
+    sweep_cmds,
+    tracking_cmds,
+)
 
-for _area in (tracking_cmds, evaluate_cmds, inference_cmds, perf_cmds, sweep_cmds):
+for _area in (tracking_cmds, evaluate_cmds, generate_cmds, export_cmds, serve_cmds, perf_cmds, sweep_cmds):
     _area.register(app)
 
 

@@ -37,33 +37,70 @@ def plan(
 ):
     """Estimate a run's peak memory from the model config alone (no weights are loaded); with --nproc,
     the memory of each rank."""
-    from rich.table import Table
-    from rich.text import Text
-
     from tunelab.cli.common import _quiet_libraries
     from tunelab.config import load_config
     from tunelab.errors import TunelabError
-    from tunelab.perf.plan import GIB, advise, available_memory, describe, parse_memory, plan_to_json
-    from tunelab.perf.sharding import plan_summary, rank_estimator
 
     cfg = load_config(config, overrides)
     shown = cfg.model.name
     if nproc < 1 or nnodes < 1:
         raise TunelabError(f"--{'nproc' if nproc < 1 else 'nnodes'}: give at least 1")
     if model_config is not None:
-        folder = model_config.parent if model_config.name == "config.json" else model_config
-        if not (folder / "config.json").is_file():
-            raise TunelabError(f"--model-config: {model_config} is no config.json (nor a folder holding one)")
-        cfg.model.name = str(folder.resolve())
+        cfg.model.name = _model_config_folder(model_config)
     _quiet_libraries()
+    dev = _plan_device(cfg, device)
+    world = nproc * nnodes
+    planned = _memory_plan(cfg, dev, nproc, world, memory)
+    if as_json:
+        out.print_json(json.dumps(planned.as_json()))
+        return
+    _print_plan(cfg, shown, dev, world, planned)
+
+
+class _Planned:
+    """One rank's plan, the budget it is held against, the advice, and what `train` would refuse."""
+
+    def __init__(self, the_plan, budget: float, advice: dict, strategy: str, world: int, refused: str | None):
+        self.plan, self.budget, self.advice = the_plan, budget, advice
+        self.strategy, self.world, self.refused = strategy, world, refused
+
+    def as_json(self) -> dict:
+        from tunelab.perf.plan import plan_to_json
+        from tunelab.perf.sharding import plan_summary
+
+        return {
+            **plan_to_json(self.plan),
+            "budget_bytes": int(self.budget),
+            **self.advice,
+            **plan_summary(self.strategy, self.world),
+            "refused": self.refused,
+        }
+
+
+def _model_config_folder(model_config: Path) -> str:
+    from tunelab.errors import TunelabError
+
+    folder = model_config.parent if model_config.name == "config.json" else model_config
+    if not (folder / "config.json").is_file():
+        raise TunelabError(f"--model-config: {model_config} is no config.json (nor a folder holding one)")
+    return str(folder.resolve())
+
+
+def _plan_device(cfg, device: str | None) -> str:
     dev = device or ("cuda" if cfg.model.device.startswith("cuda") else "cpu")
     if cfg.model.device == "auto" and device is None:
         import torch
 
         dev = "cuda" if torch.cuda.is_available() else "cpu"
+    return dev
+
+
+def _memory_plan(cfg, dev: str, nproc: int, world: int, memory: str | None) -> _Planned:
+    from tunelab.errors import TunelabError
+    from tunelab.perf.plan import advise, available_memory, parse_memory
+    from tunelab.perf.sharding import rank_estimator
     from tunelab.training.distributed import check_strategy, resolve_strategy
 
-    world = nproc * nnodes
     strategy = resolve_strategy(cfg, world, dev, nproc)
     refused = None
     try:
@@ -77,20 +114,17 @@ def plan(
     advice = advise(cfg, dev, budget, estimator=estimate)
     if ck == "auto" and advice["checkpointing_needed"]:
         the_plan = estimate(cfg, dev, checkpointing=True)
-    if as_json:
-        out.print_json(
-            json.dumps(
-                {
-                    **plan_to_json(the_plan),
-                    "budget_bytes": int(budget),
-                    **advice,
-                    **plan_summary(strategy, world),
-                    "refused": refused,
-                }
-            )
-        )
-        return
-    ranks = f", per rank of {world} ({strategy})" if world > 1 else ""
+    return _Planned(the_plan, budget, advice, strategy, world, refused)
+
+
+def _print_plan(cfg, shown: str, dev: str, world: int, planned: _Planned) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from tunelab.perf.plan import GIB, describe
+
+    the_plan, advice, budget = planned.plan, planned.advice, planned.budget
+    ranks = f", per rank of {world} ({planned.strategy})" if world > 1 else ""
     t = Table(
         title=f"memory plan: {shown} on {dev}{ranks}, micro-batch {cfg.training.batch_size} x "
         f"{cfg.training.max_length} tokens, checkpointing {'on' if the_plan.checkpointing else 'off'}",
@@ -115,8 +149,8 @@ def plan(
             f"each of the {world} ranks needs {the_plan.total / GIB:,.2f} GiB; {batch_note(cfg, world)}",
             highlight=False,
         )
-    if refused:
-        out.print(Text(f"note: tunelab train would refuse this: {refused}", style="yellow"), soft_wrap=True)
+    if planned.refused:
+        out.print(Text(f"note: tunelab train would refuse this: {planned.refused}", style="yellow"), soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

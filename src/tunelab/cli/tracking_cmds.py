@@ -82,7 +82,7 @@ def artifacts_push(
     from tunelab.artifacts import ArtifactSpec, content_digest, parse, store_for
     from tunelab.artifacts.env import isolated
     from tunelab.cli.common import _quiet_libraries, out
-    from tunelab.errors import TunelabError
+    from tunelab.errors import TunelabError, as_user_error
 
     if type_ not in ("dataset", "model"):
         raise TunelabError(f"--type: {type_!r} is not dataset or model")
@@ -96,10 +96,16 @@ def artifacts_push(
     home = _home(tracking_dir, project, uri)
     digest = content_digest(path)
     meta = {"source": path.name, "files": 1 if path.is_file() else sum(1 for p in path.rglob("*") if p.is_file())}
-    with isolated(home.dir):
-        v = store_for(store, home).push(
-            ArtifactSpec(path.resolve(), name, type_, list(alias or []), meta, digest), project
-        )
+    try:
+        with isolated(home.dir):
+            v = store_for(store, home).push(
+                ArtifactSpec(path.resolve(), name, type_, list(alias or []), meta, digest), project
+            )
+    except OSError as e:  # a full or read-only store is the user's to fix; anything else is a bug
+        err = as_user_error(e, home.dir)
+        if err is None:
+            raise
+        raise err from None
     if v.version == "offline":
         out.print(
             f"logged W&B artifact {name} ({', '.join(v.aliases)}) digest {digest[:16]} offline in {v.producer_run}; "
@@ -178,12 +184,10 @@ def artifacts_pull(
     dest = out_dir or Path(f"{got.version.name}-{got.version.version}")
     if dest.exists() and any(dest.iterdir()):
         raise TunelabError(f"--out: {dest} exists and is not empty")
-    try:
-        shutil.copytree(got.path, dest, dirs_exist_ok=True)
-    except OSError as e:
-        from tunelab.errors import os_error
+    from tunelab.outputs import staged_folder
 
-        raise os_error(e, dest) from None
+    with staged_folder(dest) as tmp:  # a failed copy (a full disk) leaves nothing at dest, in one line
+        shutil.copytree(got.path, tmp, dirs_exist_ok=True)
     out.print(
         f"pulled [bold]{got.version.ref}[/] ({', '.join(got.version.aliases)}) to {dest} "
         f"digest {(got.version.digest or '-')[:16]}",
@@ -238,6 +242,7 @@ def runs_list(runs_dir: RunsDirOpt = Path("runs"), as_json: JsonOpt = False):
     A damaged run is left out with a note saying which file is damaged and how."""
     from tunelab.cli.common import out
     from tunelab.runs.index import rows as list_rows
+    from tunelab.runs.metric_table import FINAL_EVAL_LOSS, FINAL_TRAIN_LOSS
 
     rows, notes = list_rows(runs_dir)
     _notes(notes)
@@ -254,8 +259,8 @@ def runs_list(runs_dir: RunsDirOpt = Path("runs"), as_json: JsonOpt = False):
         "learning_rate",
         "batch",
         "steps",
-        "final_train_loss",
-        "final_eval_loss",
+        FINAL_TRAIN_LOSS,
+        FINAL_EVAL_LOSS,
         "duration_s",
     )
     print_table(

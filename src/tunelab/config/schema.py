@@ -46,9 +46,10 @@ def _parses(parse, value: str) -> str:
 
 
 class Section(BaseModel):
-    """Base for every config section: unknown keys are errors, assignments are validated."""
+    """Base for every config section: unknown keys are errors, assignments are validated, and no number is
+    infinite or NaN (`learning_rate: inf` passed `gt=0` and trained on NaN losses)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):

@@ -1,5 +1,5 @@
-"""Generation metrics as `tunelab eval` and the training sample tables report them, and which way
-each metric is better.
+"""Generation metrics as `tunelab eval` and the training sample tables report them, the metric
+table with the scorers' rows filled in, and which way each metric is better.
 
 The scorers themselves (exact match, normalized exact match, ROUGE-L, BLEU, chrF, answer length and
 the rest) live in `tunelab.scoring`, their one owner; this module keeps the historical functions
@@ -8,10 +8,21 @@ over the default set, so the numbers `tunelab eval` and training report agree.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cache
 from statistics import fmean
+from typing import Any
 
-from tunelab.scoring import DEFAULT_SCORERS, aggregate, config_scorers, kind_of, score_answers
+from tunelab.runs.metric_table import TABLE, MetricTable, ScorerMetric
+from tunelab.scoring import (
+    DEFAULT_SCORERS,
+    Scorer,
+    aggregate,
+    config_scorers,
+    declared_metric,
+    kind_metrics,
+    score_answers,
+)
 from tunelab.scoring.text import exact_match, normalize_answer, normalized_exact_match
 
 __all__ = [
@@ -19,19 +30,12 @@ __all__ = [
     "example_scores",
     "exact_match",
     "exact_match_rate",
+    "config_metrics",
     "generation_metrics",
+    "metric_table",
     "normalize_answer",
     "normalized_exact_match",
 ]
-
-# Metrics that are no scorer: measured on the reference answers (loss) or on preference pairs.
-OTHER_DIRECTIONS = {
-    "loss": -1,
-    "perplexity": -1,
-    "preference_accuracy": 1,
-    "preference_margin": 1,
-    "preference_accuracy_after": 1,
-}
 
 
 def exact_match_rate(answers: list[str], references: list[str]) -> float:
@@ -66,16 +70,29 @@ def generation_metrics(
     return aggregate(scorers, answers, references, per_example)
 
 
+def metric_table(scorers: Iterable[Scorer] = (), declared: Iterable[Any] = ()) -> MetricTable:
+    """The metric table with a row pair for each of `scorers`, for each declaration in `declared` (a
+    config's eval.scorers entries, eval.json's `scorers` values; one this tunelab cannot read is left
+    out), and for every registered kind under its own name."""
+    rows = [s.metric for s in scorers] + [m for d in declared if (m := declared_metric(d)) is not None]
+    return _table(tuple(rows))
+
+
+def config_metrics(declared: list[Any] | None) -> list[ScorerMetric]:
+    """The rows of a config's eval.scorers (None: the default set), without building the scorers."""
+    items = list(DEFAULT_SCORERS) if declared is None else declared
+    return [m for d in items if (m := declared_metric(d)) is not None]
+
+
+@cache
+def _table(declared: tuple[ScorerMetric, ...]) -> MetricTable:
+    return TABLE.with_scorers([*declared, *kind_metrics()])  # a declared one wins over its kind's default
+
+
 def direction(metric: str) -> int:
     """+1 when higher is better, -1 when lower is better, 0 when neither (answer length, timings).
 
     Prefixed names as they appear in metrics.jsonl and trackers (`samples_rougeL`, `eval_loss`,
     `eval/baseline/bleu`) get the direction of the metric they name; a scorer's comes from the
     registry."""
-    name = metric.rsplit("/", 1)[-1].removeprefix("samples_").removeprefix("final_")
-    if name in OTHER_DIRECTIONS:
-        return OTHER_DIRECTIONS[name]
-    kind = kind_of(name)
-    if kind is not None:
-        return kind.direction
-    return -1 if name.endswith("loss") else 0
+    return metric_table().direction(metric)

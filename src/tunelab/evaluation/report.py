@@ -15,12 +15,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tunelab.evaluation.metrics import direction, exact_match
+from tunelab.evaluation.metrics import direction, exact_match, metric_table
 from tunelab.evaluation.plots import all_curves
 from tunelab.outputs import Output, check_output, write_text
 from tunelab.runs.data import RunData, load_runs
 from tunelab.runs.files import NOT_COMPARED, flatten
-from tunelab.runs.index import eval_metrics
+from tunelab.runs.metric_table import (
+    EXACT_MATCH,
+    FINAL_EVAL_LOSS,
+    FINAL_TRAIN_LOSS,
+    PREFERENCE_ACCURACY_AFTER,
+    PREFERENCE_ACCURACY_BEFORE,
+    REWARD_MARGINS,
+    SAMPLES_EXACT_MATCH,
+    SAMPLES_EXACT_MATCH_AFTER,
+    SAMPLES_EXACT_MATCH_BEFORE,
+    SAMPLES_PREFIX,
+    Metric,
+    MetricTable,
+)
 
 TEMPLATES = Path(__file__).parent / "templates"
 # shown in the "same in every run" table when equal; any key that differs is shown regardless
@@ -51,18 +64,12 @@ KEY_SETTINGS = [
     "training.packing",
     "training.seed",
 ]
-EVAL_ROWS = [
-    ("exact_match", "exact match", "pct"),
-    ("normalized_exact_match", "normalized exact match", "pct"),
-    ("rougeL", "ROUGE-L F1", "{:.3f}"),
-    ("bleu", "BLEU", "{:.1f}"),
-    ("chrf", "chrF", "{:.1f}"),
-    ("loss", "loss (response tokens)", "{:.4f}"),
-    ("perplexity", "perplexity", "{:.2f}"),
-    ("answer_words", "answer length (words)", "{:.2f}"),
-    ("preference_accuracy", "preference accuracy (chosen likelier)", "pct"),
-    ("preference_margin", "preference margin (nats)", "{:.3f}"),
-]
+# The training table's rows, in order: the summary's results (each falling back to its logged series
+# while a run trains), then every scorer's last sample value, then preference tuning's.
+TRAIN_BEFORE = (FINAL_TRAIN_LOSS, FINAL_EVAL_LOSS, SAMPLES_EXACT_MATCH_BEFORE, SAMPLES_EXACT_MATCH_AFTER)
+TRAIN_AFTER = (PREFERENCE_ACCURACY_BEFORE, PREFERENCE_ACCURACY_AFTER, REWARD_MARGINS)
+# where a value was read, said after a row's label
+WHEN = {"evaluation": ", last evaluation", "log": ", last log"}
 
 
 def fmt(value: Any, how: str) -> str:
@@ -101,12 +108,14 @@ def metric_row(
     how: str,
     notes: list[str] | None = None,
     groups: list[str] | None = None,
+    better: int | None = None,
 ) -> dict:
     """A table row: formatted cells, the best one marked when it alone is best as shown (a tie, or
     values that print the same, such as 0.0 and 0.04 at one decimal, gets no star). With `groups`
     (each run's training method) only runs of one group compete: the losses of SFT, DPO and KTO
-    measure different objectives. A NaN or infinite value (a diverged run) is shown, never best."""
-    d = direction(key)
+    measure different objectives. A NaN or infinite value (a diverged run) is shown, never best.
+    `better`: the metric's direction, when the caller has its row (default: looked up by `key`)."""
+    d = direction(key) if better is None else better
     values = [_number(v) for v in values]
     texts = [fmt(v, how) if v is not None else None for v in values]
     groups = groups or [""] * len(values)
@@ -152,7 +161,7 @@ def verdict(runs: list[RunData], eval_rows: list[dict], train_rows: list[dict]) 
     training loss) and by how much it leads the next one."""
     if len(runs) < 2:
         return None
-    for key, rows in (("exact_match", eval_rows), ("final_eval_loss", train_rows), ("final_train_loss", train_rows)):
+    for key, rows in ((EXACT_MATCH, eval_rows), (FINAL_EVAL_LOSS, train_rows), (FINAL_TRAIN_LOSS, train_rows)):
         row = next((r for r in rows if r["key"] == key), None)
         if row is None:
             continue
@@ -162,76 +171,61 @@ def verdict(runs: list[RunData], eval_rows: list[dict], train_rows: list[dict]) 
         scored.sort(key=lambda x: x[0], reverse=direction(key) > 0)
         (best, name), (second, other) = scored[0], scored[1]
         if best == second:
-            return (
-                f"{name} and {other} tie on {row['label']} ({fmt(best, 'pct' if key == 'exact_match' else '{:.4f}')})."
-            )
-        gap = f"{(best - second) * 100:+.1f} points" if key == "exact_match" else f"{best - second:+.4f}"
-        shown = fmt(best, "pct" if key == "exact_match" else "{:.4f}")
+            return f"{name} and {other} tie on {row['label']} ({fmt(best, 'pct' if key == EXACT_MATCH else '{:.4f}')})."
+        gap = f"{(best - second) * 100:+.1f} points" if key == EXACT_MATCH else f"{best - second:+.4f}"
+        shown = fmt(best, "pct" if key == EXACT_MATCH else "{:.4f}")
         return f"Best on {row['label']}: {name} ({shown}), {gap} against {other}."
     return None
 
 
 def metrics_tables(runs: list[RunData]) -> tuple[list[dict], list[dict]]:
-    """(rows from eval.json with the base model beside each value, rows from training)."""
+    """(rows from eval.json with the base model beside each value, rows from training); a row no run
+    has is left out. The metric table says each row's label, format and direction; the scorers the
+    runs declare (their configs' eval.scorers, their eval.json) add theirs."""
+    table = run_metric_table(runs)
     eval_rows = []
-    if any(r.eval for r in runs):
-        for key, label, how in EVAL_ROWS:
-            values, notes = [], []
-            for r in runs:
-                values.append(_number(eval_metrics(r.eval, "target").get(key)))
-                base = _number(eval_metrics(r.eval, "baseline").get(key))
-                notes.append(f"base {fmt(base, how)}" if base is not None else "")
-            if any(v is not None for v in values):
-                eval_rows.append(metric_row(label, key, values, how, notes))
+    for m in eval_metrics(runs, table):
+        values, notes = [], []
+        for r in runs:
+            values.append(_number(r.value(m)))
+            base = _number(r.value(m, role="baseline"))
+            notes.append(f"base {fmt(base, m.fmt)}" if base is not None else "")
+        if any(v is not None for v in values):
+            eval_rows.append(metric_row(m.label, m.field, values, m.fmt, notes, better=m.direction))
     groups = method_groups(runs)
-    within = " (compared within each method)" if groups else ""
-    train_rows = [
-        metric_row(
-            f"final train loss{within}",
-            "final_train_loss",
-            [r.final("final_train_loss", "loss") for r in runs],
-            "{:.4f}",
-            groups=groups,
-        ),
-        metric_row(
-            f"final eval loss{within}",
-            "final_eval_loss",
-            [r.final("final_eval_loss", "eval_loss") for r in runs],
-            "{:.4f}",
-            groups=groups,
-        ),
-        metric_row(
-            "sample exact match, before training",
-            "before_training",  # a starting point, not a result
-            [r.final("samples_exact_match_before") for r in runs],
-            "pct",
-        ),
-        metric_row(
-            "sample exact match, last evaluation",
-            "samples_exact_match",
-            [r.final("samples_exact_match_after", "samples_exact_match") for r in runs],
-            "pct",
-        ),
-        metric_row(
-            "sample ROUGE-L, last evaluation", "samples_rougeL", [r.last("samples_rougeL") for r in runs], "{:.3f}"
-        ),
-        metric_row("sample chrF, last evaluation", "samples_chrf", [r.last("samples_chrf") for r in runs], "{:.1f}"),
-        metric_row(
-            "preference accuracy, before training",
-            "before_training",
-            [r.final("preference_accuracy_before") for r in runs],
-            "pct",
-        ),
-        metric_row(
-            "preference accuracy, last evaluation",
-            "preference_accuracy",
-            [r.final("preference_accuracy_after", "preference_accuracy") for r in runs],
-            "pct",
-        ),
-        metric_row("reward margin, last log", "rewards/margins", [r.last("rewards/margins") for r in runs], "{:.3f}"),
-    ]
+    train_rows = []
+    for m in train_metrics(table):
+        losses = m.key in (FINAL_TRAIN_LOSS, FINAL_EVAL_LOSS)
+        label = m.label + WHEN.get(m.where, "") + (" (compared within each method)" if losses and groups else "")
+        values = [r.value(m) for r in runs]
+        groups_of = groups if losses else None
+        train_rows.append(metric_row(label, m.key, values, m.fmt, groups=groups_of, better=m.direction))
     train_rows = [row for row in train_rows if not all(c["gap"] for c in row["cells"])]
     return eval_rows, train_rows
+
+
+def run_metric_table(runs: list[RunData]) -> MetricTable:
+    """The metric table with the scorers these runs declared: in their configs, and in their eval.json."""
+    declared = []
+    for r in runs:
+        scorers = (r.config.get("eval") or {}).get("scorers") if isinstance(r.config.get("eval"), dict) else None
+        declared += scorers if isinstance(scorers, list) else []
+        declared += list((r.eval.scorers or {}).values()) if r.eval is not None else []
+    return metric_table(declared=declared)
+
+
+def eval_metrics(runs: list[RunData], table: MetricTable) -> list[Metric]:
+    """eval.json's rows: the table's, then one for each metric an eval.json holds that the table lacks."""
+    known = table.at("eval")
+    seen = {m.field for m in known}
+    found = [k for r in runs if r.eval is not None for role in ("target", "baseline") for k in r.eval.metrics(role)]
+    return known + [table.eval_row(k) for k in dict.fromkeys(found) if k not in seen]
+
+
+def train_metrics(table: MetricTable) -> list[Metric]:
+    """The training table's rows (see TRAIN_BEFORE): sample exact match once, as the summary's."""
+    samples = [m for m in table.at("evaluation") if m.key.startswith(SAMPLES_PREFIX) and m.key != SAMPLES_EXACT_MATCH]
+    return [table.rows[k] for k in TRAIN_BEFORE] + samples + [table.rows[k] for k in TRAIN_AFTER]
 
 
 def metadata_rows(runs: list[RunData]) -> list[dict]:
@@ -269,13 +263,13 @@ def _metadata(r: RunData) -> dict[str, str]:
         "trainable parameters": f"{params['trainable']:,} of {params['total']:,}" if "trainable" in params else "",
         "data": _data(r),
         "data version": _data_version(r),
-        "evaluated": f"{r.eval.get('created', '')} on {_examples(r.eval)} examples" if r.eval else "",
+        "evaluated": f"{r.eval.created or ''} on {_examples(r)} examples" if r.eval is not None else "",
     }
 
 
-def _examples(ev: dict[str, Any]) -> Any:
-    data = ev.get("data")
-    return data.get("examples", "?") if isinstance(data, dict) else "?"
+def _examples(r: RunData) -> Any:
+    data = r.eval.data if r.eval is not None else None
+    return data.examples if data is not None and data.examples is not None else "?"
 
 
 def _adapter(r: RunData) -> str:

@@ -4,13 +4,13 @@ For each model: the loss and perplexity on the reference answers (response token
 in training) and the generation metrics of its greedy (or configured) answers. A LoRA target's
 baseline is its own base model, reached with PEFT's `disable_adapter()` so the weights are loaded
 once and quantized exactly as in training; `--baseline` names any other target instead.
-Results go to eval.json (aggregates) and eval_samples.jsonl (one line per example).
+Results go to eval.json (aggregates, a `runs.EvalRecord`) and eval_samples.jsonl (one line per
+example), both through the run directory's owner (`RunDir.write_eval`).
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import math
 import time
 from contextlib import nullcontext
@@ -22,21 +22,21 @@ from typing import Any
 from tunelab.data.prepare import tokenize_rows
 from tunelab.errors import TunelabError
 from tunelab.evaluation.data import EvalRows, check_args, load_eval_rows
+from tunelab.evaluation.metrics import metric_table
 from tunelab.evaluation.preference import has_pairs, preference_scores, tokenized_pairs
-from tunelab.inference.folder import model_folders
 from tunelab.inference.generate import GenerationSettings, generate_batch
-from tunelab.inference.target import Target, load_target, resolve_target
+from tunelab.inference.target import Target, load_target, model_folders, resolve_target
 from tunelab.outputs import Output, check_output, write_text
+from tunelab.runs import EvalRecord, RunDir
 from tunelab.runs.files import read_json
+from tunelab.runs.metric_table import MetricTable
 from tunelab.runs.records import ModelMeta
 from tunelab.scoring import Scorer, config_scorers, merged, score_set
 
-SAMPLES_FILE = "eval_samples.jsonl"
-RESULTS_FILE = "eval.json"
-# `--out`: a folder eval adds its two files to; an earlier one holds an eval.json as `_summary` writes it.
+# `--out`: a folder eval adds its two files to; an earlier one holds an eval.json as `_record` writes it.
 EVAL_RESULTS = Output(
     "eval results",
-    lambda p: {"target", "models", "generation"} <= set(read_json(p / RESULTS_FILE) or {}),
+    lambda p: {"target", "models", "generation"} <= set(read_json(RunDir(p).eval_results) or {}),
     adds_files=True,
 )
 
@@ -55,10 +55,10 @@ class ModelResult:
 
 @dataclass
 class EvalResult:
-    summary: dict[str, Any]
+    record: EvalRecord  # what eval.json holds
     models: list[ModelResult]
     out_dir: Path
-    scorers: dict[str, int] = field(default_factory=dict)  # key each scorer reported under -> its direction
+    table: MetricTable  # the rows of what was measured: the fixed metrics and the chosen scorers'
 
 
 def response_loss(model, tokenizer, rows: EvalRows, batch_size: int) -> dict[str, float]:
@@ -242,16 +242,15 @@ def evaluate(
     del model
     _release_memory()
 
-    summary = _summary(target, rows, settings, models, time.perf_counter() - t0)
-    summary["scorers"] = {s.key: s.declaration() for s in chosen}  # what each metric key means, to rerun it
-    _write(out, summary, prompts, references, models)
-    step = summary["step"] or 0
+    record = _record(target, rows, settings, models, chosen, time.perf_counter() - t0)
+    RunDir(out).write_eval(record, _sample_records(prompts, references, models), write_text)
+    step = record.step or 0
     for sink in sinks or []:
-        record = {"step": step}
+        logged = {"step": step}
         for m in models:
             prefix = "eval/" if m.role == "target" else "eval/baseline/"
-            record.update({prefix + k: v for k, v in m.metrics.items()})
-        sink.log_metrics(record)
+            logged.update({prefix + k: v for k, v in m.metrics.items()})
+        sink.log_metrics(logged)
         if not rows.generates:
             continue
         # the training sample table's shape (what sinks render), the model named in the settings column
@@ -269,7 +268,7 @@ def evaluate(
                 for i, (p, r) in enumerate(zip(prompts, references, strict=True))
             ],
         )
-    return EvalResult(summary, models, out, {s.key: s.direction for s in chosen})
+    return EvalResult(record, models, out, metric_table(chosen))
 
 
 def _short(text: str) -> str:
@@ -292,27 +291,30 @@ def _progress(console):
     )
 
 
-def _summary(target: Target, rows: EvalRows, settings, models: list[ModelResult], seconds: float) -> dict[str, Any]:
+def _record(
+    target: Target, rows: EvalRows, settings, models: list[ModelResult], scorers: list[Scorer], seconds: float
+) -> EvalRecord:
     refs = rows.references()
-    summary: dict[str, Any] = {
-        "target": target.text,
-        "step": run_step(target) if target.run_dir is not None else None,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "data": {
+    record = EvalRecord(
+        target=target.text,
+        step=run_step(target) if target.run_dir is not None else None,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        data={
             "source": rows.source,
             "split": rows.split,
             "examples": len(rows.rows),
             "prompt_format": rows.prompt.format,
             "reference_words": sum(len(r.split()) for r in refs) / len(refs),
         },
-        "generation": settings.as_dict(),
-        "models": {m.role: {"label": m.label, "model": m.spec, "metrics": m.metrics} for m in models},
-        "time_s": round(seconds, 2),
-    }
+        generation=settings.as_dict(),
+        models={m.role: {"label": m.label, "model": m.spec, "metrics": m.metrics} for m in models},
+        time_s=round(seconds, 2),
+        scorers={s.key: s.declaration() for s in scorers},  # what each metric key means, to rerun it
+    )
     if len(models) > 1:
         a, b = models[0].metrics, models[1].metrics
-        summary["difference"] = {k: a[k] - b[k] for k in a if k in b}
-    return summary
+        record.difference = {k: a[k] - b[k] for k in a if k in b}
+    return record
 
 
 def _sample_records(prompts, references, models: list[ModelResult]) -> list[dict[str, Any]]:
@@ -328,10 +330,3 @@ def _sample_records(prompts, references, models: list[ModelResult]) -> list[dict
         }
         for i, (p, r) in enumerate(zip(prompts, references, strict=True))
     ]
-
-
-def _write(out: Path, summary, prompts, references, models) -> None:
-    """Both files are written to temporary names and renamed, so a reader never sees half of one."""
-    lines = "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in _sample_records(prompts, references, models))
-    for name, text in ((SAMPLES_FILE, lines), (RESULTS_FILE, json.dumps(summary, indent=2))):
-        write_text(out / name, text)

@@ -1,1 +1,2 @@
-"""Using models: batched generation (shared by training samples, evaluation and serving)."""
+"""Using models: TARGET resolution, prompts, batched generation and the terminal chat (shared by training samples,
+evaluation, serving and export)."""

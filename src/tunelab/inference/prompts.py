@@ -51,6 +51,14 @@ def read_prompt_rows(path: Path, cfg: PromptConfig) -> list[dict[str, Any]]:
     """Rows of a prompts file, read and checked by the reader `train` and `eval --data` use (the same
     row shapes: ShareGPT, OpenAI messages with `tools` as a list or its JSON text, Alpaca), except that
     a prompt needs no answer. JSON Lines, or .json / .csv / .parquet by the file's suffix; `file:line` errors."""
+    return read_prompt_file(path, cfg)[0]
+
+
+def read_prompt_file(path: Path, cfg: PromptConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`read_prompt_rows`, and each row as the file wrote it (what `generate --file` writes back beside
+    its answer: the user's own row, not tunelab's normalised form)."""
+    if path.is_dir():
+        raise DataError(f"{path}: a folder; --file takes one prompts file (JSONL, .json, .csv or .parquet)")
     if not path.is_file():
         raise DataError(f"{path}: prompts file not found")
     from tunelab.config.schema import SourceConfig
@@ -63,14 +71,15 @@ def read_prompt_rows(path: Path, cfg: PromptConfig) -> list[dict[str, Any]]:
         else:
             raw = RawRows()
             read_jsonl(path, raw, on_bad_row="error")
-        rows = validate_rows(raw, cfg, {}, "error", str(path), prompt_only=True).rows
+        valid = validate_rows(raw, cfg, {}, "error", str(path), prompt_only=True)
     except DataError as e:
         if e.hint != BAD_ROW_HINT:
             raise
         raise DataError(e.message) from None  # data.on_bad_row is a training setting; here the row is to fix
-    if not rows:
+    if not valid.rows:
         raise DataError(f"{path}: no prompts in the file")
-    return rows
+    written = dict(zip(raw.where, raw.rows, strict=True))
+    return valid.rows, [written[w] for w in valid.where]
 
 
 def chat_prompt(

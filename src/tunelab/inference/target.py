@@ -56,6 +56,29 @@ class Target:
         return p.name
 
 
+def source_folders(target: Target) -> list[Path]:
+    """Every local folder the target's model is read from: its run, its adapter, a local base model."""
+    return [target.run_dir, *model_folders(target)] if target.run_dir is not None else model_folders(target)
+
+
+def model_folders(target: Target) -> list[Path]:
+    """The local model folders the target loads (its adapter, a base model folder), without its run directory."""
+    found = [target.adapter]
+    for name in (target.base, target.text):
+        p = Path(name).expanduser()
+        if p.is_dir() and (target.run_dir is None or p.resolve() != target.run_dir.resolve()):
+            found.append(p)
+    return [p for p in found if p is not None]
+
+
+def base_model_id(target: Target) -> str:
+    """The base model as the user named it (hub id, tiny preset or folder)."""
+    if target.config is not None:
+        return target.config.model.name
+    meta = ModelMeta.read(target.adapter or Path(target.base))
+    return (meta.base_model if meta is not None and meta.base_model else None) or target.base
+
+
 def resolve_target(text: str, trust_remote_code: bool = False, home=None) -> Target:
     """The model a TARGET names: its base, its adapter if any, and the prompt format it was trained with.
 

@@ -49,7 +49,7 @@ def apply_adapter(model: Any, cfg: AdapterConfig, quantized: bool, gradient_chec
             raise ConfigError(
                 [
                     f"adapter.target_modules: {', '.join(missing)} not found in the model "
-                    f"(has e.g. {', '.join(sorted(names)[:12])})"
+                    f"(has e.g. {', '.join(sorted(n for n in names if n and not n.isdigit())[:12])})"
                 ]
             )
     return get_peft_model(model, lora_config(cfg))

@@ -171,14 +171,20 @@ def build_tiny(out: str | Path, spec: TinySpec = TinySpec(), texts: list[str] | 
     return Path(out)
 
 
-def resolve_tiny(name: str) -> Path:
-    """`tiny:llama-2l` -> a cached local folder, built on first use."""
+def tiny_spec(name: str) -> TinySpec:
+    """The preset `tiny:NAME` names, or the config error listing the known ones (nothing is built)."""
     preset = name.removeprefix("tiny:")
     if preset not in PRESETS:
         raise ConfigError(
-            [f"model.name: unknown tiny preset {preset!r} (known: {', '.join('tiny:' + p for p in PRESETS)})"]
+            [f"model.name: unknown tiny preset {name!r} (known: {', '.join('tiny:' + p for p in PRESETS)})"]
         )
-    spec = PRESETS[preset]
+    return PRESETS[preset]
+
+
+def resolve_tiny(name: str) -> Path:
+    """`tiny:llama-2l` -> a cached local folder, built on first use."""
+    preset = name.removeprefix("tiny:")
+    spec = tiny_spec(name)
     digest = hashlib.sha256(json.dumps(spec.digest_fields(), sort_keys=True).encode()).hexdigest()[:10]
     path = cache_root("tiny") / f"{preset}-{digest}"
     if not (path / "config.json").is_file():

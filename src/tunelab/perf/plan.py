@@ -166,9 +166,12 @@ def parse_memory(text: str) -> float:
     for unit, mult in (("TB", 2**40), ("GB", GIB), ("MB", 2**20), ("KB", 2**10), ("B", 1)):
         if t.endswith(unit):
             try:
-                return float(t[: -len(unit)]) * mult
+                value = float(t[: -len(unit)]) * mult
             except ValueError:
                 break
+            if 0 < value < float("inf"):  # not -4GB, 0GB, nan or inf
+                return value
+            break
     raise TunelabError(f"--memory: cannot read {text!r}; use e.g. 24GB or 80GiB")
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.runs.damage import DamagedRun, read_config_record, read_json_record
+from tunelab.runs.damage import DamagedRun, read_config_record
 from tunelab.runs.dir import RunDir
 from tunelab.runs.files import read_json, read_jsonl
-from tunelab.runs.records import Summary
+from tunelab.runs.metric_table import Metric
+from tunelab.runs.records import EvalRecord, Summary
 
 
 @dataclass
@@ -28,7 +29,7 @@ class RunData:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
     summary: Summary | None = None
-    eval: dict[str, Any] = field(default_factory=dict)
+    eval: EvalRecord | None = None
     eval_samples: list[dict[str, Any]] = field(default_factory=list)
     lineage: dict[str, Any] = field(default_factory=dict)
     gaps: list[str] = field(default_factory=list)
@@ -36,7 +37,8 @@ class RunData:
 
     @property
     def has_anything(self) -> bool:
-        return bool(self.metrics or (self.summary is not None and self.summary.status == "completed") or self.eval)
+        completed = self.summary is not None and self.summary.status == "completed"
+        return bool(self.metrics or completed or self.eval is not None)
 
     @property
     def method(self) -> str:
@@ -61,6 +63,16 @@ class RunData:
         """A summary value, else (a run still training, or killed) the last logged `metrics_key`."""
         value = getattr(self.summary, summary_key, None) if self.summary is not None else None
         return value if value is not None or metrics_key is None else self.last(metrics_key)
+
+    def value(self, metric: Metric, role: str = "target") -> Any:
+        """The run's value of a metric-table row, from the file the row says: the summary's (else the
+        last logged value of the series that stands in for it), the last logged one, or eval.json's
+        for `role` (target or baseline)."""
+        if metric.where == "summary":
+            return self.final(metric.key, metric.logged_as)
+        if metric.where == "eval":
+            return self.eval.metrics(role).get(metric.field) if self.eval is not None else None
+        return self.last(metric.key)
 
 
 def load_run(path: str | Path) -> RunData:
@@ -87,7 +99,7 @@ def load_run(path: str | Path) -> RunData:
         run.gaps.append("no summary.json (not finished)")
     elif run.summary is not None and run.summary.status != "completed":
         run.gaps.append(f"status {run.summary.status}")
-    run.eval = _readable(run, read_json_record, rd.eval_results) or {}
+    run.eval = _readable(run, EvalRecord.read, rd.eval_results)
     if not rd.eval_results.is_file():
         run.gaps.append(f"not evaluated (run: tunelab eval {p})")
     run.eval_samples, _ = read_jsonl(rd.eval_samples)

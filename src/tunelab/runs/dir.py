@@ -16,11 +16,12 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError, os_error
-from tunelab.runs.records import ModelMeta, Summary
+from tunelab.runs.records import EvalRecord, ModelMeta, Summary
 
 STEP_PREFIX = "step-"
 MARKER = "tunelab_run.json"
@@ -95,9 +96,13 @@ class RunDir:
             raise os_error(e, path) from None
 
     def write_json(self, path: Path, data: dict[str, Any]) -> None:
+        self._write_text(path, json.dumps(data, indent=2, default=_jsonable))
+
+    @staticmethod
+    def _write_text(path: Path, text: str) -> None:
         tmp = path.with_suffix(path.suffix + ".tmp")
         try:
-            tmp.write_text(json.dumps(data, indent=2, default=_jsonable), encoding="utf-8")
+            tmp.write_text(text, encoding="utf-8")
             tmp.replace(path)
         except OSError as e:
             tmp.unlink(missing_ok=True)
@@ -108,6 +113,20 @@ class RunDir:
 
     def write_summary(self, summary: Summary) -> None:
         self.write_json(self.summary, summary.to_dict())
+
+    def read_eval(self) -> EvalRecord | None:
+        """`tunelab eval`'s results; None when it has not run here; `DamagedRun` when eval.json is not JSON."""
+        return EvalRecord.read(self.eval_results)
+
+    def write_eval(
+        self, record: EvalRecord, samples: list[dict[str, Any]], write_text: Callable[[Path, str], Any] | None = None
+    ) -> None:
+        """eval_samples.jsonl (one line per example), then eval.json, each under a temporary name and
+        renamed: a reader that finds eval.json finds both whole. `write_text(path, text)` stages a
+        file (`tunelab.outputs.write_text` for a folder the user named); default: this directory's writer."""
+        write = write_text or self._write_text
+        write(self.eval_samples, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in samples))
+        write(self.eval_results, json.dumps(record.to_dict(), indent=2))
 
     def status(self) -> str:
         """completed / failed / interrupted / pruned from the summary; incomplete (training, or
@@ -195,8 +214,13 @@ class RunLock:
         previous = _read_holder(fd)
         if previous:
             self.took_over = previous  # written by a process that died without releasing it
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": platform.node(), "since": time.time()}).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": platform.node(), "since": time.time()}).encode())
+        except OSError as e:  # a full disk: the lock file is made but its holder cannot be written
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
+            raise os_error(e, self.path) from None
         self.fd = fd
         return self
 

@@ -8,22 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.runs.damage import DamagedRun, read_config_record, read_json_record
+from tunelab.runs.damage import DamagedRun, read_config_record
 from tunelab.runs.dir import RunDir
 from tunelab.runs.files import NOT_COMPARED, flatten, read_json
+from tunelab.runs.metric_table import FINAL_EVAL_LOSS, FINAL_TRAIN_LOSS, TABLE
+from tunelab.runs.records import EvalRecord
 
-SUMMARY_METRICS = (
-    "status",
-    "steps",
-    "final_train_loss",
-    "final_eval_loss",
-    "samples_exact_match_after",
-    "tokens_per_s",
-    "train_tokens",
-    "wall_time_s",
-    "peak_rss_mb",
-)
-EVAL_METRICS = ("exact_match", "normalized_exact_match", "rougeL", "bleu", "chrf", "loss", "perplexity")
+# What `runs show` and `runs compare` take from summary.json: the run's facts, then every summary metric.
+SUMMARY_KEYS = ("status", "steps", "train_tokens", *(m.key for m in TABLE.at("summary")))
+# `runs compare`'s names for eval.json's metrics of each model
+EVAL_ROLES = (("target", "eval_"), ("baseline", "eval_baseline_"))
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -74,8 +68,8 @@ def row(run: Path) -> dict[str, Any]:
         "learning_rate": t.get("learning_rate"),
         "batch": f"{t.get('batch_size')}x{t.get('grad_accum')}",
         "steps": s.steps if s else None,
-        "final_train_loss": s.final_train_loss if s else None,
-        "final_eval_loss": s.final_eval_loss if s else None,
+        FINAL_TRAIN_LOSS: s.final_train_loss if s else None,
+        FINAL_EVAL_LOSS: s.final_eval_loss if s else None,
         "duration_s": s.wall_time_s if s else None,
         "path": str(run),
     }
@@ -103,7 +97,7 @@ def show(run: Path) -> dict[str, Any]:
     summary = s.to_dict() if s else {}
     return {
         **row(run),
-        "summary": {k: summary.get(k) for k in SUMMARY_METRICS if k in summary},
+        "summary": {k: summary.get(k) for k in SUMMARY_KEYS if k in summary},
         "reads": reads,
         "writes": [w for w in _list(lineage.get("outputs")) if isinstance(w, dict)],
         "trackers": {k: v for k, v in (read_json(rd.tracking) or {}).items() if isinstance(v, dict)},
@@ -125,27 +119,19 @@ def source_paths(cfg: dict[str, Any]) -> list[str]:
 
 def metrics_of(run: Path) -> dict[str, Any]:
     """The numbers `runs compare` sets side by side: the summary's, the parameter counts, and
-    `tunelab eval`'s results for the model and its baseline."""
+    `tunelab eval`'s results for the model and its baseline (every metric eval.json holds, a
+    declared scorer's included)."""
     rd = RunDir(run)
     s = rd.read_summary()
     d = s.to_dict() if s else {}
-    out: dict[str, Any] = {k: d.get(k) for k in SUMMARY_METRICS}
+    out: dict[str, Any] = {k: d.get(k) for k in SUMMARY_KEYS}
     out["status"] = rd.status()
     params = d.get("parameters") or {}
     out["parameters"], out["trainable_parameters"] = params.get("total"), params.get("trainable")
-    ev = read_json_record(rd.eval_results) or {}
-    for role, prefix in (("target", "eval_"), ("baseline", "eval_baseline_")):
-        metrics = eval_metrics(ev, role)
-        for k in EVAL_METRICS:
-            out[prefix + k] = metrics.get(k)
+    ev = rd.read_eval() or EvalRecord()
+    for role, prefix in EVAL_ROLES:
+        out.update({prefix + k: v for k, v in ev.metrics(role).items()})
     return out
-
-
-def eval_metrics(ev: dict[str, Any], role: str) -> dict[str, Any]:
-    """eval.json's metrics of one model (`target` or `baseline`); empty when it has none (or none in that shape)."""
-    model = (ev.get("models") or {}).get(role) if isinstance(ev.get("models"), dict) else None
-    metrics = model.get("metrics") if isinstance(model, dict) else None
-    return metrics if isinstance(metrics, dict) else {}
 
 
 def compare(runs: list[Path]) -> dict[str, Any]:
@@ -169,7 +155,8 @@ def compare(runs: list[Path]) -> dict[str, Any]:
     differ = {
         k: [f.get(k) for f in flat] for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1
     }
-    metrics = {k: [m.get(k) for m in per_run] for k in per_run[0] if any(m.get(k) is not None for m in per_run)}
+    names = dict.fromkeys(k for m in per_run for k in m)  # a metric only a later run has is compared too
+    metrics = {k: [m.get(k) for m in per_run] for k in names if any(m.get(k) is not None for m in per_run)}
     methods = sorted({f.get("training.method") or "sft" for f in flat})
     if len(methods) > 1:  # the report stars losses only within a method; here the reader is told
         notes.append(f"note: these runs mix {', '.join(methods)}: their losses measure different objectives")

@@ -1,5 +1,6 @@
-"""The typed records a run directory holds: its summary (`summary.json`), its data statistics, and
-the metadata of every model folder tunelab writes (`tunelab_model.json`).
+"""The typed records a run directory holds: its summary (`summary.json`), its data statistics, the
+results of `tunelab eval` (`eval.json`), and the metadata of every model folder tunelab writes
+(`tunelab_model.json`).
 
 Every reader and writer goes through these models, so a key is spelled once. Records read from
 disk are lenient (fields may be missing in a failed run's summary or a run from an older tunelab;
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -117,6 +118,90 @@ class Summary(Record):
             return cls.model_validate(data)
         except ValidationError as e:
             raise DamagedRun(path, validation_problem(e)) from None
+
+
+# A metric as eval.json holds it: a number (NaN and infinity included: a diverged model), never text or a bool.
+Number = Annotated[float, Field(strict=True)]
+
+
+class EvalModel(Record):
+    """One evaluated model in eval.json: what it is and its metrics (`exact_match`, `loss`, a scorer's key)."""
+
+    label: str | None = None
+    model: str | None = None  # what was loaded: a path, a hub id, or "<base> (adapter disabled)"
+    metrics: dict[str, Number] = Field(default_factory=dict)
+
+
+class EvalData(Record):
+    source: str | None = None
+    split: str | None = None
+    examples: int | None = None
+    prompt_format: str | None = None
+    reference_words: float | None = None  # mean words per reference answer
+
+
+class EvalRecord(Record):
+    """eval.json, what `tunelab eval` writes: the target and its baseline on the same examples.
+
+    It is read for its numbers: a value of another shape than tunelab writes (a metric that is text,
+    `models` that is a list) reads as absent, and the report and `runs compare` show the rest; only a
+    file that is not a JSON object at all is a `DamagedRun`."""
+
+    target: str | None = None
+    step: int | None = None  # the training step of the target's weights, when it is a run
+    created: str | None = None
+    data: EvalData | None = None
+    generation: dict[str, Any] | None = None  # the generation settings, as GenerationSettings.as_dict()
+    models: dict[str, EvalModel] = Field(default_factory=dict)  # "target" and, when compared, "baseline"
+    time_s: float | None = None
+    difference: dict[str, Number] | None = None  # target - baseline, per metric both have
+    scorers: dict[str, Any] | None = None  # metric key -> the scorer's declaration {kind: parameters}
+
+    def metrics(self, role: str = "target") -> dict[str, float]:
+        """The metrics of one model (`target` or `baseline`); empty when it has none."""
+        model = self.models.get(role)
+        return dict(model.metrics) if model is not None else {}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        for key in ("difference", "scorers"):  # absent, not null, as eval.json always had them
+            if d.get(key) is None:
+                d.pop(key, None)
+        return d
+
+    @classmethod
+    def read(cls, path: Path) -> EvalRecord | None:
+        """The record at `path`; None when there is none; `DamagedRun` when the file is not a JSON object."""
+        data = read_json_record(path)
+        return None if data is None else cls.lenient(data)
+
+    @classmethod
+    def lenient(cls, data: dict[str, Any]) -> EvalRecord:
+        """The record from `data`, every value that does not fit dropped (see the class)."""
+        data = json.loads(json.dumps(data))  # a copy to drop values from
+        while True:  # each round drops at least one value, so this ends
+            try:
+                return cls.model_validate(data)
+            except ValidationError as e:
+                locs = [err["loc"] for err in e.errors()]
+            if any([_drop(data, loc) for loc in locs]):
+                continue
+            # a location that names no key (a type in a union): its whole field goes
+            if all(data.pop(loc[0], _MISSING) is _MISSING for loc in locs if loc):
+                raise RuntimeError(f"eval record: cannot drop what fails validation at {locs}")
+
+
+def _drop(data: Any, loc: tuple) -> bool:
+    """Remove the value at `loc` (a pydantic error location) from nested dicts; whether it was there."""
+    *parents, last = loc
+    for key in parents:
+        if not isinstance(data, dict) or key not in data:
+            return False
+        data = data[key]
+    return isinstance(data, dict) and data.pop(last, _MISSING) is not _MISSING
+
+
+_MISSING = object()
 
 
 ModelKind = Literal["adapter", "full", "merged", "gguf"]

@@ -12,6 +12,8 @@ from tunelab.scoring.registry import (
     build_scorers,
     cli_scorers,
     config_scorers,
+    declared_metric,
+    kind_metrics,
     kind_of,
     merged,
 )
@@ -26,6 +28,8 @@ __all__ = [
     "build_scorers",
     "cli_scorers",
     "config_scorers",
+    "declared_metric",
+    "kind_metrics",
     "kind_of",
     "merged",
     "score_answers",

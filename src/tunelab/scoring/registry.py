@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunelab.errors import ConfigError, TunelabError
+from tunelab.runs.metric_table import ScorerMetric
 
 ScoreFn = Callable[[str, str, "str | None", dict], "float | None"]
 CorpusFn = Callable[[list[str], list[str]], float]
@@ -48,6 +49,8 @@ class Kind:
     needs_reference: bool = False
     corpus: CorpusFn | None = None  # a library-defined corpus score (BLEU, chrF) instead of the mean
     shorthand: str | None = None  # the parameter a bare value sets: `{contains: [a, b]}`, `{regex: '^\d+$'}`
+    label: str | None = None  # what tables call its score (default: its name)
+    fmt: str = "{:.3f}"  # how tables show its aggregate: "pct" for a share, else a str.format pattern
 
 
 REGISTRY: dict[str, Kind] = {}
@@ -72,8 +75,12 @@ class Scorer:
 
     @property
     def direction(self) -> int:
-        declared = getattr(self.params, "direction", None)  # a python: scorer says its own
-        return self.kind.direction if declared is None else declared
+        return self.metric.direction
+
+    @property
+    def metric(self) -> ScorerMetric:
+        """Its row in the metric table (`samples_<key>`, `eval.<key>`)."""
+        return _metric(self.kind, self.params)
 
     def declaration(self) -> dict[str, Any]:
         """The scorer as eval.scorers would declare it, every parameter spelled out."""
@@ -95,6 +102,28 @@ class Scorer:
 
 def kind_of(name: str) -> Kind | None:
     return REGISTRY.get(name)
+
+
+def _metric(kind: Kind, params: Params) -> ScorerMetric:
+    key = params.name or _default_key(kind, params)
+    declared = getattr(params, "direction", None)  # a python: scorer says its own
+    direction = kind.direction if declared is None else declared
+    return ScorerMetric(key, kind.label if kind.label and key == kind.name else key, kind.fmt, direction)
+
+
+def kind_metrics() -> list[ScorerMetric]:
+    """Every kind's row under its own name (what a scorer declared without `name` reports as)."""
+    return [ScorerMetric(k.name, k.label or k.name, k.fmt, k.direction) for k in REGISTRY.values()]
+
+
+def declared_metric(item: Any) -> ScorerMetric | None:
+    """The metric-table row of a declaration (an eval.scorers entry, or one eval.json records) without
+    building the scorer (a python: scorer's module is not imported); None for one this tunelab
+    cannot read (`build_scorer` says why where it matters)."""
+    try:
+        return _metric(*_parse(item))
+    except ValueError:
+        return None
 
 
 def _known_names() -> str:
@@ -119,6 +148,16 @@ def _params_problem(e: ValidationError) -> str:
 def build_scorer(item: Any, where: str) -> Scorer:
     """A scorer from one declaration: `name`, `{name: {param: value}}`, or `{name: value}` for a kind
     with a shorthand parameter. ValueError (one line, without `where`) for a bad declaration."""
+    kind, params = _parse(item)
+    try:
+        fn = kind.build(params)
+    except TunelabError as e:  # a python: function that cannot be imported, a schema file that cannot be read
+        raise ValueError(f"{kind.name}: {e}") from None
+    return Scorer(kind, params, _metric(kind, params).key, fn, where)
+
+
+def _parse(item: Any) -> tuple[Kind, Params]:
+    """A declaration's kind and validated parameters; ValueError (one line) for a bad one."""
     if isinstance(item, str):
         name, raw = item, None
     elif isinstance(item, dict) and len(item) == 1:
@@ -141,11 +180,7 @@ def build_scorer(item: Any, where: str) -> Scorer:
         params = kind.params.model_validate(raw or {})
     except ValidationError as e:
         raise ValueError(f"{name}: {_params_problem(e)} (parameters: {known})") from None
-    try:
-        fn = kind.build(params)
-    except TunelabError as e:  # a python: function that cannot be imported, a schema file that cannot be read
-        raise ValueError(f"{name}: {e}") from None
-    return Scorer(kind, params, params.name or _default_key(kind, params), fn, where)
+    return kind, params
 
 
 def _default_key(kind: Kind, params: Params) -> str:

@@ -83,6 +83,8 @@ register(
         "1 when the answer equals the reference up to surrounding whitespace, else 0.",
         _against_reference(exact_match),
         needs_reference=True,
+        label="exact match",
+        fmt="pct",
     )
 )
 register(
@@ -92,9 +94,20 @@ register(
         "Exact match after folding case, punctuation and whitespace.",
         _against_reference(normalized_exact_match),
         needs_reference=True,
+        label="normalized exact match",
+        fmt="pct",
     )
 )
-register(Kind("rougeL", 1, "ROUGE-L F1 (rouge-score), 0-1.", _against_reference(rouge_l), needs_reference=True))
+register(
+    Kind(
+        "rougeL",
+        1,
+        "ROUGE-L F1 (rouge-score), 0-1.",
+        _against_reference(rouge_l),
+        needs_reference=True,
+        label="ROUGE-L F1",
+    )
+)
 register(
     Kind(
         "bleu",
@@ -103,6 +116,8 @@ register(
         _against_reference(sentence_bleu),
         needs_reference=True,
         corpus=corpus_bleu,
+        label="BLEU",
+        fmt="{:.1f}",
     )
 )
 register(
@@ -113,6 +128,10 @@ register(
         _against_reference(sentence_chrf),
         needs_reference=True,
         corpus=corpus_chrf,
+        label="chrF",
+        fmt="{:.1f}",
     )
 )
-register(Kind("answer_words", 0, "The answer's length in words.", _answer_words))
+register(
+    Kind("answer_words", 0, "The answer's length in words.", _answer_words, label="answer length (words)", fmt="{:.2f}")
+)

@@ -116,8 +116,8 @@ def prepare(file: Path, overrides: list[str] | None = None, check_data: bool = T
     problems: list[str] = []
     objectives = []
     for i, o in enumerate(spec.objective):
-        d = o.direction or runner.metric_direction(o.metric)
-        if d is None and o.metric in runner.METRICS:
+        d = o.direction or runner.metric_direction(o.metric, base)
+        if d is None and runner.known_metric(o.metric, base):
             problems.append(f"objective.{i}.direction: required for {o.metric} (it has no natural direction)")
         objectives.append((o.metric, d or "minimize"))
 
@@ -153,7 +153,7 @@ def prepare(file: Path, overrides: list[str] | None = None, check_data: bool = T
             data_checked.add(data_key)
             p = runner.check_data(cfg)
             if p:
-                add(f"space {where}: data: {p}", key=p)
+                add(f"space {where}: {p}", key=p)
     name = spec.name or runner.default_name(file)
     folder = (Path(spec.dir).expanduser() / name).absolute()
     try:

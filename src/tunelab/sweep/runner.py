@@ -24,9 +24,18 @@ from tunelab.config.load import (
 )
 from tunelab.config.schema import check_name
 from tunelab.errors import ConfigError, Interrupted, TunelabError, as_user_error
-from tunelab.evaluation.metrics import direction
-from tunelab.runs import RunDir, Summary
-from tunelab.runs.files import flatten, read_json, read_jsonl
+from tunelab.evaluation.metrics import config_metrics, metric_table
+from tunelab.runs import EvalRecord, RunDir, Summary
+from tunelab.runs.files import flatten, read_jsonl
+from tunelab.runs.metric_table import (
+    EVAL_PREFIX,
+    SAMPLES_EXACT_MATCH,
+    SAMPLES_EXACT_MATCH_AFTER,
+    SAMPLES_EXACT_MATCH_BEFORE,
+    SAMPLES_PREFIX,
+    TABLE,
+    MetricTable,
+)
 
 __all__ = [
     "ConfigError",
@@ -45,34 +54,10 @@ __all__ = [
 # Keys the sweep sets itself on every trial: a search space or a pairing may not set them.
 RESERVED = ("output.", "training.resume", "tracking.run_name", "tracking.dir", "tracking.model_artifact")
 
-# What a run writes, by where it writes it. metrics.jsonl keys logged at evaluations can be
-# reported to a pruner step by step; summary.json and eval.json values exist once, at the end.
-LOGGED_AT_EVAL = (
-    "eval_loss",
-    "samples_exact_match",
-    "samples_normalized_exact_match",
-    "samples_rougeL",
-    "samples_bleu",
-    "samples_chrf",
-    "samples_answer_words",
-)
-LOGGED = ("loss", *LOGGED_AT_EVAL)
-SUMMARY = (
-    "final_train_loss",
-    "final_eval_loss",
-    "samples_exact_match_after",
-    "tokens_per_s",
-    "achieved_tflops",
-    "peak_rss_mb",
-    "peak_gpu_mb",
-    "wall_time_s",
-    "train_time_s",
-)
-EVAL = tuple(
-    f"eval.{k}"
-    for k in ("exact_match", "normalized_exact_match", "rougeL", "bleu", "chrf", "loss", "perplexity", "answer_words")
-)
-METRICS = (*LOGGED, *SUMMARY, *EVAL)
+# An objective is a row of the metric table (tunelab.runs.metric_table), where the row says the run
+# writes it: metrics.jsonl ("log", "evaluation": a pruner can follow it step by step), summary.json or
+# eval.json (once, at the end). A scorer adds samples_<key> and eval.<key>, its key from eval.scorers.
+FOLLOWED = ("log", "evaluation")
 
 
 # --- config -----------------------------------------------------------------------------------------------
@@ -160,21 +145,14 @@ def config_key_problem(key: str) -> str | None:
 
 
 def check_config(cfg: RunConfig) -> list[str]:
-    """The checks `tunelab validate` makes that need neither weights nor the hub: a tiny preset
-    exists, a local model folder is a model. Hub ids and artifact references are left alone."""
-    from tunelab.model.tiny import PRESETS
+    """What `tunelab validate` finds wrong with a trial's model and scorers, without the hub (`training.rules`,
+    `training.preflight`): a tiny preset that exists, a local folder that is a model, a continued run whose
+    adapter fits; one line each, naming the field."""
+    from tunelab.training.preflight import model_findings
+    from tunelab.training.rules import Situation, problems, scorers, tiny_preset
 
-    ref = cfg.model.ref
-    if ref.kind == "tiny" and ref.preset not in PRESETS:
-        return [f"model.name: unknown tiny preset {ref.text!r} (known: {', '.join('tiny:' + p for p in PRESETS)})"]
-    if ref.kind == "local":
-        from tunelab.model.loading import resolve_model_path
-
-        try:
-            resolve_model_path(ref.text)
-        except TunelabError as e:
-            return [f"model.name: {e.message}"]
-    return []
+    found = tiny_preset(cfg) + model_findings(cfg, Situation(hub=False))[0] + scorers(cfg)
+    return [f.line() for f in problems(found)]
 
 
 def build_local_models(names: set[str]) -> None:
@@ -189,65 +167,88 @@ def build_local_models(names: set[str]) -> None:
 
 
 def check_data(cfg: RunConfig) -> str | None:
-    """Read the data as `tunelab validate` does, when it is local or synthetic (no hub): None when it
-    loads, else the one-line reason."""
-    if any(src.ref.kind not in ("local", "synthetic") for src in cfg.data.sources):
-        return None
-    from tunelab.data.prepare import load_splits
+    """Read the data as `tunelab validate` does, without the hub: None when it loads, else the first problem."""
+    from tunelab.training.preflight import data_findings
+    from tunelab.training.rules import Situation, problems
 
-    try:
-        load_splits(cfg)
-    except TunelabError as e:
-        return e.message
-    return None
+    found = problems(data_findings(cfg, Situation(hub=False), None)[0])
+    return found[0].line() if found else None
 
 
 def has_test_split(cfg: RunConfig) -> bool:
     return cfg.data.test is not None or cfg.data.test_size is not None
 
 
-def unknown_metric(metric: str) -> str | None:
-    """Why `metric` is no metric any run writes, or None."""
-    if metric in METRICS:
+def run_metrics(cfg: RunConfig | None = None) -> MetricTable:
+    """What a run of `cfg` writes: the fixed metrics and its eval.scorers' (without a config: every
+    scorer kind's, under its own name)."""
+    return metric_table() if cfg is None else TABLE.with_scorers(config_metrics(cfg.eval.scorers))
+
+
+def _base_scorers(base: dict[str, Any] | None) -> list[Any]:
+    """The eval.scorers the base config declares (as data: a sweep reads it before building trials)."""
+    section = (base or {}).get("eval")
+    scorers = section.get("scorers") if isinstance(section, dict) else None
+    return scorers if isinstance(scorers, list) else []
+
+
+def unknown_metric(metric: str, cfg: RunConfig | None = None) -> str | None:
+    """Why `metric` is no metric a run (of `cfg`) writes, or None. Without a config, a scorer's name of
+    any spelling passes (`samples_<key>`, `eval.<key>`): each trial's eval.scorers is checked later."""
+    table = run_metrics(cfg)
+    if metric in table:
         return None
-    close = difflib.get_close_matches(metric, METRICS, n=1, cutoff=0.6)
-    if close:
-        return f"no metric a run writes; did you mean {close[0]}?"
-    return f"no metric a run writes (known: {', '.join(METRICS)})"
+    scorer = table.find(metric) is not None
+    if scorer and cfg is None:
+        return None
+    close = difflib.get_close_matches(metric, table.keys(), n=1, cutoff=0.6)
+    guess = f"; did you mean {close[0]}?" if close else ""
+    if scorer:
+        keys = ", ".join(m.key for m in config_metrics(cfg.eval.scorers)) or "none"
+        name = metric.removeprefix(EVAL_PREFIX).removeprefix(SAMPLES_PREFIX)
+        return f"{metric}: no scorer of the run reports as {name} (eval.scorers: {keys}){guess}"
+    known = ", ".join(table.keys())
+    return f"no metric a run writes{guess}" if guess else f"no metric a run writes (known: {known})"
+
+
+def known_metric(metric: str, base: dict[str, Any] | None = None) -> bool:
+    """Whether the table (with the base config's scorers) lists `metric`."""
+    return metric in metric_table(declared=_base_scorers(base))
 
 
 def metric_problem(metric: str, cfg: RunConfig, pruning: bool) -> str | None:
     """Why a run of `cfg` would not write `metric` (or, with `pruning`, not at each evaluation)."""
-    if unknown_metric(metric):
-        return unknown_metric(metric)
-    name = metric.removeprefix("eval.").removeprefix("final_")
-    needs_test = metric.startswith(("eval", "final_eval", "samples_"))
-    if needs_test and not has_test_split(cfg):
+    problem = unknown_metric(metric, cfg)
+    if problem:
+        return problem
+    table = run_metrics(cfg)
+    row = table.rows[metric]
+    series = table.get(row.logged_as) if row.logged_as else row
+    samples = metric.startswith(SAMPLES_PREFIX)
+    if (samples or row.where == "eval" or series.where == "evaluation") and not has_test_split(cfg):
         return f"{metric}: the run has no test split (set data.test or data.test_size)"
-    if metric.startswith("samples_") and not (cfg.samples.enabled and cfg.samples.num_prompts):
+    if samples and not (cfg.samples.enabled and cfg.samples.num_prompts):
         return f"{metric}: the run generates no samples (samples.enabled, samples.num_prompts)"
-    if (
-        metric.startswith("samples_")
-        and metric not in ("samples_exact_match", "samples_exact_match_after")
-        and not cfg.eval.generation_metrics
-    ):
+    exact_match = (SAMPLES_EXACT_MATCH, SAMPLES_EXACT_MATCH_AFTER, SAMPLES_EXACT_MATCH_BEFORE)
+    if samples and metric not in exact_match and not cfg.eval.generation_metrics:
         return f"{metric}: the run scores no sample metrics but exact match (eval.generation_metrics is off)"
-    if name == "peak_gpu_mb" and cfg.model.device == "cpu":
+    if metric == "peak_gpu_mb" and cfg.model.device == "cpu":
         return f"{metric}: a CPU run has no GPU peak"
     if pruning:
-        if metric not in LOGGED:
+        if row.where not in FOLLOWED:
+            followed = ", ".join(m.key for m in table.at(*FOLLOWED))
             return (
-                f"{metric} is written once, at the end; "
-                f"a pruner needs a metric logged at every evaluation ({', '.join(LOGGED)})"
+                f"{metric} is written once, at the end; a pruner needs a metric logged at every evaluation ({followed})"
             )
         if cfg.training.eval_steps is None or not has_test_split(cfg):
             return "a pruner needs evaluations during training: set training.eval_steps and a test split"
     return None
 
 
-def metric_direction(metric: str) -> str | None:
-    """minimize / maximize for a metric with a natural direction (a loss, a score), else None."""
-    d = direction(metric.removeprefix("eval."))
+def metric_direction(metric: str, base: dict[str, Any] | None = None) -> str | None:
+    """minimize / maximize for a metric with a natural direction (a loss, a score; a scorer the base
+    config declares, in its own direction), else None."""
+    d = metric_table(declared=_base_scorers(base)).direction(metric)
     return {1: "maximize", -1: "minimize"}.get(d)
 
 
@@ -359,16 +360,26 @@ def metric_at(records: list[dict[str, Any]], metric: str, step: int) -> float | 
 
 def objective_value(run_path: Path, metric: str) -> float | None:
     """A finished run's value of `metric`: the last logged value, the summary's, or eval.json's."""
-    rd = RunDir(run_path)
-    if metric in LOGGED:
+    row = metric_table().find(metric)
+    if row is None:
+        return None
+    if row.where in FOLLOWED:
         return metric_at(read_metrics(run_path), metric, step=2**62)
-    if metric in SUMMARY:
-        s = read_summary(run_path) or {}
-        v = s.get(metric)
-        return float(v) if isinstance(v, int | float) else None
-    ev = read_json(rd.eval_results) or {}
-    v = (((ev.get("models") or {}).get("target") or {}).get("metrics") or {}).get(metric.removeprefix("eval."))
+    if row.where == "summary":
+        v = (read_summary(run_path) or {}).get(metric)
+    else:
+        v = (_eval(RunDir(run_path)) or EvalRecord()).metrics().get(row.field)
     return float(v) if isinstance(v, int | float) else None
+
+
+def _eval(rd: RunDir) -> EvalRecord | None:
+    """A trial's eval.json; a damaged one counts as none (its objective is missing, as if not evaluated)."""
+    from tunelab.runs.damage import DamagedRun
+
+    try:
+        return rd.read_eval()
+    except DamagedRun:
+        return None
 
 
 def is_bad(value: float | None) -> bool:

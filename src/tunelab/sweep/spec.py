@@ -100,8 +100,9 @@ class Param(Strict):
 
 class Objective(Strict):
     metric: str = Field(
-        description="What a run writes: eval_loss, loss, samples_exact_match, samples_rougeL, "
-        "final_eval_loss, tokens_per_s, eval.exact_match (runs `tunelab eval` after training), ..."
+        description="What a run writes (a row of the metric table): eval_loss, loss, final_eval_loss, tokens_per_s, "
+        "a scorer's samples_<name> (at every evaluation) or eval.<name> (runs `tunelab eval` after training), "
+        "<name> as eval.scorers reports it: samples_rougeL, eval.exact_match, eval.numeric, ..."
     )
     direction: Literal["minimize", "maximize"] | None = Field(
         None, description="Default: minimize a loss, maximize a score; required for other metrics."

@@ -21,6 +21,7 @@ from tunelab.artifacts.env import isolated
 from tunelab.config.load import config_to_dict, redact
 from tunelab.runs import RunDir, Summary, step_dir_name
 from tunelab.runs.files import read_json
+from tunelab.runs.metric_table import FINAL_EVAL_LOSS, FINAL_TRAIN_LOSS, SAMPLES_EXACT_MATCH_AFTER
 from tunelab.tracking.base import GuardedSink, Sink
 
 CHECKPOINT_SKIP = {
@@ -269,9 +270,9 @@ class Tracking:
                 self.run.final,
                 {
                     "step": summary.steps,
-                    "final_train_loss": summary.final_train_loss,
-                    "final_eval_loss": summary.final_eval_loss,
-                    "samples_exact_match_after": summary.samples_exact_match_after,
+                    FINAL_TRAIN_LOSS: summary.final_train_loss,
+                    FINAL_EVAL_LOSS: summary.final_eval_loss,
+                    SAMPLES_EXACT_MATCH_AFTER: summary.samples_exact_match_after,
                 },
                 ["final", *self.cfg.tracking.model_aliases],
                 best_metric=metric,

@@ -109,12 +109,7 @@ class World:
         if not self.distributed:
             return device_for(model_cfg)
         requested = model_cfg.device
-        if requested not in ("auto", "cpu", "cuda"):
-            raise TunelabError(
-                f"model.device: {requested} pins every process to one device; with {self.size} processes "
-                "each rank uses its own (cuda:LOCAL_RANK)",
-                hint="set model.device: auto (or cuda / cpu)",
-            )
+        check_not_pinned(requested, self.size)
         if requested == "cpu":
             return "cpu"
         import torch
@@ -201,6 +196,16 @@ class World:
                 error = e
         self._share(error)
         return result
+
+
+def check_not_pinned(requested: str, processes: int) -> None:
+    """Several processes take one device each (cuda:LOCAL_RANK): a config that names one device cannot."""
+    if processes > 1 and requested not in ("auto", "cpu", "cuda"):
+        raise TunelabError(
+            f"model.device: {requested} pins every process to one device; with {processes} processes "
+            "each rank uses its own (cuda:LOCAL_RANK)",
+            hint="set model.device: auto (or cuda / cpu)",
+        )
 
 
 class RankEcho(TunelabError):

@@ -2,9 +2,9 @@
 elastic launcher (what `torchrun` runs) in this process.
 
 Everything that can be refused is refused here first, in one line, before any process starts or
-anything is written: the flags, more processes than this machine holds (`distributed.process_fit`),
-the strategy (a package that is missing, FSDP2 over 4-bit weights), the run directory, a resume from
-a checkpoint written by another number of processes, and a rendezvous port that is taken. The
+anything is written: the flags and a rendezvous port that is taken, then the rules every rank would
+apply (`training.rules`: more processes than this machine holds, the strategy, the run directory, a
+resume from a checkpoint written by another number of processes, ...). The
 workers are `python -m tunelab train CONFIG ...`, the command a user would give torchrun or
 `accelerate launch` themselves; each finds its rank in the environment (`training.distributed.World`)
 and dies with this process (`tunelab.procs`), which torch's launcher alone does not arrange.
@@ -43,10 +43,9 @@ class Launch:
         return self.nproc * self.nnodes
 
     def check(self) -> None:
-        if self.nproc < 1:
-            raise TunelabError(
-                f"--nproc: {self.nproc} processes; give at least 1 (processes on this machine, one per GPU)"
-            )
+        from tunelab.training.rules import check_nproc
+
+        check_nproc(self.nproc)
         if self.nnodes < 1:
             raise TunelabError(f"--nnodes: {self.nnodes} machines; give at least 1")
         if not 0 <= self.node_rank < self.nnodes:
@@ -92,19 +91,9 @@ def early_checks(cfg, launch: Launch) -> int:
             "--nproc: this process is already one of several started by a launcher (torchrun, accelerate launch)",
             hint="leave out --nproc / --nnodes when a launcher starts the processes",
         )
-    if cfg.model.device not in ("auto", "cpu", "cuda"):
-        raise TunelabError(
-            f"model.device: {cfg.model.device} pins every process to one device; with several processes "
-            "each rank uses its own (cuda:LOCAL_RANK)",
-            hint="set model.device: auto (or cuda / cpu)",
-        )
-    known = (
-        cfg.distributed.strategy
-        if cfg.distributed.strategy != "auto"
-        else ("ddp" if cfg.adapter.type == "lora" else None)
-    )
-    if known is not None and launch.world_size > 1:
-        dist.check_strategy(cfg, known, on_cpu=None)
+    from tunelab.training.rules import pinned_device, raise_first, strategy
+
+    raise_first(pinned_device(cfg.model.device, launch.world_size) + strategy(cfg, launch.world_size, None))
     port = launch.master_port or (DEFAULT_PORT if launch.nnodes > 1 else free_port())
     if launch.node_rank == 0 and (launch.master_port is not None or launch.nnodes > 1):
         check_port_free(port)
@@ -112,30 +101,22 @@ def early_checks(cfg, launch: Launch) -> int:
 
 
 def preflight(cfg, launch: Launch, resume: bool) -> tuple[str, str | None]:
-    """What every rank would refuse, refused once here (after `early_checks`); returns the strategy and a
-    warning about the number of processes (None when there is none)."""
-    from tunelab.model.loading import precision_flags
+    """What every rank would refuse (`training.rules`, as `validate --nproc` lists it), refused once here
+    (after `early_checks`); returns the strategy and a warning about the number of processes (None when
+    there is none)."""
     from tunelab.runs import RunLock
-    from tunelab.training.checks import check_outputs_writable, check_run_dir_for, explicit_checkpoint, resume_point
+    from tunelab.training.rules import Situation, before_load, raise_first, run_dir_for
 
-    resume = resume or cfg.training.resume not in (False, None)
-    on_cpu = dist.runs_on_cpu(cfg)
-    warning = dist.require_fit(dist.process_fit(cfg, launch.nproc))
-    device = "cpu" if on_cpu else "cuda:0"
-    precision_flags(cfg, device)
-    dist.backend_for(cfg, on_cpu)
-    strategy = dist.resolve_strategy(cfg, launch.world_size, device, launch.nproc)
-    dist.check_strategy(cfg, strategy, on_cpu)
-    explicit = explicit_checkpoint(cfg)
-    check_outputs_writable(cfg)
-    run = check_run_dir_for(cfg, cfg.output.name or "run", resume, explicit)
-    if resume:
-        if explicit is None and run.is_complete():
-            raise TunelabError(f"{run.path} already finished (final/ exists); nothing to resume")
-        dist.check_resume_world(explicit or resume_point(run), launch.world_size)
+    device = "cpu" if dist.runs_on_cpu(cfg) else "cuda:0"
+    situation = Situation(
+        resume=resume, processes=launch.world_size, local_processes=launch.nproc, device=device, fit=True
+    )
+    notes = raise_first(before_load(cfg, situation))
+    run = run_dir_for(cfg, resume)
     if launch.node_rank == 0 and run.path.parent.is_dir():
         RunLock(run.path).acquire().release()  # in use by another run: said now, not by rank 0 later
-    return strategy, warning
+    warning = next((note.line() for note in notes if note.field == "--nproc"), None)  # the ranks say the rest
+    return dist.resolve_strategy(cfg, launch.world_size, device, launch.nproc), warning
 
 
 def launch_run(

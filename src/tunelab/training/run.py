@@ -35,12 +35,10 @@ from tunelab.model.kernels import apply_kernels, resolve_kernels
 from tunelab.model.loading import (
     load_model,
     load_tokenizer,
-    precision_flags,
     resolve_model_path,
     run_precision,
     run_weight_dtype,
 )
-from tunelab.perf.machine import cpu_bf16_note
 from tunelab.runs import DataStats, RunDir, RunLock, Summary, prepare_run_dir
 from tunelab.scoring import config_scorers
 from tunelab.training import distributed as dist
@@ -51,20 +49,15 @@ from tunelab.training.callbacks import (
     ResumedIntervals,
     SamplesCallback,
 )
-from tunelab.training.checks import check_outputs_writable, check_run_dir_for, explicit_checkpoint, resume_point
 from tunelab.training.figures import packing_efficiency, peak_memory_mb, row_lengths
 from tunelab.training.preference import PreferenceCallback, preference_args, sample_rows
-from tunelab.training.resume import (
-    check_checkpoint_files,
-    check_resume_settings,
-    checkpoint_step,
-    resume_command,
-)
+from tunelab.training.resume import checkpoint_step, resume_command
+from tunelab.training.rules import Situation, before_load, raise_first, run_dir_for, start_point
 from tunelab.training.trainer import evaluated_at, make_trainer_class, save_final_model, sft_config
 
 
 @dataclass
-class Launch:
+class RunStart:
     """How this process was started, settled by `train` before it takes the run lock."""
 
     config_path: str | Path | None
@@ -75,7 +68,7 @@ class Launch:
     callbacks: list  # extra trainer callbacks (the sweep's pruner, the tests' fault injection)
     device: str
     run_name: str
-    explicit: Path | None  # training.resume: PATH
+    situation: Situation  # what the rules before a run are asked about (`training.rules`)
     world: dist.World = field(default_factory=dist.World)
     strategy: str = "none"
     backend: str | None = None
@@ -99,7 +92,7 @@ def train(
 
     console = console or Console(stderr=True)
     launch = _settle_launch(cfg, config_path, resume, console, list(sinks or []), command, list(callbacks or []))
-    run = check_run_dir_for(cfg, launch.run_name, launch.resume, launch.explicit)
+    run = run_dir_for(cfg, launch.resume)
     # one job per run directory: rank 0 holds the lock for the whole run, the others learn whether it could
     lock = launch.world.on_main(lambda: RunLock(run.path).acquire())
     try:
@@ -117,35 +110,28 @@ def train(
             lock.release()
 
 
-def _settle_launch(cfg: RunConfig, config_path, resume, console, sinks, command, callbacks) -> Launch:
+def _settle_launch(cfg: RunConfig, config_path, resume, console, sinks, command, callbacks) -> RunStart:
     """The process's place in the job, its device and strategy, and the checks that need nothing loaded."""
     world = dist.World.from_env()  # launched as one of several processes (torchrun, accelerate launch, --nproc)?
     backend = world.start(cfg)
     if not world.is_main:
         console.quiet = True  # rank 0 speaks for the job (the others' tracebacks still reach stderr)
     device = world.device(cfg.model)  # cuda:LOCAL_RANK, never device_map="auto"
-    precision_flags(cfg, device)  # fail before anything is written
-    resolve_kernels(cfg.training.kernels, device, None)  # training.kernels: liger where it cannot run
-    slow = cpu_bf16_note(device, run_precision(cfg, device))
-    if slow:
-        console.print(Text(f"warning: training.precision: {slow}", style="yellow"), soft_wrap=True)
-    strategy = dist.resolve_strategy(cfg, world.size, device, world.local_size)
-    dist.check_strategy(cfg, strategy, device == "cpu")
-    explicit = explicit_checkpoint(cfg)  # a training.resume path that is no checkpoint is named first
-    config_scorers(cfg.eval.scorers)  # an unknown scorer or a bad parameter, before anything loads
-    check_outputs_writable(cfg)
-    return Launch(
+    situation = Situation(resume=resume, processes=world.size, local_processes=world.local_size, device=device)
+    for note in raise_first(before_load(cfg, situation)):  # what validate lists, refused before anything loads
+        console.print(Text(f"warning: {note.line()}", style="yellow"), soft_wrap=True)
+    return RunStart(
         config_path=config_path,
-        resume=resume or cfg.training.resume not in (False, None),
+        resume=resume,
         console=console,
         sinks=sinks,
         command=command,
         callbacks=callbacks,
         device=device,
         run_name=cfg.output.name or "run",
-        explicit=explicit,
+        situation=situation,
         world=world,
-        strategy=strategy,
+        strategy=dist.resolve_strategy(cfg, world.size, device, world.local_size),
         backend=backend,
     )
 
@@ -153,7 +139,7 @@ def _settle_launch(cfg: RunConfig, config_path, resume, console, sinks, command,
 class TrainingRun:
     """One training job; each phase reads and sets state on this object (see the module docstring)."""
 
-    def __init__(self, cfg: RunConfig, launch: Launch):
+    def __init__(self, cfg: RunConfig, launch: RunStart):
         self.cfg, self.launch = cfg, launch
         self.console, self.world, self.device = launch.console, launch.world, launch.device
         self.t_start = time.perf_counter()
@@ -194,16 +180,8 @@ class TrainingRun:
         )
 
     def _find_checkpoint(self) -> None:
-        cfg, launch = self.cfg, self.launch
-        # again, now that this process holds the lock
-        self.run = check_run_dir_for(cfg, launch.run_name, launch.resume, launch.explicit)
-        if launch.resume and launch.explicit is None and self.run.is_complete():
-            raise TunelabError(f"{self.run.path} already finished (final/ exists); nothing to resume")
-        self.checkpoint = (launch.explicit or resume_point(self.run)) if launch.resume else None
-        if self.checkpoint is not None:
-            check_resume_settings(cfg, self.run, self.checkpoint)
-            check_checkpoint_files(self.checkpoint)
-            dist.check_resume_world(self.checkpoint, self.world.size)
+        # the same rules as before the lock, again, now that this process holds it
+        self.run, self.checkpoint = start_point(self.cfg, self.launch.situation)
 
     def _load_tokenizer_and_data(self) -> None:
         from tunelab.artifacts.models import check_adapter_fits, continued_model
@@ -401,7 +379,7 @@ class TrainingRun:
             reason = e.message
             raise
         except Exception as e:
-            err = as_user_error(e)
+            err = as_user_error(e, self.run.path / "checkpoints")  # what fit writes, named when the library does not
             if err is None:
                 reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
                 raise
@@ -535,7 +513,7 @@ class TrainingRun:
                     sink.finish(summary)
                 self.run.write_summary(summary)
         except Exception as e:
-            err = e if isinstance(e, TunelabError) else as_user_error(e)
+            err = e if isinstance(e, TunelabError) else as_user_error(e, self.run.path / "final")
             if world.is_main:
                 why = err.message if err else f"{type(e).__name__}: {e}"
                 _close_failed(self.run, self.tracking, "failed", why, self.trainer.state.global_step)

@@ -12,37 +12,26 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.inference.folder import (
-    base_model_id,
+from tunelab.export.gguf import check_quant
+from tunelab.export.gguf_export import export_gguf
+from tunelab.export.merge import write_full_model
+from tunelab.export.model_folder import (
     check_model_output,
     copy_tokenizer_files,
     is_hub_id,
     write_model_card,
     write_model_meta,
 )
-from tunelab.inference.merge import LogitCheck, write_full_model
-from tunelab.inference.target import Target
+from tunelab.export.result import ExportResult
+from tunelab.inference.target import Target, base_model_id
 from tunelab.outputs import staged_folder
 
 TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:latest"
+FORMATS = ("hf", "adapter", "gguf")
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max-lora-rank accepts
-
-
-@dataclass
-class ExportResult:
-    folder: Path
-    kind: str  # merged | full | adapter | gguf
-    check: LogitCheck | None
-    usage: list[str]
-    notes: list[str] = field(default_factory=list)
-    checks: list[str] = field(
-        default_factory=list
-    )  # further checks passed, one line each (gguf: the file's own logits)
-    wrote: str = ""  # what the folder holds, for the CLI's "wrote" line
 
 
 def hf_commands(folder: Path, name: str) -> list[str]:
@@ -67,6 +56,27 @@ def adapter_commands(folder: Path, name: str, base: str, rank: int) -> list[str]
     ]
 
 
+def check_format(fmt: str, quant: str | None) -> None:
+    """The --format and --quant of `tunelab export`, checked before anything loads."""
+    if fmt not in FORMATS:
+        raise TunelabError(f"--format: {fmt!r} is not hf, adapter or gguf")
+    if quant is not None:
+        if fmt != "gguf":
+            raise TunelabError("--quant: only with --format gguf")
+        check_quant(quant)
+
+
+def hub_token() -> str:
+    """The hub token `--push-to-hub` uploads with: from the environment only, never the command line."""
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+        raise TunelabError(
+            "--push-to-hub: HF_TOKEN is not set",
+            hint="export HF_TOKEN=<a write token>; tunelab reads it from the environment only",
+        )
+    return token
+
+
 def export_target(
     target: Target, out: Path, fmt: str, dtype: str = "auto", overwrite: bool = False, quant: str | None = None
 ) -> ExportResult:
@@ -74,16 +84,11 @@ def export_target(
 
     `quant` (gguf only): the GGUF tensor type, f16 when None. `overwrite`: replace an earlier model folder
     tunelab wrote at `out` (never the source, nor files tunelab did not write)."""
-    if quant is not None and fmt != "gguf":
-        raise TunelabError("--quant: only with --format gguf")
-    if fmt not in ("hf", "adapter", "gguf"):
-        raise TunelabError(f"--format: {fmt!r} is not hf, adapter or gguf")
+    check_format(fmt, quant)
     if fmt == "adapter" and target.adapter is None:
         raise TunelabError(f"{target.text}: a full model has no adapter to export", hint="use --format hf")
     out = check_model_output(out, target, overwrite)
     if fmt == "gguf":
-        from tunelab.inference.gguf_export import export_gguf
-
         return export_gguf(target, out, dtype, quant or "f16")
     if fmt == "hf":
         usage = hf_commands(out, target.name)
@@ -121,12 +126,7 @@ def _export_adapter(target: Target, out: Path) -> ExportResult:
 
 def push_to_hub(folder: Path, repo: str, private: bool = True) -> str:
     """Upload `folder` to the hub repo (created if missing) with the token in HF_TOKEN; the repo's URL."""
-    token = os.environ.get("HF_TOKEN")
-    if not token:
-        raise TunelabError(
-            "--push-to-hub: HF_TOKEN is not set",
-            hint="export HF_TOKEN=<a write token>; tunelab reads it from the environment only",
-        )
+    token = hub_token()
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)

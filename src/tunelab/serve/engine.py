@@ -2,7 +2,7 @@
 
 One worker thread is the only code that touches the model, so no request ever runs with another's
 adapter or sees another's tokens. With `max_batch` > 1 (the default) it is the continuous-batching
-scheduler of `tunelab.inference.batching`: concurrent requests decode together, up to `max_batch`
+scheduler of `tunelab.serve.batching`: concurrent requests decode together, up to `max_batch`
 sequences at once. Batched greedy answers can differ from single-request ones in rare near-ties
 (a batch of rows runs other matmul shapes and left padding, which round differently in the last
 digits). `max_batch` 1 keeps the one-at-a-time queue: each request is one `generate` call, exactly
@@ -23,9 +23,8 @@ from typing import Any
 
 from tunelab.config.schema import PromptConfig
 from tunelab.errors import TunelabError
-from tunelab.inference.folder import base_model_id
 from tunelab.inference.generate import Generation, GenerationSettings, context_length, encode_prompt, generate_one
-from tunelab.inference.target import Target, load_target, resolve_target
+from tunelab.inference.target import Target, base_model_id, load_target, resolve_target
 from tunelab.model.dense import generation_weights, generation_weights_fit
 
 log = logging.getLogger("tunelab.serve")
@@ -57,8 +56,8 @@ class Engine:
         max_context: int | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
     ):
-        from tunelab.inference.batch_cache import batching_unsupported
-        from tunelab.inference.batching import BatchScheduler
+        from tunelab.serve.batch_cache import batching_unsupported
+        from tunelab.serve.batching import BatchScheduler
 
         if max_batch < 1:
             raise TunelabError(f"--max-batch: {max_batch} must be at least 1")

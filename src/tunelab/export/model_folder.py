@@ -12,9 +12,10 @@ from typing import Any
 
 import yaml
 
-from tunelab.inference.target import Target
+from tunelab.inference.target import Target, base_model_id, source_folders
 from tunelab.outputs import Output, check_output
 from tunelab.runs import ModelMeta, RunDir
+from tunelab.runs.metric_table import FINAL_EVAL_LOSS, FINAL_TRAIN_LOSS
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -33,32 +34,9 @@ TOKENIZER_FILES = (
 MODEL_FOLDER = Output("a model folder", ModelMeta.present, folder=True)
 
 
-def source_folders(target: Target) -> list[Path]:
-    """Every local folder the target's model is read from: its run, its adapter, a local base model."""
-    return [target.run_dir, *model_folders(target)] if target.run_dir is not None else model_folders(target)
-
-
-def model_folders(target: Target) -> list[Path]:
-    """The local model folders the target loads (its adapter, a base model folder), without its run directory."""
-    found = [target.adapter]
-    for name in (target.base, target.text):
-        p = Path(name).expanduser()
-        if p.is_dir() and (target.run_dir is None or p.resolve() != target.run_dir.resolve()):
-            found.append(p)
-    return [p for p in found if p is not None]
-
-
 def check_model_output(out: Path, target: Target, overwrite: bool) -> Path:
     """Where merge / export may write `out` (see `tunelab.outputs.check_output`); before any weights load."""
     return check_output(out, "-o", MODEL_FOLDER, source_folders(target), overwrite)
-
-
-def base_model_id(target: Target) -> str:
-    """The base model as the user named it (hub id, tiny preset or folder)."""
-    if target.config is not None:
-        return target.config.model.name
-    meta = ModelMeta.read(target.adapter or Path(target.base))
-    return (meta.base_model if meta is not None and meta.base_model else None) or target.base
 
 
 def is_hub_id(name: str) -> bool:
@@ -93,73 +71,28 @@ def write_model_card(
     `library` is the card's `library_name` (default: peft for an adapter, transformers otherwise; gguf for
     GGUF files)."""
     base = base_model_id(target)
-    cfg = target.config
     summary = _run_summary(target)
-    library = library or ("peft" if kind == "adapter" else "transformers")
-    front: dict[str, Any] = {
-        "library_name": library,
-        "tags": ["tunelab", "lora" if target.adapter else "full-fine-tune"],
-    }
-    if is_hub_id(base):
-        front["base_model"] = base
-    hub_data = [s.path for s in cfg.data.train_sources if is_hub_id(s.path)] if cfg is not None else []
-    if hub_data:
-        front["datasets"] = hub_data
     what = {
         "merged": "A LoRA fine-tune, its adapter merged into the base weights",
         "full": "A fully fine-tuned model",
         "adapter": "A LoRA adapter (PEFT) to load over its base model",
     }[kind]
-    lines = [
-        "---",
-        yaml.safe_dump(front, sort_keys=False).strip(),
-        "---",
-        "",
-        f"# {target.name}",
-        "",
-        f"{what}, trained with tunelab.",
-        "",
-        "## Base model",
-        "",
-        f"`{base}`",
-    ]
+    front = _card_front(target, base, library or ("peft" if kind == "adapter" else "transformers"))
+    lines = ["---", front, "---", "", f"# {target.name}", "", f"{what}, trained with tunelab.", ""]
+    lines += ["## Base model", "", f"`{base}`"]
     if target.quantization.bits:
         lines += [
             "",
             f"Trained with QLoRA on a {target.quantization.bits}-bit base; the merge reloaded the base unquantized.",
         ]
-    lines += ["", "## Data", ""]
-    if cfg is not None:
-        d = cfg.data
-        for src in d.train_sources:
-            share = (
-                f", weight {src.weight}"
-                if src.weight is not None
-                else f", {src.rows} rows"
-                if src.rows is not None
-                else ""
-            )
-            lines.append(f"- train: `{src.path}` (split `{src.split}`{share})")
-        if d.test is not None:
-            lines.append(f"- test: `{d.test.path}` (split `{d.test.split}`)")
-        elif d.test_size is not None:
-            lines.append(f"- test: {d.test_size} carved from train (seed {d.seed})")
-        stats = summary.get("data") or {}
-        if stats:
-            lines.append(
-                f"- {stats.get('train_rows', '?')} train rows, {stats.get('test_rows', '?')} test rows, "
-                f"{stats.get('train_tokens', '?')} train tokens"
-            )
-        lines.append(f"- prompt format: `{cfg.prompt.format}` (loss on {cfg.prompt.train_on})")
-    else:
-        lines.append("Not recorded (the source was not a tunelab run directory).")
+    lines += ["", "## Data", "", *_data_lines(target, summary)]
     if summary:
         lines += [
             "",
             "## Training",
             "",
-            f"- steps: {summary.get('steps')}, final train loss: {summary.get('final_train_loss')}, "
-            f"final eval loss: {summary.get('final_eval_loss')}",
+            f"- steps: {summary.get('steps')}, final train loss: {summary.get(FINAL_TRAIN_LOSS)}, "
+            f"final eval loss: {summary.get(FINAL_EVAL_LOSS)}",
         ]
     if check:
         lines += ["", "## Merge check", "", check]
@@ -176,6 +109,46 @@ def write_model_card(
             "```",
         ]
     (folder / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def _card_front(target: Target, base: str, library: str) -> str:
+    """The card's YAML front matter: the hub reads its base model and datasets from here."""
+    cfg = target.config
+    front: dict[str, Any] = {
+        "library_name": library,
+        "tags": ["tunelab", "lora" if target.adapter else "full-fine-tune"],
+    }
+    if is_hub_id(base):
+        front["base_model"] = base
+    hub_data = [s.path for s in cfg.data.train_sources if is_hub_id(s.path)] if cfg is not None else []
+    if hub_data:
+        front["datasets"] = hub_data
+    return yaml.safe_dump(front, sort_keys=False).strip()
+
+
+def _data_lines(target: Target, summary: dict[str, Any]) -> list[str]:
+    """The card's data section: each source, the test split, the row and token counts, the prompt format."""
+    if target.config is None:
+        return ["Not recorded (the source was not a tunelab run directory)."]
+    d = target.config.data
+    lines = []
+    for src in d.train_sources:
+        share = (
+            f", weight {src.weight}" if src.weight is not None else f", {src.rows} rows" if src.rows is not None else ""
+        )
+        lines.append(f"- train: `{src.path}` (split `{src.split}`{share})")
+    if d.test is not None:
+        lines.append(f"- test: `{d.test.path}` (split `{d.test.split}`)")
+    elif d.test_size is not None:
+        lines.append(f"- test: {d.test_size} carved from train (seed {d.seed})")
+    stats = summary.get("data") or {}
+    if stats:
+        lines.append(
+            f"- {stats.get('train_rows', '?')} train rows, {stats.get('test_rows', '?')} test rows, "
+            f"{stats.get('train_tokens', '?')} train tokens"
+        )
+    lines.append(f"- prompt format: `{target.config.prompt.format}` (loss on {target.config.prompt.train_on})")
+    return lines
 
 
 def _run_summary(target: Target) -> dict[str, Any]:

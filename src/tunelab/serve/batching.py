@@ -30,13 +30,13 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunelab.inference.batch_cache import Rows
 from tunelab.inference.generate import (
     GenerationSettings,
     finish_generation,
     generate_kwargs,
     stop_token_ids,
 )
+from tunelab.serve.batch_cache import Rows
 
 log = logging.getLogger("tunelab.serve")
 

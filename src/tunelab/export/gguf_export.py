@@ -5,8 +5,8 @@ Steps, all inside a staging folder that is renamed to OUT only when every check 
 1. merge: `write_full_model` writes the run as a Hugging Face folder from the *unquantized* base (a
    QLoRA run's adapter is merged into the 16/32-bit weights) and checks its logits against the adapter
    model's, exactly as `tunelab merge` does;
-2. convert that folder to GGUF (`tunelab.inference.gguf`), with the run's prompt format as the file's
-   chat template and in the Modelfile (`tunelab.inference.ollama`);
+2. convert that folder to GGUF (`tunelab.export.gguf`), with the run's prompt format as the file's
+   chat template and in the Modelfile (`tunelab.export.ollama`);
 3. read the GGUF back into a transformers model from the file alone and compare its logits with the
    merged model's on the merge check's prompts: f32/f16/bf16 must match within the merge tolerance of
    that dtype; quantized types are reported (rounding to 8 or fewer bits moves logits by design).
@@ -22,10 +22,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from tunelab.errors import TunelabError
-from tunelab.inference import gguf as gg
-from tunelab.inference.export import ExportResult
-from tunelab.inference.folder import write_model_card, write_model_meta
-from tunelab.inference.merge import check_inputs, compare_logits, fill_model_folder, logits_for
+from tunelab.export import gguf as gg
+from tunelab.export.merge import check_inputs, compare_logits, fill_model_folder, logits_for
+from tunelab.export.model_folder import write_model_card, write_model_meta
+from tunelab.export.result import ExportResult
 from tunelab.inference.target import Target, inference_prompt
 from tunelab.outputs import staged_folder
 
@@ -51,9 +51,9 @@ def export_gguf(target: Target, out: Path, dtype: str, quant: str) -> ExportResu
     """Write the GGUF folder at `out` (a place `check_model_output` allowed)."""
     from transformers import AutoTokenizer, GenerationConfig
 
+    from tunelab.export.gguf_vocab import read_vocab
+    from tunelab.export.ollama import engine_prompt, modelfile
     from tunelab.inference.generate import stop_token_ids
-    from tunelab.inference.gguf_vocab import read_vocab
-    from tunelab.inference.ollama import engine_prompt, modelfile
     from tunelab.model.loading import resolve_model_path
 
     gg.check_quant(quant)

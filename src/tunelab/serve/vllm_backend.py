@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.inference.engine import ServePlan, plan_models
-from tunelab.inference.export import VLLM_LORA_RANKS, export_target
+from tunelab.export.formats import VLLM_LORA_RANKS, export_target
+from tunelab.serve.engine import ServePlan, plan_models
 
 VLLM_SERVER = "vllm.entrypoints.openai.api_server"
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.inference.gguf_vocab import GGUFVocab
+from tunelab.export.gguf_vocab import GGUFVocab
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 QUANT_TYPES = ("f16", "bf16", "q8_0", "q5_0", "q4_0", "f32")

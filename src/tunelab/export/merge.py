@@ -16,7 +16,7 @@ from typing import Any
 
 from tunelab.dtypes import TORCH_NAMES, short_name, torch_dtype
 from tunelab.errors import TunelabError
-from tunelab.inference.folder import check_model_output, write_model_card, write_model_meta
+from tunelab.export.model_folder import check_model_output, write_model_card, write_model_meta
 from tunelab.inference.generate import encode_prompt, stop_token_ids
 from tunelab.inference.prompts import instruction_row, prompt_text
 from tunelab.inference.target import Target, load_target

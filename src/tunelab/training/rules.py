@@ -1,0 +1,297 @@
+"""The rules a run must pass before it starts, each written once, as findings.
+
+A rule is one function; its callers decide what to do with what it finds. `tunelab train` (every rank,
+in `training.run`) and `train --nproc` (once, in `training.launch`, before any process starts) raise
+the first problem (`raise_first`); `tunelab validate` (`training.preflight`) and `tunelab sweep` list
+them all. So `validate` predicts what `train` refuses: both ask the same functions.
+
+This module holds the rules that need nothing loaded: the config, the machine and the file system
+(the device, precision and kernels, several processes, the tiny preset, the scorers, folders that
+must be writable, the run directory and the resume point). The rules that read the model folder,
+the tokenizer and the data rows are in `training.preflight`. Light on purpose (no transformers at
+import): `train --nproc` answers its flags in a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from pathlib import Path
+from typing import Literal
+
+from tunelab.config import RunConfig
+from tunelab.errors import ConfigError, TunelabError
+from tunelab.files import check_writable
+from tunelab.runs import RunDir, check_run_dir
+
+Severity = Literal["problem", "note", "ok"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What one rule found: a problem (the run cannot start), a note (worth knowing; train prints it as a
+    warning) or an ok line; `field` names the setting (or flag) to change."""
+
+    severity: Severity
+    field: str
+    message: str
+    hint: str | None = None
+    error: TunelabError | None = dataclass_field(
+        default=None, compare=False, repr=False
+    )  # what train raises, as it was
+
+    def line(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Situation:
+    """How the run would start, as far as the rules care."""
+
+    resume: bool = False  # --resume
+    processes: int = 1  # processes in the job (--nproc x --nnodes, or a launcher's WORLD_SIZE)
+    local_processes: int | None = None  # of those, on this machine (default: all)
+    device: str | None = None  # this process's device when it is settled (a rank's cuda:LOCAL_RANK)
+    fit: bool = False  # check that the processes fit this machine (the launcher does; its ranks need not)
+    hub: bool = True  # the hub may be asked (a sweep's checks never do)
+
+    @property
+    def per_machine(self) -> int:
+        return self.local_processes or self.processes
+
+
+def findings_of(e: TunelabError, default_field: str) -> list[Finding]:
+    """A user error as findings: one per line of a ConfigError, else one, under the field its message
+    names ("model.device: ...") or `default_field`."""
+    lines = e.problems if isinstance(e, ConfigError) else [e.message.splitlines()[0] if e.message else ""]
+    out = []
+    for text in lines:
+        head, sep, rest = text.partition(": ")
+        named = sep and " " not in head and ("." in head or head.startswith("--"))
+        out.append(Finding("problem", head if named else default_field, rest if named else text, e.hint, e))
+    return out
+
+
+def problems_of(check: Callable[[], object], default_field: str) -> list[Finding]:
+    """Run a check that raises a user error; what it raised as findings (none when it passed)."""
+    try:
+        check()
+    except TunelabError as e:
+        return findings_of(e, default_field)
+    return []
+
+
+def problems(findings: list[Finding]) -> list[Finding]:
+    return [f for f in findings if f.severity == "problem"]
+
+
+def raise_first(findings: list[Finding]) -> list[Finding]:
+    """Raise the first problem as the user error its rule raised; else return the notes (for warnings)."""
+    for f in problems(findings):
+        raise f.error if f.error is not None else TunelabError(f.line(), hint=f.hint)
+    return [f for f in findings if f.severity == "note"]
+
+
+# --- the rules that need nothing loaded ---------------------------------------------------------------------
+
+
+def before_load(cfg: RunConfig, sit: Situation) -> list[Finding]:
+    """Every rule that reads only the config, the machine and the file system, in the order train meets them."""
+    found: list[Finding] = []
+    device = sit.device or _device(cfg, sit, found)
+    found += precision(cfg, device)
+    found += kernels(cfg, device)
+    if sit.fit:
+        found += processes(cfg, sit.per_machine)
+    found += strategy(cfg, sit.processes, device, sit.per_machine)
+    found += tiny_preset(cfg)
+    found += scorers(cfg)
+    found += writable_outputs(cfg)
+    found += problems_of(lambda: start_point(cfg, sit), "--resume" if resuming(cfg, sit.resume) else "output.name")
+    return found
+
+
+def _device(cfg: RunConfig, sit: Situation, found: list[Finding]) -> str:
+    from tunelab.model.loading import device_for
+
+    found += pinned_device(cfg.model.device, sit.processes)
+    try:
+        device = device_for(cfg.model)
+    except TunelabError as e:
+        found += findings_of(e, "model.device")
+        return "cpu"
+    found.append(Finding("ok", "model.device", device))
+    return device
+
+
+def pinned_device(requested: str, processes: int) -> list[Finding]:
+    """Several processes take one device each: `distributed.check_not_pinned`, as a finding."""
+    from tunelab.training import distributed as dist
+
+    return problems_of(lambda: dist.check_not_pinned(requested, processes), "model.device")
+
+
+def check_nproc(nproc: int) -> None:
+    if nproc < 1:
+        raise TunelabError(f"--nproc: {nproc} processes; give at least 1 (processes on this machine, one per GPU)")
+
+
+def precision(cfg: RunConfig, device: str) -> list[Finding]:
+    """The precision on this device, fp16 weights on the CPU, and bf16 on a CPU that emulates it (a note)."""
+    from tunelab.model.loading import precision_flags, run_precision, run_weight_dtype
+    from tunelab.perf.machine import cpu_bf16_note
+
+    found = problems_of(lambda: precision_flags(cfg, device), "training.precision")
+    if found:
+        return found
+    if device == "cpu" and run_weight_dtype(cfg, device) == "fp16" and cfg.quantization.bits is None:
+        return [
+            Finding(
+                "problem", "model.dtype", "fp16 weights are not supported for training on the CPU; use fp32 or bf16"
+            )
+        ]
+    precision_name = run_precision(cfg, device)
+    slow = cpu_bf16_note(device, precision_name)
+    return [
+        Finding("note", "training.precision", slow) if slow else Finding("ok", "training.precision", precision_name)
+    ]
+
+
+def kernels(cfg: RunConfig, device: str) -> list[Finding]:
+    """`training.kernels` on this device (liger where Triton cannot run), before the model says its type."""
+    from tunelab.model.kernels import resolve_kernels
+
+    try:
+        chosen = resolve_kernels(cfg.training.kernels, device, None)
+    except TunelabError as e:
+        return findings_of(e, "training.kernels")
+    return [Finding("ok", "training.kernels", chosen.why)]
+
+
+def processes(cfg: RunConfig, nproc: int) -> list[Finding]:
+    """`--nproc N`: the flag, and how N processes fit this machine (`distributed.process_fit`, the one rule)."""
+    from tunelab.training import distributed as dist
+
+    found = problems_of(lambda: check_nproc(nproc), "--nproc")
+    if found:
+        return found
+    fit = dist.process_fit(cfg, nproc)
+    return [Finding(fit.kind, "--nproc", fit.message, fit.hint)]
+
+
+def strategy(cfg: RunConfig, processes: int, device: str | None, per_machine: int | None = None) -> list[Finding]:
+    """The strategy of several processes, with its backend; `device` None: as far as the config alone decides
+    it (what `train --nproc` refuses before any library loads)."""
+    from tunelab.training import distributed as dist
+
+    if processes <= 1:
+        return []
+    if device is None:
+        known = cfg.distributed.strategy
+        if known == "auto":
+            known = "ddp" if cfg.adapter.type == "lora" else None
+        return (
+            [] if known is None else problems_of(lambda: dist.check_strategy(cfg, known, None), "distributed.strategy")
+        )
+    on_cpu = device == "cpu"
+    found = problems_of(lambda: dist.backend_for(cfg, on_cpu), "distributed.backend")
+    chosen = dist.resolve_strategy(cfg, processes, device, per_machine)
+    return found + problems_of(lambda: dist.check_strategy(cfg, chosen, on_cpu), "distributed.strategy")
+
+
+def tiny_preset(cfg: RunConfig) -> list[Finding]:
+    if cfg.model.ref.kind != "tiny":
+        return []
+    from tunelab.model.tiny import tiny_spec
+
+    return problems_of(lambda: tiny_spec(cfg.model.name), "model.name")
+
+
+def scorers(cfg: RunConfig) -> list[Finding]:
+    """`eval.scorers`: every name known, every parameter valid (`tunelab.scoring` owns the rule)."""
+    from tunelab.scoring import config_scorers
+
+    return problems_of(lambda: config_scorers(cfg.eval.scorers), "eval.scorers")
+
+
+def output_targets(cfg: RunConfig) -> list[tuple[str, Path]]:
+    """The folders a run writes before it writes anything else: output.dir, the data cache, the tracking dir."""
+    from tunelab.artifacts import tracking_dir
+    from tunelab.cache import cache_root
+
+    targets = [
+        ("output.dir", Path(cfg.output.dir)),
+        ("data.cache_dir", Path(cfg.data.cache_dir) if cfg.data.cache_dir else cache_root("data")),
+    ]
+    if cfg.tracking.backends():
+        targets.append(("tracking.dir", tracking_dir(cfg)))
+    return targets
+
+
+def writable_outputs(cfg: RunConfig) -> list[Finding]:
+    from functools import partial
+
+    return [f for name, path in output_targets(cfg) for f in problems_of(partial(check_writable, path, name), name)]
+
+
+# --- the run directory and the resume point -----------------------------------------------------------------
+
+
+def resuming(cfg: RunConfig, resume: bool) -> bool:
+    """--resume, or `training.resume` set in the config (auto or a checkpoint)."""
+    return resume or cfg.training.resume not in (False, None)
+
+
+def explicit_checkpoint(cfg: RunConfig) -> Path | None:
+    """`training.resume: PATH`: that checkpoint, checked now; None for `auto` / off."""
+    explicit = cfg.training.resume
+    if explicit in (False, None, "auto", True):
+        return None
+    p = Path(str(explicit)).expanduser()
+    if not p.exists():
+        raise TunelabError(f"training.resume: {p} does not exist")
+    if not (p / "trainer_state.json").is_file():
+        raise TunelabError(f"training.resume: {p} is not a checkpoint (no trainer_state.json)")
+    return p
+
+
+def run_dir_for(cfg: RunConfig, resume: bool) -> RunDir:
+    """`check_run_dir` for this run: an explicit `training.resume` checkpoint may start a new run directory."""
+    run_name = cfg.output.name or "run"
+    resume = resuming(cfg, resume)
+    if explicit_checkpoint(cfg) is not None:
+        resume = (Path(cfg.output.dir) / run_name).is_dir()
+    return check_run_dir(cfg.output.dir, run_name, resume=resume, overwrite=cfg.output.overwrite)
+
+
+def resume_point(run: RunDir) -> Path:
+    """The newest complete checkpoint of `run`, or a user error saying there is none."""
+    ckpt = run.latest_checkpoint()
+    if ckpt is None:
+        raise TunelabError(
+            f"nothing to resume in {run.path}: no complete checkpoint under checkpoints/",
+            hint="checkpoints are written every training.save_steps steps",
+        )
+    return ckpt
+
+
+def start_point(cfg: RunConfig, sit: Situation) -> tuple[RunDir, Path | None]:
+    """The run directory and the checkpoint this run continues (None for a new run), or the user error that
+    stops it: a checkpoint that is none, a run directory in the way, a finished run, nothing to resume, a
+    resume that changes what the remaining steps compute, checkpoint files that are not weights-only data,
+    or another number of processes than wrote the checkpoint."""
+    from tunelab.training import distributed as dist
+    from tunelab.training.resume import check_checkpoint_files, check_resume_settings
+
+    explicit = explicit_checkpoint(cfg)  # a training.resume path that is no checkpoint is named first
+    run = run_dir_for(cfg, sit.resume)
+    if not resuming(cfg, sit.resume):
+        return run, None
+    if explicit is None and run.is_complete():
+        raise TunelabError(f"{run.path} already finished (final/ exists); nothing to resume")
+    checkpoint = explicit or resume_point(run)
+    check_resume_settings(cfg, run, checkpoint)
+    check_checkpoint_files(checkpoint)
+    dist.check_resume_world(checkpoint, sit.processes)
+    return run, checkpoint
