@@ -289,3 +289,32 @@ def test_a_sweep_starts_its_workers_to_die_with_it(tmp_path, monkeypatch):
     sweep = SimpleNamespace(file=tmp_path / "s.yaml", overrides=[], logs_dir=tmp_path, models=[])
     assert driver._workers(sweep, None, None, None, [{}, {}]) == 0
     assert [env[PARENT_ENV] for env in started] == [str(os.getpid())] * 2
+
+
+EXEC_PARENT = textwrap.dedent(
+    """
+    import subprocess, sys
+    from tunelab.procs import exec_dies_with_parent
+    child = subprocess.Popen(["sleep", "60"], preexec_fn=exec_dies_with_parent())
+    print(child.pid, flush=True)
+    child.wait()
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_program_that_is_not_tunelab_dies_with_its_parent():
+    """vLLM's server and MLflow's UI are started through `exec_dies_with_parent`: the signal survives exec."""
+    parent = subprocess.Popen([sys.executable, "-c", EXEC_PARENT], stdout=subprocess.PIPE, text=True)
+    pid = int(parent.stdout.readline())
+    try:
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(pid), "sleep outlived the process that started it"
+    finally:
+        parent.stdout.close()
+        if not _gone(pid):
+            os.kill(pid, signal.SIGKILL)

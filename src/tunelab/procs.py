@@ -33,6 +33,21 @@ def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return {**(os.environ if base is None else base), PARENT_ENV: str(os.getpid())}
 
 
+def exec_dies_with_parent(sig: int = signal.SIGTERM):
+    """A `preexec_fn` for a program that is not tunelab (vLLM's server, MLflow's UI): on Linux it sets the
+    parent-death signal in the forked child before it execs (the signal survives exec), so the program
+    stops with this process; None elsewhere, where the caller's own stop path is what ends it."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def arrange() -> None:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig))
+
+    return arrange
+
+
 def die_with_parent(env: dict[str, str] | os._Environ | None = None) -> bool:
     """Arrange SIGTERM for this process when the process it follows exits; False when that one is
     already gone (the caller exits then).

@@ -132,7 +132,9 @@ def serve_vllm(
         cmd = vllm_command(serve, host, port, max_batch, trust_remote_code=trust_remote_code)
         say(f"serving {', '.join(m.id for m in plan.models)} with vLLM: {' '.join(cmd)}")
         env = {**os.environ, **({"VLLM_API_KEY": api_key} if api_key else {})}
-        proc = subprocess.Popen(cmd, env=env)
+        from tunelab.procs import exec_dies_with_parent
+
+        proc = subprocess.Popen(cmd, env=env, preexec_fn=exec_dies_with_parent())  # stops if we are killed
         forward = lambda signum, _frame: proc.send_signal(signum)  # noqa: E731 - vLLM shuts down on its own terms
         previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
         try:

@@ -85,7 +85,15 @@ def _start(
             "--workers",
             "1",
         ]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        from tunelab.procs import exec_dies_with_parent
+
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=exec_dies_with_parent(),  # a killed `tunelab dashboard` leaves no server behind
+        )
         try:
             _wait_for_port(port, proc)
         except TunelabError:
