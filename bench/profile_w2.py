@@ -332,7 +332,7 @@ def main() -> None:
     import torch
 
     from tunelab.config import build_config
-    from tunelab.model.loading import run_precision
+    from tunelab.model.precision import run_precision
     from tunelab.training.run import train
 
     over = {

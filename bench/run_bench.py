@@ -401,7 +401,7 @@ from tunelab.config.schema import RunConfig
 from tunelab.data.prepare import prepare_data
 from tunelab.data.synthetic import generate, write_jsonl
 from transformers import AutoTokenizer
-from tunelab.model.loading import resolve_model_path
+from tunelab.model.resolve import resolve_model_path
 write_jsonl(generate({n}, seed=1, unique=False), {str(data)!r})
 tok = AutoTokenizer.from_pretrained(resolve_model_path('tiny:llama-2l'))
 cfg = RunConfig.model_validate({{'model': {{'name': 'tiny:llama-2l'}}, 'data': {{'train': {{'path': {str(data)!r}}},
@@ -456,6 +456,7 @@ def held_out_runs() -> None:
 def plan_check(measure: bool = False) -> dict:
     """`tunelab plan` estimates next to the peaks measured by the latest W1 / W2 results (and held-out runs)."""
     from tunelab.config import build_config
+    from tunelab.model.resolve import resolve_model
     from tunelab.perf.plan import estimate
 
     if measure:
@@ -474,7 +475,7 @@ def plan_check(measure: bool = False) -> dict:
             continue
         cfg = build_config(yaml.safe_load(cfg_file.read_text()))
         s = json.loads(summary.read_text())
-        est = estimate(cfg, "cpu", checkpointing=bool(s.get("gradient_checkpointing")))
+        est = estimate(cfg, resolve_model(cfg), "cpu", checkpointing=bool(s.get("gradient_checkpointing")))
         found.append(
             {
                 "workload": name,
@@ -486,8 +487,9 @@ def plan_check(measure: bool = False) -> dict:
         )
     ref_cfg = build_config(yaml.safe_load((ROOT / "examples" / "openllama-3b-alpaca-qlora.yaml").read_text()))
     ref_cfg.model.name = str(SHARED / "models" / "open_llama_3b_v2")
+    ref_model = resolve_model(ref_cfg)
     for ck in (True, False):
-        est = estimate(ref_cfg, "cuda", checkpointing=ck)
+        est = estimate(ref_cfg, ref_model, "cuda", checkpointing=ck)
         found.append(
             {
                 "workload": f"openllama-3b recipe (GPU, checkpointing {'on' if ck else 'off'})",

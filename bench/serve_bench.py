@@ -97,7 +97,7 @@ def tiny_lora_target(scratch: Path) -> str:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from tunelab.model.loading import resolve_model_path
+    from tunelab.model.resolve import resolve_model_path
 
     base = resolve_model_path("tiny:llama-2l")
     torch.manual_seed(0)
@@ -117,7 +117,7 @@ def prompts_for(target: str, n: int) -> list[str]:
     from tunelab.data.synthetic import generate
     from tunelab.inference.prompts import instruction_row, prompt_text
     from tunelab.inference.target import resolve_target
-    from tunelab.model.loading import resolve_model_path
+    from tunelab.model.resolve import resolve_model_path
 
     t = resolve_target(target)
     cfg = t.prompt if t.prompt_known else PromptConfig(format="alpaca")

@@ -58,7 +58,7 @@ def run(name: str, *overrides: str) -> dict:
 def main() -> None:
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
-    from tunelab.model.loading import resolve_model_path
+    from tunelab.model.resolve import resolve_model_path
 
     resolve_model_path("tiny:quickstart-base")  # built and cached once, outside both measurements
     pruned = run("quickstart-pruned")

@@ -748,7 +748,7 @@ def case_rank_above_the_layer_width(ctx):
 
 
 def _tiny_path() -> str:
-    from tunelab.model.loading import resolve_model_path
+    from tunelab.model.resolve import resolve_model_path
 
     return resolve_model_path("tiny:llama-2l")
 

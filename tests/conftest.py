@@ -29,7 +29,7 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(_isolated_cache) -> Path:
-    from tunelab.model.loading import resolve_model_path
+    from tunelab.model.resolve import resolve_model_path
 
     return Path(resolve_model_path("tiny:llama-2l"))
 

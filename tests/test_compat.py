@@ -91,3 +91,20 @@ def test_trackio_storage_and_hub_offline_switch(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     compat.set_hub_offline()
     assert hub.is_offline_mode()
+
+
+def test_optuna_running_trial_continues_a_trial_a_dead_worker_left_running():
+    import optuna
+
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    t = study.ask()
+    t.suggest_int("r", 1, 8)
+    t.report(1.0, 2)
+    frozen = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))[0]
+    again = compat.optuna_running_trial(study, frozen)
+    assert again.number == t.number and again.suggest_int("r", 1, 8) == t.params["r"]  # the stored value
+    again.report(0.5, 4)
+    assert again.should_prune() is False
+    study.tell(again, 0.5)
+    done = study.trials[0]
+    assert done.state == optuna.trial.TrialState.COMPLETE and done.intermediate_values == {2: 1.0, 4: 0.5}

@@ -202,7 +202,7 @@ def test_kl_watch_warns_once_into_the_logs_and_the_console():
 
     from rich.console import Console
 
-    from tunelab.training.preference import KL_WARN, KLWatch
+    from tunelab.training.preference_trainer import KL_WARN, KLWatch
 
     console = Console(record=True, width=300)
     watch = KLWatch(console)

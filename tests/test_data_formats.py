@@ -39,7 +39,7 @@ def cfg(path, tmp_path, model="tiny:llama-2l", **sections):
 def tools_tokenizer():
     from transformers import AutoTokenizer
 
-    from tunelab.model.loading import resolve_model_path
+    from tunelab.model.resolve import resolve_model_path
 
     return AutoTokenizer.from_pretrained(resolve_model_path("tiny:tools-2l"))
 
@@ -382,7 +382,7 @@ def test_chat_pairs_and_kto_rows(tmp_path, tokenizer):
     train, _, _ = load_splits(c)
     assert train.rows[1]["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     assert train.rows[2]["label"] is False and train.rows[2]["messages"][-1]["content"] == "y"
-    from tunelab.data.preference import iter_pairs
+    from tunelab.data.preference_rows import iter_pairs
 
     out = [b for b in iter_pairs(train, TokenSpec.of(c), tokenizer, Counter(), "kto")]
     assert out[0]["label"] == [

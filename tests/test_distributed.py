@@ -145,24 +145,26 @@ def test_launch_flags_are_checked_before_anything_loads():
 
 
 def test_rank_plans_ddp_replicates_and_fsdp2_shards():
+    from tunelab.model.resolve import resolve_model
     from tunelab.perf.plan import estimate
     from tunelab.perf.sharding import rank_plan
 
     cfg = _cfg(adapter={"type": "none"})
-    one = estimate(cfg, "cuda", checkpointing=False)
-    ddp = rank_plan(cfg, one, "ddp", 4)
+    resolved = resolve_model(cfg)
+    one = estimate(cfg, resolved, "cuda", checkpointing=False)
+    ddp = rank_plan(resolved, one, "ddp", 4)
     assert ddp.parts["ddp_gradient_buckets"] == one.parts["gradients"] and ddp.total > one.total
     block, root = 0.1, 0.2
-    fsdp = rank_plan(cfg, one, "fsdp2", 4, shares=(block, root))
+    fsdp = rank_plan(resolved, one, "fsdp2", 4, shares=(block, root))
     assert fsdp.parts["optimizer"] == pytest.approx(one.parts["optimizer"] / 4)
     assert fsdp.parts["weights"] == pytest.approx(one.parts["weights"] * (1 / 4 + 2 * block + root))
     assert fsdp.parts["activations"] == one.parts["activations"]  # each rank's own micro-batch
     assert fsdp.total < one.total
-    zero2 = rank_plan(cfg, one, "deepspeed_zero2", 4)
+    zero2 = rank_plan(resolved, one, "deepspeed_zero2", 4)
     assert zero2.parts["weights"] == one.parts["weights"] and zero2.parts["gradients"] == pytest.approx(
         one.parts["gradients"] / 4
     )
-    assert rank_plan(cfg, one, "ddp", 1) is one
+    assert rank_plan(resolved, one, "ddp", 1) is one
 
 
 # --- end to end: two CPU processes over gloo against one process

@@ -94,7 +94,7 @@ def test_response_loss_takes_only_response_tokens_and_ignores_padding(tiny_model
     from tunelab.data.prepare import TokenSpec, tokenize_rows
     from tunelab.data.sources import RawRows
     from tunelab.data.synthetic import generate
-    from tunelab.evaluation.data import EvalRows
+    from tunelab.evaluation.heldout import EvalRows
     from tunelab.evaluation.runner import response_loss
     from tunelab.model.loading import load_model, load_tokenizer
 

@@ -1,6 +1,10 @@
 """Invariants of training that must hold whatever the code looks like (TRL's way of pinning
 silent training bugs): equivalent batch layouts give the same losses, and a fixed tiny run gives
-the losses recorded here."""
+the losses recorded in tests/invariant_refs/, next to the library versions they were made with."""
+
+import json
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import pytest
 
@@ -8,10 +12,30 @@ from conftest import base_config
 
 pytestmark = pytest.mark.slow
 
-# The first four training losses of the run in test_golden_losses, recorded at 75b6264 (before the
-# issue-11 refactor; identical after it).
-# A change that moves them must say why in its commit and update them deliberately.
-GOLDEN_LOSSES = [6.70557, 6.72421, 6.69124, 6.66011]
+REFS = Path(__file__).resolve().parent / "invariant_refs"
+# the libraries whose numerics the golden losses depend on
+LIBRARIES = ("torch", "transformers", "trl", "peft")
+
+
+def installed_versions() -> dict[str, str]:
+    def one(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return {name: one(name) for name in LIBRARIES}
+
+
+def version_drift(recorded: dict[str, str], installed: dict[str, str]) -> str:
+    """Which libraries differ from the ones a reference was made with ('' when none): the first suspects
+    when a recorded loss no longer matches."""
+    moved = [
+        f"{name} {recorded.get(name, 'unrecorded')} -> {installed[name]}"
+        for name in LIBRARIES
+        if recorded.get(name) != installed[name]
+    ]
+    return "; library versions differ from the reference's: " + ", ".join(moved) if moved else ""
 
 
 def _losses(tmp_path, name, data, **training):
@@ -32,8 +56,6 @@ def _losses(tmp_path, name, data, **training):
     )
     cfg["data"]["test_size"] = None
     train(build_config(cfg), console=Console(file=io.StringIO()))
-    import json
-
     rows = [json.loads(x) for x in (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in rows if "loss" in r]
 
@@ -49,5 +71,17 @@ def test_grad_accum_8x1_equals_1x8(tmp_path, synth_file):
 
 
 def test_golden_losses(tmp_path, synth_file):
+    ref = json.loads((REFS / "golden_losses.json").read_text())
     got = _losses(tmp_path, "golden", synth_file, max_steps=4, batch_size=4, grad_accum=2)
-    assert got == pytest.approx(GOLDEN_LOSSES, abs=2e-3), f"losses moved: {[round(x, 5) for x in got]}"
+    assert got == pytest.approx(ref["losses"], abs=ref["tolerance"]), (
+        f"losses moved: {[round(x, 5) for x in got]}, recorded {ref['losses']} at {ref['recorded_at']}"
+        f"{version_drift(ref['versions'], installed_versions())}"
+    )
+
+
+def test_a_golden_mismatch_names_the_libraries_that_moved():
+    ref = json.loads((REFS / "golden_losses.json").read_text())
+    assert set(ref["versions"]) == set(LIBRARIES)
+    assert version_drift(ref["versions"], dict(ref["versions"])) == ""
+    moved = version_drift(ref["versions"], {**ref["versions"], "trl": "9.9.9"})
+    assert moved == f"; library versions differ from the reference's: trl {ref['versions']['trl']} -> 9.9.9"

@@ -189,7 +189,7 @@ BASE = {
 
 
 def _prepare(tmp_path: Path, objective, pruner: str = "none"):
-    from tunelab.sweep.plan import prepare
+    from tunelab.sweep.resolved import prepare
 
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
     sweep = {"base": {"config": "base.yaml"}, "space": {"adapter.r": [4, 8]}, "objective": objective}
@@ -222,7 +222,7 @@ def test_a_declared_scorer_is_a_sweep_objective_in_its_direction(tmp_path, monke
 
 
 def test_an_objective_value_is_read_from_the_file_its_row_names(tmp_path):
-    from tunelab.sweep.runner import objective_value
+    from tunelab.sweep.gateway import objective_value
 
     run = _with_cost(make_run(tmp_path, "r", 1e-3, 0.5), 0.3)
     with (run / "metrics.jsonl").open("a") as f:

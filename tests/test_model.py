@@ -168,7 +168,7 @@ def test_model_folder_without_weights_is_a_user_error(tmp_path, tiny_model_dir):
     import shutil
 
     from tunelab.errors import TunelabError
-    from tunelab.model.loading import resolve_model_path
+    from tunelab.model.resolve import resolve_model_path
 
     shutil.copytree(tiny_model_dir, tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").unlink()

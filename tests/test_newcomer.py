@@ -129,7 +129,9 @@ def test_report_stars_only_a_best_that_shows_and_names_the_winner():
             self.name = name
 
     rows = [metric_row("exact match", "exact_match", [0.625, 0.9], "pct")]
-    assert verdict([R("a"), R("b")], rows, []) == "Best on exact match: b (90.0%), +27.5 points against a."
+    assert verdict([R("a"), R("b")], rows, []) == (  # no per-prompt scores to pair: no winner named
+        "Highest exact match: b (90.0%), +27.5 points against a; no interval: the runs' evaluations share no prompts."
+    )
 
 
 def test_sample_time_is_left_out_of_the_next_tokens_per_s():

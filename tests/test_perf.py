@@ -8,8 +8,10 @@ import yaml
 from conftest import run_cli
 from tunelab.config import build_config
 from tunelab.errors import TunelabError
+from tunelab.model.resolve import resolve_model
 from tunelab.perf.flops import flops_per_token, mean_attended_context
-from tunelab.perf.plan import GIB, advise, estimate, parse_memory
+from tunelab.perf.plan import GIB, advise, parse_memory
+from tunelab.perf.plan import estimate as estimate_for
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENLLAMA = ROOT.parent / "shared" / "models" / "open_llama_3b_v2"
@@ -24,6 +26,10 @@ def cfg(**over):
     for section, values in over.items():
         data.setdefault(section, {}).update(values)
     return build_config(data)
+
+
+def estimate(c, device, **kw):
+    return estimate_for(c, resolve_model(c), device, **kw)
 
 
 def test_quantization_checkpointing_and_batch_move_the_estimate_the_right_way():
@@ -50,8 +56,64 @@ def test_openllama_recipe_plan_is_in_the_expected_range():
     # LoRA r=64 on q/k/v/o of 26 layers: 26 * 4 * 64 * (3200 + 3200) = 42.6 M parameters
     assert plan.parts["adapter"] == pytest.approx(26 * 4 * 64 * 6400 * 2)
     assert plan.parts["optimizer"] == pytest.approx(26 * 4 * 64 * 6400 * 8)
-    advice = advise(recipe, "cuda", 16 * GIB)
+    advice = advise(recipe, resolve_model(recipe), "cuda", 16 * GIB)
     assert advice["fits_with_checkpointing"] and advice["largest_micro_batch"]["with_checkpointing"] >= 2
+
+
+def _refuse_resolving(monkeypatch):
+    """Any reading of a model's config.json (or finding its folder) from here on fails the test."""
+    import transformers
+
+    import tunelab.model.resolve as resolve
+
+    def again(*args, **kwargs):
+        raise AssertionError("the model was resolved again")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", again)
+    for name in ("read_model_config", "base_model_source", "resolve_model_path"):
+        monkeypatch.setattr(resolve, name, again)
+
+
+def test_the_planner_plans_from_the_model_resolved_once(monkeypatch):
+    from tunelab.perf.plan import decide_checkpointing
+    from tunelab.perf.sharding import rank_estimator
+
+    c = cfg(adapter={"type": "none"})
+    resolved = resolve_model(c)
+    assert resolved.model_type == "llama" and Path(resolved.path).is_dir() and resolved.name == "tiny:llama-2l"
+    _refuse_resolving(monkeypatch)
+    advice = advise(c, resolved, "cpu", 64 * GIB)
+    assert advice["fits_without_checkpointing"] and advice["largest_micro_batch"]["without_checkpointing"] >= 1
+    fsdp = rank_estimator("fsdp2", 4)(c, resolved, "cuda", checkpointing=False)
+    assert fsdp.parts["optimizer"] == pytest.approx(estimate_for(c, resolved, "cuda").parts["optimizer"] / 4)
+    assert decide_checkpointing(c, resolved, "cpu") is False  # the tiny model fits any machine
+    assert decide_checkpointing(c, None, "cpu") is True  # nothing to plan from: the memory-safe choice
+
+
+@pytest.mark.slow
+def test_a_training_run_resolves_its_model_once(tmp_path, synth_file, monkeypatch):
+    """`gradient_checkpointing: auto` and dense samples both ask the planner; the model is read once."""
+    import io
+
+    from rich.console import Console
+
+    import tunelab.model.resolve as resolve
+    from conftest import base_config
+    from tunelab.training.run import train
+
+    reads = []
+    read = resolve.read_model_config
+    monkeypatch.setattr(resolve, "read_model_config", lambda *a: reads.append(a) or read(*a))
+    c = base_config(
+        synth_file,
+        tmp_path / "runs",
+        training={"max_steps": 1, "eval_steps": None, "save_steps": None, "gradient_checkpointing": "auto"},
+        samples={"num_prompts": 1, "max_new_tokens": 2, "at_start": False, "dense_weights": True},
+        tracking={"backend": "none"},
+    )
+    summary = train(build_config(c), console=Console(file=io.StringIO()))
+    assert summary.status == "completed" and summary.gradient_checkpointing is False
+    assert len(reads) == 1
 
 
 def test_parse_memory():

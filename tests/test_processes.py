@@ -284,7 +284,7 @@ def test_a_sweep_starts_its_workers_to_die_with_it(tmp_path, monkeypatch):
             return 0
 
     monkeypatch.setattr(driver.subprocess, "Popen", Worker)
-    monkeypatch.setattr(driver.runner, "build_local_models", lambda models: None)
+    monkeypatch.setattr(driver.gateway, "build_local_models", lambda models: None)
     monkeypatch.setattr(driver, "Display", lambda *a: contextlib.nullcontext(SimpleNamespace(refresh=lambda: None)))
     sweep = SimpleNamespace(file=tmp_path / "s.yaml", overrides=[], logs_dir=tmp_path, models=[])
     assert driver._workers(sweep, None, None, None, [{}, {}]) == 0

@@ -12,9 +12,10 @@ import yaml
 
 from conftest import ROOT, run_cli
 from tunelab.errors import ConfigError
-from tunelab.sweep import engine, space
-from tunelab.sweep.plan import prepare
+from tunelab.sweep import space
+from tunelab.sweep.resolved import prepare
 from tunelab.sweep.spec import load_spec
+from tunelab.sweep.study import make_sampler
 
 BASE = {
     "model": {"name": "tiny:llama-2l"},
@@ -198,7 +199,7 @@ def test_grid_points_paired_settings_and_labels(tmp_path, monkeypatch):
     assert sweep.budget == 8 and [a.name for a in sweep.axes][-1] == "training.learning_rate+training.batch_size"
     g = space.grid(sweep.axes)
     assert g["adapter.target_modules"] == ['["q_proj", "v_proj"]', "all-linear"]  # non-scalars stored as JSON
-    study = optuna.create_study(sampler=engine.make_sampler("grid", g, seed=0))
+    study = optuna.create_study(sampler=make_sampler("grid", g, seed=0))
     seen = []
     for _ in range(8):
         t = study.ask()
@@ -229,8 +230,8 @@ def test_grid_trial_n_is_grid_point_n_whoever_asks():
     storage run every point exactly once."""
     grid = {"a": [1, 2, 3], "b": ["x", "y"]}
     storage = optuna.storages.InMemoryStorage()
-    first = optuna.create_study(storage=storage, study_name="g", sampler=engine.make_sampler("grid", grid, 0))
-    second = optuna.load_study(storage=storage, study_name="g", sampler=engine.make_sampler("grid", grid, 0))
+    first = optuna.create_study(storage=storage, study_name="g", sampler=make_sampler("grid", grid, 0))
+    second = optuna.load_study(storage=storage, study_name="g", sampler=make_sampler("grid", grid, 0))
     points = []
     for i in range(6):
         study = (first, second)[i % 2]
@@ -252,7 +253,7 @@ def test_trial_n_draws_the_same_settings_in_any_process(method):
         study = None
         for _ in range(4):
             if study is None or split:  # split: a fresh study object (a new process) for every trial
-                study = optuna.load_study(storage=storage, study_name="s", sampler=engine.make_sampler(method, None, 7))
+                study = optuna.load_study(storage=storage, study_name="s", sampler=make_sampler(method, None, 7))
             t = study.ask(dist)
             out.append(t.params["lr"])
             study.tell(t, out[-1])
@@ -260,22 +261,6 @@ def test_trial_n_draws_the_same_settings_in_any_process(method):
 
     together, apart = draws(False), draws(True)
     assert together == apart and len(set(together)) == 4
-
-
-def test_reattach_continues_a_trial_a_dead_worker_left_running():
-    """Pinned: optuna.trial.Trial(study, trial_id) re-opens a RUNNING trial for report/prune/tell."""
-    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
-    t = study.ask()
-    t.suggest_int("r", 1, 8)
-    t.report(1.0, 2)
-    frozen = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))[0]
-    again = engine.reattach(study, frozen)
-    assert again.number == t.number and again.suggest_int("r", 1, 8) == t.params["r"]  # the stored value
-    again.report(0.5, 4)
-    assert again.should_prune() is False
-    study.tell(again, 0.5)
-    done = study.trials[0]
-    assert done.state == optuna.trial.TrialState.COMPLETE and done.intermediate_values == {2: 1.0, 4: 0.5}
 
 
 def test_a_stored_study_with_another_search_space_is_refused(tmp_path, monkeypatch):

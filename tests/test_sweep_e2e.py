@@ -52,7 +52,7 @@ SWEEP = {
 FAULTS = """
 import os, signal, sys
 from transformers import TrainerCallback
-import tunelab.sweep.runner as runner
+import tunelab.sweep.gateway as gateway
 
 faults = dict((p.split(":")[0], (p.split(":")[1], int(p.split(":")[2]))) for p in sys.argv[1].split(","))
 
@@ -63,11 +63,11 @@ class Fault(TrainerCallback):
         if state.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL if self.kind == "kill" else signal.SIGINT)
 
-original = runner.train_trial
+original = gateway.train_trial
 def train_trial(cfg, *, callbacks, **kw):
     f = faults.get(cfg.output.name[:3])
     return original(cfg, callbacks=[*callbacks, *([Fault(*f)] if f else [])], **kw)
-runner.train_trial = train_trial
+gateway.train_trial = train_trial
 
 from tunelab.cli.main import app
 sys.argv = ["tunelab", *sys.argv[3:]]
@@ -364,7 +364,7 @@ def test_two_worker_processes_on_one_storage_share_the_grid(tmp_path, storage, r
     assert [w.returncode for w in workers] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
     ran = [int(log.rsplit("done after ", 1)[1].split()[0]) for log in logs]
     assert sum(ran) == 6
-    from tunelab.sweep.plan import prepare
+    from tunelab.sweep.resolved import prepare
     from tunelab.sweep.results import collect
 
     monkeypatch.chdir(tmp_path)  # what `tunelab sweep s.yaml --status` reads, read here

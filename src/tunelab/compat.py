@@ -156,6 +156,16 @@ def dataset_fingerprint(ds) -> str:
     return ds._fingerprint
 
 
+def optuna_running_trial(study, frozen):
+    """A live optuna `Trial` for a trial still RUNNING in the storage (its worker was killed or
+    stopped): reporting, pruning and `tell` work on it as on a trial from `study.ask()`. The
+    `Trial(study, trial_id)` constructor is documented for Optuna's own use, and a frozen trial's id
+    is private (`FrozenTrial._trial_id`)."""
+    import optuna
+
+    return optuna.trial.Trial(study, frozen._trial_id)
+
+
 def trl_uses_triton(device) -> bool:
     """Whether TRL's chunked log-prob kernel runs as Triton on `device` (`trl.kernels.chunked_logprob._use_triton`)."""
     from trl.kernels.chunked_logprob import _use_triton

@@ -17,10 +17,13 @@ import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunelab.errors import TunelabError
 from tunelab.refs import ArtifactRef, RefError
+
+if TYPE_CHECKING:
+    from tunelab.config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class Home:
     mlflow_uri: str | None = None
 
     @classmethod
-    def of(cls, cfg) -> Home:
+    def of(cls, cfg: RunConfig) -> Home:
         """A run config's home: `tracking.dir` (default `<output.dir>/.tracking`), its project and MLflow URI."""
         return cls(tracking_dir(cfg), cfg.tracking.project, cfg.tracking.uri)
 
@@ -46,7 +49,7 @@ class Home:
         return cls(d.absolute(), project or "tunelab", mlflow_uri)
 
 
-def tracking_dir(cfg) -> Path:
+def tracking_dir(cfg: RunConfig) -> Path:
     """The run config's tracking directory: `tracking.dir`, default `<output.dir>/.tracking`."""
     return Path(cfg.tracking.dir or Path(cfg.output.dir) / ".tracking").expanduser()
 

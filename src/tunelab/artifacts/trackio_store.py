@@ -52,7 +52,7 @@ class TrackioStore:
                 art = log_to_run(run, spec)
             finally:
                 trackio.finish()  # also forgets the run, so trackio's exit hook does not finish it again
-        return self.get(ArtifactRef("trackio", project, spec.name, f"v{art._version}", text=spec.name))
+        return self.get(ArtifactRef("trackio", project, spec.name, art.version, text=spec.name))
 
     def get(self, ref: ArtifactRef) -> ArtifactVersion:
         SQLiteStorage = trackio_storage()  # noqa: N806 - trackio's class

@@ -119,8 +119,12 @@ def _print_results(result) -> None:
     t.add_column("metric")
     for m in models:
         t.add_column(m.label, justify="right")
+    intervals = record.intervals or {}
     if len(models) > 1:
         t.add_column("difference", justify="right")
+    if intervals:
+        t.add_column("95 % interval", justify="right")
+        t.add_column("verdict")
     for row in result.table.at("eval"):
         values = [m.metrics.get(row.field) for m in models]
         if all(v is None for v in values):
@@ -128,8 +132,16 @@ def _print_results(result) -> None:
         cells = ["-" if v is None else row.format(v) for v in values]
         if len(models) > 1:
             cells.append(_difference(row, (record.difference or {}).get(row.field)))
+        if intervals:
+            cells += _interval(row, intervals.get(row.field))
         t.add_row(row.label, *cells)
     out.print(t)
+    if intervals:
+        first = next(iter(intervals.values()))
+        out.print(
+            f"95 % intervals: paired bootstrap over the same {first.prompts} prompts ({first.resamples} resamples, "
+            f"seed {first.seed}); a verdict says better or worse only when the interval excludes zero"
+        )
     out.print(f"wrote {result.out_dir}/eval.json and {result.out_dir}/eval_samples.jsonl ({record.time_s:.1f} s)")
 
 
@@ -139,8 +151,20 @@ def _difference(row, diff: float | None) -> str:
         return "-"
     sign = row.direction * (1 if diff > 0 else -1 if diff < 0 else 0)
     colour = {1: "green", -1: "red"}.get(sign, "")
-    text = ("+" if diff > 0 else "") + (f"{diff * 100:.1f} pts" if row.fmt == "pct" else row.format(diff))
+    text = _delta(row, diff)
     return f"[{colour}]{text}[/]" if colour else text
+
+
+def _delta(row, diff: float) -> str:
+    """A signed difference in the metric's own format (points for a share)."""
+    return ("+" if diff > 0 else "") + (f"{diff * 100:.1f} pts" if row.fmt == "pct" else row.format(diff))
+
+
+def _interval(row, interval) -> list[str]:
+    """The paired bootstrap interval of the difference and its verdict; "-" for a metric that has none (loss)."""
+    if interval is None:
+        return ["-", ""]
+    return [f"{_delta(row, interval.low)}..{_delta(row, interval.high)}", interval.verdict(row.direction)]
 
 
 def register(app: typer.Typer) -> None:

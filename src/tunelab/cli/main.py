@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
@@ -19,6 +19,10 @@ from tunelab.cli.common import (
     user_errors,
 )
 from tunelab.errors import TunelabError
+
+if TYPE_CHECKING:
+    from tunelab.config import RunConfig
+    from tunelab.runs import Summary
 
 app = typer.Typer(
     name="tunelab",
@@ -100,7 +104,7 @@ def train(
         _print_summary(s, cfg)
 
 
-def _print_summary(s, cfg) -> None:
+def _print_summary(s: Summary, cfg: RunConfig) -> None:
     from rich.table import Table
 
     t = Table(title=f"run {Path(s.run_dir).name}: {s.status}", show_header=False, title_justify="left")
@@ -128,6 +132,8 @@ def _print_summary(s, cfg) -> None:
             "sample exact match",
             (f"{before:.1%} before -> " if before is not None else "") + f"{s.samples_exact_match_after:.1%} after",
         )
+    for label, text in _preference_rows(s):
+        t.add_row(label, text)
     rd = s.run_dir
     t.add_row("written", f"{rd}/final (model + tokenizer), config.yaml, metrics.jsonl, samples.jsonl, summary.json")
     out.print(t)
@@ -137,7 +143,35 @@ def _print_summary(s, cfg) -> None:
         out.print(Text.assemble("try it: ", (hint, "bold")), soft_wrap=True)
 
 
-def try_it_command(run_dir: str, cfg) -> str | None:
+def _preference_rows(s) -> list[tuple[str, str]]:
+    """A preference run's held-out accuracy (before -> after, from the summary) and its last margin
+    (metrics.jsonl: the summary keeps only the accuracy); none for SFT."""
+    from tunelab.runs import RunDir
+    from tunelab.runs.files import read_jsonl
+
+    after = getattr(s, "preference_accuracy_after", None)
+    if not isinstance(after, int | float):
+        return []
+    before = getattr(s, "preference_accuracy_before", None)
+    rows = [
+        (
+            "preference accuracy",
+            (f"{before:.1%} before -> " if isinstance(before, int | float) else "") + f"{after:.1%} after",
+        )
+    ]
+    logged, _ = read_jsonl(RunDir(Path(s.run_dir)).metrics)
+    margins = [m["preference_margin"] for m in logged if isinstance(m.get("preference_margin"), int | float)]
+    if margins:
+        rows.append(
+            (
+                "preference margin",
+                f"{margins[0]:.3f} -> {margins[-1]:.3f} nats (chosen - rejected, first -> last evaluation)",
+            )
+        )
+    return rows
+
+
+def try_it_command(run_dir: str, cfg: RunConfig) -> str | None:
     """A `tunelab generate` command for one of the run's own held-out prompts, in its prompt format."""
     import shlex
 

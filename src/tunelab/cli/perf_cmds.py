@@ -1,12 +1,17 @@
 """CLI verbs for performance: `tunelab plan`."""
 
+from __future__ import annotations
+
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tunelab.cli.common import OverridesArg, out, user_errors
+
+if TYPE_CHECKING:
+    from tunelab.config import RunConfig
 
 
 @user_errors
@@ -86,7 +91,7 @@ def _model_config_folder(model_config: Path) -> str:
     return str(folder.resolve())
 
 
-def _plan_device(cfg, device: str | None) -> str:
+def _plan_device(cfg: RunConfig, device: str | None) -> str:
     dev = device or ("cuda" if cfg.model.device.startswith("cuda") else "cpu")
     if cfg.model.device == "auto" and device is None:
         import torch
@@ -95,13 +100,15 @@ def _plan_device(cfg, device: str | None) -> str:
     return dev
 
 
-def _memory_plan(cfg, dev: str, nproc: int, world: int, memory: str | None) -> _Planned:
+def _memory_plan(cfg: RunConfig, dev: str, nproc: int, world: int, memory: str | None) -> _Planned:
     from tunelab.errors import TunelabError
+    from tunelab.model.resolve import resolve_model
     from tunelab.perf.plan import advise, available_memory, parse_memory
     from tunelab.perf.sharding import rank_estimator
     from tunelab.training.distributed import check_strategy, resolve_strategy
 
-    strategy = resolve_strategy(cfg, world, dev, nproc)
+    resolved = resolve_model(cfg)  # once: every estimate below plans from it
+    strategy = resolve_strategy(cfg, world, dev, nproc, resolved)
     refused = None
     try:
         check_strategy(cfg, strategy, dev == "cpu")
@@ -110,14 +117,14 @@ def _memory_plan(cfg, dev: str, nproc: int, world: int, memory: str | None) -> _
     budget = parse_memory(memory) if memory else available_memory(dev) / (1 if dev.startswith("cuda") else nproc)
     estimate = rank_estimator(strategy, world)
     ck = cfg.training.gradient_checkpointing
-    the_plan = estimate(cfg, dev, checkpointing=None if ck != "auto" else False)
-    advice = advise(cfg, dev, budget, estimator=estimate)
+    the_plan = estimate(cfg, resolved, dev, checkpointing=None if ck != "auto" else False)
+    advice = advise(cfg, resolved, dev, budget, estimator=estimate)
     if ck == "auto" and advice["checkpointing_needed"]:
-        the_plan = estimate(cfg, dev, checkpointing=True)
+        the_plan = estimate(cfg, resolved, dev, checkpointing=True)
     return _Planned(the_plan, budget, advice, strategy, world, refused)
 
 
-def _print_plan(cfg, shown: str, dev: str, world: int, planned: _Planned) -> None:
+def _print_plan(cfg: RunConfig, shown: str, dev: str, world: int, planned: _Planned) -> None:
     from rich.table import Table
     from rich.text import Text
 

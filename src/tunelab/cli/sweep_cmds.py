@@ -63,24 +63,24 @@ def sweep(
     if sum([resume, status, worker, validate_only]) > 1:
         raise TunelabError("--resume, --status, --worker and --validate exclude each other")
     _quiet_libraries()
-    from tunelab.sweep.plan import prepare
+    from tunelab.sweep.resolved import prepare
 
-    plan = prepare(sweep_file, overrides, check_data=not (status or worker))
+    resolved = prepare(sweep_file, overrides, check_data=not (status or worker))
     if validate_only:
         out.print(
-            f"[green]ok[/] {sweep_file}: sweep {plan.name}, {plan.spec.method}, {plan.budget} trials over "
-            f"{', '.join(a.name for a in plan.axes)}",
+            f"[green]ok[/] {sweep_file}: sweep {resolved.name}, {resolved.spec.method}, {resolved.budget} trials over "
+            f"{', '.join(a.name for a in resolved.axes)}",
             highlight=False,
         )
         return
     from tunelab.sweep import driver
 
     if status:
-        code = driver.status(plan, console, out)
+        code = driver.status(resolved, console, out)
     elif worker:
-        code = driver.worker_main(plan, console, deadline)
+        code = driver.worker_main(resolved, console, deadline)
     else:
-        code = driver.run(plan, console, out, resume=resume)
+        code = driver.run(resolved, console, out, resume=resume)
     if code:
         raise typer.Exit(code)
 

@@ -1,7 +1,7 @@
 """The run config: one pydantic model, one section per concern.
 
 The YAML file, the dotted CLI overrides and the `config.yaml` saved in every run directory are all
-this object. Field descriptions double as documentation (`tunelab config-schema`).
+this object. Field descriptions double as documentation (`tunelab config`).
 """
 
 from __future__ import annotations

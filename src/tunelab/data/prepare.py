@@ -421,7 +421,7 @@ def write_arrow(
 ) -> dict[str, int]:
     """Tokenize `raw` into an Arrow file at `path`; returns examples, tokens and loss tokens written.
 
-    `method` dpo / kto writes preference columns (`tunelab.data.preference`); `per_source`, when
+    `method` dpo / kto writes preference columns (`tunelab.data.preference_rows`); `per_source`, when
     given, collects examples and tokens by training source."""
     from datasets.arrow_writer import ArrowWriter
     from datasets.features import Features, Sequence, Value
@@ -431,7 +431,7 @@ def write_arrow(
         features = Features({"input_ids": ids, "labels": ids})
         batches = iter_tokenized(raw, spec, tokenizer, counts, by_source=per_source)
     else:
-        from tunelab.data.preference import iter_pairs
+        from tunelab.data.preference_rows import iter_pairs
 
         answer = (
             {"completion_ids": ids, "label": Value("bool")}
@@ -456,7 +456,7 @@ def write_arrow(
 
 def _example_tokens(batch: dict[str, list], i: int, method: str) -> tuple[int, int]:
     if method != "sft":
-        from tunelab.data.preference import example_tokens
+        from tunelab.data.preference_rows import example_tokens
 
         return example_tokens(batch, i)
     return len(batch["input_ids"][i]), sum(1 for v in batch["labels"][i] if v != -100)

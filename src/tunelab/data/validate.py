@@ -41,15 +41,6 @@ def _bad_text(value: Any, where: str) -> str | None:
     return None
 
 
-def row_problem(row: dict[str, Any], cfg: PromptConfig) -> tuple[str, str] | None:
-    """(message, reason) for the first problem of a row, or None when it is usable."""
-    try:
-        check_row(row, cfg)
-    except RowProblem as e:
-        return e.message, e.reason
-    return None
-
-
 def check_row(
     row: dict[str, Any],
     cfg: PromptConfig,
@@ -103,7 +94,7 @@ def check_row(
     if cfg.format == "alpaca" and row.get("input") is not None and not isinstance(row["input"], str):
         raise RowProblem(f"field 'input' should be a string, got {type(row['input']).__name__}", "bad_type_input")
     if method != "sft":
-        from tunelab.data.preference import preference_row
+        from tunelab.data.preference_rows import preference_row
 
         row = preference_row(row, cfg, method)
     if cfg.format == "alpaca":

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tunelab.evaluation.intervals import paired_interval
 from tunelab.evaluation.metrics import direction, exact_match, metric_table
 from tunelab.evaluation.plots import all_curves
 from tunelab.outputs import Output, check_output, write_text
@@ -34,6 +35,7 @@ from tunelab.runs.metric_table import (
     Metric,
     MetricTable,
 )
+from tunelab.runs.records import EvalInterval
 
 TEMPLATES = Path(__file__).parent / "templates"
 # shown in the "same in every run" table when equal; any key that differs is shown regardless
@@ -158,24 +160,60 @@ def method_groups(runs: list[RunData]) -> list[str] | None:
 
 def verdict(runs: list[RunData], eval_rows: list[dict], train_rows: list[dict]) -> str | None:
     """One line: the best run on the primary metric (eval exact match, else eval loss, else
-    training loss) and by how much it leads the next one."""
+    training loss) and by how much it leads the next one. On exact match a winner is named only
+    when the paired bootstrap interval of the two runs' per-prompt scores excludes zero (`run_interval`)."""
     if len(runs) < 2:
         return None
     for key, rows in ((EXACT_MATCH, eval_rows), (FINAL_EVAL_LOSS, train_rows), (FINAL_TRAIN_LOSS, train_rows)):
         row = next((r for r in rows if r["key"] == key), None)
         if row is None:
             continue
-        scored = [(v, runs[i].name) for i, v in enumerate(row["values"]) if v is not None and math.isfinite(v)]
+        scored = [(v, i) for i, v in enumerate(row["values"]) if v is not None and math.isfinite(v)]
         if len(scored) < 2 or (key.endswith("loss") and method_groups(runs)):
             continue
         scored.sort(key=lambda x: x[0], reverse=direction(key) > 0)
-        (best, name), (second, other) = scored[0], scored[1]
+        (best, i), (second, j) = scored[0], scored[1]
+        how = "pct" if key == EXACT_MATCH else "{:.4f}"
+        name, other = runs[i].name, runs[j].name
         if best == second:
-            return f"{name} and {other} tie on {row['label']} ({fmt(best, 'pct' if key == EXACT_MATCH else '{:.4f}')})."
+            return f"{name} and {other} tie on {row['label']} ({fmt(best, how)})."
         gap = f"{(best - second) * 100:+.1f} points" if key == EXACT_MATCH else f"{best - second:+.4f}"
-        shown = fmt(best, "pct" if key == EXACT_MATCH else "{:.4f}")
-        return f"Best on {row['label']}: {name} ({shown}), {gap} against {other}."
+        lead = f"{name} ({fmt(best, how)}), {gap} against {other}"
+        if key != EXACT_MATCH:
+            return f"Best on {row['label']}: {lead}."
+        interval = run_interval(runs[i], runs[j], key)
+        if interval is None:
+            return f"Highest {row['label']}: {lead}; no interval: the runs' evaluations share no prompts."
+        span = f"95 % interval {interval.low * 100:+.1f}..{interval.high * 100:+.1f} points"
+        if not interval.distinguishes():
+            return (
+                f"{name} and {other} are not distinguishable on {row['label']} on {interval.prompts} prompts "
+                f"({fmt(best, how)} vs {fmt(second, how)}; {span})."
+            )
+        return f"Best on {row['label']}: {lead} ({span}, paired over {interval.prompts} prompts)."
     return None
+
+
+def run_interval(a: RunData, b: RunData, key: str) -> EvalInterval | None:
+    """The paired bootstrap interval of a - b on one per-example metric of the tuned models, over the
+    prompts both runs' eval_samples.jsonl hold; None when they share none."""
+    sa, sb = _target_scores(a, key), _target_scores(b, key)
+    shared = [p for p in sa if p in sb]
+    if not shared:
+        return None
+    return paired_interval([sa[p] for p in shared], [sb[p] for p in shared])
+
+
+def _target_scores(run: RunData, key: str) -> dict[str, float]:
+    """{prompt: the tuned model's score} from a run's eval_samples.jsonl (lines of another shape skipped)."""
+    out = {}
+    for s in getattr(run, "eval_samples", None) or []:
+        scores = s.get("scores") if isinstance(s, dict) else None
+        target = scores.get("target") if isinstance(scores, dict) else None
+        value = _number(target.get(key)) if isinstance(target, dict) else None
+        if isinstance(s.get("prompt"), str) and value is not None:
+            out[s["prompt"]] = float(value)
+    return out
 
 
 def metrics_tables(runs: list[RunData]) -> tuple[list[dict], list[dict]]:
@@ -189,7 +227,7 @@ def metrics_tables(runs: list[RunData]) -> tuple[list[dict], list[dict]]:
         for r in runs:
             values.append(_number(r.value(m)))
             base = _number(r.value(m, role="baseline"))
-            notes.append(f"base {fmt(base, m.fmt)}" if base is not None else "")
+            notes.append(_base_note(r, m, base))
         if any(v is not None for v in values):
             eval_rows.append(metric_row(m.label, m.field, values, m.fmt, notes, better=m.direction))
     groups = method_groups(runs)
@@ -202,6 +240,14 @@ def metrics_tables(runs: list[RunData]) -> tuple[list[dict], list[dict]]:
         train_rows.append(metric_row(label, m.key, values, m.fmt, groups=groups_of, better=m.direction))
     train_rows = [row for row in train_rows if not all(c["gap"] for c in row["cells"])]
     return eval_rows, train_rows
+
+
+def _base_note(run: RunData, m: Metric, base: float | None) -> str:
+    """What a run's eval cell says beside its value: its baseline's, and the interval's verdict when recorded."""
+    if base is None:
+        return ""
+    interval = (run.eval.intervals or {}).get(m.field) if run.eval is not None else None
+    return f"base {fmt(base, m.fmt)}" + (f", {interval.verdict(m.direction)}" if interval is not None else "")
 
 
 def run_metric_table(runs: list[RunData]) -> MetricTable:

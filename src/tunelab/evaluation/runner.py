@@ -1,11 +1,15 @@
 """`tunelab eval`: a target and its baseline on the same held-out prompts, with the same settings.
 
 For each model: the loss and perplexity on the reference answers (response tokens only, masked as
-in training) and the generation metrics of its greedy (or configured) answers. A LoRA target's
-baseline is its own base model, reached with PEFT's `disable_adapter()` so the weights are loaded
-once and quantized exactly as in training; `--baseline` names any other target instead.
-Results go to eval.json (aggregates, a `runs.EvalRecord`) and eval_samples.jsonl (one line per
-example), both through the run directory's owner (`RunDir.write_eval`).
+in training) and the generation metrics of its greedy (or configured) answers. The default baseline
+is the model the run started from: for a LoRA run on a base model, that base, reached with PEFT's
+`disable_adapter()` so the weights are loaded once and quantized exactly as in training; for a run
+that continued a tuned model (SFT, then DPO), that model with its adapter on; `--baseline` names any
+other target instead. Every per-example metric's difference gets a paired bootstrap interval
+(`evaluation.intervals`), and held-out prompts found in the training rows are counted before
+scoring (`evaluation.leakage`). Results go to eval.json (aggregates, a `runs.EvalRecord`) and
+eval_samples.jsonl (one line per example), both through the run directory's owner
+(`RunDir.write_eval`).
 """
 
 from __future__ import annotations
@@ -21,16 +25,19 @@ from typing import Any
 
 from tunelab.data.prepare import tokenize_rows
 from tunelab.errors import TunelabError
-from tunelab.evaluation.data import EvalRows, check_args, load_eval_rows
+from tunelab.evaluation.heldout import EvalRows, check_args, load_eval_rows
+from tunelab.evaluation.intervals import score_intervals
+from tunelab.evaluation.leakage import rows_leakage
+from tunelab.evaluation.leakage import warning as leakage_warning
 from tunelab.evaluation.metrics import metric_table
-from tunelab.evaluation.preference import has_pairs, preference_scores, tokenized_pairs
+from tunelab.evaluation.pair_accuracy import has_pairs, preference_scores, tokenized_pairs
 from tunelab.inference.generate import GenerationSettings, generate_batch
-from tunelab.inference.target import Target, load_target, model_folders, resolve_target
+from tunelab.inference.target import Target, base_model_id, load_target, model_folders, resolve_target
 from tunelab.outputs import Output, check_output, write_text
 from tunelab.runs import EvalRecord, RunDir
 from tunelab.runs.files import read_json
 from tunelab.runs.metric_table import MetricTable
-from tunelab.runs.records import ModelMeta
+from tunelab.runs.records import EvalLeakage, ModelMeta
 from tunelab.scoring import Scorer, config_scorers, merged, score_set
 
 # `--out`: a folder eval adds its two files to; an earlier one holds an eval.json as `_record` writes it.
@@ -145,18 +152,74 @@ def _release_memory() -> None:
 
 
 def auto_baseline(target: Target) -> Target | None:
-    """The model a target is compared with when no --baseline is given: the base it was tuned from."""
+    """The model a target is compared with when no --baseline is given: the model its run started
+    from. A run that continued another tuned model (SFT, then DPO: `model.name: runs/sft`) started
+    from that model, its adapter on; a full fine-tune from its base weights. None for a LoRA run on a
+    plain base, whose baseline is its own weights with the adapter off (see `evaluate`)."""
+    if target.config is None:
+        return None
+    started = continued_from(target)
+    if started is not None:
+        return started
     if target.adapter is not None:
-        return None  # reached through disable_adapter(), see evaluate()
-    if target.config is not None:  # a full fine-tune: its base is another set of weights
-        return Target(
-            target.config.model.name,
-            base=target.config.model.name,
-            prompt=target.prompt,
-            config=target.config,
-            trust_remote_code=target.trust_remote_code,
-        )
-    return None
+        return None
+    return Target(  # a full fine-tune: its base is another set of weights
+        target.config.model.name,
+        base=target.config.model.name,
+        prompt=target.prompt,
+        config=target.config,
+        trust_remote_code=target.trust_remote_code,
+    )
+
+
+def continued_from(target: Target) -> Target | None:
+    """The tuned model (base + adapter) a run's training continued, when it continued one."""
+    from tunelab.artifacts import Home
+    from tunelab.artifacts.models import continued_model
+
+    name = target.config.model.name
+    init = continued_model(name, Home.of(target.config))
+    if init is None or init.adapter is None:
+        return None  # a plain base model (or a whole-model artifact, which is the target's own base)
+    return Target(
+        name,
+        base=init.base,
+        adapter=init.adapter,
+        prompt=target.prompt,
+        config=target.config,
+        trust_remote_code=target.trust_remote_code,
+    )
+
+
+def baseline_model(
+    target: Target, baseline: Target | None, use_baseline: bool
+) -> tuple[ModelResult | None, Target | None]:
+    """The baseline's result row and the target to load for it; (row, None) means the target's own
+    weights with the adapter switched off; (None, None) no baseline. Each row's label names what is
+    really measured."""
+    if not use_baseline:
+        return None, None
+    if baseline is not None:
+        return ModelResult("baseline", f"baseline ({_short(baseline.text)})", _spec(baseline)), baseline
+    try:
+        started = auto_baseline(target)
+    except TunelabError as e:  # the run it continued is gone or unfinished: say which, and the way out
+        raise TunelabError(
+            f"the baseline (the model this run started from): {e.message}",
+            hint="name one with --baseline TARGET, or pass --no-baseline",
+        ) from None
+    if started is not None and started.adapter is not None:  # SFT, then DPO: the SFT model, adapter on
+        return ModelResult("baseline", f"start ({_short(started.text)})", _spec(started)), started
+    if started is not None:
+        return ModelResult("baseline", f"base ({_short(started.text)})", _spec(started)), started
+    if target.adapter is not None:
+        label = f"base ({_short(base_model_id(target))})"
+        return ModelResult("baseline", label, f"{target.base} (adapter disabled)"), None
+    return None, None
+
+
+def _spec(target: Target) -> str:
+    return f"{target.base} + {target.adapter}" if target.adapter is not None else target.base
 
 
 def run_step(target: Target) -> int | None:
@@ -205,26 +268,14 @@ def evaluate(
     settings = settings_for(target, max_new_tokens, batch_size)
     loss_batch = (target.config.training.eval_batch_size or target.config.training.batch_size) if target.config else 8
 
-    model, tokenizer = load_target(target)
-    prompts, references = rows.prompts(tokenizer), rows.references()
     label = target.run_dir.name if target.run_dir is not None else _short(target_text)
     models = [ModelResult("target", label, str(target.adapter or target.base))]
-    if use_baseline and base_target is None and target.adapter is not None:
-        models.append(
-            ModelResult(
-                "baseline",
-                f"base ({_short(target.config.model.name if target.config else target.base)})",
-                f"{target.base} (adapter disabled)",
-            )
-        )
-    elif use_baseline:
-        base_target = base_target or auto_baseline(target)
-        if base_target is not None:
-            models.append(
-                ModelResult(
-                    "baseline", f"baseline ({_short(base_target.text)})", str(base_target.adapter or base_target.base)
-                )
-            )
+    base_row, base_target = baseline_model(target, base_target, use_baseline)
+    models += [base_row] if base_row is not None else []
+    leakage = check_leakage(target, rows, data, split, console)
+
+    model, tokenizer = load_target(target)
+    prompts, references = rows.prompts(tokenizer), rows.references()
 
     with _progress(console) as progress:
         _score(models[0], model, tokenizer, rows, prompts, references, settings, loss_batch, progress, chosen)
@@ -243,6 +294,7 @@ def evaluate(
     _release_memory()
 
     record = _record(target, rows, settings, models, chosen, time.perf_counter() - t0)
+    record.leakage = leakage
     RunDir(out).write_eval(record, _sample_records(prompts, references, models), write_text)
     step = record.step or 0
     for sink in sinks or []:
@@ -314,7 +366,32 @@ def _record(
     if len(models) > 1:
         a, b = models[0].metrics, models[1].metrics
         record.difference = {k: a[k] - b[k] for k in a if k in b}
+        if all(m.answers for m in models):
+            t, base = models
+            record.intervals = score_intervals(scorers, refs, t.answers, t.scores, base.answers, base.scores) or None
     return record
+
+
+def check_leakage(target: Target, rows: EvalRows, data: str | None, split: str, console) -> EvalLeakage | None:
+    """Held-out prompts found in the run's training rows, warned about before scoring; None when
+    there is nothing to check (not a run, raw text, its own train split) or its training data cannot
+    be read here any more (noted, not fatal: the evaluation itself does not need it)."""
+    if target.config is None or not rows.generates or (data is None and split == "train"):
+        return None
+    from tunelab.artifacts import Home
+    from tunelab.data.prepare import load_splits
+
+    try:
+        train, _, _ = load_splits(target.config, Home.of(target.config))
+    except TunelabError as e:
+        if console is not None:
+            console.print(f"[dim]leakage not checked: the training data cannot be read ({e.message})[/]")
+        return None
+    leak = rows_leakage(rows.rows, train.rows, rows.prompt)
+    line = leakage_warning(leak)
+    if line and console is not None:
+        console.print(f"[yellow]warning:[/] {line}", soft_wrap=True, highlight=False)
+    return leak
 
 
 def _sample_records(prompts, references, models: list[ModelResult]) -> list[dict[str, Any]]:

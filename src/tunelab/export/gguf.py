@@ -35,7 +35,6 @@ from tunelab.export.gguf_vocab import GGUFVocab
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 QUANT_TYPES = ("f16", "bf16", "q8_0", "q5_0", "q4_0", "f32")
-FLOAT_TYPES = ("f32", "f16", "bf16")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
@@ -391,14 +390,6 @@ def _add_vocab_kv(writer, vocab: GGUFVocab, chat_template: str | None) -> None:
 
 
 # Reading back ------------------------------------------------------------------------------------
-
-
-def read_metadata(path: Path) -> dict[str, Any]:
-    """Every key/value of a GGUF file (token lists included) as plain Python values."""
-    import gguf
-
-    reader = gguf.GGUFReader(path)
-    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
 
 
 def model_from_gguf(path: Path, rope_parameters: dict[str, Any] | None = None):

@@ -54,7 +54,7 @@ def export_gguf(target: Target, out: Path, dtype: str, quant: str) -> ExportResu
     from tunelab.export.gguf_vocab import read_vocab
     from tunelab.export.ollama import engine_prompt, modelfile
     from tunelab.inference.generate import stop_token_ids
-    from tunelab.model.loading import resolve_model_path
+    from tunelab.model.resolve import resolve_model_path
 
     gg.check_quant(quant)
     base_dir = Path(resolve_model_path(target.base))
@@ -114,7 +114,7 @@ def export_gguf(target: Target, out: Path, dtype: str, quant: str) -> ExportResu
 def _base_config(target: Target) -> dict:
     """The base model's config.json: from its folder, else (a hub id) from the hub cache, with the one
     offline line when it is not cached and the hub cannot be reached."""
-    from tunelab.model.loading import resolve_model_path
+    from tunelab.model.resolve import resolve_model_path
 
     folder = Path(resolve_model_path(target.base))
     if (folder / "config.json").is_file():

@@ -163,7 +163,8 @@ def fill_model_folder(
     """Write the target's full model (adapter merged) into the empty `folder` and check it by reloading it."""
     from transformers import AutoModelForCausalLM
 
-    from tunelab.model.loading import device_for, resolve_model_path
+    from tunelab.model.precision import device_for
+    from tunelab.model.resolve import resolve_model_path
 
     if dtype == "auto":
         dtype = saved_dtype(resolve_model_path(target.base))

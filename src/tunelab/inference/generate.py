@@ -105,7 +105,7 @@ def generate_batch(
     """Answers for `prompts` (already rendered with the prompt template), in order.
 
     `dense_weights`: generate with dense, LoRA-merged copies of the weights
-    (`tunelab.model.loading.generation_weights`; same answers, faster); None decides by free memory.
+    (`tunelab.model.dense.generation_weights`; same answers, faster); None decides by free memory.
     """
     import torch
 

@@ -221,7 +221,8 @@ def load_target(
     `dtype` (bf16 / fp16 / fp32) overrides the run's model.dtype; the adapter, if any, is loaded
     under `adapter_name` (the server loads more adapters next to it).
     """
-    from tunelab.model.loading import load_model, load_tokenizer, resolve_model_path
+    from tunelab.model.loading import load_model, load_tokenizer
+    from tunelab.model.resolve import resolve_model_path
 
     mcfg = target.model_cfg
     if device is not None:

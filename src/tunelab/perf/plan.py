@@ -10,10 +10,13 @@ backward; the constants were checked against measured peaks (docs/performance.md
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunelab.config.schema import RunConfig
 from tunelab.errors import TunelabError
+
+if TYPE_CHECKING:
+    from tunelab.model.resolve import ResolvedModel
 
 GIB = 2**30
 # Resident set of a training process beyond the model: torch, transformers, TRL, PEFT, bitsandbytes
@@ -35,48 +38,27 @@ class Plan:
         return sum(self.parts.values())
 
 
-def model_config_for(cfg: RunConfig) -> Any:
-    """The model's config.json, without weights: a tiny preset, a local folder, the base of a model
-    artifact, or a hub id (from the local hub cache when offline)."""
-    from transformers import AutoConfig
-
-    from tunelab.hub import ensure_offline_if_unreachable, unreachable_message
-    from tunelab.model.loading import base_model_source
-
-    name = base_model_source(cfg, weights=False)
-    offline = cfg.model.ref.kind == "hub" and ensure_offline_if_unreachable()
-    try:
-        return AutoConfig.from_pretrained(
-            name, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code
-        )
-    except (OSError, ValueError) as e:
-        if offline:
-            raise TunelabError(
-                unreachable_message("model.name", name),
-                hint="point model.name at a local folder that holds the model's config.json",
-            ) from None
-        raise TunelabError(
-            f"model.name: cannot read the config of {cfg.model.name!r}: {str(e).splitlines()[0][:200]}",
-            hint="point model.name at a local folder that holds the model's config.json",
-        ) from None
-
-
 def _bytes(dtype: str) -> int:
     from tunelab.dtypes import dtype_bytes
 
     return dtype_bytes(dtype)
 
 
-def estimate(cfg: RunConfig, device: str, checkpointing: bool | None = None, batch_size: int | None = None) -> Plan:
-    """Peak memory estimate for `cfg` on `device` ('cpu' or 'cuda')."""
+def estimate(
+    cfg: RunConfig,
+    resolved: ResolvedModel,
+    device: str,
+    checkpointing: bool | None = None,
+    batch_size: int | None = None,
+) -> Plan:
+    """Peak memory estimate for `cfg` on `device` ('cpu' or 'cuda'), its model as resolved once for the run."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    mcfg = model_config_for(cfg)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(mcfg)
+    from tunelab.model.precision import run_precision, run_weight_dtype
+
+    mcfg = resolved.config
+    model = resolved.meta_model
     on_gpu = device.startswith("cuda")
-    from tunelab.model.loading import run_precision, run_weight_dtype
 
     wdtype, prec = run_weight_dtype(cfg, device), run_precision(cfg, device)
     # On the CPU the tensors kept for backward stay mostly fp32 even with bf16 weights under bf16
@@ -184,17 +166,17 @@ def available_memory(device: str) -> float:
     return float(psutil.virtual_memory().total)
 
 
-def advise(cfg: RunConfig, device: str, budget: float, estimator=None) -> dict[str, Any]:
+def advise(cfg: RunConfig, resolved: ResolvedModel, device: str, budget: float, estimator=None) -> dict[str, Any]:
     """Largest micro-batch that fits and whether checkpointing is needed for the configured one
     (`estimator`: `estimate` for one process; `perf.sharding.rank_estimator` for one of several)."""
     estimator = estimator or estimate
-    without = estimator(cfg, device, checkpointing=False)
-    with_ck = estimator(cfg, device, checkpointing=True)
+    without = estimator(cfg, resolved, device, checkpointing=False)
+    with_ck = estimator(cfg, resolved, device, checkpointing=True)
     largest = {}
     for ck in (False, True):
         best = 0
         for bs in (1, 2, 4, 8, 16, 32, 64, 128):
-            if estimator(cfg, device, checkpointing=ck, batch_size=bs).total <= budget:
+            if estimator(cfg, resolved, device, checkpointing=ck, batch_size=bs).total <= budget:
                 best = bs
         largest["with_checkpointing" if ck else "without_checkpointing"] = best
     return {
@@ -205,13 +187,24 @@ def advise(cfg: RunConfig, device: str, budget: float, estimator=None) -> dict[s
     }
 
 
-def decide_checkpointing(cfg: RunConfig, device: str) -> bool:
-    """`training.gradient_checkpointing: auto`: on only when the run would not fit without it."""
+def decide_checkpointing(cfg: RunConfig, resolved: ResolvedModel | None, device: str) -> bool:
+    """`training.gradient_checkpointing: auto`: on only when the run would not fit without it
+    (`resolved` None: no model config to plan from, so the memory-safe choice)."""
+    if resolved is None:
+        return True
     budget = available_memory(device) * (0.9 if device.startswith("cuda") else 0.7)
+    return estimate(cfg, resolved, device, checkpointing=False).total > budget
+
+
+def resolve_for_planning(cfg: RunConfig) -> ResolvedModel | None:
+    """The run's model for a plan made before the run resolves it (a launcher's check), or None when no
+    config.json can be had (a hub model while offline): the callers then choose what is safe."""
+    from tunelab.model.resolve import resolve_model
+
     try:
-        return estimate(cfg, device, checkpointing=False).total > budget
+        return resolve_model(cfg)
     except TunelabError:
-        return True  # no config to plan from: the memory-safe choice
+        return None
 
 
 def describe(plan: Plan) -> list[tuple[str, str]]:

@@ -14,21 +14,20 @@ Activations and logits are the rank's own micro-batch: they do not shrink.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunelab.config.schema import RunConfig
-from tunelab.perf.plan import CPU_PROCESS_OVERHEAD, GPU_ALLOCATOR_SLACK, Plan, estimate, model_config_for
+from tunelab.perf.plan import CPU_PROCESS_OVERHEAD, GPU_ALLOCATOR_SLACK, Plan, estimate
+
+if TYPE_CHECKING:
+    from tunelab.model.resolve import ResolvedModel
 
 PREFETCHED_BLOCKS = 2  # the block running and the next one FSDP2 gathers ahead
 
 
-def block_shares(cfg: RunConfig) -> tuple[float, float]:
+def block_shares(resolved: ResolvedModel) -> tuple[float, float]:
     """The largest transformer block's share of the parameters, and the root module's (whatever no block holds)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(model_config_for(cfg))
+    model = resolved.meta_model
     names = set(getattr(model, "_no_split_modules", None) or [])
     blocks = [m for m in model.modules() if type(m).__name__ in names]
     total = sum(p.numel() for p in model.parameters()) or 1
@@ -39,7 +38,7 @@ def block_shares(cfg: RunConfig) -> tuple[float, float]:
 
 
 def rank_plan(
-    cfg: RunConfig, plan: Plan, strategy: str, world_size: int, shares: tuple[float, float] | None = None
+    resolved: ResolvedModel, plan: Plan, strategy: str, world_size: int, shares: tuple[float, float] | None = None
 ) -> Plan:
     """`plan` (one process, the whole run) as one rank's share under `strategy` with `world_size` ranks."""
     if world_size <= 1 or strategy == "none":
@@ -52,7 +51,7 @@ def rank_plan(
         parts["gradients"] /= n
         parts["optimizer"] /= n
     else:  # fsdp2, deepspeed_zero3
-        block, root = shares if shares is not None else block_shares(cfg)
+        block, root = shares if shares is not None else block_shares(resolved)
         gathered = PREFETCHED_BLOCKS * block + root
         parts["weights"] = parts["weights"] / n + parts["weights"] * gathered
         parts["gradients"] = parts["gradients"] / n + parts["gradients"] * PREFETCHED_BLOCKS * block
@@ -67,11 +66,14 @@ def rank_estimator(strategy: str, world_size: int, shares: tuple[float, float] |
     """`perf.plan.estimate` for one rank (the signature `advise` takes)."""
 
     def estimator(
-        cfg: RunConfig, device: str, checkpointing: bool | None = None, batch_size: int | None = None
+        cfg: RunConfig,
+        resolved: ResolvedModel,
+        device: str,
+        checkpointing: bool | None = None,
+        batch_size: int | None = None,
     ) -> Plan:
-        return rank_plan(
-            cfg, estimate(cfg, device, checkpointing=checkpointing, batch_size=batch_size), strategy, world_size, shares
-        )
+        plan = estimate(cfg, resolved, device, checkpointing=checkpointing, batch_size=batch_size)
+        return rank_plan(resolved, plan, strategy, world_size, shares)
 
     return estimator
 

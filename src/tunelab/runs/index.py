@@ -18,6 +18,7 @@ from tunelab.runs.records import EvalRecord
 SUMMARY_KEYS = ("status", "steps", "train_tokens", *(m.key for m in TABLE.at("summary")))
 # `runs compare`'s names for eval.json's metrics of each model
 EVAL_ROLES = (("target", "eval_"), ("baseline", "eval_baseline_"))
+EVAL_INTERVAL_PREFIX = "eval_vs_baseline_"  # the 95 % interval of target - baseline and its verdict
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -120,7 +121,7 @@ def source_paths(cfg: dict[str, Any]) -> list[str]:
 def metrics_of(run: Path) -> dict[str, Any]:
     """The numbers `runs compare` sets side by side: the summary's, the parameter counts, and
     `tunelab eval`'s results for the model and its baseline (every metric eval.json holds, a
-    declared scorer's included)."""
+    declared scorer's included), with each difference's interval and verdict where recorded."""
     rd = RunDir(run)
     s = rd.read_summary()
     d = s.to_dict() if s else {}
@@ -131,6 +132,8 @@ def metrics_of(run: Path) -> dict[str, Any]:
     ev = rd.read_eval() or EvalRecord()
     for role, prefix in EVAL_ROLES:
         out.update({prefix + k: v for k, v in ev.metrics(role).items()})
+    for k, interval in (ev.intervals or {}).items():  # how sure each difference from the baseline is
+        out[EVAL_INTERVAL_PREFIX + k] = f"{interval.low:+.3g}..{interval.high:+.3g}: {interval.verdict()}"
     return out
 
 

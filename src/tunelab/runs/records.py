@@ -52,9 +52,6 @@ class Parameters(Record):
     trainable_pct: float = 0.0
 
 
-Status = Literal["completed", "failed", "interrupted", "pruned"]
-
-
 class Summary(Record):
     """summary.json. A finished run has every field; a failed or interrupted one at least
     status, steps and the reason."""
@@ -140,6 +137,46 @@ class EvalData(Record):
     reference_words: float | None = None  # mean words per reference answer
 
 
+class EvalInterval(Record):
+    """A paired bootstrap interval of target - baseline on one metric (`evaluation.intervals`)."""
+
+    low: Number
+    high: Number
+    prompts: int  # the prompts both models were scored on, each resample draws this many
+    resamples: int | None = None
+    seed: int | None = None
+    level: float | None = None  # 0.95
+    direction: int | None = None  # the metric's, when eval ran: +1 higher is better, -1 lower, 0 neither
+
+    def verdict(self, direction: int | None = None) -> str:
+        """The verdict the tables print: better or worse (by the metric's direction; higher or lower for a
+        metric with none) when the interval excludes zero, else "not distinguishable on N prompts".
+        `direction` defaults to the one recorded with the interval."""
+        if not self.distinguishes():
+            return f"not distinguishable on {self.prompts} prompts"
+        side = 1 if self.low > 0 else -1
+        direction = self.direction if direction is None else direction
+        if not direction:
+            return "higher" if side > 0 else "lower"
+        return "better" if side * direction > 0 else "worse"
+
+    def distinguishes(self) -> bool:
+        """Whether the interval excludes zero: the difference is more than the choice of prompts explains."""
+        return self.low > 0 or self.high < 0
+
+
+class EvalLeakage(Record):
+    """Held-out prompts that also occur in the training rows (`evaluation.leakage`), found before scoring."""
+
+    checked: int  # held-out prompts looked up
+    training_rows: int
+    exact: int  # equal to a training prompt after normalize_answer's folding
+    near: int  # not exact, but a near-duplicate by word n-gram Jaccard
+    ngram: int | None = None
+    threshold: float | None = None
+    examples: list[int] = Field(default_factory=list)  # indices of the first flagged prompts in eval_samples.jsonl
+
+
 class EvalRecord(Record):
     """eval.json, what `tunelab eval` writes: the target and its baseline on the same examples.
 
@@ -156,6 +193,8 @@ class EvalRecord(Record):
     time_s: float | None = None
     difference: dict[str, Number] | None = None  # target - baseline, per metric both have
     scorers: dict[str, Any] | None = None  # metric key -> the scorer's declaration {kind: parameters}
+    intervals: dict[str, EvalInterval] | None = None  # metric key -> 95 % interval of `difference` (newer files)
+    leakage: EvalLeakage | None = None  # held-out prompts found in the training rows (a run's own split)
 
     def metrics(self, role: str = "target") -> dict[str, float]:
         """The metrics of one model (`target` or `baseline`); empty when it has none."""
@@ -164,7 +203,7 @@ class EvalRecord(Record):
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
-        for key in ("difference", "scorers"):  # absent, not null, as eval.json always had them
+        for key in ("difference", "scorers", "intervals", "leakage"):  # absent, not null, when there are none
             if d.get(key) is None:
                 d.pop(key, None)
         return d

@@ -187,7 +187,7 @@ def plan_models(
     LoRA adapter, its base too (under the base model's name, adapters disabled); each extra adapter
     under its given name. Both backends (tunelab's engine, vLLM) serve these ids.
     """
-    from tunelab.model.loading import resolve_model_path
+    from tunelab.model.resolve import resolve_model_path
 
     target = resolve_target(target_text, trust_remote_code)
     extras: list[tuple[str, Target]] = []

@@ -88,7 +88,7 @@ def vllm_command(
 
 def prepare_vllm(plan: ServePlan, workdir: Path) -> VllmServe:
     """Export each adapter of `plan` for vLLM into `workdir`; the model and modules vLLM serves."""
-    from tunelab.model.loading import resolve_model_path
+    from tunelab.model.resolve import resolve_model_path
 
     target = plan.target
     base = next(m for m in plan.models if m.adapter is None)

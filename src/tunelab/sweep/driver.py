@@ -18,10 +18,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from tunelab.procs import child_env
-from tunelab.sweep import engine, results, runner
+from tunelab.sweep import gateway, results
+from tunelab.sweep.gateway import ConfigError, Interrupted, TunelabError
 from tunelab.sweep.live import Display
-from tunelab.sweep.plan import Sweep
-from tunelab.sweep.runner import ConfigError, Interrupted, TunelabError
+from tunelab.sweep.resolved import Sweep
+from tunelab.sweep.study import quiet_optuna
 
 INTERRUPTED_CODES = (130, 143, -signal.SIGINT, -signal.SIGTERM)
 
@@ -51,7 +52,7 @@ def open_existing(sweep: Sweep):
 
 def status(sweep: Sweep, console, out) -> int:
     """`--status`: the ranked table and the files, from the study as it is now; runs nothing."""
-    engine.quiet()
+    quiet_optuna()
     study = open_existing(sweep)
     finish(sweep, study, console, out)
     return 0
@@ -59,7 +60,7 @@ def status(sweep: Sweep, console, out) -> int:
 
 def run(sweep: Sweep, console, out, resume: bool) -> int:
     """Run the sweep to its end (or until stopped); the exit code."""
-    engine.quiet()
+    quiet_optuna()
     envs = worker_env(sweep, sweep.spec.parallel) if sweep.spec.parallel > 1 else []
     if resume:
         study = open_existing(sweep)
@@ -186,7 +187,7 @@ def _visible_gpus() -> list[str]:
 
 
 def _workers(sweep: Sweep, study, console, deadline: float | None, envs: list[dict[str, str]]) -> int:
-    runner.build_local_models(sweep.models)  # once here, not once per worker at the same time
+    gateway.build_local_models(sweep.models)  # once here, not once per worker at the same time
     procs: list[subprocess.Popen] = []
     stops = 0
 
@@ -298,7 +299,7 @@ def worker_main(sweep: Sweep, console, deadline: float | None) -> int:
     storage (then the sweep folder on that machine holds the trials it runs)."""
     from tunelab.sweep.worker import work
 
-    engine.quiet()
+    quiet_optuna()
     threads = os.environ.get("TUNELAB_SWEEP_THREADS")
     if threads:
         import torch

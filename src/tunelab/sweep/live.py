@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from tunelab.sweep.plan import Sweep
+from tunelab.sweep.resolved import Sweep
 from tunelab.sweep.results import Row, collect, fmt, table
 
 

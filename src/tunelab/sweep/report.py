@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tunelab.sweep import runner, space
-from tunelab.sweep.plan import Sweep
+from tunelab.sweep import gateway, space
+from tunelab.sweep.resolved import Sweep
 from tunelab.sweep.results import Row, best, counts, fmt, headers, rel
 
 TOP = 5  # trials whose loss curves are drawn
@@ -119,7 +119,7 @@ def intermediate_plot(sweep: Sweep, study, rows: list[Row]) -> tuple[str, str | 
     if not trials or len(sweep.objectives) > 1:
         return title + ": no intermediate values reported", None
     fig, ax = _figure()
-    for t, colour in zip(trials, runner.curve_colours(len(trials)), strict=True):
+    for t, colour in zip(trials, gateway.curve_colours(len(trials)), strict=True):
         steps = sorted(t.intermediate_values)
         values = [t.intermediate_values[s] for s in steps]
         r = by_number[t.number]
@@ -339,7 +339,7 @@ def section(sweep: Sweep, study, rows: list[Row], run_paths: list[Path]) -> str:
         :TOP
     ]
     if top:
-        plots += runner.curves(
+        plots += gateway.curves(
             top,
             [
                 ("loss", f"training loss, top {len(top)} trials", "loss", True, True),
@@ -355,12 +355,12 @@ def section(sweep: Sweep, study, rows: list[Row], run_paths: list[Path]) -> str:
 
 def write_report(sweep: Sweep, study, rows: list[Row], max_prompts: int = 6) -> Path | None:
     """Write report.html (atomically); None when no trial has written anything yet."""
-    run_paths = [sweep.trials_dir / r.name for r in rows if r.name and runner.is_run_dir(sweep.trials_dir / r.name)]
+    run_paths = [sweep.trials_dir / r.name for r in rows if r.name and gateway.is_run_dir(sweep.trials_dir / r.name)]
     if not run_paths:
         return None
     try:
-        page = runner.report_html(run_paths, max_prompts)
-    except runner.TunelabError:
+        page = gateway.report_html(run_paths, max_prompts)
+    except gateway.TunelabError:
         return None  # no trial has logged a step yet
     html = splice(page, section(sweep, study, rows, run_paths), sweep.name)
     out = sweep.report_file

@@ -18,8 +18,8 @@ import yaml
 from optuna.trial import TrialState
 
 from tunelab.outputs import write_text as write_whole
-from tunelab.sweep import runner, space
-from tunelab.sweep.plan import Sweep
+from tunelab.sweep import gateway, space
+from tunelab.sweep.resolved import Sweep
 
 FINISHED = ("completed", "pruned", "failed")
 
@@ -66,7 +66,7 @@ def collect(sweep: Sweep, study) -> list[Row]:
         name = attrs.get("run_dir")
         path = sweep.trials_dir / name if name else None
         local = path is not None and path.is_dir()
-        summary = (runner.read_summary(path) if local else None) or attrs.get("summary") or {}
+        summary = (gateway.read_summary(path) if local else None) or attrs.get("summary") or {}
         state = {
             TrialState.COMPLETE: "completed",
             TrialState.PRUNED: "pruned",
@@ -84,7 +84,7 @@ def collect(sweep: Sweep, study) -> list[Row]:
             values = [t.intermediate_values[max(t.intermediate_values)]]
         else:
             values = []
-        step = runner.last_step(path) if local and state not in FINISHED else summary.get("steps")
+        step = gateway.last_step(path) if local and state not in FINISHED else summary.get("steps")
         if step is None and t.intermediate_values:
             step = max(t.intermediate_values)
         if summary.get("wall_time_s") is not None and state in FINISHED:
@@ -258,15 +258,15 @@ def write_results(sweep: Sweep, rows: list[Row]) -> Path:
 def best_config(sweep: Sweep, row: Row) -> dict[str, Any] | None:
     """The best trial's full run config (its config.yaml, as it ran), made a fresh run of the base
     config's own: the base's output and tracking settings, the run name `<sweep>-best`."""
-    saved = runner.saved_config(sweep.trials_dir / row.name) if row.name else None
+    saved = gateway.saved_config(sweep.trials_dir / row.name) if row.name else None
     if saved is None:
         return None
-    base = runner.resolved_dict(runner.build(sweep.base, row.settings, sweep.base_path, source=str(sweep.file)))
+    base = gateway.resolved_dict(gateway.build(sweep.base, row.settings, sweep.base_path, source=str(sweep.file)))
     cfg = dict(saved)
     cfg["output"] = {**base["output"], "name": f"{sweep.name}-best", "overwrite": False}
     cfg["tracking"] = base["tracking"]
     cfg["training"] = {**saved.get("training", {}), "resume": False}
-    runner.validate_config(cfg, source=str(sweep.best_file))  # what `tunelab train best.yaml` will accept
+    gateway.validate_config(cfg, source=str(sweep.best_file))  # what `tunelab train best.yaml` will accept
     return cfg
 
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from tunelab.sweep.runner import ConfigError
+from tunelab.sweep.gateway import ConfigError
 from tunelab.sweep.spec import Param, SweepSpec
 
 Label = None | bool | int | float | str

@@ -32,8 +32,8 @@ from pydantic import (
     model_validator,
 )
 
-from tunelab.sweep import runner
-from tunelab.sweep.runner import ConfigError
+from tunelab.sweep import gateway
+from tunelab.sweep.gateway import ConfigError
 
 
 class Strict(BaseModel):
@@ -116,7 +116,7 @@ class Objective(Strict):
     @field_validator("metric")
     @classmethod
     def _a_run_writes_it(cls, v: str) -> str:
-        problem = runner.unknown_metric(v)
+        problem = gateway.unknown_metric(v)
         if problem:
             raise ValueError(problem)
         return v
@@ -208,7 +208,7 @@ class SweepSpec(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v):
-        return v if v is None else runner.check_name(v)
+        return v if v is None else gateway.check_name(v)
 
     @field_validator("paired")
     @classmethod
@@ -249,13 +249,13 @@ class SweepSpec(Strict):
 
 def load_spec(path: Path, overrides: list[str] | None = None) -> SweepSpec:
     """Read and check a sweep file (with `KEY=VALUE` overrides of its own keys); all problems at once."""
-    data = runner.read_yaml(path)
+    data = gateway.read_yaml(path)
     for text in overrides or []:
-        parts, value = runner.parse_override(text)
+        parts, value = gateway.parse_override(text)
         if parts[0] == "space" and len(parts) > 1:  # space keys are dotted config keys themselves
             data.setdefault("space", {})[".".join(parts[1:])] = value
         else:
-            runner.set_dotted(data, ".".join(parts), value)
+            gateway.set_dotted(data, ".".join(parts), value)
     space = data.get("space") if isinstance(data.get("space"), dict) else {}
     paired = data.get("paired") if isinstance(data.get("paired"), list) else []
     keys = list(paired[0]) if paired and isinstance(paired[0], dict) else []
@@ -272,15 +272,15 @@ def load_spec(path: Path, overrides: list[str] | None = None) -> SweepSpec:
 
 
 def _key_problem(key: str) -> str | None:
-    if key.startswith(runner.RESERVED) or key in {r.rstrip(".") for r in runner.RESERVED}:
+    if key.startswith(gateway.RESERVED) or key in {r.rstrip(".") for r in gateway.RESERVED}:
         return "set by the sweep for every trial (its folder, name and tracker run)"
-    return runner.config_key_problem(key)
+    return gateway.config_key_problem(key)
 
 
 def _problems(err: ValidationError) -> list[str]:
     """pydantic's errors as the run config formats them; a model-level problem names its own key."""
     lines = []
-    for line in runner.format_validation_error(err, SweepSpec):
+    for line in gateway.format_validation_error(err, SweepSpec):
         field, _, message = line.partition(": ")
         if field == "(config)" and ": " in message:  # a check across keys: its message starts with the key
             line = message

@@ -28,8 +28,10 @@ import optuna
 from optuna.trial import TrialState
 from transformers import TrainerCallback
 
-from tunelab.sweep import engine, runner, space
-from tunelab.sweep.plan import Sweep
+from tunelab.compat import optuna_running_trial
+from tunelab.sweep import gateway, space
+from tunelab.sweep.resolved import Sweep
+from tunelab.sweep.study import quiet_optuna
 
 HOST = platform.node()
 ORPHAN_AFTER_S = 60  # a RUNNING trial no worker has claimed yet, older than this, was left by a dead one
@@ -121,7 +123,7 @@ def next_trial(sweep: Sweep, study) -> Claim | None:
         if not still:  # finished between the two looks
             os.close(fd)
             continue
-        trial = engine.reattach(study, still[0])
+        trial = optuna_running_trial(study, still[0])
         trial.set_user_attr("host", HOST)
         trial.set_user_attr("pid", os.getpid())
         return Claim(trial, fd, reclaimed=True)
@@ -140,14 +142,27 @@ def next_trial(sweep: Sweep, study) -> Claim | None:
         return Claim(trial, fd, reclaimed=False)
 
 
-class Reporter(TrainerCallback):
-    """Reports the objective to Optuna at every evaluation and stops the trial when the pruner says so."""
+def pruned_reason(pruner: str, step: int, metric: str | None = None, value: float | None = None) -> str:
+    """The reason a pruned trial's summary gives; the metric's value only where the worker that stopped it saw it."""
+    seen = f" ({metric} {value:.4g})" if metric is not None and value is not None else ""
+    return f"pruned by the {pruner} pruner at step {step}{seen}"
 
-    def __init__(self, trial, metric: str, run_path: Path, prune: bool, progress: Callable[[], None] | None = None):
-        self.trial, self.metric, self.run_path, self.prune = trial, metric, run_path, prune
+
+class Reporter(TrainerCallback):
+    """Reports the objective to Optuna at every evaluation and stops the trial when `pruner` says so;
+    train() then writes the run's summary as pruned, with this callback's `stop_reason`."""
+
+    def __init__(
+        self,
+        trial,
+        metric: str,
+        run_path: Path,
+        pruner: str | None,
+        progress: Callable[[], None] | None = None,
+    ):
+        self.trial, self.metric, self.run_path, self.pruner = trial, metric, run_path, pruner
         self.progress = progress
         self.pruned_at: int | None = None
-        self.last: tuple[int, float] | None = None
         # read by train(): a run this callback stopped ends with this status in its summary and trackers
         self.stop_status: str | None = None
         self.stop_reason: str | None = None
@@ -157,15 +172,15 @@ class Reporter(TrainerCallback):
         # runs after the samples callback, so the sample metrics of this evaluation are in metrics.jsonl
         value = (metrics or {}).get(self.metric)
         if not isinstance(value, int | float):
-            value = runner.metric_at(runner.read_metrics(self.run_path), self.metric, step)
+            value = gateway.metric_at(gateway.read_metrics(self.run_path), self.metric, step)
         if value is None:
             return
         self.trial.report(float(value), step)
-        self.last = (step, float(value))
-        if self.prune and step < state.max_steps and self.trial.should_prune():
+        if self.pruner and step < state.max_steps and self.trial.should_prune():
             self.pruned_at = step
             self.trial.set_user_attr("pruned_at", step)  # a worker killed from here on still knows
-            self.stop_status, self.stop_reason = "pruned", f"pruned at step {step}"
+            self.stop_status = "pruned"
+            self.stop_reason = pruned_reason(self.pruner, step, self.metric, float(value))
             control.should_training_stop = True
         if self.progress:
             self.progress()
@@ -213,20 +228,21 @@ def run_trial(sweep: Sweep, study, claim: Claim, console, progress: Callable[[],
         study.tell(trial, state=TrialState.FAIL)
         return Outcome(trial.number, name, settings, "failed", reason=reason, seconds=time.perf_counter() - t0)
 
-    state = runner.run_state(run_path)
+    state = gateway.run_state(run_path)
     pruned_at = trial.user_attrs.get("pruned_at") if claim.reclaimed else None
     if pruned_at is not None and state != "pruned":  # killed after the pruner stopped it: it stays stopped there
-        runner.mark_pruned(run_path, pruned_at, f"pruned by the {sweep.spec.pruner.name} pruner at step {pruned_at}")
+        gateway.mark_pruned(run_path, pruned_at, pruned_reason(sweep.spec.pruner.name, pruned_at))
         state = "pruned"
     if state not in ("completed", "pruned"):
         try:
             cfg = sweep.settings_config(settings, name)
-        except runner.TunelabError as e:
+        except gateway.TunelabError as e:
             return fail(_one_line(e))
         single = len(sweep.objectives) == 1
-        reporter = Reporter(trial, sweep.metric, run_path, prune=sweep.pruning and single, progress=progress)
+        pruner = sweep.spec.pruner.name if sweep.pruning and single else None
+        reporter = Reporter(trial, sweep.metric, run_path, pruner, progress=progress)
         try:
-            runner.train_trial(
+            gateway.train_trial(
                 cfg,
                 resume=state == "checkpoint",
                 overwrite=state == "partial",
@@ -234,17 +250,17 @@ def run_trial(sweep: Sweep, study, claim: Claim, console, progress: Callable[[],
                 console=console,
                 command=sweep.command("--resume"),
             )
-        except runner.Interrupted as e:
+        except gateway.Interrupted as e:
             trial.set_user_attr("state", "interrupted")
             trial.set_user_attr("reason", e.message)
             raise
         except KeyboardInterrupt:
             trial.set_user_attr("state", "interrupted")
             raise
-        except runner.TunelabError as e:
+        except gateway.TunelabError as e:
             return fail(_one_line(e))
         except Exception as e:  # noqa: BLE001 - one trial's bug or OOM must not end the sweep
-            err = runner.as_user_error(e)
+            err = gateway.as_user_error(e)
             if err is not None:
                 return fail(err.message)
             console.print_exception()  # into the worker's log: a bug keeps its traceback
@@ -252,13 +268,6 @@ def run_trial(sweep: Sweep, study, claim: Claim, console, progress: Callable[[],
         finally:
             _release_memory()
         pruned_at = reporter.pruned_at
-        if pruned_at is not None:
-            step, value = reporter.last
-            runner.mark_pruned(
-                run_path,
-                pruned_at,
-                f"pruned by the {sweep.spec.pruner.name} pruner at step {step} ({sweep.metric} {value:.4g})",
-            )
     return _finish(
         sweep,
         study,
@@ -274,7 +283,7 @@ def run_trial(sweep: Sweep, study, claim: Claim, console, progress: Callable[[],
 
 def _finish(sweep: Sweep, study, trial, run_path: Path, settings, pruned: bool, console, t0: float, fail) -> Outcome:
     name = run_path.name
-    summary = runner.read_summary(run_path) or {}
+    summary = gateway.read_summary(run_path) or {}
     trial.set_user_attr(
         "summary",
         {
@@ -296,11 +305,11 @@ def _finish(sweep: Sweep, study, trial, run_path: Path, settings, pruned: bool, 
         )
     if any(m.startswith("eval.") for m, _ in sweep.objectives):
         try:
-            runner.evaluate_trial(run_path, console)
-        except runner.TunelabError as e:
+            gateway.evaluate_trial(run_path, console)
+        except gateway.TunelabError as e:
             return fail(f"tunelab eval: {e.message}")
-    values = [runner.objective_value(run_path, m) for m, _ in sweep.objectives]
-    bad = [(m, v) for (m, _), v in zip(sweep.objectives, values, strict=True) if runner.is_bad(v)]
+    values = [gateway.objective_value(run_path, m) for m, _ in sweep.objectives]
+    bad = [(m, v) for (m, _), v in zip(sweep.objectives, values, strict=True) if gateway.is_bad(v)]
     if bad:
         m, v = bad[0]
         return fail(f"{m} is {v} (the run wrote no value)" if v is None else f"{m} is {v} (the training diverged)")
@@ -356,8 +365,8 @@ def work(
     """Run trials until the sweep has its trials (or `deadline`, epoch seconds, passes); the outcomes.
 
     Ctrl-C / SIGTERM: the running trial saves a checkpoint, is marked interrupted, and
-    `runner.Interrupted` is raised."""
-    engine.quiet()
+    `gateway.Interrupted` is raised."""
+    quiet_optuna()
     study = study or sweep.study(create=True)
     outcomes: list[Outcome] = []
     hint = f"continue with: {sweep.command('--resume')}"
@@ -378,9 +387,9 @@ def work(
             except KeyboardInterrupt:
                 if claim is not None:
                     _mark_interrupted(claim.trial)
-                raise runner.Interrupted("stopped by Ctrl-C", hint=hint) from None
-            except runner.Interrupted as e:
-                raise runner.Interrupted(e.message, hint=hint, exit_code=e.exit_code) from None
+                raise gateway.Interrupted("stopped by Ctrl-C", hint=hint) from None
+            except gateway.Interrupted as e:
+                raise gateway.Interrupted(e.message, hint=hint, exit_code=e.exit_code) from None
             finally:
                 if claim is not None:
                     claim.release()

@@ -14,7 +14,7 @@ import os
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunelab.artifacts import ArtifactSpec, Home, content_digest, fetch, is_artifact_ref, resolve
 from tunelab.artifacts.env import isolated
@@ -23,6 +23,9 @@ from tunelab.runs import RunDir, Summary, step_dir_name
 from tunelab.runs.files import read_json
 from tunelab.runs.metric_table import FINAL_EVAL_LOSS, FINAL_TRAIN_LOSS, SAMPLES_EXACT_MATCH_AFTER
 from tunelab.tracking.base import GuardedSink, Sink
+
+if TYPE_CHECKING:
+    from tunelab.config import RunConfig
 
 CHECKPOINT_SKIP = {
     "optimizer.pt",
@@ -41,7 +44,7 @@ def artifact_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
 
 
-def build_sinks(cfg, run_dir: str | Path, tracking_dir: Path, resume: bool = False) -> list[Sink]:
+def build_sinks(cfg: RunConfig, run_dir: str | Path, tracking_dir: Path, resume: bool = False) -> list[Sink]:
     """One sink per configured backend, logging into `tracking_dir` (inside `isolated(tracking_dir)`)."""
     t = cfg.tracking
     d = tracking_dir

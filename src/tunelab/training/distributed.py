@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tunelab.errors import TunelabError
 
 if TYPE_CHECKING:
+    from tunelab.config import RunConfig
+    from tunelab.model.resolve import ResolvedModel
     from tunelab.perf.machine import Machine, ProcessFit
 
 T = TypeVar("T")
@@ -38,7 +40,6 @@ T = TypeVar("T")
 # trains with loss 0 / NaN gradients (accelerate#3983, #3874). No release is known to fix them; when
 # one is, put its first fixed version here and the check below lets that combination through.
 FSDP_QUANTIZED_FIXED_IN: dict[str, str | None] = {"bitsandbytes": None, "accelerate": None, "torch": None}
-STRATEGIES = ("ddp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3")
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class World:
         return max(1, self.size // max(1, self.local_size))
 
     # --- the process group (accelerate's)
-    def start(self, cfg) -> str | None:
+    def start(self, cfg: RunConfig) -> str | None:
         """Open the process group through accelerate's PartialState (a no-op for one process) and
         return the backend; the Trainer's own PartialState reuses the group."""
         if not self.distributed:
@@ -104,7 +105,7 @@ class World:
 
     def device(self, model_cfg) -> str:
         """This rank's device: `cuda:LOCAL_RANK` (accelerate's choice, which the Trainer uses too) or `cpu`."""
-        from tunelab.model.loading import device_for
+        from tunelab.model.precision import device_for
 
         if not self.distributed:
             return device_for(model_cfg)
@@ -216,22 +217,25 @@ class RankEcho(TunelabError):
         self.exit_code = exit_code
 
 
-def runs_on_cpu(cfg) -> bool:
+def runs_on_cpu(cfg: RunConfig) -> bool:
     import torch
 
     return cfg.model.device == "cpu" or not torch.cuda.is_available()
 
 
-def backend_for(cfg, on_cpu: bool) -> str:
+def backend_for(cfg: RunConfig, on_cpu: bool) -> str:
     b = cfg.distributed.backend
     if b == "nccl" and on_cpu:
         raise TunelabError("distributed.backend: nccl needs CUDA GPUs; this run is on the CPU", hint="use auto or gloo")
     return ("gloo" if on_cpu else "nccl") if b == "auto" else b
 
 
-def resolve_strategy(cfg, world_size: int, device: str, local_size: int | None = None) -> str:
+def resolve_strategy(
+    cfg: RunConfig, world_size: int, device: str, local_size: int | None = None, resolved: ResolvedModel | None = None
+) -> str:
     """`none` for one process; else `distributed.strategy`, with `auto` = ddp for LoRA / QLoRA and,
-    for full fine-tuning, ddp when one device holds the whole run (the memory plan), else fsdp2."""
+    for full fine-tuning, ddp when one device holds the whole run (the memory plan of `resolved`, the
+    run's model, resolved here when the caller has not), else fsdp2."""
     if world_size <= 1:
         return "none"
     s = cfg.distributed.strategy
@@ -239,13 +243,13 @@ def resolve_strategy(cfg, world_size: int, device: str, local_size: int | None =
         return s
     if cfg.adapter.type == "lora" or not device.startswith("cuda"):
         return "ddp"  # LoRA: replicas are small; the CPU: accelerate shards on GPUs only
-    from tunelab.perf.plan import estimate
+    from tunelab.perf.plan import estimate, resolve_for_planning
 
-    ckpt = cfg.training.gradient_checkpointing in (True, "auto")
-    try:
-        need = estimate(cfg, device, checkpointing=ckpt).total
-    except TunelabError:
+    resolved = resolved or resolve_for_planning(cfg)
+    if resolved is None:
         return "fsdp2"  # no config.json to plan from: shard, the choice that fits
+    ckpt = cfg.training.gradient_checkpointing in (True, "auto")
+    need = estimate(cfg, resolved, device, checkpointing=ckpt).total
     return "ddp" if need <= rank_budget(device, local_size or world_size) else "fsdp2"
 
 
@@ -295,19 +299,19 @@ def process_fit(
     return floor if per_rank is None else processes_fit(nproc, per_rank, machine, PLAN_NEED, flag)
 
 
-def cpu_rank_memory(cfg, nproc: int) -> float | None:
+def cpu_rank_memory(cfg: RunConfig, nproc: int) -> float | None:
     """One CPU rank's planned peak in bytes (DDP: the CPU's only strategy), or None without a model config
     to plan from (a hub model while offline)."""
-    from tunelab.perf.plan import decide_checkpointing
+    from tunelab.perf.plan import decide_checkpointing, resolve_for_planning
     from tunelab.perf.sharding import rank_estimator
 
+    resolved = resolve_for_planning(cfg)
+    if resolved is None:
+        return None
     ckpt = cfg.training.gradient_checkpointing
     if ckpt == "auto":
-        ckpt = decide_checkpointing(cfg, "cpu")
-    try:
-        return rank_estimator("ddp", nproc)(cfg, "cpu", checkpointing=ckpt is True).total
-    except TunelabError:
-        return None
+        ckpt = decide_checkpointing(cfg, resolved, "cpu")
+    return rank_estimator("ddp", nproc)(cfg, resolved, "cpu", checkpointing=ckpt is True).total
 
 
 LAUNCH_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
@@ -351,7 +355,7 @@ def check_launch_env(env: dict[str, str] | None = None) -> None:
         )
 
 
-def check_launched(cfg, world: World) -> str | None:
+def check_launched(cfg: RunConfig, world: World) -> str | None:
     """At the start of a rank that torchrun / accelerate launch started (after `check_launch_env`), before
     anything loads: the processes on its machine (LOCAL_WORLD_SIZE) against `process_fit`'s floor (the plan
     would first cost every rank the libraries' memory). Returns the warning for rank 0 to print; the ranks of
@@ -390,7 +394,7 @@ def fsdp_quantized_known_good() -> bool:
     return True
 
 
-def check_strategy(cfg, strategy: str, on_cpu: bool | None) -> None:
+def check_strategy(cfg: RunConfig, strategy: str, on_cpu: bool | None) -> None:
     """Refuse, in one line, a strategy that cannot work with this config and these libraries
     (`on_cpu` None: the device is not known yet, its checks wait)."""
     if strategy == "none":
@@ -423,7 +427,7 @@ def check_strategy(cfg, strategy: str, on_cpu: bool | None) -> None:
         )
 
 
-def trainer_args(cfg, strategy: str, backend: str | None, model=None) -> dict[str, Any]:
+def trainer_args(cfg: RunConfig, strategy: str, backend: str | None, model=None) -> dict[str, Any]:
     """The TrainingArguments for the strategy (nothing for one process)."""
     if strategy == "none":
         return {}
@@ -485,12 +489,12 @@ def check_resume_world(checkpoint: Path, world_size: int, command: str = "tunela
         )
 
 
-def global_batch(cfg, world_size: int) -> int:
+def global_batch(cfg: RunConfig, world_size: int) -> int:
     """Sequences per optimizer step: batch_size x grad_accum x world size."""
     return cfg.training.batch_size * cfg.training.grad_accum * max(1, world_size)
 
 
-def batch_note(cfg, world_size: int) -> str:
+def batch_note(cfg: RunConfig, world_size: int) -> str:
     """The global batch in words, and the grad_accum that keeps one process's batch (the tutorial's 32)."""
     t = cfg.training
     one, now = t.batch_size * t.grad_accum, global_batch(cfg, world_size)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import resource
 
-from tunelab.training.preference import sequence_lengths
+from tunelab.training.preference_trainer import sequence_lengths
 
 
 def peak_memory_mb(device: str) -> dict[str, float]:

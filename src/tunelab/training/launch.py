@@ -17,10 +17,14 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tunelab.errors import TunelabError
 from tunelab.procs import PARENT_ENV
 from tunelab.training import distributed as dist
+
+if TYPE_CHECKING:
+    from tunelab.config import RunConfig
 
 # Seconds the launcher gives the workers to finish their step and write a checkpoint after Ctrl-C /
 # SIGTERM before it kills them (torchrun's own default, 30 s, is shorter than one step of a large model).
@@ -81,7 +85,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def early_checks(cfg, launch: Launch) -> int:
+def early_checks(cfg: RunConfig, launch: Launch) -> int:
     """The refusals that need no library loaded (so they come in a second): the flags, the strategy
     as far as the config decides it, and the rendezvous port, which is returned."""
     launch.check()
@@ -100,7 +104,7 @@ def early_checks(cfg, launch: Launch) -> int:
     return port
 
 
-def preflight(cfg, launch: Launch, resume: bool) -> tuple[str, str | None]:
+def preflight(cfg: RunConfig, launch: Launch, resume: bool) -> tuple[str, str | None]:
     """What every rank would refuse (`training.rules`, as `validate --nproc` lists it), refused once here
     (after `early_checks`); returns the strategy and a warning about the number of processes (None when
     there is none)."""

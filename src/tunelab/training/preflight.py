@@ -74,7 +74,7 @@ def model_findings(cfg: RunConfig, sit: Situation) -> tuple[list[Finding], Calla
     try:
         from tunelab.artifacts import Home
         from tunelab.artifacts.models import check_adapter_fits, continued_model
-        from tunelab.model.loading import check_remote_code, resolve_model_path
+        from tunelab.model.resolve import check_remote_code, resolve_model_path
 
         init = continued_model(name, Home.of(cfg))  # an artifact, run or adapter folder: continued (SFT, then DPO)
         if init is not None:
@@ -94,7 +94,8 @@ def model_findings(cfg: RunConfig, sit: Situation) -> tuple[list[Finding], Calla
 
 def _tokenizer(cfg: RunConfig, base: str):
     """The tokenizer train would load for `base` (a tiny: model is built into its cache first)."""
-    from tunelab.model.loading import load_tokenizer, resolve_model_path
+    from tunelab.model.loading import load_tokenizer
+    from tunelab.model.resolve import resolve_model_path
 
     return load_tokenizer(cfg.model, resolve_model_path(base), cfg.prompt.chat_template)
 

@@ -113,7 +113,7 @@ def before_load(cfg: RunConfig, sit: Situation) -> list[Finding]:
 
 
 def _device(cfg: RunConfig, sit: Situation, found: list[Finding]) -> str:
-    from tunelab.model.loading import device_for
+    from tunelab.model.precision import device_for
 
     found += pinned_device(cfg.model.device, sit.processes)
     try:
@@ -139,7 +139,7 @@ def check_nproc(nproc: int) -> None:
 
 def precision(cfg: RunConfig, device: str) -> list[Finding]:
     """The precision on this device, fp16 weights on the CPU, and bf16 on a CPU that emulates it (a note)."""
-    from tunelab.model.loading import precision_flags, run_precision, run_weight_dtype
+    from tunelab.model.precision import precision_flags, run_precision, run_weight_dtype
     from tunelab.perf.machine import cpu_bf16_note
 
     found = problems_of(lambda: precision_flags(cfg, device), "training.precision")

@@ -32,13 +32,9 @@ from tunelab.errors import Interrupted, TunelabError, as_user_error, os_error
 from tunelab.evaluation.metrics import exact_match_rate
 from tunelab.model.adapters import adapter_warnings, apply_adapter, parameter_report
 from tunelab.model.kernels import apply_kernels, resolve_kernels
-from tunelab.model.loading import (
-    load_model,
-    load_tokenizer,
-    resolve_model_path,
-    run_precision,
-    run_weight_dtype,
-)
+from tunelab.model.loading import load_model, load_tokenizer
+from tunelab.model.precision import run_precision, run_weight_dtype
+from tunelab.model.resolve import ResolvedModel, resolve_model, resolve_model_path
 from tunelab.runs import DataStats, RunDir, RunLock, Summary, prepare_run_dir
 from tunelab.scoring import config_scorers
 from tunelab.training import distributed as dist
@@ -50,7 +46,7 @@ from tunelab.training.callbacks import (
     SamplesCallback,
 )
 from tunelab.training.figures import packing_efficiency, peak_memory_mb, row_lengths
-from tunelab.training.preference import PreferenceCallback, preference_args, sample_rows
+from tunelab.training.preference_trainer import PreferenceCallback, preference_args, sample_rows
 from tunelab.training.resume import checkpoint_step, resume_command
 from tunelab.training.rules import Situation, before_load, raise_first, run_dir_for, start_point
 from tunelab.training.trainer import evaluated_at, make_trainer_class, save_final_model, sft_config
@@ -193,10 +189,9 @@ class TrainingRun:
         if init is not None:
             check_adapter_fits(init, cfg.adapter)
         self.init = init
-        self.model_path = world.main_first(
-            lambda: resolve_model_path(init.base if init is not None else cfg.model.name)
-        )
-        self.tokenizer = load_tokenizer(cfg.model, self.model_path, cfg.prompt.chat_template)
+        path = world.main_first(lambda: resolve_model_path(init.base if init is not None else cfg.model.name))
+        self.resolved = resolve_model(cfg, path)  # once for the run: the loaders and the memory planner take it
+        self.tokenizer = load_tokenizer(cfg.model, path, cfg.prompt.chat_template)
         data = world.main_first(lambda: prepare_data(cfg, self.tokenizer, self.console, self.home))  # rank 0 tokenizes
         self.console.print(
             f"[bold]data[/]: {data.stats['train_examples']} train / {data.stats['test_examples']} test examples, "
@@ -220,7 +215,7 @@ class TrainingRun:
             cfg.model.model_copy(update={"dtype": run_weight_dtype(cfg, device), "device": device}),
             cfg.quantization,
             self.tokenizer,
-            self.model_path,
+            self.resolved.path,
         )
         self.kernels = resolve_kernels(cfg.training.kernels, device, model.config.model_type)
         apply_kernels(model, self.kernels)  # the base model's own modules, before the adapter wraps them
@@ -228,12 +223,12 @@ class TrainingRun:
         if checkpointing == "auto":
             from tunelab.perf.plan import decide_checkpointing
 
-            checkpointing = decide_checkpointing(cfg, device)
+            checkpointing = decide_checkpointing(cfg, self.resolved, device)
         self.checkpointing = checkpointing
         model = apply_adapter(model, cfg.adapter, cfg.quantization.bits is not None, checkpointing)
         for warning in adapter_warnings(model, cfg.adapter):
             self.console.print(Text(f"warning: {warning}", style="yellow"))
-        self.dense_samples = _dense_samples_fit(cfg, device, checkpointing, model)
+        self.dense_samples = _dense_samples_fit(cfg, self.resolved, device, checkpointing, model)
         if self.init is not None and self.init.adapter is not None:
             load_adapter_weights(model, self.init.adapter)  # continue the artifact's adapter
         self.model = model
@@ -507,7 +502,7 @@ class TrainingRun:
         all in place: a run whose summary says completed is complete."""
         world = self.world
         try:
-            save_final_model(self.trainer, self.tokenizer, self.run, self.cfg, self.model_path, world)
+            save_final_model(self.trainer, self.tokenizer, self.run, self.cfg, self.resolved.path, world)
             if world.is_main:
                 for sink in self.sinks:
                     sink.finish(summary)
@@ -526,7 +521,7 @@ def _held_out_pairs(cfg: RunConfig, rows: list[dict], tokenizer) -> list:
     """Up to preference.eval_pairs test pairs, tokenized as DPO training tokenizes them."""
     from tunelab.data.prepare import TokenSpec
     from tunelab.data.sources import RawRows
-    from tunelab.evaluation.preference import tokenized_pairs
+    from tunelab.evaluation.pair_accuracy import tokenized_pairs
 
     return tokenized_pairs(RawRows(rows=rows[: cfg.preference.eval_pairs]), TokenSpec.of(cfg), tokenizer)
 
@@ -572,7 +567,7 @@ def _close_failed(run: RunDir, tracking, status: str, reason: str | None, step: 
     tracking.abort(status, step, reason)
 
 
-def _dense_samples_fit(cfg: RunConfig, device: str, checkpointing: bool, model) -> bool:
+def _dense_samples_fit(cfg: RunConfig, resolved: ResolvedModel, device: str, checkpointing: bool, model) -> bool:
     """Whether sample generation may use dense, LoRA-merged weights (`generation_weights`).
 
     Samples are generated between optimizer steps, when the micro-batch's activations and logits
@@ -583,8 +578,5 @@ def _dense_samples_fit(cfg: RunConfig, device: str, checkpointing: bool, model) 
     from tunelab.model.dense import generation_weight_bytes
     from tunelab.perf.plan import estimate
 
-    try:
-        plan = estimate(cfg, device, checkpointing=checkpointing)
-    except TunelabError:
-        return False
+    plan = estimate(cfg, resolved, device, checkpointing=checkpointing)
     return generation_weight_bytes(model) <= plan.parts["activations"] + plan.parts["logits_and_loss"]

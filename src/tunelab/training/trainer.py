@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 
 from tunelab.config import RunConfig
-from tunelab.model.loading import precision_flags
+from tunelab.model.precision import precision_flags
 from tunelab.runs import ModelMeta, RunDir, rotate_checkpoints, step_dir_name
 from tunelab.training import distributed as dist
-from tunelab.training.preference import preference_trainer
+from tunelab.training.preference_trainer import preference_trainer
 
 
 def sft_config(

@@ -148,7 +148,7 @@ def sample_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 class PreferenceCallback(TrainerCallback):
     """At the start, at every evaluation and at the end: the preference accuracy and margin of up to
-    `preference.eval_pairs` held-out pairs (`tunelab.evaluation.preference`), into metrics.jsonl
+    `preference.eval_pairs` held-out pairs (`tunelab.evaluation.pair_accuracy`), into metrics.jsonl
     and the trackers."""
 
     def __init__(self, run: RunDir, pairs, tokenizer, sinks=None, clock=None, batch_size: int = 16):
@@ -158,7 +158,7 @@ class PreferenceCallback(TrainerCallback):
         self.seconds = 0.0
 
     def score(self, model, step: int) -> dict[str, float]:
-        from tunelab.evaluation.preference import preference_scores
+        from tunelab.evaluation.pair_accuracy import preference_scores
 
         if not self.pairs or step in self.history:
             return self.history.get(step, {})

@@ -1,5 +1,6 @@
-"""Optuna, pinned in one place: storages, the study and its fingerprint, samplers, pruners, and
-re-attaching a trial a killed worker left running.
+"""Optuna, configured in one place: storages, the study and its fingerprint, samplers and pruners
+(re-attaching a trial a killed worker left running reads an Optuna private, so it is
+`tunelab.compat.optuna_running_trial`).
 
 Optuna does the searching (samplers), the stopping of bad trials (pruners) and the coordination
 of workers (its storages); this module only configures it. Two things are ours:
@@ -21,12 +22,12 @@ from typing import Any
 
 import optuna
 
-from tunelab.sweep.runner import ConfigError, redact
+from tunelab.sweep.gateway import ConfigError, redact
 
 FINGERPRINT = "tunelab_sweep"  # study user attr: what the study searches
 
 
-def quiet() -> None:
+def quiet_optuna() -> None:
     """Optuna's own INFO lines (trial N finished ...) and experimental warnings off: the sweep prints its own."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -127,7 +128,7 @@ def _retrying(make: Callable[[], Any], tries: int = 5):
 # --- the study --------------------------------------------------------------------------------------------
 
 
-def fingerprint(method: str, axes, objectives: list[tuple[str, str]], base: dict[str, Any]) -> dict[str, Any]:
+def study_fingerprint(method: str, axes, objectives: list[tuple[str, str]], base: dict[str, Any]) -> dict[str, Any]:
     """What a study searches: method, each parameter's distribution, the objective(s), and the
     base config's settings (its output and tracking sections aside: they name, not define, runs)."""
     from optuna.distributions import distribution_to_json
@@ -278,17 +279,3 @@ def make_pruner(
     if name == "successive_halving":
         return p.SuccessiveHalvingPruner(min_resource=min_steps or "auto", reduction_factor=reduction_factor or 4)
     return p.NopPruner()
-
-
-# --- trials -----------------------------------------------------------------------------------------------
-
-
-def reattach(study, frozen):
-    """A live `Trial` for a trial that is still RUNNING in the storage (its worker was killed or
-    stopped): reporting, pruning and `tell` work on it as on a trial from `ask()`. Pinned here: the
-    constructor is public but documented for Optuna's own use (tests/test_sweep_engine.py)."""
-    return optuna.trial.Trial(study, frozen._trial_id)
-
-
-def state_name(frozen) -> str:
-    return frozen.state.name.lower()  # complete, pruned, fail, running, waiting

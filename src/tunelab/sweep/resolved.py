@@ -15,9 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.files import unwritable
-from tunelab.sweep import engine, runner, space
-from tunelab.sweep.runner import ConfigError
+from tunelab.sweep import gateway, space
+from tunelab.sweep.gateway import ConfigError
 from tunelab.sweep.spec import SweepSpec, load_spec
+from tunelab.sweep.study import (
+    check_reachable,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    open_study,
+    shown,
+    storage_target,
+    study_fingerprint,
+)
 
 MAX_PROBLEMS = 12
 
@@ -61,26 +71,24 @@ class Sweep:
         return shlex.join(["tunelab", "sweep", str(self.file), *self.overrides, *extra])
 
     def storage(self):
-        return engine.open_storage(self.spec.storage, self.folder)
+        return open_storage(self.spec.storage, self.folder)
 
     def storage_shown(self) -> str:
-        kind, where = engine.storage_target(self.spec.storage, self.folder)
-        return f"journal file {where}" if kind == "journal" else engine.shown(where)
+        kind, where = storage_target(self.spec.storage, self.folder)
+        return f"journal file {where}" if kind == "journal" else shown(where)
 
     def study(self, create: bool):
         """The sweep's Optuna study (None when it does not exist and `create` is false)."""
         p = self.spec.pruner
-        sampler = engine.make_sampler(self.spec.method, space.grid(self.axes), self.spec.seed)
-        pruner = engine.make_pruner(
-            p.name, p.startup_trials, p.warmup_steps, p.min_steps, p.reduction_factor, self.max_steps
-        )
-        return engine.open_study(
+        sampler = make_sampler(self.spec.method, space.grid(self.axes), self.spec.seed)
+        pruner = make_pruner(p.name, p.startup_trials, p.warmup_steps, p.min_steps, p.reduction_factor, self.max_steps)
+        return open_study(
             self.storage(), self.name, self.fingerprint, [d for _, d in self.objectives], sampler, pruner, create=create
         )
 
     def settings_config(self, settings: dict[str, Any], run_name: str):
         """The run config of the trial with these settings."""
-        return runner.trial_config(
+        return gateway.trial_config(
             self.base,
             settings,
             self.base_path,
@@ -109,15 +117,15 @@ def prepare(file: Path, overrides: list[str] | None = None, check_data: bool = T
     spec = load_spec(file, overrides)
     base_path = find_base(spec.base.config, file)
     try:
-        base = runner.base_data(base_path, spec.base.overrides)
+        base = gateway.base_data(base_path, spec.base.overrides)
     except ConfigError as e:
         raise ConfigError([f"base.config: {p}" for p in e.problems], source=str(file)) from None
     all_axes = space.axes(spec)
     problems: list[str] = []
     objectives = []
     for i, o in enumerate(spec.objective):
-        d = o.direction or runner.metric_direction(o.metric, base)
-        if d is None and runner.known_metric(o.metric, base):
+        d = o.direction or gateway.metric_direction(o.metric, base)
+        if d is None and gateway.known_metric(o.metric, base):
             problems.append(f"objective.{i}.direction: required for {o.metric} (it has no natural direction)")
         objectives.append((o.metric, d or "minimize"))
 
@@ -135,29 +143,29 @@ def prepare(file: Path, overrides: list[str] | None = None, check_data: bool = T
     for settings in points:
         where = ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in settings.items())
         try:
-            cfg = runner.build(base, settings, base_path, source=str(file))
+            cfg = gateway.build(base, settings, base_path, source=str(file))
         except ConfigError as e:
             for p in e.problems:
                 add(f"space {where}: {p}", key=p)
             continue
         first_cfg = first_cfg or cfg
         models.add(cfg.model.name)
-        for p in runner.check_config(cfg):
+        for p in gateway.check_config(cfg):
             add(f"space {where}: {p}", key=p)
         for i, (metric, _) in enumerate(objectives):
-            p = runner.metric_problem(metric, cfg, pruning=spec.pruner.name != "none")
+            p = gateway.metric_problem(metric, cfg, pruning=spec.pruner.name != "none")
             if p:
                 add(f"objective.{i}.metric: {p}")
         data_key = json.dumps([cfg.data.model_dump(mode="json"), cfg.prompt.model_dump(mode="json")], sort_keys=True)
         if check_data and data_key not in data_checked:
             data_checked.add(data_key)
-            p = runner.check_data(cfg)
+            p = gateway.check_data(cfg)
             if p:
                 add(f"space {where}: {p}", key=p)
-    name = spec.name or runner.default_name(file)
+    name = spec.name or gateway.default_name(file)
     folder = (Path(spec.dir).expanduser() / name).absolute()
     try:
-        engine.check_reachable(spec.storage, folder)
+        check_reachable(spec.storage, folder)
     except ConfigError as e:
         problems += e.problems
     why = unwritable(folder)
@@ -182,10 +190,10 @@ def prepare(file: Path, overrides: list[str] | None = None, check_data: bool = T
         budget=budget,
         objectives=objectives,
         base_output_dir=Path(first_cfg.output.dir),
-        tracking_dir=runner.default_tracking_dir(first_cfg),
+        tracking_dir=gateway.default_tracking_dir(first_cfg),
         max_steps=max_steps,
         device=first_cfg.model.device,
         models=models,
     )
-    sweep.fingerprint = engine.fingerprint(spec.method, all_axes, objectives, runner.flat(runner.redact(base)))
+    sweep.fingerprint = study_fingerprint(spec.method, all_axes, objectives, gateway.flat(gateway.redact(base)))
     return sweep

@@ -158,7 +158,7 @@ def check_config(cfg: RunConfig) -> list[str]:
 def build_local_models(names: set[str]) -> None:
     """Build (and cache) the `tiny:` models these names ask for, once, before several workers would each
     build the same one; models from the hub or a folder are left to the trials."""
-    from tunelab.model.loading import resolve_model_path
+    from tunelab.model.resolve import resolve_model_path
     from tunelab.refs import parse_model
 
     for name in sorted(names):
@@ -292,8 +292,8 @@ def mark_pruned(run_path: Path, step: int, reason: str) -> None:
     """Turn a run's summary into a pruned one: status `pruned`, the reason, the rest kept (a run
     killed before it wrote one gets a short one).
 
-    A stop-status hook in `train()` would write this in the first place; until it has one, the
-    summary it wrote as completed is rewritten (atomically, through the run directory's writer)."""
+    For a trial whose worker was killed after the pruner stopped it: a run the pruner stops while its
+    worker lives is written as pruned by `train()` itself (the sweep's callback sets its stop status)."""
     rd = RunDir(run_path)
     s = _summary(rd) or Summary(status="pruned", steps=step)
     s.status, s.reason = "pruned", reason

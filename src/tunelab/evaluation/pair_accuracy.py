@@ -55,7 +55,7 @@ def preference_scores(
 
 def tokenized_pairs(raw, spec, tokenizer) -> list[tuple[list[int], list[int], list[int]]]:
     """The (prompt, chosen, rejected) token ids of every row that holds a pair, tokenized as DPO training does."""
-    from tunelab.data.preference import iter_pairs
+    from tunelab.data.preference_rows import iter_pairs
     from tunelab.data.sources import RawRows
 
     paired = RawRows()
