@@ -291,7 +291,8 @@ def start_point(cfg: RunConfig, sit: Situation) -> tuple[RunDir, Path | None]:
     if explicit is None and run.is_complete():
         raise TunelabError(f"{run.path} already finished (final/ exists); nothing to resume")
     checkpoint = explicit or resume_point(run)
+    # another number of processes first: its fix (the checkpoint's --nproc) comes before any setting's
+    dist.check_resume_world(checkpoint, sit.processes)
     check_resume_settings(cfg, run, checkpoint)
     check_checkpoint_files(checkpoint)
-    dist.check_resume_world(checkpoint, sit.processes)
     return run, checkpoint
