@@ -105,7 +105,7 @@ def test_serve_vllm_passes_the_key_in_the_environment_and_returns_vllms_exit_cod
     seen = {}
 
     class FakeVllm:
-        def __init__(self, cmd, env):
+        def __init__(self, cmd, env, **kwargs):  # preexec_fn: the parent-death signal
             seen["cmd"], seen["env"] = cmd, env
             module = cmd[cmd.index("--lora-modules") + 1]
             seen["exported"] = (Path(module.split("=", 1)[1]) / "adapter_model.safetensors").is_file()
