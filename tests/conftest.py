@@ -115,3 +115,26 @@ def run_faulty(fault: str, *args: str, cwd: Path | None = None, timeout: int = 6
         timeout=timeout,
         env={**os.environ, "COLUMNS": "200"},
     )
+
+
+def data_config(path, tmp_path: Path, model: str = "tiny:llama-2l", max_length: int = 512, **sections):
+    """A validated run config over one data file (or a mixture list), unshuffled, caching under tmp_path:
+    what the data-format tests build their cases from."""
+    from tunelab.config import build_config
+
+    data = {
+        "train": {"path": str(path)} if not isinstance(path, list) else path,
+        "shuffle": False,
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    data.update(sections.pop("data", {}))
+    return build_config(
+        {
+            "model": {"name": model},
+            "data": data,
+            "training": {"max_length": max_length, **sections.pop("training", {})},
+            "tracking": {"backend": "none"},
+            "output": {"dir": str(tmp_path / "runs")},
+            **sections,
+        }
+    )

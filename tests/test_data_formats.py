@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_json
+from conftest import data_config, write_json
 from tunelab.config.load import build_config
 from tunelab.data.prepare import TokenSpec, load_splits, prepare_data, tokenize_rows
 from tunelab.errors import ConfigError, DataError
@@ -17,22 +17,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "sharegpt_tools.json"
 
 
 def cfg(path, tmp_path, model="tiny:llama-2l", **sections):
-    data = {
-        "train": {"path": str(path)} if not isinstance(path, list) else path,
-        "shuffle": False,
-        "cache_dir": str(tmp_path / "cache"),
-    }
-    data.update(sections.pop("data", {}))
-    return build_config(
-        {
-            "model": {"name": model},
-            "data": data,
-            "training": {"max_length": 512, **sections.pop("training", {})},
-            "tracking": {"backend": "none"},
-            "output": {"dir": str(tmp_path / "runs")},
-            **sections,
-        }
-    )
+    return data_config(path, tmp_path, model=model, **sections)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import base_config, read_jsonl, run_cli, write_json
+from conftest import base_config, data_config, read_jsonl, run_cli, write_json
 from tunelab.config.load import build_config
 from tunelab.config.schema import ModelConfig, PromptConfig
 from tunelab.data.prepare import data_notes, load_splits, prepare_data
@@ -18,22 +18,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def cfg(path, tmp_path, **sections):
-    data = {
-        "train": {"path": str(path)} if not isinstance(path, list) else path,
-        "shuffle": False,
-        "cache_dir": str(tmp_path / "cache"),
-    }
-    data.update(sections.pop("data", {}))
-    return build_config(
-        {
-            "model": {"name": "tiny:llama-2l"},
-            "data": data,
-            "training": {"max_length": 256, **sections.pop("training", {})},
-            "tracking": {"backend": "none"},
-            "output": {"dir": str(tmp_path / "runs")},
-            **sections,
-        }
-    )
+    return data_config(path, tmp_path, max_length=256, **sections)
 
 
 def tok_with(template):
