@@ -14,8 +14,8 @@ import yaml
 
 from tunelab.errors import TunelabError
 from tunelab.runs import EvalRecord, Summary
+from tunelab.runs.contents import RunData, load_run, load_runs
 from tunelab.runs.damage import DamagedRun, read_config_record, safetensors_problem
-from tunelab.runs.data import RunData, load_run, load_runs
 from tunelab.runs.index import compare, rows, source_paths
 
 SUMMARY = {"status": "completed", "steps": 4, "final_train_loss": 1.5, "final_eval_loss": 1.7, "wall_time_s": 3.0}

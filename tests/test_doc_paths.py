@@ -3,7 +3,7 @@
 A rename that misses a citation leaves the reader searching for a file that is gone; this test
 names each stale citation by file:line. Cited are: paths under the repository's top folders
 (`src/tunelab/...`, `tests/...`, `bench/...`, `scripts/...`, `docs/...`, `examples/...`), a
-package's own `.py` files as the docs name them (`data/chat.py`, `sweep/study.py`), and dotted
+package's own `.py` files as the docs name them (`data/conversations.py`, `sweep/study.py`), and dotted
 names (`tunelab.runs.RunDir`: the module, and its first attribute defined or imported at its top).
 """
 

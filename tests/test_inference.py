@@ -92,7 +92,7 @@ def test_chat_prompt_uses_the_trained_format(tokenizer):
 
 
 def test_chat_session_history_reset_and_truncation(tokenizer):
-    from tunelab.inference.chat import ChatSession
+    from tunelab.inference.chat_session import ChatSession
     from tunelab.inference.generate import encode_prompt
 
     s = ChatSession(tokenizer, PromptConfig(format="messages"), max_prompt_tokens=60, system="Be brief.")

@@ -113,7 +113,7 @@ def test_eval_record_round_trips_intervals_and_leakage_and_reads_old_files(tmp_p
 
 
 def _run(name: str, scores: list[float]):
-    from tunelab.runs.data import RunData
+    from tunelab.runs.contents import RunData
 
     samples = [
         {"index": i, "prompt": f"q{i}", "reference": "r", "scores": {"target": {"exact_match": s}}}

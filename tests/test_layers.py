@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 # lowest first; a package may import the packages of earlier layers, never a later one
 LAYERS = [
     {"errors"},
-    {"refs", "dtypes", "cache", "compat", "files", "procs"},
+    {"refs", "dtypes", "cache", "compat", "writability", "procs"},
     {"hub"},
     {"config"},
     {"runs"},

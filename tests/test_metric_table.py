@@ -142,7 +142,7 @@ def _with_cost(run: Path, cost: float) -> Path:
 
 def test_runs_compare_and_the_report_show_a_declared_scorer(tmp_path):
     from tunelab.evaluation.report import metrics_tables
-    from tunelab.runs.data import load_runs
+    from tunelab.runs.contents import load_runs
     from tunelab.runs.index import compare
 
     plain = make_run(tmp_path, "plain", 1e-3, None)  # not evaluated: its column is empty
@@ -158,7 +158,7 @@ def test_runs_compare_and_the_report_show_a_declared_scorer(tmp_path):
 
 def test_the_report_shows_every_sample_scorer_a_run_logged(tmp_path):
     from tunelab.evaluation.report import metrics_tables
-    from tunelab.runs.data import load_runs
+    from tunelab.runs.contents import load_runs
 
     runs = [make_run(tmp_path, n, 1e-3, None) for n in ("a", "b")]
     for run, cost in zip(runs, (0.4, 0.1), strict=True):

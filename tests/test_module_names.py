@@ -15,13 +15,6 @@ SAME_MEANING = {
     "report.py": "the HTML report of runs, and the sweep's report built on it",
     "resolve.py": "resolving a reference: an artifact in its store, a model to the folder it loads from",
 }
-# Names shared with different meanings when this test was written, in code other changes own: rename each
-# to its role and remove it here; a new one anywhere fails.
-KNOWN_COLLISIONS = {
-    "chat.py": "data/chat.py (row shapes converted to chat) vs inference/chat.py (the terminal chat)",
-    "files.py": "files.py (writability probes) vs runs/files.py (reading what runs write)",
-    "data.py": "runs/data.py (RunData, what the report reads) vs the data package",
-}
 
 
 def module_names() -> dict[str, list[str]]:
@@ -37,11 +30,5 @@ def module_names() -> dict[str, list[str]]:
 
 def test_no_two_modules_share_a_name_with_different_meanings():
     shared = {name: where for name, where in module_names().items() if len(where) > 1}
-    new = {name: where for name, where in shared.items() if name not in {**SAME_MEANING, **KNOWN_COLLISIONS}}
+    new = {name: where for name, where in shared.items() if name not in SAME_MEANING}
     assert not new, f"name each module for its role (see STYLE.md, 'Names say the role'): {new}"
-
-
-def test_the_known_collisions_are_still_there():
-    """A collision renamed away is removed from KNOWN_COLLISIONS, so the list stays the work left."""
-    shared = {name for name, where in module_names().items() if len(where) > 1}
-    assert set(KNOWN_COLLISIONS) <= shared, sorted(set(KNOWN_COLLISIONS) - shared)

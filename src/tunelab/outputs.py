@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import TunelabError, as_user_error, os_error
-from tunelab.files import unwritable
 from tunelab.runs import RunDir
+from tunelab.writability import unwritable
 
 # Failed writes that are the user's to fix (where they pointed the output, or the disk they chose).
 WRITE_ERRNOS = frozenset(

@@ -64,7 +64,7 @@ def chat(
     """Talk to a model in the terminal: multi-turn for chat-trained models, one instruction at a time for
     Alpaca-style ones. /reset, /exit."""
     from tunelab.cli.common import console
-    from tunelab.inference.chat import ChatSession
+    from tunelab.inference.chat_session import ChatSession
     from tunelab.inference.generate import context_length
     from tunelab.model.dense import generation_weights, generation_weights_fit
 

@@ -147,7 +147,7 @@ def _preference_rows(s) -> list[tuple[str, str]]:
     """A preference run's held-out accuracy (before -> after, from the summary) and its last margin
     (metrics.jsonl: the summary keeps only the accuracy); none for SFT."""
     from tunelab.runs import RunDir
-    from tunelab.runs.files import read_jsonl
+    from tunelab.runs.reading import read_jsonl
 
     after = getattr(s, "preference_accuracy_after", None)
     if not isinstance(after, int | float):

@@ -19,7 +19,7 @@ from collections import Counter
 from typing import Any
 
 from tunelab.config.schema import PromptConfig
-from tunelab.data.chat import RowProblem, normalize_messages
+from tunelab.data.conversations import RowProblem, normalize_messages
 from tunelab.data.templates import render_segments
 from tunelab.data.tokens import adds_bos as tokenizer_adds_bos
 from tunelab.data.tokens import needs_bos

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunelab.config.schema import PromptConfig, ShareGPTConfig, SourceConfig
-from tunelab.data.chat import (  # noqa: F401 (ROLES: imported from here too)
+from tunelab.data.conversations import (  # noqa: F401 (ROLES: imported from here too)
     ROLES,
     RowProblem,
     from_alpaca,

@@ -10,7 +10,7 @@ import base64
 import io
 from dataclasses import dataclass
 
-from tunelab.runs.data import RunData
+from tunelab.runs.contents import RunData
 
 # (metrics.jsonl key, title, y label, log scale, smoothed: the per-step readings are noisy)
 CURVES = [

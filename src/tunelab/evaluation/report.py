@@ -19,8 +19,7 @@ from tunelab.evaluation.intervals import paired_interval
 from tunelab.evaluation.metrics import direction, exact_match, metric_table
 from tunelab.evaluation.plots import all_curves
 from tunelab.outputs import Output, check_output, write_text
-from tunelab.runs.data import RunData, load_runs
-from tunelab.runs.files import NOT_COMPARED, flatten
+from tunelab.runs.contents import RunData, load_runs
 from tunelab.runs.metric_table import (
     EXACT_MATCH,
     FINAL_EVAL_LOSS,
@@ -35,6 +34,7 @@ from tunelab.runs.metric_table import (
     Metric,
     MetricTable,
 )
+from tunelab.runs.reading import NOT_COMPARED, flatten
 from tunelab.runs.records import EvalInterval
 
 TEMPLATES = Path(__file__).parent / "templates"

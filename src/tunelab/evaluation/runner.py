@@ -35,8 +35,8 @@ from tunelab.inference.generate import GenerationSettings, generate_batch
 from tunelab.inference.target import Target, base_model_id, load_target, model_folders, resolve_target
 from tunelab.outputs import Output, check_output, write_text
 from tunelab.runs import EvalRecord, RunDir
-from tunelab.runs.files import read_json
 from tunelab.runs.metric_table import MetricTable
+from tunelab.runs.reading import read_json
 from tunelab.runs.records import EvalLeakage, ModelMeta
 from tunelab.scoring import Scorer, config_scorers, merged, score_set
 

@@ -10,8 +10,8 @@ from typing import Any
 from tunelab.errors import TunelabError
 from tunelab.runs.damage import DamagedRun, read_config_record
 from tunelab.runs.dir import RunDir
-from tunelab.runs.files import NOT_COMPARED, flatten, read_json
 from tunelab.runs.metric_table import FINAL_EVAL_LOSS, FINAL_TRAIN_LOSS, TABLE
+from tunelab.runs.reading import NOT_COMPARED, flatten, read_json
 from tunelab.runs.records import EvalRecord
 
 # What `runs show` and `runs compare` take from summary.json: the run's facts, then every summary metric.

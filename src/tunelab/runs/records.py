@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunelab.runs.damage import DamagedRun, read_json_record, validation_problem
-from tunelab.runs.files import read_json
+from tunelab.runs.reading import read_json
 
 MODEL_META = "tunelab_model.json"
 _LEGACY_FINAL = "tunelab_final.json"  # what final/ held before tunelab_model.json (read, never written)

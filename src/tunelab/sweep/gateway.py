@@ -26,7 +26,6 @@ from tunelab.config.schema import check_name
 from tunelab.errors import ConfigError, Interrupted, TunelabError, as_user_error
 from tunelab.evaluation.metrics import config_metrics, metric_table
 from tunelab.runs import EvalRecord, RunDir, Summary
-from tunelab.runs.files import flatten, read_jsonl
 from tunelab.runs.metric_table import (
     EVAL_PREFIX,
     SAMPLES_EXACT_MATCH,
@@ -36,6 +35,7 @@ from tunelab.runs.metric_table import (
     TABLE,
     MetricTable,
 )
+from tunelab.runs.reading import flatten, read_jsonl
 
 __all__ = [
     "ConfigError",
@@ -397,7 +397,7 @@ def is_run_dir(path: Path) -> bool:
 def report_html(paths: list[Path], max_prompts: int) -> str:
     """The `tunelab report` page over these run directories, as HTML text."""
     from tunelab.evaluation.report import build_context, render
-    from tunelab.runs.data import load_runs
+    from tunelab.runs.contents import load_runs
 
     return render(build_context(load_runs(paths), max_prompts))
 
@@ -405,7 +405,7 @@ def report_html(paths: list[Path], max_prompts: int) -> str:
 def curves(paths: list[Path], keys: list[tuple[str, str, str, bool, bool]]) -> list[tuple[str, str | None]]:
     """(title, PNG data URI or None) of the report's line plots (one line per run) for these runs."""
     from tunelab.evaluation.plots import curve
-    from tunelab.runs.data import load_runs
+    from tunelab.runs.contents import load_runs
 
     runs = load_runs(paths)
     return [(spec[1], curve(runs, *spec).image) for spec in keys]

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.files import unwritable
 from tunelab.sweep import gateway, space
 from tunelab.sweep.gateway import ConfigError
 from tunelab.sweep.spec import SweepSpec, load_spec
@@ -28,6 +27,7 @@ from tunelab.sweep.study import (
     storage_target,
     study_fingerprint,
 )
+from tunelab.writability import unwritable
 
 MAX_PROBLEMS = 12
 

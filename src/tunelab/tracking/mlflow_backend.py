@@ -12,7 +12,7 @@ from typing import Any
 
 from tunelab.artifacts.core import ArtifactSpec
 from tunelab.artifacts.mlflow_store import client, default_uri, experiment_id, log_artifact
-from tunelab.runs.files import flatten
+from tunelab.runs.reading import flatten
 from tunelab.tracking.base import Sink
 from tunelab.tracking.trackio_backend import SAMPLE_COLUMNS, sample_rows, scalars
 

@@ -20,8 +20,8 @@ from tunelab.artifacts import ArtifactSpec, Home, content_digest, fetch, is_arti
 from tunelab.artifacts.env import isolated
 from tunelab.config.load import config_to_dict, redact
 from tunelab.runs import RunDir, Summary, step_dir_name
-from tunelab.runs.files import read_json
 from tunelab.runs.metric_table import FINAL_EVAL_LOSS, FINAL_TRAIN_LOSS, SAMPLES_EXACT_MATCH_AFTER
+from tunelab.runs.reading import read_json
 from tunelab.tracking.base import GuardedSink, Sink
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class Tracking:
     def _store_writable(self, sink) -> bool:
         """A tracker whose store cannot be written would drop every metric silently (trackio's sender
         does): it is turned off before training, with one warning, and tracking.json says why."""
-        from tunelab.files import unwritable
+        from tunelab.writability import unwritable
 
         for path in getattr(sink, "store_paths", lambda: [])():
             why = None

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from tunelab.runs.files import flatten
+from tunelab.runs.reading import flatten
 from tunelab.tracking.base import Sink
 from tunelab.tracking.trackio_backend import scalars
 

@@ -52,7 +52,7 @@ def checkpoint_step(checkpoint: Path | None) -> int:
 def check_resume_settings(cfg: RunConfig, run: RunDir, checkpoint: Path) -> None:
     """Refuse a resume whose config changes what the remaining steps compute (listing each setting)."""
     from tunelab.config.load import read_yaml
-    from tunelab.runs.files import flatten
+    from tunelab.runs.reading import flatten
 
     saved_file = run.config if run.config.is_file() else checkpoint.parent.parent / "config.yaml"
     if not saved_file.is_file():

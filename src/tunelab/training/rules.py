@@ -22,8 +22,8 @@ from typing import Literal
 
 from tunelab.config import RunConfig
 from tunelab.errors import ConfigError, TunelabError
-from tunelab.files import check_writable
 from tunelab.runs import RunDir, check_run_dir
+from tunelab.writability import check_writable
 
 Severity = Literal["problem", "note", "ok"]
 

@@ -16,8 +16,8 @@ from typing import Any
 from tunelab.errors import TunelabError
 from tunelab.runs.damage import DamagedRun, read_config_record
 from tunelab.runs.dir import RunDir
-from tunelab.runs.files import read_json, read_jsonl
 from tunelab.runs.metric_table import Metric
+from tunelab.runs.reading import read_json, read_jsonl
 from tunelab.runs.records import EvalRecord, Summary
 
 
