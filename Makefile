@@ -33,7 +33,7 @@ lint: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
-# llama.cpp (llama-cpp-python from source) in a venv outside the repo, for tests/test_gguf.py; ~10 min on 2 cores
+# llama.cpp (llama-cpp-python from source) in a venv outside the repo, for tests/unit/export/test_gguf.py; ~10 min on 2 cores
 llama-cpp:
 	nice -n 10 scripts/build-llama-cpp.sh
 

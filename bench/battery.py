@@ -1,4 +1,4 @@
-"""Run the fault and abuse battery (tests/battery.py) and record its counts.
+"""Run the fault and abuse battery (tests/support/battery.py) and record its counts.
 
     python bench/battery.py            # every case
     python bench/battery.py NAME ...   # some of them
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 import battery  # noqa: E402
 

@@ -4,7 +4,7 @@
     python bench/quickstart.py --cold     # with an empty tiny-model cache (includes building the base)
 
 The README's two quickstart tables are generated from bench/results/quickstart.json (between the
-`<!-- quickstart:... -->` markers); tests/test_readme_figures.py checks that they agree with it, and
+`<!-- quickstart:... -->` markers); tests/unit/project/test_readme_figures.py checks that they agree with it, and
 that a fresh quickstart run still gives its figures within tolerance.
 """
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds llama.cpp (through llama-cpp-python, from its source distribution) into a venv OUTSIDE the
 # repo, so the repo's .venv is never polluted by a second numpy/jinja2 or a CPU-tuned shared library.
-# tests/test_gguf.py runs that venv's python in a subprocess to load exported GGUF files in real
+# tests/unit/export/test_gguf.py runs that venv's python in a subprocess to load exported GGUF files in real
 # llama.cpp; it skips, naming this script, when the venv is absent.
 #
 #   scripts/build-llama-cpp.sh                      # ~10 min on 2 cores (9.5 min measured); idempotent

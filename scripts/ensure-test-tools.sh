@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # What the tests drive outside Python, installed when missing (idempotent; part of `make test`):
-#   - Debian's chromium, for the report's browser test (tests/test_report_browser.py);
-#   - Debian's golang-go, to render the Ollama Modelfile TEMPLATE with Go's text/template (tests/test_gguf.py);
+#   - Debian's chromium, for the report's browser test (tests/e2e/test_report_browser.py);
+#   - Debian's golang-go, to render the Ollama Modelfile TEMPLATE with Go's text/template (tests/unit/export/test_gguf.py);
 #   - llama.cpp (llama-cpp-python built from source into a venv outside the repo, ~10 min on 2 cores the
-#     first time, then cached), to load exported GGUF files (tests/test_gguf.py).
+#     first time, then cached), to load exported GGUF files (tests/unit/export/test_gguf.py).
 # Each step that cannot be done says why and goes on: the tests that need it then skip, naming it.
 set -uo pipefail
 cd "$(dirname "$0")/.."

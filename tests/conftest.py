@@ -1,4 +1,7 @@
-"""Shared fixtures: a private cache folder, a tiny model built locally, synthetic data files."""
+"""Shared fixtures: a private cache folder, a tiny model built locally, synthetic data files.
+
+Also where the layout of tests/ is applied (README.md there): the helpers in tests/support import by their
+module names (`from battery import case`), and every test under tests/e2e/ is marked `slow`."""
 
 from __future__ import annotations
 
@@ -14,6 +17,19 @@ from tunelab.procs import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "alpaca_en_demo.json"
+TESTS = Path(__file__).resolve().parent
+SUPPORT = TESTS / "support"
+FIXTURES = SUPPORT / "fixtures"
+E2E = TESTS / "e2e"
+sys.path.insert(0, str(SUPPORT))
+
+
+def pytest_collection_modifyitems(items):
+    """Everything under tests/e2e/ runs the real CLI on a model: `slow` by where it lives, so `-m "not slow"`
+    (make test-fast) never starts one, whatever the file itself marks."""
+    for item in items:
+        if item.path.is_relative_to(E2E):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -106,9 +122,9 @@ def base_config(data_path: Path, out_dir: Path, **sections) -> dict:
 
 
 def run_faulty(fault: str, *args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run the real CLI with a fault injected (tests/fault_inject.py): a crash, a full disk, a signal."""
+    """Run the real CLI with a fault injected (tests/support/fault_inject.py): a crash, a full disk, a signal."""
     return subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "fault_inject.py"), fault, "--", *args],
+        [sys.executable, str(SUPPORT / "fault_inject.py"), fault, "--", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -138,3 +154,28 @@ def data_config(path, tmp_path: Path, model: str = "tiny:llama-2l", max_length: 
             **sections,
         }
     )
+
+
+QUICKSTART_STEPS = 150  # the shared quickstart run's length (what tests/e2e/test_eval_e2e.py measured with it)
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory) -> Path:
+    """The quickstart (tiny:quickstart-base, 4-bit, LoRA on all linear layers) cut to 150 steps, trained once
+    per session for every end-to-end test that evaluates a tuned model against its base (eval, benchmarks).
+    Tests write their eval results elsewhere (`--out`) or only where the others expect them."""
+    root = tmp_path_factory.mktemp("quickstart-runs")
+    r = run_cli(
+        "train",
+        str(ROOT / "examples" / "quickstart.yaml"),
+        f"output.dir={root}",
+        "output.name=qs",
+        f"training.max_steps={QUICKSTART_STEPS}",
+        "training.eval_steps=75",
+        "training.save_steps=null",
+        "samples.num_prompts=12",
+        "samples.at_start=false",
+        timeout=1800,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root / "qs"

@@ -1,6 +1,6 @@
 """The one place tunelab reaches into the libraries' internals or mirrors their checks.
 
-Every function here names what it depends on; tests/test_compat.py calls each one against the
+Every function here names what it depends on; tests/unit/test_compat.py calls each one against the
 installed versions, so a library upgrade that moves something breaks that test, not a run.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # The `optim` and `lr_scheduler_type` values transformers' TrainingArguments accepts, mirrored here so
 # a config validates in a fraction of a second (importing transformers.training_args pulls in torch
-# and takes seconds). tests/test_compat.py compares them with the installed transformers' own enums
+# and takes seconds). tests/unit/test_compat.py compares them with the installed transformers' own enums
 # (`OptimizerNames`, `SchedulerType`), so an upgrade that changes them fails that test loudly.
 OPTIMIZERS = (
     "adamw_torch",
@@ -215,7 +215,7 @@ def set_hub_offline() -> None:
 
 
 # The loss names TRL's stable preference trainers take (`DPOConfig.loss_type`, `KTOConfig.loss_type`),
-# mirrored so a config validates without importing TRL; tests/test_compat.py checks them against
+# mirrored so a config validates without importing TRL; tests/unit/test_compat.py checks them against
 # the installed TRL's own help text and choices.
 DPO_LOSSES = (
     "sigmoid",
@@ -240,6 +240,43 @@ KTO_LOSSES = ("kto", "apo_zero_unpaired")
 def preference_losses(method: str) -> list[str]:
     """The values `preference.loss_type` may take for `training.method` dpo or kto."""
     return list(DPO_LOSSES if method == "dpo" else KTO_LOSSES)
+
+
+# `GRPOConfig.loss_type` values TRL 1.x accepts (its help text; GRPOTrainer switches on them). Pinned here,
+# checked against TRL's own default in tests/unit/test_compat.py, so the config refuses a typo before weights load.
+GRPO_LOSSES = ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+
+
+def grpo_losses() -> list[str]:
+    """The values `grpo.loss_type` may take."""
+    return list(GRPO_LOSSES)
+
+
+# GRPOTrainer keeps its last generation batch for its completions table in a private dict: `_logs` with
+# "prompt", "completion", "rewards" ({reward name: values}) and "advantages", one entry per completion.
+GRPO_ROLLOUT_LOG = "_logs"
+
+
+def grpo_rollouts(trainer) -> list[dict]:
+    """The last generation batch of a GRPOTrainer: prompt, completion, each reward (None where it had
+    none) and the advantage, one dict per completion."""
+    import math
+
+    logs = getattr(trainer, GRPO_ROLLOUT_LOG)
+
+    def number(v):
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+    rewards = {name: list(values) for name, values in logs["rewards"].items()}
+    return [
+        {
+            "prompt": p,
+            "completion": c,
+            "rewards": {name: number(values[i]) for name, values in rewards.items()},
+            "advantage": number(a),
+        }
+        for i, (p, c, a) in enumerate(zip(logs["prompt"], logs["completion"], logs["advantages"], strict=True))
+    ]
 
 
 # The TRL preference-trainer method tunelab overrides so that data it tokenized itself (one BOS rule,

@@ -102,13 +102,13 @@ def _plan_device(cfg: RunConfig, device: str | None) -> str:
 
 def _memory_plan(cfg: RunConfig, dev: str, nproc: int, world: int, memory: str | None) -> _Planned:
     from tunelab.errors import TunelabError
-    from tunelab.model.resolve import resolve_model
+    from tunelab.model.resolve import ResolvedOnce, resolve_model
     from tunelab.perf.plan import advise, available_memory, parse_memory
     from tunelab.perf.sharding import rank_estimator
     from tunelab.training.distributed import check_strategy, resolve_strategy
 
     resolved = resolve_model(cfg)  # once: every estimate below plans from it
-    strategy = resolve_strategy(cfg, world, dev, nproc, resolved)
+    strategy = resolve_strategy(cfg, world, dev, nproc, ResolvedOnce(cfg, resolved))
     refused = None
     try:
         check_strategy(cfg, strategy, dev == "cpu")

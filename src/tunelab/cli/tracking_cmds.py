@@ -262,6 +262,7 @@ def runs_list(runs_dir: RunsDirOpt = Path("runs"), as_json: JsonOpt = False):
         FINAL_TRAIN_LOSS,
         FINAL_EVAL_LOSS,
         "duration_s",
+        *(["benchmarks"] if any(r["benchmarks"] for r in rows) else []),  # only once a run has `eval --tasks`
     )
     print_table(
         [c.replace("_", " ") for c in cols], [[_fmt(r[c]) for c in cols] for r in rows], title=f"runs in {runs_dir}"

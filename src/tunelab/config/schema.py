@@ -394,10 +394,11 @@ class TrainingConfig(Section):
         description="auto: a CPU run keeps the memory it frees for reuse (glibc malloc never unmaps it), so large "
         "tensors do not page-fault in fresh memory at every step; system: the C library's defaults.",
     )
-    method: Literal["sft", "dpo", "kto"] = Field(
+    method: Literal["sft", "dpo", "kto", "grpo"] = Field(
         "sft",
         description="sft (TRL's SFTTrainer), or preference tuning with TRL's stable trainers: dpo (pairs: "
-        "chosen / rejected) or kto (completion + label, or pairs). ORPO is only in trl.experimental and is refused.",
+        "chosen / rejected) or kto (completion + label, or pairs), or grpo: online RL over TRL's GRPOTrainer, "
+        "rewarded by the scorers in grpo.rewards. ORPO is only in trl.experimental and is refused.",
     )
     packing: bool | Literal["blocks"] = Field(
         True,
@@ -454,6 +455,17 @@ class TrainingConfig(Section):
             raise ValueError("training.max_steps must be -1 (use epochs) or a positive step count")
         return self
 
+    @property
+    def is_preference(self) -> bool:
+        """dpo / kto: the rows are pairs (or labelled completions), the `preference` section applies."""
+        return self.method in ("dpo", "kto")
+
+    @property
+    def row_method(self) -> str:
+        """The method whose rows the data pipeline reads: grpo reads SFT's rows (a prompt and its reference
+        answer, which the rewards score against); the model's own completions replace the answer."""
+        return "sft" if self.method == "grpo" else self.method
+
 
 class PreferenceConfig(Section):
     """Preference tuning (training.method dpo | kto): TRL's DPOConfig / KTOConfig settings."""
@@ -487,6 +499,59 @@ class PreferenceConfig(Section):
     def losses(self, method: str) -> list[str]:
         loss = self.loss(method)
         return loss if isinstance(loss, list) else [loss]
+
+
+class GrpoConfig(Section):
+    """Online RL (training.method grpo): TRL's GRPOConfig settings and the rewards, declared from the scorers."""
+
+    num_generations: int = Field(
+        4, ge=2, description="Completions sampled per prompt (the group whose rewards are compared)."
+    )
+    max_completion_length: int = Field(64, gt=0, description="Tokens per sampled completion at most.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of the rollouts (1: off).")
+    beta: float = Field(
+        0.0, ge=0, description="KL coefficient against the reference model (0: no reference model is kept)."
+    )
+    epsilon: float = Field(0.2, gt=0, description="Clip range of the policy ratio.")
+    epsilon_high: float | None = Field(None, gt=0, description="Upper clip range (DAPO: 0.28); default epsilon.")
+    num_iterations: int = Field(1, ge=1, description="Optimizer passes over each batch of rollouts.")
+    loss_type: str | None = Field(
+        None,
+        description="TRL's loss: dapo (TRL's default), grpo, dr_grpo, bnpo, cispo, sapo, luspo, vespo.",
+    )
+    importance_sampling_level: Literal["token", "sequence"] = Field(
+        "token", description="Importance-sampling ratios per token, or one per sequence (GSPO)."
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Advantages divided by the reward std of the group, of the batch, or not (Dr. GRPO)."
+    )
+    mask_truncated_completions: bool = Field(
+        False, description="Leave completions cut at max_completion_length out of the loss (DAPO)."
+    )
+    # checked against the scorer registry (tunelab.scoring, above this layer) by train and validate
+    rewards: list[str | dict[str, Any]] = Field(
+        default_factory=lambda: ["exact_match"],
+        min_length=1,
+        description="Rewards, each a scorer as eval.scorers declares one plus an optional weight, e.g. "
+        "[{exact_match: {weight: 1}}, {regex: {pattern: '^\\d+$', weight: 0.2}}, {python: my_rewards:score}]; "
+        "`tunelab scorers` lists them.",
+    )
+    reference_column: str | None = Field(
+        None,
+        description="The data column holding the reference answer the rewards compare with "
+        "(default: the row's answer: Alpaca output, the last assistant turn, custom's response_field).",
+    )
+    importance_sampling_correction: bool = Field(
+        True,
+        description="vLLM rollouts: correct for the gap between vLLM's and the trainer's token probabilities "
+        "(TRL's truncated importance sampling); transformers' rollouts need none.",
+    )
+    vllm_mode: Literal["colocate"] | None = Field(
+        None,
+        description="colocate: generate the rollouts with vLLM on the training GPU (needs the vllm extra); "
+        "default: transformers' generation.",
+    )
 
 
 def _known(value: str, known: list[str]) -> str:
@@ -534,6 +599,46 @@ class SamplesConfig(GenerationSettings):
         return GenerationSettings(**{k: getattr(self, k) for k in GenerationSettings.model_fields})
 
 
+class JudgeConfig(Section):
+    """The pairwise LLM judge of `tunelab eval --judge` (tuned vs baseline answers, both orders), and its defaults."""
+
+    url: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible API (e.g. http://localhost:11434/v1); eval judges when this "
+        "or target is set, or with --judge.",
+    )
+    target: str | None = Field(
+        None, description="A tunelab TARGET (run, model folder, tiny: preset) served in-process as the judge."
+    )
+    model: str | None = Field(None, description="The judge's model id (a URL needs one; a TARGET's is its own).")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the environment variable holding the API key (the key itself is never written).",
+    )
+    template: str | None = Field(
+        None,
+        description="A file holding the judge prompt, with {instruction}, {answer_a} and {answer_b}; "
+        "default: tunelab's (evaluation/judge.py DEFAULT_TEMPLATE).",
+    )
+    concurrency: int = Field(4, ge=1, description="Judge requests in flight at once.")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds one judge request may take.")
+    max_retries: int = Field(
+        3, ge=0, description="Attempts after the first per question (timeouts, 429s, 5xx, unparsable verdicts)."
+    )
+
+    @model_validator(mode="after")
+    def _one_judge(self):
+        if self.url is not None and self.target is not None:
+            raise ValueError("eval.judge: set url or target, not both")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        """Whether the config names a judge, so every `tunelab eval` of the run judges."""
+        return self.url is not None or self.target is not None
+
+
 class EvalConfig(Section):
     generation_metrics: bool = Field(
         True,
@@ -548,6 +653,7 @@ class EvalConfig(Section):
         "{python: my_checks:score}]; `tunelab scorers` lists them. Default: exact_match, normalized_exact_match, "
         "rougeL, bleu, chrf, answer_words.",
     )
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
 
 
 TRACKERS = ("trackio", "wandb", "mlflow", "tensorboard", "none")
@@ -621,8 +727,8 @@ class OutputConfig(Section):
 
 
 class RunConfig(Section):
-    """A whole run. Sections: model, quantization, adapter, data, prompt, training, preference, samples, eval,
-    tracking, distributed, output."""
+    """A whole run. Sections: model, quantization, adapter, data, prompt, training, preference, grpo, samples,
+    eval, tracking, distributed, output."""
 
     model: ModelConfig
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
@@ -631,6 +737,7 @@ class RunConfig(Section):
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    grpo: GrpoConfig = Field(default_factory=GrpoConfig)
     samples: SamplesConfig = Field(default_factory=SamplesConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -658,12 +765,14 @@ class RunConfig(Section):
                 "data.too_long: split cuts long examples into packed pieces; it needs training.packing: true"
             )
         method = self.training.method
-        if method != "sft":
-            if fmt == "text":
-                raise ValueError(
-                    f"training.method: {method} needs prompts to prefer answers to; prompt.format text has "
-                    "none (use alpaca, messages, or custom with template '{prompt}')"
-                )
+        if method != "sft" and fmt == "text":
+            raise ValueError(
+                f"training.method: {method} needs prompts to answer; prompt.format text has "
+                "none (use alpaca, messages, or custom with template '{prompt}')"
+            )
+        if method == "grpo":
+            self._check_grpo()
+        if self.training.is_preference:
             from tunelab.compat import preference_losses
 
             known, p = preference_losses(method), self.preference
@@ -679,6 +788,20 @@ class RunConfig(Section):
             if method == "kto" and self.preference.loss(method) == "kto" and self.training.batch_size < 2:
                 raise ValueError("training.batch_size: kto's KL term needs at least 2 completions per micro-batch")
         return self
+
+    def _check_grpo(self) -> None:
+        from tunelab.compat import grpo_losses
+
+        if "packing" not in self.training.model_fields_set:
+            self.training.packing = False  # saved so: the run's config.yaml loads again as it is
+        elif self.training.packing:
+            raise ValueError(
+                "training.packing: grpo trains on the completions it samples, one per row; packing does not "
+                "apply (remove it or set false)"
+            )
+        loss = self.grpo.loss_type
+        if loss is not None and loss not in grpo_losses():
+            raise ValueError(f"grpo.loss_type: {loss!r} is not a grpo loss (known: {', '.join(grpo_losses())})")
 
 
 # Which row shapes (data.train[i].format) each prompt.format renders.

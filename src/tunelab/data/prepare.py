@@ -57,6 +57,7 @@ class PreparedData:
     test_rows: list[dict[str, Any]]
     stats: dict[str, Any] = field(default_factory=dict)
     cache_hit: bool = False
+    train_rows: list[dict[str, Any]] = field(default_factory=list)  # training.method grpo: the prompts it samples
 
 
 def read_validated(src, cfg: RunConfig, home, label: str = "data.train"):
@@ -64,7 +65,8 @@ def read_validated(src, cfg: RunConfig, home, label: str = "data.train"):
     d = cfg.data
     field_map = src.field_map if src.field_map is not None else d.field_map
     raw = read_source(src, d.on_bad_row, home)
-    return validate_rows(raw, cfg.prompt, field_map, d.on_bad_row, src.path, shape=src, method=cfg.training.method)
+    method = cfg.training.row_method
+    return validate_rows(raw, cfg.prompt, field_map, d.on_bad_row, src.path, shape=src, method=method)
 
 
 def load_splits(cfg: RunConfig, home=None) -> tuple[RawRows, RawRows, dict[str, Any]]:
@@ -468,7 +470,7 @@ def cache_key(cfg: RunConfig, train: RawRows, test: RawRows, tokenizer: Any) -> 
         "data": cfg.data.model_dump(mode="json", exclude={"cache_dir"}),
         "prompt": cfg.prompt.model_dump(mode="json"),
         "max_length": cfg.training.max_length,
-        **({"method": cfg.training.method} if cfg.training.method != "sft" else {}),
+        **({"method": cfg.training.row_method} if cfg.training.row_method != "sft" else {}),
         **({"whole": True} if TokenSpec.of(cfg).whole else {}),
         "train": train.fingerprint,
         "test": test.fingerprint,
@@ -512,7 +514,8 @@ def prepare_data(cfg: RunConfig, tokenizer: Any, console=None, home=None) -> Pre
     cached.pop("files", None)
     train_ds = datasets.Dataset.from_file(str(entry / "train.arrow"))
     test_ds = datasets.Dataset.from_file(str(entry / "test.arrow")) if cached["test_examples"] else None
-    return PreparedData(train_ds, test_ds, test.rows, cached, cache_hit=hit)
+    train_rows = train.rows if cfg.training.method == "grpo" else []
+    return PreparedData(train_ds, test_ds, test.rows, cached, cache_hit=hit, train_rows=train_rows)
 
 
 def _build_entry(entry: Path, cfg: RunConfig, tokenizer: Any, train: RawRows, test: RawRows, stats: dict) -> bool:
@@ -525,7 +528,7 @@ def _build_entry(entry: Path, cfg: RunConfig, tokenizer: Any, train: RawRows, te
         tmp.mkdir(parents=True)
         counts: Counter = Counter()
         spec = TokenSpec.of(cfg)
-        method = cfg.training.method
+        method = cfg.training.row_method
         per_source: dict[int, Counter] = {}
         tr = write_arrow(train, spec, tokenizer, tmp / "train.arrow", counts, method, per_source)
         if not tr["examples"]:
@@ -649,7 +652,7 @@ def source_notes(stats: dict[str, Any], limit: float = 0.1) -> list[str]:
 
 def _prompts_may_shorten(cfg: RunConfig) -> bool:
     """Whether data.truncate_prompt: left would keep preference pairs whose prompt fills max_length."""
-    return cfg.training.method != "sft" and cfg.data.truncate_prompt == "none"
+    return cfg.training.is_preference and cfg.data.truncate_prompt == "none"
 
 
 def _lost_answer_hint(cfg: RunConfig) -> str:

@@ -85,7 +85,7 @@ def load_eval_rows(target: Target, data: str | None = None, split: str = "test",
             cfg.data.field_map if cfg else {},
             "error",
             data,
-            method=cfg.training.method if cfg else "sft",
+            method=cfg.training.row_method if cfg else "sft",
         )
         source = data
         if not raw.rows:

@@ -33,9 +33,11 @@ from tunelab.runs.metric_table import (
     SAMPLES_PREFIX,
     Metric,
     MetricTable,
+    benchmark_row,
 )
 from tunelab.runs.reading import NOT_COMPARED, flatten
 from tunelab.runs.records import EvalInterval
+from tunelab.scoring.registry import declared_kind
 
 TEMPLATES = Path(__file__).parent / "templates"
 # shown in the "same in every run" table when equal; any key that differs is shown regardless
@@ -229,7 +231,9 @@ def metrics_tables(runs: list[RunData]) -> tuple[list[dict], list[dict]]:
             base = _number(r.value(m, role="baseline"))
             notes.append(_base_note(r, m, base))
         if any(v is not None for v in values):
-            eval_rows.append(metric_row(m.label, m.field, values, m.fmt, notes, better=m.direction))
+            row = metric_row(m.label, m.field, values, m.fmt, notes, better=m.direction)
+            _star_only_when_distinguished(row, runs, m)
+            eval_rows.append(row)
     groups = method_groups(runs)
     train_rows = []
     for m in train_metrics(table):
@@ -240,6 +244,31 @@ def metrics_tables(runs: list[RunData]) -> tuple[list[dict], list[dict]]:
         train_rows.append(metric_row(label, m.key, values, m.fmt, groups=groups_of, better=m.direction))
     train_rows = [row for row in train_rows if not all(c["gap"] for c in row["cells"])]
     return eval_rows, train_rows
+
+
+def _star_only_when_distinguished(row: dict, runs: list[RunData], m: Metric) -> None:
+    """Take the star off a per-prompt score's best run when the paired interval against the next run
+    (`run_interval`) includes zero: the report names no winner that the interval does not support."""
+    best = next((i for i, c in enumerate(row["cells"]) if c["best"]), None)
+    if best is None or not _mean_of_prompt_scores(runs, m.field):
+        return
+    values = row["values"]
+    rest = [i for i, v in enumerate(values) if i != best and v is not None and math.isfinite(v)]
+    second = (max if m.direction > 0 else min)(rest, key=lambda i: values[i])
+    interval = run_interval(runs[best], runs[second], m.field)
+    if interval is not None and not interval.distinguishes():
+        row["cells"][best]["best"] = False
+
+
+def _mean_of_prompt_scores(runs: list[RunData], key: str) -> bool:
+    """Whether eval.json's `key` is the mean of the per-prompt scores eval_samples.jsonl holds (a corpus
+    score such as BLEU is not), as the scorer eval.json records for it says."""
+    for r in runs:
+        declared = (r.eval.scorers or {}).get(key) if r.eval is not None else None
+        kind = declared_kind(declared) if declared is not None else None
+        if kind is not None:
+            return kind.corpus is None
+    return False
 
 
 def _base_note(run: RunData, m: Metric, base: float | None) -> str:
@@ -417,6 +446,50 @@ def _shared_prefix(prompts: list[str]) -> str:
     return prefix if len(prefix) > 20 and all(len(p) > len(prefix) for p in prompts) else ""
 
 
+def judge_bars(runs: list[RunData]) -> list[dict[str, Any]]:
+    """One win / tie / loss bar per run whose eval.json holds a judge's verdicts (the run against its baseline)."""
+    bars = []
+    for r in runs:
+        j = r.eval.judge if r.eval is not None else None
+        if j is None or not j.n:
+            continue
+        baseline = r.eval.models.get("baseline")
+        bars.append(
+            {
+                "run": r.name,
+                "baseline": (baseline.label if baseline is not None else None) or "baseline",
+                "model": j.model,
+                "n": j.n,
+                "parts": [
+                    (name, count, 100 * count / j.n)
+                    for name, count in (("wins", j.wins), ("ties", j.ties), ("losses", j.losses))
+                ],
+                "win_rate": f"{j.win_rate:.1%} ({j.win_rate_low:.1%}..{j.win_rate_high:.1%}), {j.verdict()}",
+                "consistency": "-" if j.position_consistency is None else f"{j.position_consistency:.0%}",
+                "failed": j.failed_pairs,
+            }
+        )
+    return bars
+
+
+def benchmark_rows(runs: list[RunData]) -> list[dict[str, Any]]:
+    """One row per run and lm-eval task of `tunelab eval --tasks`: tuned and baseline, each ± lm-eval's
+    standard error, and the difference."""
+
+    def pm(row, value: float | None, stderr: float | None) -> str:
+        return "-" if value is None else row.format(value) + (f" ± {row.format(stderr)}" if stderr is not None else "")
+
+    rows = []
+    for r in runs:
+        for task, b in ((r.eval.benchmarks if r.eval is not None else None) or {}).items():
+            row = benchmark_row(task, b.metric, b.higher_is_better)
+            diff = "-" if b.diff is None else ("+" if b.diff > 0 else "") + row.format(b.diff)
+            tuned, baseline = pm(row, b.tuned, b.tuned_stderr), pm(row, b.baseline, b.baseline_stderr)
+            rows.append({"run": r.name, "task": task, "metric": b.metric, "tuned": tuned, "baseline": baseline})
+            rows[-1].update(diff=diff, examples=b.examples)
+    return rows
+
+
 def build_context(runs: list[RunData], max_prompts: int) -> dict[str, Any]:
     differ, same = config_tables(runs)
     eval_rows, train_rows = metrics_tables(runs)
@@ -427,6 +500,8 @@ def build_context(runs: list[RunData], max_prompts: int) -> dict[str, Any]:
         "differ": differ,
         "same": same,
         "eval_rows": eval_rows,
+        "judge": judge_bars(runs),
+        "benchmarks": benchmark_rows(runs),
         "train_rows": train_rows,
         "plots": all_curves(runs),
         "samples": sample_sections(runs, max_prompts),

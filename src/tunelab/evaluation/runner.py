@@ -25,9 +25,12 @@ from typing import Any
 
 from tunelab.data.prepare import tokenize_rows
 from tunelab.errors import TunelabError
+from tunelab.evaluation.benchmarks import Benchmarks, TaskScore, load_benchmarks, run_benchmarks
+from tunelab.evaluation.gate import Gates, check_gates
 from tunelab.evaluation.heldout import EvalRows, check_args, load_eval_rows
 from tunelab.evaluation.intervals import score_intervals
-from tunelab.evaluation.leakage import rows_leakage
+from tunelab.evaluation.judge import AnswerPairs, JudgeSpec, PairVerdict, judge_spec, run_judge
+from tunelab.evaluation.leakage import prompt_text, rows_leakage
 from tunelab.evaluation.leakage import warning as leakage_warning
 from tunelab.evaluation.metrics import metric_table
 from tunelab.evaluation.pair_accuracy import has_pairs, preference_scores, tokenized_pairs
@@ -35,10 +38,11 @@ from tunelab.inference.generate import GenerationSettings, generate_batch
 from tunelab.inference.target import Target, base_model_id, load_target, model_folders, resolve_target
 from tunelab.outputs import Output, check_output, write_text
 from tunelab.runs import EvalRecord, RunDir
-from tunelab.runs.metric_table import MetricTable
+from tunelab.runs.metric_table import BENCH_PREFIX, JUDGE_WIN_RATE, MetricTable
 from tunelab.runs.reading import read_json
-from tunelab.runs.records import EvalLeakage, ModelMeta
+from tunelab.runs.records import BenchmarkScore, EvalLeakage, ModelMeta
 from tunelab.scoring import Scorer, config_scorers, merged, score_set
+from tunelab.scoring.weighted import unscored_as_missing, weighted_scorers
 
 # `--out`: a folder eval adds its two files to; an earlier one holds an eval.json as `_record` writes it.
 EVAL_RESULTS = Output(
@@ -58,6 +62,7 @@ class ModelResult:
     answers: list[str] = field(default_factory=list)
     scores: list[dict[str, float | None]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    benchmarks: dict[str, TaskScore] = field(default_factory=dict)  # lm-eval task -> its score (`--tasks`)
 
 
 @dataclass
@@ -110,37 +115,97 @@ def settings_for(target: Target, max_new_tokens: int | None, batch_size: int | N
 
 
 def eval_scorers(target: Target, extra: list[Scorer] | None) -> list[Scorer]:
-    """The run's eval.scorers (or the default set), with the `--scorer` ones added (replacing any of
-    the same name); a bad declaration is a ConfigError naming it."""
+    """The run's eval.scorers (or the default set), then a GRPO run's rewards (their scorers, without the
+    weights), then the `--scorer` ones, each replacing any earlier one of the same name; a bad declaration
+    is a ConfigError naming it."""
     config = target.config
     source = str(target.run_dir / "config.yaml") if target.run_dir is not None else None
-    return merged(config_scorers(config.eval.scorers if config else None, source), extra or [])
+    chosen = config_scorers(config.eval.scorers if config else None, source)
+    if config is not None and config.training.method == "grpo":
+        # the held-out reward re-scored by the scorers training summed: a reward wins over an eval scorer of its name
+        chosen = merged(chosen, [unscored_as_missing(s) for s, _ in weighted_scorers(config.grpo.rewards, source)])
+    return merged(chosen, extra or [])
 
 
-def _score(
-    result: ModelResult,
-    model,
-    tokenizer,
-    rows: EvalRows,
-    prompts,
-    references,
-    settings,
-    loss_batch,
-    progress,
-    scorers: list[Scorer],
-) -> None:
+@dataclass
+class EvalRequest:
+    """What `tunelab eval` was asked: the target, the prompts, the baseline, where results go, and what
+    else to measure (`--scorer`, `--judge`, `--tasks`; the gates are only checked here, before any
+    weights load, and applied to the record by the caller)."""
+
+    target: str
+    data: str | None = None
+    split: str = "test"
+    limit: int | None = None
+    baseline: str | None = None
+    use_baseline: bool = True
+    out_dir: str | Path | None = None
+    max_new_tokens: int | None = None
+    batch_size: int | None = None
+    trust_remote_code: bool = False
+    scorers: list[Scorer] = field(default_factory=list)
+    judge: str | None = None
+    judge_model: str | None = None
+    judge_concurrency: int | None = None
+    tasks: list[str] | None = None
+    gates: Gates | None = None
+
+
+@dataclass
+class EvalPlan:
+    """Everything settled before the first weights load: what is scored, on which rows, against what."""
+
+    target: Target
+    base_target: Target | None  # None: the target's own weights with the adapter off (or no baseline)
+    models: list[ModelResult]
+    rows: EvalRows
+    scorers: list[Scorer]
+    settings: GenerationSettings
+    loss_batch: int
+    out: Path
+    judging: JudgeSpec | None
+    benchmarks: Benchmarks | None
+    leakage: EvalLeakage | None = None
+    prompts: list[str] = field(default_factory=list)  # rendered by the target's tokenizer, once it is loaded
+    references: list[str] = field(default_factory=list)
+
+
+def _score(result: ModelResult, model, tokenizer, plan: EvalPlan, progress) -> None:
+    """One model's loss, answers and scores on the plan's rows, prompts and references."""
+    rows, prompts, references = plan.rows, plan.prompts, plan.references
     if not rows.generates:  # raw text: judged by its loss and perplexity alone, as continued pre-training is
-        result.metrics = response_loss(model, tokenizer, rows, loss_batch)
+        result.metrics = response_loss(model, tokenizer, rows, plan.loss_batch)
         return
     task = progress.add_task(result.label, total=len(prompts)) if progress is not None else None
     on_batch = (lambda n: progress.advance(task, n)) if progress is not None else None
-    result.answers = generate_batch(model, tokenizer, prompts, settings, on_batch=on_batch)
-    result.scores, aggregates = score_set(scorers, prompts, result.answers, references, rows.rows)
-    result.metrics = {**response_loss(model, tokenizer, rows, loss_batch), **aggregates}
+    result.answers = generate_batch(model, tokenizer, prompts, plan.settings, on_batch=on_batch)
+    result.scores, aggregates = score_set(plan.scorers, prompts, result.answers, references, rows.rows)
+    result.metrics = {**response_loss(model, tokenizer, rows, plan.loss_batch), **aggregates}
     if has_pairs(rows.rows):  # preference rows: is the chosen answer the likelier one?
         result.metrics.update(
-            preference_scores(model, tokenizer, tokenized_pairs(rows.raw, rows.spec, tokenizer), loss_batch)
+            preference_scores(model, tokenizer, tokenized_pairs(rows.raw, rows.spec, tokenizer), plan.loss_batch)
         )
+    if plan.benchmarks is not None:
+        result.benchmarks = run_benchmarks(plan.benchmarks, model, tokenizer, plan.loss_batch)
+
+
+def benchmark_record(models: list[ModelResult]) -> dict[str, BenchmarkScore]:
+    """Each task's score of the target, beside the baseline's (when there is one) and the difference."""
+    target, base = models[0].benchmarks, (models[1].benchmarks if len(models) > 1 else {})
+    record = {}
+    for name, t in target.items():
+        b = base.get(name)
+        record[name] = BenchmarkScore(
+            metric=t.metric,
+            tuned=t.value,
+            tuned_stderr=t.stderr,
+            baseline=b.value if b else None,
+            baseline_stderr=b.stderr if b else None,
+            diff=t.value - b.value if b else None,
+            higher_is_better=t.higher_is_better,
+            examples=t.examples,
+        )
+    return record
 
 
 def _release_memory() -> None:
@@ -232,95 +297,150 @@ def run_step(target: Target) -> int | None:
     return int(name.removeprefix("step-")) if name.startswith("step-") and name[5:].isdigit() else None
 
 
-def evaluate(
-    target_text: str,
-    data: str | None = None,
-    split: str = "test",
-    limit: int | None = None,
-    baseline: str | None = None,
-    use_baseline: bool = True,
-    out_dir: str | Path | None = None,
-    max_new_tokens: int | None = None,
-    batch_size: int | None = None,
-    console=None,
-    sinks: list[Any] | None = None,
-    trust_remote_code: bool = False,
-    scorers: list[Scorer] | None = None,
-) -> EvalResult:
+def evaluate(request: EvalRequest, console=None, sinks: list[Any] | None = None) -> EvalResult:
     """Evaluate a target (and its baseline) and write eval.json + eval_samples.jsonl atomically.
 
-    The baseline is `baseline` when given, else the target's base model when there is one
+    The baseline is `request.baseline` when given, else the model the target's run started from
     (`use_baseline=False`: none). `sinks` (tracker clients) get `log_metrics(record)` with the
     aggregates as `eval/<metric>` and `eval/baseline/<metric>` at the run's step, and
-    `log_samples(step, rows)` with one row per example and model. `scorers` (`--scorer`) are added
-    to the run's eval.scorers.
+    `log_samples(step, rows)` with one row per example and model. `request.scorers` (`--scorer`) are
+    added to the run's eval.scorers; a judge (`--judge`, else the run's eval.judge) compares the
+    target's answers with the baseline's (`evaluation.judge`); `tasks` are lm-eval benchmarks run on
+    both models (`evaluation.benchmarks`).
     """
     t0 = time.perf_counter()
-    target = resolve_target(target_text, trust_remote_code)
-    check_args(target, data, split)
-    chosen = eval_scorers(target, scorers)
-    base_target = resolve_target(baseline, trust_remote_code) if baseline else None
-    out = Path(out_dir) if out_dir is not None else target.run_dir
-    if out is None:
-        raise TunelabError(f"{target_text}: not a run directory; say where to write eval.json", hint="pass --out DIR")
-    out = check_output(out, "--out", EVAL_RESULTS, model_folders(target), overwrite=True, home=target.run_dir)
-    rows = load_eval_rows(target, data, split, limit)
-    settings = settings_for(target, max_new_tokens, batch_size)
-    loss_batch = (target.config.training.eval_batch_size or target.config.training.batch_size) if target.config else 8
-
-    label = target.run_dir.name if target.run_dir is not None else _short(target_text)
-    models = [ModelResult("target", label, str(target.adapter or target.base))]
-    base_row, base_target = baseline_model(target, base_target, use_baseline)
-    models += [base_row] if base_row is not None else []
-    leakage = check_leakage(target, rows, data, split, console)
-
-    model, tokenizer = load_target(target)
-    prompts, references = rows.prompts(tokenizer), rows.references()
-
+    plan = plan_eval(request, console)
+    model, tokenizer = load_target(plan.target)
+    plan.prompts, plan.references = plan.rows.prompts(tokenizer), plan.rows.references()
     with _progress(console) as progress:
-        _score(models[0], model, tokenizer, rows, prompts, references, settings, loss_batch, progress, chosen)
-        if len(models) > 1:
-            if base_target is None:  # the same weights with the LoRA layers switched off
-                with model.disable_adapter():
-                    _score(
-                        models[1], model, tokenizer, rows, prompts, references, settings, loss_batch, progress, chosen
-                    )
-            else:  # two sets of weights need not fit in memory together
-                del model
-                _release_memory()
-                model, base_tok = load_target(base_target)
-                _score(models[1], model, base_tok, rows, prompts, references, settings, loss_batch, progress, chosen)
+        _score(plan.models[0], model, tokenizer, plan, progress)
+        if len(plan.models) > 1:
+            model = _score_baseline(plan, model, tokenizer, progress)
     del model
     _release_memory()
+    judged = judge_answers(plan, console, request.trust_remote_code) if plan.judging else None
 
-    record = _record(target, rows, settings, models, chosen, time.perf_counter() - t0)
-    record.leakage = leakage
-    RunDir(out).write_eval(record, _sample_records(prompts, references, models), write_text)
-    step = record.step or 0
+    record = _record(plan, time.perf_counter() - t0)
+    record.judge = judged[0] if judged else None
+    samples = _sample_records(plan.prompts, plan.references, plan.models, judged[1] if judged else None)
+    RunDir(plan.out).write_eval(record, samples, write_text)
     for sink in sinks or []:
-        logged = {"step": step}
-        for m in models:
-            prefix = "eval/" if m.role == "target" else "eval/baseline/"
-            logged.update({prefix + k: v for k, v in m.metrics.items()})
-        sink.log_metrics(logged)
-        if not rows.generates:
-            continue
-        # the training sample table's shape (what sinks render), the model named in the settings column
-        sink.log_samples(
-            step,
-            [
-                {
-                    "step": step,
-                    "prompt": p,
-                    "generation": m.answers[i],
-                    "reference": r,
-                    "settings": {**settings.as_dict(), "model": m.label},
-                }
-                for m in models
-                for i, (p, r) in enumerate(zip(prompts, references, strict=True))
-            ],
+        _log_to_sink(sink, record.step or 0, plan)
+    return EvalResult(record, plan.models, plan.out, metric_table(plan.scorers))
+
+
+def plan_eval(request: EvalRequest, console) -> EvalPlan:
+    """Every check and choice before weights load: the target and its baseline, the output folder, the
+    rows, the scorers, the judge, the benchmarks and the gates; then the leakage check (a warning)."""
+    target = resolve_target(request.target, request.trust_remote_code)
+    check_args(target, request.data, request.split)
+    chosen = eval_scorers(target, request.scorers)
+    named_baseline = resolve_target(request.baseline, request.trust_remote_code) if request.baseline else None
+    judging = requested_judge(target, request, console)
+    out = Path(request.out_dir) if request.out_dir is not None else target.run_dir
+    if out is None:
+        raise TunelabError(
+            f"{request.target}: not a run directory; say where to write eval.json", hint="pass --out DIR"
         )
-    return EvalResult(record, models, out, metric_table(chosen))
+    out = check_output(out, "--out", EVAL_RESULTS, model_folders(target), overwrite=True, home=target.run_dir)
+    rows = load_eval_rows(target, request.data, request.split, request.limit)
+    config = target.config
+    label = target.run_dir.name if target.run_dir is not None else _short(request.target)
+    models = [ModelResult("target", label, str(target.adapter or target.base))]
+    base_row, base_target = baseline_model(target, named_baseline, request.use_baseline)
+    models += [base_row] if base_row is not None else []
+    if judging is not None and (len(models) < 2 or not rows.generates):
+        what = "raw text: nothing is generated" if not rows.generates else "the target has no baseline to compare with"
+        raise TunelabError(f"judge: {what}", hint="pass --baseline TARGET" if rows.generates else None)
+    benchmarks = load_benchmarks(request.tasks) if request.tasks else None
+    if request.gates:
+        directions = {row.field: row.direction for row in metric_table(chosen).at("eval")}
+        names = benchmarks.names if benchmarks else ()
+        check_gates(request.gates, names, directions, len(models) > 1, judging is not None)
+    plan = EvalPlan(
+        target=target,
+        base_target=base_target,
+        models=models,
+        rows=rows,
+        scorers=chosen,
+        settings=settings_for(target, request.max_new_tokens, request.batch_size),
+        loss_batch=(config.training.eval_batch_size or config.training.batch_size) if config else 8,
+        out=out,
+        judging=judging,
+        benchmarks=benchmarks,
+    )
+    plan.leakage = check_leakage(target, rows, request.data, request.split, console)
+    return plan
+
+
+def _score_baseline(plan: EvalPlan, model, tokenizer, progress):
+    """The baseline's scores: the same weights with the LoRA layers off, or its own weights loaded in place of
+    the target's (two sets of weights need not fit in memory together). Returns the model still loaded."""
+    if plan.base_target is None:
+        with model.disable_adapter():
+            _score(plan.models[1], model, tokenizer, plan, progress)
+        return model
+    del model
+    _release_memory()
+    model, base_tokenizer = load_target(plan.base_target)
+    _score(plan.models[1], model, base_tokenizer, plan, progress)
+    return model
+
+
+def _log_to_sink(sink, step: int, plan: EvalPlan) -> None:
+    """A tracker gets every model's metrics (`eval/...`, `eval/baseline/...`) and, when answers were generated,
+    the training sample table's shape with the model named in the settings column."""
+    logged = {"step": step}
+    for m in plan.models:
+        prefix = "eval/" if m.role == "target" else "eval/baseline/"
+        logged.update({prefix + k: v for k, v in m.metrics.items()})
+        logged.update({f"{prefix}{BENCH_PREFIX}{task}": score.value for task, score in m.benchmarks.items()})
+    sink.log_metrics(logged)
+    if not plan.rows.generates:
+        return
+    settings = plan.settings.as_dict()
+    sink.log_samples(
+        step,
+        [
+            {
+                "step": step,
+                "prompt": p,
+                "generation": m.answers[i],
+                "reference": r,
+                "settings": {**settings, "model": m.label},
+            }
+            for m in plan.models
+            for i, (p, r) in enumerate(zip(plan.prompts, plan.references, strict=True))
+        ],
+    )
+
+
+def requested_judge(target: Target, request: EvalRequest, console) -> JudgeSpec | None:
+    """The judge `--judge` or the run's eval.judge names, checked before any weights load (a judge TARGET
+    resolved); None for no judge. `--no-baseline` refuses `--judge` and skips the config's judge."""
+    config = target.config.eval.judge if target.config is not None else None
+    spec = judge_spec(config, request.judge, request.judge_model, request.judge_concurrency)
+    if spec is None or request.use_baseline:
+        if spec is not None and spec.target is not None:
+            resolve_target(spec.target, request.trust_remote_code)
+        return spec
+    if request.judge is not None:
+        raise TunelabError("--judge compares the target with its baseline; --no-baseline leaves none")
+    if console is not None:
+        console.print("[dim]eval.judge skipped: --no-baseline leaves nothing to compare with[/]")
+    return None
+
+
+def judge_answers(plan: EvalPlan, console, trust_remote_code: bool):
+    """The judge's record and per-prompt verdicts on the target's answers against the baseline's; the win
+    rate joins the target's metrics (what runs list / compare, sweeps and the trackers read)."""
+    rows, models = plan.rows, plan.models
+    instructions = [prompt_text(r, rows.prompt).strip() or p for r, p in zip(rows.rows, plan.prompts, strict=True)]
+    with _progress(console) as progress:
+        pairs = AnswerPairs(instructions, models[0].answers, models[1].answers)
+        result, verdicts = run_judge(plan.judging, pairs, trust_remote_code, progress)
+    models[0].metrics[JUDGE_WIN_RATE] = result.win_rate
+    return result, verdicts
 
 
 def _short(text: str) -> str:
@@ -343,9 +463,10 @@ def _progress(console):
     )
 
 
-def _record(
-    target: Target, rows: EvalRows, settings, models: list[ModelResult], scorers: list[Scorer], seconds: float
-) -> EvalRecord:
+def _record(plan: EvalPlan, seconds: float) -> EvalRecord:
+    """eval.json: what was evaluated on what, each model's metrics, the differences with their intervals, the
+    leakage found and the benchmarks."""
+    target, rows, models, scorers = plan.target, plan.rows, plan.models, plan.scorers
     refs = rows.references()
     record = EvalRecord(
         target=target.text,
@@ -358,11 +479,13 @@ def _record(
             "prompt_format": rows.prompt.format,
             "reference_words": sum(len(r.split()) for r in refs) / len(refs),
         },
-        generation=settings.as_dict(),
+        generation=plan.settings.as_dict(),
         models={m.role: {"label": m.label, "model": m.spec, "metrics": m.metrics} for m in models},
         time_s=round(seconds, 2),
         scorers={s.key: s.declaration() for s in scorers},  # what each metric key means, to rerun it
     )
+    record.leakage = plan.leakage
+    record.benchmarks = benchmark_record(models) if plan.benchmarks else None
     if len(models) > 1:
         a, b = models[0].metrics, models[1].metrics
         record.difference = {k: a[k] - b[k] for k in a if k in b}
@@ -394,10 +517,12 @@ def check_leakage(target: Target, rows: EvalRows, data: str | None, split: str, 
     return leak
 
 
-def _sample_records(prompts, references, models: list[ModelResult]) -> list[dict[str, Any]]:
+def _sample_records(
+    prompts, references, models: list[ModelResult], judged: list[PairVerdict] | None = None
+) -> list[dict[str, Any]]:
     if not all(m.answers for m in models):
         return []  # raw text: nothing was generated, only the loss measured
-    return [
+    rows = [
         {
             "index": i,
             "prompt": p,
@@ -407,3 +532,6 @@ def _sample_records(prompts, references, models: list[ModelResult]) -> list[dict
         }
         for i, (p, r) in enumerate(zip(prompts, references, strict=True))
     ]
+    for row, verdict in zip(rows, judged or [], strict=False):
+        row["judge"] = verdict.sample()
+    return rows

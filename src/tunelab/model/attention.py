@@ -4,7 +4,7 @@ TRL's padding-free packing flattens a micro-batch into one row whose position id
 example. Plain SDPA then attends over the whole row under a block-diagonal mask: on the CPU, where
 there is no variable-length flash kernel, that is quadratic in the row length. This kernel splits
 the row at the position-id resets and runs causal SDPA per example, which gives the same result
-(tests/test_model.py checks logits against unpacked examples) with a fraction of the work. Anything
+(tests/unit/model/test_model.py checks logits against unpacked examples) with a fraction of the work. Anything
 else (batches with padding, generation with a KV cache) goes to transformers' own SDPA.
 """
 

@@ -50,6 +50,34 @@ def resolve_model(cfg: RunConfig, path: str | None = None, home=None) -> Resolve
     return ResolvedModel(cfg.model.name, path, read_model_config(cfg, path))
 
 
+class ResolvedOnce:
+    """One process's asks for a run's model, answered from one resolution: the plans made before the run
+    loads it (how many processes fit, the strategy; asked by rules and launcher alike) and the run itself
+    share it, so config.json is read once however many ask."""
+
+    def __init__(self, cfg: RunConfig, resolved: ResolvedModel | None = None):
+        self.cfg = cfg
+        self._resolved = resolved
+        self._unplannable = False  # planning asked and no config.json could be had
+
+    def for_planning(self) -> ResolvedModel | None:
+        """The model to plan from, found without needing weights; None when no config.json can be had (a hub
+        model while offline): the planners then choose what is safe."""
+        if self._resolved is None and not self._unplannable:
+            try:
+                self._resolved = resolve_model(self.cfg)
+            except TunelabError:
+                self._unplannable = True
+        return self._resolved
+
+    def at(self, path: str) -> ResolvedModel:
+        """The run's model loading from `path` (found with its weights checked): the one planned from when
+        it was found there, else resolved now."""
+        if self._resolved is None or self._resolved.path != path:
+            self._resolved = resolve_model(self.cfg, path)
+        return self._resolved
+
+
 def read_model_config(cfg: RunConfig, path: str) -> Any:
     """config.json of the model at `path` (from the local hub cache when the hub is unreachable)."""
     from transformers import AutoConfig

@@ -107,7 +107,9 @@ def estimate(
     kv = getattr(mcfg, "num_key_value_heads", heads) or heads
     h_kv = h * kv // heads
     b = batch_size or cfg.training.batch_size
-    seq = cfg.training.max_length
+    grpo = cfg.training.method == "grpo"
+    # grpo trains on prompt + sampled completion: up to max_length + max_completion_length tokens a row
+    seq = cfg.training.max_length + (cfg.grpo.max_completion_length if grpo else 0)
     tokens = b * seq
     # per token per layer: norm inputs (fp32), q/k/v and rotated q/k, attention out, o_proj in,
     # MLP gate/up/act/product (SwiGLU), plus LoRA inputs
@@ -138,9 +140,25 @@ def estimate(
         "activations": acts,
         "logits_and_loss": logits,
     }
+    if grpo:
+        parts.update(_rollout_parts(cfg, mcfg, weights, layers, h_kv, seq, act_b, acts + logits))
     base = sum(parts.values())
     parts["overhead"] = base * GPU_ALLOCATOR_SLACK if on_gpu else CPU_PROCESS_OVERHEAD
     return Plan(parts, device, tokens, ckpt)
+
+
+def _rollout_parts(cfg: RunConfig, mcfg, weights: float, layers: int, h_kv: int, seq: int, act_b: int, train_peak):
+    """grpo: the KV cache of one generation batch (batch_size x grad_accum sequences of prompt + completion, every
+    layer's keys and values), counted beyond the training step's activations and logits, which are freed while
+    TRL generates; and a frozen copy of the weights as the reference model when grpo.beta > 0 and the whole model
+    trains (with LoRA the reference is the base with the adapter switched off: no copy)."""
+    t = cfg.training
+    kv = t.batch_size * t.grad_accum * seq * layers * 2 * h_kv * act_b
+    sampling_logits = t.batch_size * t.grad_accum * mcfg.vocab_size * 4  # the last position's, per sampled token
+    out = {"rollout_kv_cache": max(0.0, kv + sampling_logits - train_peak)}
+    if cfg.grpo.beta > 0 and cfg.adapter.type != "lora":
+        out["reference_model"] = weights
+    return out
 
 
 def parse_memory(text: str) -> float:
@@ -194,17 +212,6 @@ def decide_checkpointing(cfg: RunConfig, resolved: ResolvedModel | None, device:
         return True
     budget = available_memory(device) * (0.9 if device.startswith("cuda") else 0.7)
     return estimate(cfg, resolved, device, checkpointing=False).total > budget
-
-
-def resolve_for_planning(cfg: RunConfig) -> ResolvedModel | None:
-    """The run's model for a plan made before the run resolves it (a launcher's check), or None when no
-    config.json can be had (a hub model while offline): the callers then choose what is safe."""
-    from tunelab.model.resolve import resolve_model
-
-    try:
-        return resolve_model(cfg)
-    except TunelabError:
-        return None
 
 
 def describe(plan: Plan) -> list[tuple[str, str]]:

@@ -40,6 +40,7 @@ class RunDir:
     final = property(lambda self: self.path / "final")
     metrics = property(lambda self: self.path / "metrics.jsonl")
     samples = property(lambda self: self.path / "samples.jsonl")
+    rollouts = property(lambda self: self.path / "rollouts.jsonl")  # grpo: sampled completions, rewards, advantages
     summary = property(lambda self: self.path / "summary.json")
     marker = property(lambda self: self.path / MARKER)
     lineage = property(lambda self: self.path / "lineage.json")
@@ -139,7 +140,7 @@ class RunDir:
     def truncate_logs(self, step: int) -> dict[str, int]:
         """Drop the records past `step` from the JSONL logs (a resume re-runs those steps); counts dropped."""
         dropped = {}
-        for path in (self.metrics, self.samples, self.system):
+        for path in (self.metrics, self.samples, self.rollouts, self.system):
             if not path.is_file():
                 continue
             keep, n = [], 0

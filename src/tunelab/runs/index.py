@@ -19,6 +19,8 @@ SUMMARY_KEYS = ("status", "steps", "train_tokens", *(m.key for m in TABLE.at("su
 # `runs compare`'s names for eval.json's metrics of each model
 EVAL_ROLES = (("target", "eval_"), ("baseline", "eval_baseline_"))
 EVAL_INTERVAL_PREFIX = "eval_vs_baseline_"  # the 95 % interval of target - baseline and its verdict
+# `runs compare`'s names for the lm-eval tasks' scores of each model (`tunelab eval --tasks`); each has a _stderr beside
+BENCH_ROLES = (("tuned", "bench_"), ("baseline", "bench_baseline_"))
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -72,8 +74,23 @@ def row(run: Path) -> dict[str, Any]:
         FINAL_TRAIN_LOSS: s.final_train_loss if s else None,
         FINAL_EVAL_LOSS: s.final_eval_loss if s else None,
         "duration_s": s.wall_time_s if s else None,
+        "benchmarks": benchmarks_cell(rd),
         "path": str(run),
     }
+
+
+def benchmarks_cell(rd: RunDir) -> str | None:
+    """`runs list`'s short account of `tunelab eval --tasks`: each task's tuned score and its difference.
+    A damaged eval.json leaves it empty: the run is still listed (`runs compare` names the damage)."""
+    try:
+        ev = rd.read_eval()
+    except DamagedRun:
+        return None
+    parts = [
+        f"{task} {b.tuned:.3f}" + (f" ({b.diff:+.3f})" if b.diff is not None else "")
+        for task, b in ((ev.benchmarks if ev is not None else None) or {}).items()
+    ]
+    return ", ".join(parts) or None
 
 
 def show(run: Path) -> dict[str, Any]:
@@ -134,6 +151,9 @@ def metrics_of(run: Path) -> dict[str, Any]:
         out.update({prefix + k: v for k, v in ev.metrics(role).items()})
     for k, interval in (ev.intervals or {}).items():  # how sure each difference from the baseline is
         out[EVAL_INTERVAL_PREFIX + k] = f"{interval.low:+.3g}..{interval.high:+.3g}: {interval.verdict()}"
+    for task, b in (ev.benchmarks or {}).items():
+        for role, prefix in BENCH_ROLES:
+            out[prefix + task], out[f"{prefix}{task}_stderr"] = getattr(b, role), getattr(b, f"{role}_stderr")
     return out
 
 

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 # Where a value is written: metrics.jsonl at every logging step ("log") or at each evaluation
-# ("evaluation", what a pruner can follow), summary.json once at the end, eval.json by `tunelab eval`.
-Where = Literal["log", "evaluation", "summary", "eval"]
+# ("evaluation", what a pruner can follow), summary.json once at the end, eval.json by `tunelab eval`
+# (its metrics, "eval", and its lm-eval tasks of `--tasks`, "benchmark": `benchmark_row`).
+Where = Literal["log", "evaluation", "summary", "eval", "benchmark"]
 
 EVAL_PREFIX = "eval."  # eval.json's metrics, as a sweep objective names them (eval.loss is not the training loss)
 SAMPLES_PREFIX = "samples_"  # a scorer's mean over the sample answers at each evaluation
+BENCH_PREFIX = "bench."  # an lm-eval task's score in eval.json's `benchmarks` (`tunelab eval --tasks`)
 
 LOSS = "loss"
 EVAL_LOSS = "eval_loss"
@@ -35,7 +37,10 @@ PREFERENCE_ACCURACY = "preference_accuracy"
 PREFERENCE_ACCURACY_BEFORE = "preference_accuracy_before"
 PREFERENCE_ACCURACY_AFTER = "preference_accuracy_after"
 PREFERENCE_MARGIN = "preference_margin"
+JUDGE_WIN_RATE = "judge_win_rate"  # eval.json's target metric: the pairwise judge's win rate over the baseline
 REWARD_MARGINS = "rewards/margins"
+REWARD = "reward"  # grpo: the rollouts' weighted reward, mean over a logging interval (TRL's key)
+HELDOUT_REWARD = "heldout_reward"  # grpo: the rewards' weighted sum over the greedy sample answers
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,10 @@ class Metric:
 
     @property
     def field(self) -> str:
-        """The key inside the file that holds it (eval.json's metrics drop the `eval.` prefix)."""
+        """The key inside the file that holds it (eval.json's metrics drop the `eval.` prefix, its
+        benchmarks are keyed by the task's name)."""
+        if self.where == "benchmark":
+            return self.key.removeprefix(BENCH_PREFIX)
         return self.key.removeprefix(EVAL_PREFIX) if self.where == "eval" else self.key
 
     def format(self, value: Any) -> str:
@@ -84,6 +92,8 @@ FIXED: tuple[Metric, ...] = (
     Metric(SAMPLES_EXACT_MATCH, "sample exact match", "pct", 1, "evaluation"),
     Metric(PREFERENCE_ACCURACY, "held-out preference accuracy (chosen likelier)", "pct", 1, "evaluation"),
     Metric(PREFERENCE_MARGIN, "held-out preference margin (nats)", "{:.3f}", 1, "evaluation"),
+    Metric(REWARD, "mean reward (training rollouts)", "{:.3f}", 1, "log"),
+    Metric(HELDOUT_REWARD, "held-out reward (greedy sample answers)", "{:.3f}", 1, "evaluation"),
     Metric(FINAL_TRAIN_LOSS, "final train loss", "{:.4f}", -1, "summary", logged_as=LOSS),
     Metric(FINAL_EVAL_LOSS, "final eval loss", "{:.4f}", -1, "summary", logged_as=EVAL_LOSS),
     # before training: a starting point, not a result (no run is better for starting higher)
@@ -105,6 +115,15 @@ FIXED: tuple[Metric, ...] = (
         "summary",
         logged_as=PREFERENCE_ACCURACY,
     ),
+    Metric("heldout_reward_before", "held-out reward, before training", "{:.3f}", 0, "summary"),
+    Metric(
+        "heldout_reward_after",
+        "held-out reward, last evaluation",
+        "{:.3f}",
+        1,
+        "summary",
+        logged_as=HELDOUT_REWARD,
+    ),
     Metric("tokens_per_s", "training tokens/s", "{:,.0f}", 0, "summary"),
     Metric("achieved_tflops", "achieved TFLOP/s", "{:.2f}", 0, "summary"),
     Metric("peak_rss_mb", "peak memory (MB RSS)", "{:,.0f}", 0, "summary"),
@@ -115,6 +134,7 @@ FIXED: tuple[Metric, ...] = (
     Metric(EVAL_PREFIX + "perplexity", "perplexity", "{:.2f}", -1, "eval"),
     Metric(EVAL_PREFIX + PREFERENCE_ACCURACY, "preference accuracy (chosen likelier)", "pct", 1, "eval"),
     Metric(EVAL_PREFIX + PREFERENCE_MARGIN, "preference margin (nats)", "{:.3f}", 1, "eval"),
+    Metric(EVAL_PREFIX + JUDGE_WIN_RATE, "judge win rate vs baseline (ties half)", "pct", 1, "eval"),
 )
 
 
@@ -170,6 +190,12 @@ class MetricTable:
             if key in self.rows:
                 return self.rows[key].direction
         return -1 if name.endswith(LOSS) else 0
+
+
+def benchmark_row(task: str, metric: str = "acc", higher_is_better: bool = True) -> Metric:
+    """The row of one lm-eval task (`bench.<task>`; one per task, since each reports its own primary
+    metric), in lm-eval's own four decimals; its field in eval.json's `benchmarks` is the task name."""
+    return Metric(BENCH_PREFIX + task, f"{task} ({metric})", "{:.4f}", 1 if higher_is_better else -1, "benchmark")
 
 
 def _spellings(name: str) -> list[str]:

@@ -91,6 +91,10 @@ class Summary(Record):
     final_eval_loss: float | None = None
     samples_exact_match_before: float | None = None
     samples_exact_match_after: float | None = None
+    heldout_reward_before: float | None = None  # grpo: the rewards' weighted sum over the sample answers
+    heldout_reward_after: float | None = None
+    reward_failures: dict[str, int] | None = None  # grpo: completions each reward could not score
+    heldout_reward_failures: dict[str, int] | None = None  # grpo: held-out answers each reward could not score
     parameters: Parameters | None = None
     data: DataStats | None = None
     config: dict[str, Any] | None = None
@@ -177,6 +181,60 @@ class EvalLeakage(Record):
     examples: list[int] = Field(default_factory=list)  # indices of the first flagged prompts in eval_samples.jsonl
 
 
+class JudgeResult(Record):
+    """The pairwise judge's verdicts on target vs baseline (`evaluation.judge`): each prompt asked in both
+    orders, a win or loss only when both orders agree, else a tie. The win rate counts a tie as half a
+    win (AlpacaEval's convention); its interval is a seeded bootstrap over the prompts."""
+
+    model: str  # the judge's model id
+    endpoint: str | None = None  # the API's URL without credentials, or the TARGET served in-process
+    template: str  # the judge prompt as sent (placeholders unfilled)
+    template_source: str | None = None  # "default" or the file it was read from
+    template_sha256: str | None = None
+    n: int  # prompts judged
+    wins: int
+    ties: int
+    losses: int
+    win_rate: Number  # (wins + ties / 2) / n
+    win_rate_low: Number
+    win_rate_high: Number
+    ties_as: str = "half"
+    interval: str | None = None  # how the interval was computed
+    position_consistency: Number | None = None  # share of prompts whose two verdicts agreed (both parsed)
+    inconsistent: int = 0  # prompts whose two orders disagreed (counted as ties)
+    failed_pairs: int = 0  # prompts with an order that got no verdict (counted as ties)
+    requests: int = 0  # HTTP requests sent, retries included
+    retries: int = 0
+    failures: int = 0  # questions (one order of one prompt) that got no verdict after every attempt
+    unparsable: int = 0  # replies without a `Verdict:` line
+    rate_limited: int = 0  # 429 answers
+    prompt_tokens: int = 0  # from the API's `usage`, when it reports one
+    completion_tokens: int = 0
+    errors: dict[str, int] = Field(default_factory=dict)  # why attempts failed, counted
+
+    def verdict(self) -> str:
+        """better / worse when the interval of the win rate excludes one half, else "not distinguishable"."""
+        if self.win_rate_low > 0.5:
+            return "better"
+        if self.win_rate_high < 0.5:
+            return "worse"
+        return f"not distinguishable on {self.n} prompts"
+
+
+class BenchmarkScore(Record):
+    """One lm-eval task of `tunelab eval --tasks` (`evaluation.benchmarks`): its primary metric for the
+    target and the baseline, each with lm-eval's own standard error, and target - baseline."""
+
+    metric: str  # lm-eval's name: acc, acc_norm, exact_match...
+    tuned: Number
+    tuned_stderr: Number | None = None
+    baseline: Number | None = None
+    baseline_stderr: Number | None = None
+    diff: Number | None = None
+    higher_is_better: bool = True
+    examples: int | None = None
+
+
 class EvalRecord(Record):
     """eval.json, what `tunelab eval` writes: the target and its baseline on the same examples.
 
@@ -195,6 +253,8 @@ class EvalRecord(Record):
     scorers: dict[str, Any] | None = None  # metric key -> the scorer's declaration {kind: parameters}
     intervals: dict[str, EvalInterval] | None = None  # metric key -> 95 % interval of `difference` (newer files)
     leakage: EvalLeakage | None = None  # held-out prompts found in the training rows (a run's own split)
+    judge: JudgeResult | None = None  # the pairwise judge's verdicts (`tunelab eval --judge`)
+    benchmarks: dict[str, BenchmarkScore] | None = None  # lm-eval task -> its scores (`--tasks`)
 
     def metrics(self, role: str = "target") -> dict[str, float]:
         """The metrics of one model (`target` or `baseline`); empty when it has none."""
@@ -203,7 +263,8 @@ class EvalRecord(Record):
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
-        for key in ("difference", "scorers", "intervals", "leakage"):  # absent, not null, when there are none
+        # absent, not null, when there are none
+        for key in ("difference", "scorers", "intervals", "leakage", "judge", "benchmarks"):
             if d.get(key) is None:
                 d.pop(key, None)
         return d

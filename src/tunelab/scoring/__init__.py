@@ -1,7 +1,7 @@
 """Scorers, one registry: what scores `tunelab eval`, the sample tables during training and sweep
 objectives (and, later, rewards). `tunelab scorers` lists them."""
 
-from tunelab.scoring import checks, python, text, tool_call  # noqa: F401 (each registers its kinds)
+from tunelab.scoring import checks, python, rubric, text, tool_call  # noqa: F401 (each registers its kinds)
 from tunelab.scoring.aggregate import aggregate, score_answers, score_set
 from tunelab.scoring.registry import (
     DEFAULT_SCORERS,

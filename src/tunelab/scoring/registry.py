@@ -126,6 +126,15 @@ def declared_metric(item: Any) -> ScorerMetric | None:
         return None
 
 
+def declared_kind(item: Any) -> Kind | None:
+    """The kind of a declaration (as `declared_metric` reads it, nothing imported); None for one this
+    tunelab cannot read."""
+    try:
+        return _parse(item)[0]
+    except ValueError:
+        return None
+
+
 def _known_names() -> str:
     return ", ".join(sorted(REGISTRY))
 

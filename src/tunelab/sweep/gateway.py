@@ -28,6 +28,7 @@ from tunelab.evaluation.metrics import config_metrics, metric_table
 from tunelab.runs import EvalRecord, RunDir, Summary
 from tunelab.runs.metric_table import (
     EVAL_PREFIX,
+    JUDGE_WIN_RATE,
     SAMPLES_EXACT_MATCH,
     SAMPLES_EXACT_MATCH_AFTER,
     SAMPLES_EXACT_MATCH_BEFORE,
@@ -234,6 +235,8 @@ def metric_problem(metric: str, cfg: RunConfig, pruning: bool) -> str | None:
         return f"{metric}: the run scores no sample metrics but exact match (eval.generation_metrics is off)"
     if metric == "peak_gpu_mb" and cfg.model.device == "cpu":
         return f"{metric}: a CPU run has no GPU peak"
+    if metric == EVAL_PREFIX + JUDGE_WIN_RATE and not cfg.eval.judge.configured:
+        return f"{metric}: the run names no judge (set eval.judge.url or eval.judge.target)"
     if pruning:
         if row.where not in FOLLOWED:
             followed = ", ".join(m.key for m in table.at(*FOLLOWED))
@@ -274,10 +277,13 @@ def train_trial(cfg: RunConfig, *, resume: bool, overwrite: bool, callbacks: lis
 
 
 def evaluate_trial(run_path: Path, console) -> dict[str, Any]:
-    """`tunelab eval RUN --no-baseline`: the run's own test split; returns eval.json's target metrics."""
-    from tunelab.evaluation.runner import evaluate
+    """`tunelab eval RUN --no-baseline`: the run's own test split; returns eval.json's target metrics. A run
+    whose config names a judge (eval.judge) is evaluated against its baseline, which the judge compares with."""
+    from tunelab.evaluation.runner import EvalRequest, evaluate
 
-    result = evaluate(str(run_path), use_baseline=False, console=console)
+    saved = saved_config(run_path)
+    judged = saved is not None and build_config(saved).eval.judge.configured
+    result = evaluate(EvalRequest(str(run_path), use_baseline=judged), console=console)
     return dict(result.models[0].metrics)
 
 

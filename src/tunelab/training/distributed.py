@@ -30,7 +30,7 @@ from tunelab.errors import TunelabError
 
 if TYPE_CHECKING:
     from tunelab.config import RunConfig
-    from tunelab.model.resolve import ResolvedModel
+    from tunelab.model.resolve import ResolvedOnce
     from tunelab.perf.machine import Machine, ProcessFit
 
 T = TypeVar("T")
@@ -231,11 +231,11 @@ def backend_for(cfg: RunConfig, on_cpu: bool) -> str:
 
 
 def resolve_strategy(
-    cfg: RunConfig, world_size: int, device: str, local_size: int | None = None, resolved: ResolvedModel | None = None
+    cfg: RunConfig, world_size: int, device: str, local_size: int | None = None, model: ResolvedOnce | None = None
 ) -> str:
     """`none` for one process; else `distributed.strategy`, with `auto` = ddp for LoRA / QLoRA and,
-    for full fine-tuning, ddp when one device holds the whole run (the memory plan of `resolved`, the
-    run's model, resolved here when the caller has not), else fsdp2."""
+    for full fine-tuning, ddp when one device holds the whole run (the memory plan of the run's model,
+    from `model`, the process's one resolution of it), else fsdp2."""
     if world_size <= 1:
         return "none"
     s = cfg.distributed.strategy
@@ -243,9 +243,10 @@ def resolve_strategy(
         return s
     if cfg.adapter.type == "lora" or not device.startswith("cuda"):
         return "ddp"  # LoRA: replicas are small; the CPU: accelerate shards on GPUs only
-    from tunelab.perf.plan import estimate, resolve_for_planning
+    from tunelab.model.resolve import ResolvedOnce
+    from tunelab.perf.plan import estimate
 
-    resolved = resolved or resolve_for_planning(cfg)
+    resolved = (model or ResolvedOnce(cfg)).for_planning()
     if resolved is None:
         return "fsdp2"  # no config.json to plan from: shard, the choice that fits
     ckpt = cfg.training.gradient_checkpointing in (True, "auto")
@@ -267,7 +268,12 @@ PLAN_NEED = "a CPU run of this config needs about {gib} GiB per process (model, 
 
 
 def process_fit(
-    cfg, nproc: int, flag: str = "--nproc", machine: Machine | None = None, planned: bool = True
+    cfg,
+    nproc: int,
+    flag: str = "--nproc",
+    machine: Machine | None = None,
+    planned: bool = True,
+    model: ResolvedOnce | None = None,
 ) -> ProcessFit:
     """How `nproc` processes of this run fit this machine (a `perf.machine.ProcessFit`): the one rule that
     `train --nproc`, `validate --nproc` and a rank torchrun / accelerate launch started all apply.
@@ -275,7 +281,8 @@ def process_fit(
     A GPU run takes one process per GPU. A CPU run takes as many as the memory holds, each one rank's
     memory plan, and a warning beyond the cores. `planned=False` loads no library and answers in well
     under a second: the floor of any process, which refuses `--nproc 64` on a small machine before
-    anything else happens; the plan (torch and transformers loaded) refines it before any process starts."""
+    anything else happens; the plan (torch and transformers loaded) refines it before any process starts.
+    `model`: the process's one resolution of the run's model (`model.resolve.ResolvedOnce`)."""
     from tunelab.perf.machine import Machine, ProcessFit, processes_fit
     from tunelab.perf.plan import CPU_PROCESS_OVERHEAD
 
@@ -295,17 +302,18 @@ def process_fit(
                 f"one process per GPU: {flag} {n} (processes share GPUs only over distributed.backend=gloo, for tests)",
             )
         return floor
-    per_rank = cpu_rank_memory(cfg, nproc)
+    per_rank = cpu_rank_memory(cfg, nproc, model)
     return floor if per_rank is None else processes_fit(nproc, per_rank, machine, PLAN_NEED, flag)
 
 
-def cpu_rank_memory(cfg: RunConfig, nproc: int) -> float | None:
+def cpu_rank_memory(cfg: RunConfig, nproc: int, model: ResolvedOnce | None = None) -> float | None:
     """One CPU rank's planned peak in bytes (DDP: the CPU's only strategy), or None without a model config
-    to plan from (a hub model while offline)."""
-    from tunelab.perf.plan import decide_checkpointing, resolve_for_planning
+    to plan from (a hub model while offline); `model`: the process's one resolution of the run's model."""
+    from tunelab.model.resolve import ResolvedOnce
+    from tunelab.perf.plan import decide_checkpointing
     from tunelab.perf.sharding import rank_estimator
 
-    resolved = resolve_for_planning(cfg)
+    resolved = (model or ResolvedOnce(cfg)).for_planning()
     if resolved is None:
         return None
     ckpt = cfg.training.gradient_checkpointing
@@ -512,6 +520,8 @@ class RankTokens:
     rank_tokens = 0
 
     def training_step(self, model, inputs, *args, **kwargs):
+        if not isinstance(inputs, dict):  # GRPO gets rows of prompts; its tokens are counted as it generates
+            return super().training_step(model, inputs, *args, **kwargs)
         mask, ids = inputs.get("attention_mask"), inputs.get("input_ids")
         pad = getattr(self.processing_class, "pad_token_id", None)
         if mask is not None:

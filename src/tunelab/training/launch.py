@@ -108,19 +108,21 @@ def preflight(cfg: RunConfig, launch: Launch, resume: bool) -> tuple[str, str | 
     """What every rank would refuse (`training.rules`, as `validate --nproc` lists it), refused once here
     (after `early_checks`); returns the strategy and a warning about the number of processes (None when
     there is none)."""
+    from tunelab.model.resolve import ResolvedOnce
     from tunelab.runs import RunLock
     from tunelab.training.rules import Situation, before_load, raise_first, run_dir_for
 
     device = "cpu" if dist.runs_on_cpu(cfg) else "cuda:0"
+    model = ResolvedOnce(cfg)  # the rules' plans and the strategy below read config.json once
     situation = Situation(
-        resume=resume, processes=launch.world_size, local_processes=launch.nproc, device=device, fit=True
+        resume=resume, processes=launch.world_size, local_processes=launch.nproc, device=device, fit=True, model=model
     )
     notes = raise_first(before_load(cfg, situation))
     run = run_dir_for(cfg, resume)
     if launch.node_rank == 0 and run.path.parent.is_dir():
         RunLock(run.path).acquire().release()  # in use by another run: said now, not by rank 0 later
     warning = next((note.line() for note in notes if note.field == "--nproc"), None)  # the ranks say the rest
-    return dist.resolve_strategy(cfg, launch.world_size, device, launch.nproc), warning
+    return dist.resolve_strategy(cfg, launch.world_size, device, launch.nproc, model), warning
 
 
 def launch_run(

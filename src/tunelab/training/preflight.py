@@ -18,7 +18,15 @@ from typing import Any
 
 from tunelab.config.schema import RunConfig
 from tunelab.errors import TunelabError
-from tunelab.training.rules import Finding, Situation, before_load, findings_of, problems_of, tiny_preset
+from tunelab.training.rules import (
+    Finding,
+    Situation,
+    before_load,
+    findings_of,
+    grpo_rows,
+    problems_of,
+    tiny_preset,
+)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
@@ -162,6 +170,7 @@ def data_findings(
         return (unchecked if unchecked and not sit.hub else findings_of(e, "data.train.path")), {}
     skipped = f", skipped {stats['rows_skipped']}" if stats["rows_skipped"] else ""
     found = [Finding("ok", "data", f"{stats['train_rows']} train rows, {stats['test_rows']} test rows{skipped}")]
+    found += grpo_rows(cfg, train.rows)
     if tokenizer is not None and cfg.prompt.format == "messages":
         found += problems_of(lambda: _render_chats(cfg, tokenizer, train.rows, test.rows), "prompt.format")
     return found, stats

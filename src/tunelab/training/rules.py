@@ -18,12 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tunelab.config import RunConfig
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.runs import RunDir, check_run_dir
 from tunelab.writability import check_writable
+
+if TYPE_CHECKING:
+    from tunelab.model.resolve import ResolvedOnce
 
 Severity = Literal["problem", "note", "ok"]
 
@@ -55,6 +58,8 @@ class Situation:
     device: str | None = None  # this process's device when it is settled (a rank's cuda:LOCAL_RANK)
     fit: bool = False  # check that the processes fit this machine (the launcher does; its ranks need not)
     hub: bool = True  # the hub may be asked (a sweep's checks never do)
+    # the process's one resolution of the run's model, which the memory plans ask (a new one when None)
+    model: ResolvedOnce | None = dataclass_field(default=None, compare=False)
 
     @property
     def per_machine(self) -> int:
@@ -98,15 +103,19 @@ def raise_first(findings: list[Finding]) -> list[Finding]:
 
 def before_load(cfg: RunConfig, sit: Situation) -> list[Finding]:
     """Every rule that reads only the config, the machine and the file system, in the order train meets them."""
+    from tunelab.model.resolve import ResolvedOnce
+
     found: list[Finding] = []
     device = sit.device or _device(cfg, sit, found)
+    model = sit.model or ResolvedOnce(cfg)  # the fit and the strategy plan from one reading of config.json
     found += precision(cfg, device)
     found += kernels(cfg, device)
     if sit.fit:
-        found += processes(cfg, sit.per_machine)
-    found += strategy(cfg, sit.processes, device, sit.per_machine)
+        found += processes(cfg, sit.per_machine, model)
+    found += strategy(cfg, sit.processes, device, sit.per_machine, model)
     found += tiny_preset(cfg)
     found += scorers(cfg)
+    found += grpo(cfg, sit.processes, device)
     found += writable_outputs(cfg)
     found += problems_of(lambda: start_point(cfg, sit), "--resume" if resuming(cfg, sit.resume) else "output.name")
     return found
@@ -169,18 +178,24 @@ def kernels(cfg: RunConfig, device: str) -> list[Finding]:
     return [Finding("ok", "training.kernels", chosen.why)]
 
 
-def processes(cfg: RunConfig, nproc: int) -> list[Finding]:
+def processes(cfg: RunConfig, nproc: int, model: ResolvedOnce | None = None) -> list[Finding]:
     """`--nproc N`: the flag, and how N processes fit this machine (`distributed.process_fit`, the one rule)."""
     from tunelab.training import distributed as dist
 
     found = problems_of(lambda: check_nproc(nproc), "--nproc")
     if found:
         return found
-    fit = dist.process_fit(cfg, nproc)
+    fit = dist.process_fit(cfg, nproc, model=model)
     return [Finding(fit.kind, "--nproc", fit.message, fit.hint)]
 
 
-def strategy(cfg: RunConfig, processes: int, device: str | None, per_machine: int | None = None) -> list[Finding]:
+def strategy(
+    cfg: RunConfig,
+    processes: int,
+    device: str | None,
+    per_machine: int | None = None,
+    model: ResolvedOnce | None = None,
+) -> list[Finding]:
     """The strategy of several processes, with its backend; `device` None: as far as the config alone decides
     it (what `train --nproc` refuses before any library loads)."""
     from tunelab.training import distributed as dist
@@ -196,7 +211,7 @@ def strategy(cfg: RunConfig, processes: int, device: str | None, per_machine: in
         )
     on_cpu = device == "cpu"
     found = problems_of(lambda: dist.backend_for(cfg, on_cpu), "distributed.backend")
-    chosen = dist.resolve_strategy(cfg, processes, device, per_machine)
+    chosen = dist.resolve_strategy(cfg, processes, device, per_machine, model)
     return found + problems_of(lambda: dist.check_strategy(cfg, chosen, on_cpu), "distributed.strategy")
 
 
@@ -213,6 +228,70 @@ def scorers(cfg: RunConfig) -> list[Finding]:
     from tunelab.scoring import config_scorers
 
     return problems_of(lambda: config_scorers(cfg.eval.scorers), "eval.scorers")
+
+
+def grpo(cfg: RunConfig, processes: int = 1, device: str | None = None) -> list[Finding]:
+    """training.method grpo: the rewards built (`training.rewards` owns the rule), the generation batch that TRL
+    splits into whole groups of grpo.num_generations, and where the rollouts are generated."""
+    if cfg.training.method != "grpo":
+        return []
+    from tunelab.scoring.weighted import FIELD
+    from tunelab.training.rewards import build_rewards
+
+    found = problems_of(lambda: build_rewards(cfg.grpo.rewards), FIELD)
+    t, groups = cfg.training, cfg.grpo.num_generations
+    per_step = t.batch_size * t.grad_accum * max(1, processes)
+    if per_step % groups:
+        found.append(
+            Finding(
+                "problem",
+                "training.batch_size",
+                f"batch_size x grad_accum{' x processes' if processes > 1 else ''} = {per_step} completions per "
+                f"step is not a multiple of grpo.num_generations ({groups}); TRL samples whole groups",
+                hint=f"make batch_size x grad_accum a multiple of {groups}",
+            )
+        )
+    found += _rollout_engine(cfg, device)
+    return found
+
+
+def _rollout_engine(cfg: RunConfig, device: str | None) -> list[Finding]:
+    """grpo.vllm_mode: colocate needs vLLM and a GPU; without them the rollouts run in transformers (a note)."""
+    if cfg.grpo.vllm_mode is None:
+        return [Finding("ok", "grpo.vllm_mode", "rollouts generated with transformers")]
+    from importlib.util import find_spec
+
+    if device is not None and not device.startswith("cuda"):
+        why = f"vLLM needs a GPU (device {device})"
+    elif find_spec("vllm") is None:
+        why = "vllm is not installed (pip install 'tunelab[vllm]')"
+    else:
+        return [Finding("ok", "grpo.vllm_mode", "rollouts generated with vLLM, colocated")]
+    return [Finding("note", "grpo.vllm_mode", f"{why}; the rollouts are generated with transformers")]
+
+
+def vllm_rollouts(cfg: RunConfig, device: str) -> bool:
+    """Whether this run's rollouts go through vLLM (what `_rollout_engine` says, as a decision)."""
+    return cfg.grpo.vllm_mode is not None and all(f.severity == "ok" for f in _rollout_engine(cfg, device))
+
+
+def grpo_rows(cfg: RunConfig, rows: list[dict]) -> list[Finding]:
+    """The training rows hold the reference answer every reward that needs one compares with."""
+    if cfg.training.method != "grpo":
+        return []
+    from tunelab.training.rewards import build_rewards, reference_problem
+
+    try:
+        rewards = build_rewards(cfg.grpo.rewards)
+    except TunelabError:
+        return []  # said by `grpo`
+    problem = reference_problem(rows, cfg, rewards)
+    field = "grpo.reference_column" if cfg.grpo.reference_column else "grpo.rewards"
+    return (
+        [Finding("problem", field, problem, hint="set grpo.reference_column to the column that holds it")]
+        if problem
+        else []
+    )
 
 
 def output_targets(cfg: RunConfig) -> list[tuple[str, Path]]:

@@ -34,7 +34,7 @@ from tunelab.model.adapters import adapter_warnings, apply_adapter, parameter_re
 from tunelab.model.kernels import apply_kernels, resolve_kernels
 from tunelab.model.loading import load_model, load_tokenizer
 from tunelab.model.precision import run_precision, run_weight_dtype
-from tunelab.model.resolve import ResolvedModel, resolve_model, resolve_model_path
+from tunelab.model.resolve import ResolvedModel, ResolvedOnce, resolve_model_path
 from tunelab.runs import DataStats, RunDir, RunLock, Summary, prepare_run_dir
 from tunelab.scoring import config_scorers
 from tunelab.training import distributed as dist
@@ -48,7 +48,7 @@ from tunelab.training.callbacks import (
 from tunelab.training.figures import packing_efficiency, peak_memory_mb, row_lengths
 from tunelab.training.preference_trainer import PreferenceCallback, preference_args, sample_rows
 from tunelab.training.resume import checkpoint_step, resume_command
-from tunelab.training.rules import Situation, before_load, raise_first, run_dir_for, start_point
+from tunelab.training.rules import Situation, before_load, grpo_rows, raise_first, run_dir_for, start_point
 from tunelab.training.trainer import evaluated_at, make_trainer_class, save_final_model, sft_config
 
 
@@ -113,7 +113,12 @@ def _settle_launch(cfg: RunConfig, config_path, resume, console, sinks, command,
     if not world.is_main:
         console.quiet = True  # rank 0 speaks for the job (the others' tracebacks still reach stderr)
     device = world.device(cfg.model)  # cuda:LOCAL_RANK, never device_map="auto"
-    situation = Situation(resume=resume, processes=world.size, local_processes=world.local_size, device=device)
+    # one resolution of the model for the process: the strategy's plan (full fine-tuning on several GPUs)
+    # before the lock, and the run after it
+    model = ResolvedOnce(cfg)
+    situation = Situation(
+        resume=resume, processes=world.size, local_processes=world.local_size, device=device, model=model
+    )
     for note in raise_first(before_load(cfg, situation)):  # what validate lists, refused before anything loads
         console.print(Text(f"warning: {note.line()}", style="yellow"), soft_wrap=True)
     return RunStart(
@@ -127,7 +132,7 @@ def _settle_launch(cfg: RunConfig, config_path, resume, console, sinks, command,
         run_name=cfg.output.name or "run",
         situation=situation,
         world=world,
-        strategy=dist.resolve_strategy(cfg, world.size, device, world.local_size),
+        strategy=dist.resolve_strategy(cfg, world.size, device, world.local_size, model),
         backend=backend,
     )
 
@@ -190,7 +195,8 @@ class TrainingRun:
             check_adapter_fits(init, cfg.adapter)
         self.init = init
         path = world.main_first(lambda: resolve_model_path(init.base if init is not None else cfg.model.name))
-        self.resolved = resolve_model(cfg, path)  # once for the run: the loaders and the memory planner take it
+        # once for the run (the plans before the lock included): the loaders and the memory planner take it
+        self.resolved = self.launch.situation.model.at(path)
         self.tokenizer = load_tokenizer(cfg.model, path, cfg.prompt.chat_template)
         data = world.main_first(lambda: prepare_data(cfg, self.tokenizer, self.console, self.home))  # rank 0 tokenizes
         self.console.print(
@@ -202,6 +208,7 @@ class TrainingRun:
             self.console.print(Text(f"warning: {line}", style="yellow"), soft_wrap=True)
         data.stats["notes"] = notes
         check_lost_answers(data.stats, cfg)
+        raise_first(grpo_rows(cfg, data.train_rows))  # a reward's reference in every row, before weights load
         self.data = data
 
     def _load_model(self) -> None:
@@ -273,11 +280,7 @@ class TrainingRun:
         extra = dist.trainer_args(cfg, launch.strategy, launch.backend, self.model)
         args = sft_config(cfg, self.run, self.device, data.test is not None, self.checkpointing, extra)
         trainer = make_trainer_class(cfg.training.method)(
-            model=self.model,
-            args=args if cfg.training.method == "sft" else preference_args(cfg, args),
-            train_dataset=data.train,
-            eval_dataset=data.test,
-            processing_class=self.tokenizer,
+            model=self.model, processing_class=self.tokenizer, **self._method_inputs(args)
         )
         trainer.run, trainer.keep = self.run, cfg.training.save_total_limit
         # a silent fall-back to one process is a bug, said loudly
@@ -292,6 +295,24 @@ class TrainingRun:
         )
         print_plan(cfg, data, trainer, self.console)
         self.trainer = trainer
+
+    def _method_inputs(self, args) -> dict:
+        """The trainer arguments, data and (grpo) rewards of the run's training method."""
+        cfg, data = self.cfg, self.data
+        if cfg.training.method == "grpo":
+            from tunelab.training.grpo_trainer import grpo_args
+            from tunelab.training.rewards import build_rewards, prompt_dataset
+
+            return {
+                "args": grpo_args(cfg, args, self.device),
+                "train_dataset": prompt_dataset(data.train_rows, cfg, self.tokenizer),
+                "rewards": build_rewards(cfg.grpo.rewards),
+                "console": self.console,
+                "rollouts_every": cfg.training.eval_steps,  # and the last step
+            }
+        if cfg.training.is_preference:
+            args = preference_args(cfg, args)
+        return {"args": args, "train_dataset": data.train, "eval_dataset": data.test}
 
     def _print_model_line(self) -> None:
         cfg, params, kernels = self.cfg, self.params, self.kernels
@@ -316,7 +337,7 @@ class TrainingRun:
             self.metrics_cb, self.console, cfg.training.progress_every_s, dist.global_batch(cfg, world.size)
         )
         self.samples_cb = self._samples_callback()
-        if cfg.training.method != "sft" and cfg.preference.eval_pairs and self.data.test_rows and world.is_main:
+        if cfg.training.is_preference and cfg.preference.eval_pairs and self.data.test_rows and world.is_main:
             pairs = _held_out_pairs(cfg, self.data.test_rows, self.tokenizer)
             self.pref_cb = PreferenceCallback(self.run, pairs, self.tokenizer, self.sinks, clock=self.metrics_cb)
         self.stopper = GracefulStop(self.console, agree=world.agree_signal)  # every rank stops after the same step
@@ -340,16 +361,31 @@ class TrainingRun:
         if not (cfg.samples.enabled and cfg.samples.num_prompts and self.data.test_rows and self.world.is_main):
             return None
         # rank 0 generates between steps while the others wait in the next step's all-reduce
+        rows = sample_rows(self.data.test_rows)[: cfg.samples.num_prompts]
+        common = dict(dense_weights=self.dense_samples, clock=self.metrics_cb)
+        settings = cfg.samples.generation()
+        if cfg.training.method == "grpo":  # the held-out reward, scored by the rewards themselves
+            from tunelab.training.grpo_trainer import HeldOutReward
+            from tunelab.training.rewards import build_rewards
+
+            rewards = build_rewards(cfg.grpo.rewards)
+            every = cfg.training.eval_steps
+            return HeldOutReward(
+                self.run,
+                rows,
+                cfg.prompt,
+                self.tokenizer,
+                settings,
+                self.sinks,
+                rewards=rewards,
+                cfg=cfg,
+                every=every,
+                console=self.console,
+                **common,
+            )
+        scorers = config_scorers(cfg.eval.scorers) if cfg.eval.generation_metrics else None
         return SamplesCallback(
-            self.run,
-            sample_rows(self.data.test_rows)[: cfg.samples.num_prompts],
-            cfg.prompt,
-            self.tokenizer,
-            cfg.samples.generation(),
-            self.sinks,
-            scorers=config_scorers(cfg.eval.scorers) if cfg.eval.generation_metrics else None,
-            dense_weights=self.dense_samples,
-            clock=self.metrics_cb,
+            self.run, rows, cfg.prompt, self.tokenizer, settings, self.sinks, scorers=scorers, **common
         )
 
     # --- 5. fit
@@ -396,7 +432,7 @@ class TrainingRun:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         if (
             self.stopper.signal is None
-            and self.data.test is not None
+            and trainer.eval_dataset is not None  # grpo: the held-out reward instead (HeldOutReward)
             and not evaluated_at(trainer, trainer.state.global_step)
         ):
             trainer.evaluate()
@@ -443,10 +479,22 @@ class TrainingRun:
             samples_exact_match_before=self.before,
             samples_exact_match_after=self._exact_match_after(),
             **(self.pref_cb.summary() if self.pref_cb is not None else {}),
+            **self._grpo_figures(),
             parameters=self.params,
             data=DataStats.model_validate(self.data.stats),
             config=config_to_dict(cfg),
         )
+
+    def _grpo_figures(self) -> dict:
+        """grpo: the held-out reward before / after and the completions each reward left unscored."""
+        failures = getattr(self.trainer, "reward_failures", None)
+        if failures is None:
+            return {}
+        from tunelab.training.grpo_trainer import HeldOutReward
+
+        if isinstance(self.samples_cb, HeldOutReward):
+            return self.samples_cb.summary(failures)
+        return {"reward_failures": dict(failures)}
 
     def _speed_figures(self) -> dict:
         """Times, tokens, speed, MFU and memory: where each rank ran and what it did, speeds over rank 0's
@@ -532,7 +580,7 @@ def print_plan(cfg: RunConfig, data, trainer, console) -> None:
 
     t = cfg.training
     per_step = t.batch_size * t.grad_accum * max(1, trainer.args.world_size)
-    sequences = len(trainer.train_dataset)
+    sequences = len(trainer.train_dataset) * (cfg.grpo.num_generations if t.method == "grpo" else 1)
     world_size = max(1, trainer.args.world_size)
     per_epoch = max(1, math.ceil(math.ceil(sequences / (t.batch_size * world_size)) / t.grad_accum))
     steps = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * per_epoch)

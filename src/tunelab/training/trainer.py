@@ -62,7 +62,12 @@ def sft_config(
 def make_trainer_class(method: str = "sft"):
     from trl import SFTTrainer
 
-    base = SFTTrainer if method == "sft" else preference_trainer(method)  # TRL's DPOTrainer / KTOTrainer
+    if method == "grpo":
+        from tunelab.training.grpo_trainer import grpo_trainer
+
+        base = grpo_trainer()  # TRL's GRPOTrainer
+    else:
+        base = SFTTrainer if method == "sft" else preference_trainer(method)  # TRL's DPOTrainer / KTOTrainer
 
     class TunelabTrainer(dist.RankTokens, base):
         """SFTTrainer whose checkpoints land in checkpoints/step-NNNNNN/ once fully written."""
