@@ -69,7 +69,7 @@ NEIGHBOURS: dict[str, tuple[list[str], str]] = {
         "50000000 rows is above the most synthetic data holds",
     ),
     # not among the choices
-    "method_unknown": (["training.method=ppo"], "training.method: Input should be 'sft', 'dpo' or 'kto'"),
+    "method_unknown": (["training.method=ppo"], "training.method: Input should be 'sft', 'dpo', 'kto' or 'grpo'"),
     "dtype_unknown": (["model.dtype=int3"], "model.dtype: Input should be 'auto', 'bf16'"),
     "on_bad_row_unknown": (["data.on_bad_row=ignore"], "data.on_bad_row: Input should be 'error' or 'skip'"),
     "prompt_format_unknown": (["prompt.format=xml"], "prompt.format: Input should be 'alpaca'"),

@@ -44,6 +44,34 @@ def _bytes(dtype: str) -> int:
     return dtype_bytes(dtype)
 
 
+def _linear_bytes(cfg: RunConfig, model, wdtype: str, act_b: int) -> tuple[float, float, float]:
+    """The Linear layers' weight bytes (as quantized), the LoRA adapter's parameter count, and the LoRA
+    activations kept for backward per token (all layers together)."""
+    import torch
+
+    q, targets = cfg.quantization.bits, cfg.adapter.target_modules
+    lora = cfg.adapter.type == "lora"
+    weights = adapter = lora_act_per_token = 0.0
+    for name, mod in model.named_modules():
+        if not isinstance(mod, torch.nn.Linear):
+            continue
+        short = name.rsplit(".", 1)[-1]
+        n = mod.in_features * mod.out_features
+        is_head = short == "lm_head"
+        if q == 4 and not is_head:
+            # NF4: half a byte per weight; absmax per 64 weights, itself 8-bit with double quantization
+            weights += n * 0.5 + n / 64 * (1.0 + 4 / 256 if cfg.quantization.double_quant else 4.0)
+        elif q == 8 and not is_head:
+            weights += n * 1.0 + mod.out_features * 4
+        else:
+            weights += n * _bytes(wdtype)
+        if lora and not is_head and (targets == "all-linear" or short in targets):
+            adapter += cfg.adapter.r * (mod.in_features + mod.out_features)
+            # kept for backward: the (dropped-out) input and the rank-r intermediate
+            lora_act_per_token += (mod.in_features * (2 if cfg.adapter.dropout > 0 else 1) + cfg.adapter.r) * act_b
+    return weights, adapter, lora_act_per_token
+
+
 def estimate(
     cfg: RunConfig,
     resolved: ResolvedModel,
@@ -67,27 +95,7 @@ def estimate(
     act_b = _bytes(prec if prec != "fp32" else wdtype) if on_gpu else 4
     q = cfg.quantization.bits
     lora = cfg.adapter.type == "lora"
-    targets = cfg.adapter.target_modules
-
-    weights = adapter = 0.0
-    lora_act_per_token = 0.0
-    for name, mod in model.named_modules():
-        if not isinstance(mod, torch.nn.Linear):
-            continue
-        short = name.rsplit(".", 1)[-1]
-        n = mod.in_features * mod.out_features
-        is_head = short == "lm_head"
-        if q == 4 and not is_head:
-            # NF4: half a byte per weight; absmax per 64 weights, itself 8-bit with double quantization
-            weights += n * 0.5 + n / 64 * (1.0 + 4 / 256 if cfg.quantization.double_quant else 4.0)
-        elif q == 8 and not is_head:
-            weights += n * 1.0 + mod.out_features * 4
-        else:
-            weights += n * _bytes(wdtype)
-        if lora and not is_head and (targets == "all-linear" or short in targets):
-            adapter += cfg.adapter.r * (mod.in_features + mod.out_features)
-            # kept for backward: the (dropped-out) input and the rank-r intermediate
-            lora_act_per_token += (mod.in_features * (2 if cfg.adapter.dropout > 0 else 1) + cfg.adapter.r) * act_b
+    weights, adapter, lora_act_per_token = _linear_bytes(cfg, model, wdtype, act_b)
     other = sum(
         p.numel() for m in model.modules() if not isinstance(m, torch.nn.Linear) for p in m.parameters(recurse=False)
     )
