@@ -22,7 +22,7 @@ from tunelab.config.schema import PromptConfig
 from tunelab.data.conversations import RowProblem, normalize_messages
 from tunelab.data.templates import render_segments
 from tunelab.data.tokens import adds_bos as tokenizer_adds_bos
-from tunelab.data.tokens import needs_bos
+from tunelab.data.tokens import loss_counter, needs_bos
 
 
 def _answer_text(value: Any, name: str) -> str:
@@ -129,7 +129,6 @@ def iter_pairs(raw, spec, tokenizer, counts: Counter, method: str, chunk: int = 
     prompt + answer is truncated (or dropped with data.too_long: drop). `counts` and `by_source` (per
     training source) count each, and the answer tokens truncation cut (`too_long_tokens_cut`).
     """
-    from tunelab.data.prepare import loss_counter
 
     max_len, eos = spec.max_length, tokenizer.eos_token_id
     cfg = spec.prompt.model_copy(update={"train_on": "response"})

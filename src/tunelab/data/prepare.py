@@ -25,7 +25,7 @@ from tunelab.config.schema import PromptConfig, RunConfig
 from tunelab.data.sources import RawRows, read_source
 from tunelab.data.templates import render_segments
 from tunelab.data.tokens import adds_bos as tokenizer_adds_bos
-from tunelab.data.tokens import needs_bos
+from tunelab.data.tokens import loss_counter, needs_bos
 from tunelab.data.validate import validate_rows
 from tunelab.errors import ConfigError, DataError
 
@@ -380,18 +380,6 @@ def iter_tokenized(
             origin_out.append(origin)
         if ids_out:
             yield {"input_ids": ids_out, "labels": labels_out, "origin": origin_out}
-
-
-def loss_counter(counts: Counter, by_source: dict[int, Counter] | None, origin: int):
-    """`lose(key, n)`: add n to `counts` and to the example's source's own counter."""
-
-    def lose(key: str, n: int = 1) -> None:
-        if n:
-            counts[key] += n
-            if by_source is not None:
-                by_source.setdefault(origin, Counter())[key] += n
-
-    return lose
 
 
 def _calls_per_answer(row: dict[str, Any], prompt: PromptConfig) -> list[int]:

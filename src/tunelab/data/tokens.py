@@ -7,6 +7,7 @@ starts with it, as some chat templates do) and tokenizes the text without specia
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 
@@ -26,3 +27,15 @@ def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
     """Token ids of a rendered prompt exactly as training tokenized its prompt part."""
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     return [tokenizer.bos_token_id, *ids] if needs_bos(tokenizer, prompt) else ids
+
+
+def loss_counter(counts: Counter, by_source: dict[int, Counter] | None, origin: int):
+    """`lose(key, n)`: add n to `counts` and to the example's source's own counter."""
+
+    def lose(key: str, n: int = 1) -> None:
+        if n:
+            counts[key] += n
+            if by_source is not None:
+                by_source.setdefault(origin, Counter())[key] += n
+
+    return lose
