@@ -1,10 +1,9 @@
 """`tunelab eval --tasks` through the real CLI: the shipped lm-eval task (`tunelab_synthetic`, offline)
 on a QLoRA run and its base, and the no-regression gate's exit codes.
 
-The run is conftest.quickstart_run (the quickstart cut to 150 steps, shared with the eval tests). Measured
-at 100 steps: tunelab_synthetic acc 0.8133 ± 0.0319 tuned vs 0.5067 ± 0.0410 base (150 rows, three
-choices each); at 60 steps 0.6467 vs 0.5067. The margin
-asserted below is half the measured one.
+The run is conftest.quickstart_run (the quickstart cut to 150 steps, shared with the eval tests). The
+margin asserted below (tuned >= base + 0.15) is half of the one measured once at 100 steps (0.81 vs 0.51);
+a 150-step run is trained further, so its margin is at least that.
 """
 
 import json

@@ -55,12 +55,6 @@ def test_eval_judges_both_orders_counts_faults_and_writes_no_key(tmp_path_factor
                 assert KEY.encode() not in f.read_bytes(), f"the key is in {f}"
 
 
-def test_judge_needs_a_baseline(tmp_path_factory):
-    run = trained_run(tmp_path_factory)
-    r = run_cli("eval", str(run), "--no-baseline", "--judge", "http://127.0.0.1:9/v1", "--judge-model", "m")
-    assert r.returncode == 2 and "--no-baseline leaves none" in r.stderr
-
-
 def test_a_target_judges_served_in_process(tmp_path_factory, tmp_path):
     """The tiny base model as the judge: served on 127.0.0.1 for the judging, stopped after. It writes no
     `Verdict:` line, so every question is retried and counted as a failure, and the evaluation still finishes."""

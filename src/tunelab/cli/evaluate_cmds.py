@@ -119,8 +119,6 @@ def eval_(
 
     if baseline and no_baseline:
         raise TunelabError("--baseline and --no-baseline exclude each other")
-    if judge and no_baseline:
-        raise TunelabError("--judge compares the target with its baseline; --no-baseline leaves none")
     for name, value in (("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size)):
         if value is not None and value <= 0:
             raise TunelabError(f"{name} {value}: must be positive")

@@ -124,5 +124,4 @@ def record_failures(gates: Gates, record: EvalRecord, table: MetricTable) -> lis
         if gate.name not in measured:
             direction = table.eval_row(gate.name).direction
             measured[gate.name] = Measured(tuned.get(gate.name), base.get(gate.name), direction)
-    judge = getattr(record, "judge", None)  # the pairwise judge's result, when --judge ran
-    return failures(gates, measured, getattr(judge, "win_rate", None))
+    return failures(gates, measured, record.judge.win_rate if record.judge else None)

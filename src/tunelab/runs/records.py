@@ -214,11 +214,7 @@ class JudgeResult(Record):
 
     def verdict(self) -> str:
         """better / worse when the interval of the win rate excludes one half, else "not distinguishable"."""
-        if self.win_rate_low > 0.5:
-            return "better"
-        if self.win_rate_high < 0.5:
-            return "worse"
-        return f"not distinguishable on {self.n} prompts"
+        return EvalInterval(low=self.win_rate_low - 0.5, high=self.win_rate_high - 0.5, prompts=self.n).verdict(1)
 
 
 class BenchmarkScore(Record):

@@ -78,7 +78,9 @@ def grpo_trainer():
     def log(self, logs, start_time=None):
         Base.log(self, logs, start_time)
         step = self.state.global_step
-        due = (self.rollouts_every and step % self.rollouts_every == 0) or step >= self.state.max_steps
+        every, since = self.rollouts_every, step - max(1, int(self.args.logging_steps))  # the log before this one
+        # logs come every logging_steps: write at the first log at or after each multiple of `every`
+        due = (every and step // every > since // every) or step >= self.state.max_steps
         if due and step != self.rollouts_at and self.args.should_save:  # rank 0, once a step
             self.rollouts_at = step
             write_rollouts(self.run, step, grpo_rollouts(self))
