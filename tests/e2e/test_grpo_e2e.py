@@ -65,6 +65,9 @@ def test_grpo_run_logs_each_reward_and_the_held_out_reward(tmp_path, synth_file)
     assert r.stderr.count("warning: reward picky") == 2  # once for the rollouts, once for the held-out answers
     held = [m for m in read_jsonl(run / "metrics.jsonl") if "heldout_reward" in m]
     assert [m["step"] for m in held] == [0, 4]
+    # one record per sampled step: the sample table's figures and the held-out reward together
+    assert [m["step"] for m in read_jsonl(run / "metrics.jsonl") if "samples_exact_match" in m] == [0, 4]
+    assert all("samples_regex" in m for m in held)
     assert not (run / "checkpoints" / "README.md").exists()
     rollouts = read_jsonl(run / "rollouts.jsonl")  # the last step's generation batch: 2 prompts x 2 completions
     assert len(rollouts) == 4 and {r["step"] for r in rollouts} == {4}

@@ -65,9 +65,15 @@ def test_a_target_judges_served_in_process(tmp_path_factory, tmp_path):
         "--judge", "tiny:llama-2l",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
-    judge = json.loads((out / "eval.json").read_text())["judge"]
+    ev = json.loads((out / "eval.json").read_text())
+    judge = ev["judge"]
     assert judge["model"] == "tiny:llama-2l" and judge["endpoint"] == "tiny:llama-2l (served in-process)"
-    assert judge["n"] == 1 and judge["wins"] + judge["ties"] + judge["losses"] == 1
-    assert judge["requests"] == judge["retries"] + 2  # two questions, each asked until it got a verdict or gave up
-    assert judge["failed_pairs"] == (1 if judge["failures"] else 0)
-    assert ("1 of 1 prompts got no verdict" in r.stdout) == bool(judge["failed_pairs"])
+    tries = 1 + 3  # the first attempt and eval.judge.max_retries' default, for each of the two orders
+    assert judge["requests"] == judge["unparsable"] == 2 * tries and judge["retries"] == 2 * (tries - 1)
+    assert judge["errors"] == {"unparsable reply": 2 * tries}  # served and answered every time, never a verdict
+    assert (judge["failures"], judge["failed_pairs"], judge.get("position_consistency")) == (2, 1, None)
+    # an order without a verdict makes the prompt a tie, half a win: the win rate and its interval are exactly 0.5
+    assert (judge["n"], judge["wins"], judge["ties"], judge["losses"]) == (1, 0, 1, 0)
+    assert (judge["win_rate"], judge["win_rate_low"], judge["win_rate_high"]) == (0.5, 0.5, 0.5)
+    assert ev["models"]["target"]["metrics"]["judge_win_rate"] == 0.5
+    assert "1 of 1 prompts got no verdict" in r.stdout

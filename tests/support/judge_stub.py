@@ -1,7 +1,9 @@
 """A stub LLM judge: an OpenAI-compatible chat-completions server on 127.0.0.1 whose verdicts follow a rule.
 
 The rule: the longer answer wins, equal lengths tie. It reads the answers from tunelab's default judge
-template. Faults are injected so a test can check they are retried and counted:
+template. Asked with the `rubric` scorer's template instead, it grades the answer one point a word, at
+most 10 (`grade`); an answer holding `NOGRADE` gets no `Score:` line. Faults are injected so a test can
+check they are retried and counted:
 
 - by instruction text: `NOVERDICT` is always answered without a verdict line; `POSITION` is always
   answered `A` (a judge that favours the first position); `MALFORMED` gets one reply without a
@@ -21,6 +23,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _SECTION = re.compile(r"\[Instruction\]\n(.*?)\n\n\[Answer A\]\n(.*?)\n\n\[Answer B\]\n(.*?)\n\nExplain", re.DOTALL)
+_GRADED = re.compile(r"\[Answer\]\n(.*?)\n\nExplain", re.DOTALL)  # the rubric scorer's template
 
 
 def rule(answer_a: str, answer_b: str) -> str:
@@ -28,6 +31,11 @@ def rule(answer_a: str, answer_b: str) -> str:
     if len(answer_a) == len(answer_b):
         return "tie"
     return "A" if len(answer_a) > len(answer_b) else "B"
+
+
+def grade(answer: str) -> int:
+    """The stub's rubric grade: one point a word, at most 10."""
+    return min(len(answer.split()), 10)
 
 
 def expected(tuned: list[str], baseline: list[str]) -> tuple[int, int, int]:
@@ -91,13 +99,9 @@ class StubJudge:
             return 500, {}, {"error": {"message": "overloaded"}}
         if fault == "slow":
             time.sleep(self.slow_s)
-        found = _SECTION.search(prompt)
-        if found is None:
+        text = self._text(prompt, fault, attempt)
+        if text is None:
             return 400, {}, {"error": {"message": "not the judge template"}}
-        instruction, a, b = found.groups()
-        malformed = fault == "malformed" or "NOVERDICT" in instruction or ("MALFORMED" in instruction and attempt == 1)
-        letter = "A" if "POSITION" in instruction else rule(a, b)
-        text = "I cannot decide." if malformed else f"Answer lengths {len(a)} and {len(b)}.\nVerdict: {letter}"
         reply = {
             "id": f"stub-{number}",
             "object": "chat.completion",
@@ -107,3 +111,20 @@ class StubJudge:
         if self.usage:
             reply["usage"] = {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}
         return 200, {}, reply
+
+    def _text(self, prompt: str, fault: str | None, attempt: int) -> str | None:
+        """The reply to the pairwise judge's template or the rubric's; None for any other prompt."""
+        found = _SECTION.search(prompt)
+        if found is not None:
+            instruction, a, b = found.groups()
+            malformed = (
+                fault == "malformed" or "NOVERDICT" in instruction or ("MALFORMED" in instruction and attempt == 1)
+            )
+            letter = "A" if "POSITION" in instruction else rule(a, b)
+            return "I cannot decide." if malformed else f"Answer lengths {len(a)} and {len(b)}.\nVerdict: {letter}"
+        graded = _GRADED.search(prompt)
+        if graded is None:
+            return None
+        if fault == "malformed" or "NOGRADE" in graded[1]:
+            return "I cannot decide."
+        return f"Reasonable.\nScore: {grade(graded[1])}"

@@ -169,16 +169,10 @@ def _print_benchmarks(record) -> None:
         t.add_column(name, justify="left" if name.startswith("task") else "right")
     for task, b in record.benchmarks.items():
         row = benchmark_row(task, b.metric, b.higher_is_better)
-        cells = [_pm(row, b.tuned, b.tuned_stderr), _pm(row, b.baseline, b.baseline_stderr), _difference(row, b.diff)]
-        t.add_row(row.label, *cells, str(b.examples or "-"))
+        tuned = row.format_with_stderr(b.tuned, b.tuned_stderr)
+        baseline = row.format_with_stderr(b.baseline, b.baseline_stderr)
+        t.add_row(row.label, tuned, baseline, _difference(row, b.diff), str(b.examples or "-"))
     out.print(t)
-
-
-def _pm(row, value: float | None, stderr: float | None) -> str:
-    """A score with its standard error, in the row's format."""
-    if value is None:
-        return "-"
-    return row.format(value) + (f" ± {row.format(stderr)}" if stderr is not None else "")
 
 
 def _apply_gates(gates, result) -> None:

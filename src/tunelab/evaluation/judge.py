@@ -15,7 +15,6 @@ The prompt is `DEFAULT_TEMPLATE` unless `eval.judge.template` names a file holdi
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -28,12 +27,10 @@ from tunelab.config.schema import JudgeConfig
 from tunelab.errors import TunelabError
 from tunelab.evaluation.intervals import RESAMPLES, SEED, paired_interval
 from tunelab.runs.records import JudgeResult
-from tunelab.scoring.judge_client import JudgeClient, api_key, check_url
+from tunelab.scoring.judge_client import JudgeClient, api_key, check_url, fill_template, labelled_value, last_value
 
 PLACEHOLDERS = ("instruction", "answer_a", "answer_b")
-_PLACEHOLDER = re.compile(r"\{(instruction|answer_a|answer_b)\}")
-# the last `Verdict: A|B|tie`, tolerating markdown around it (**Verdict:** [[A]])
-_VERDICT = re.compile(r"verdict\W{0,4}\s*[\[\(\*\"'`]*\s*(A|B|tie)\b", re.IGNORECASE)
+_VERDICT = labelled_value("verdict", r"(?:A|B|tie)\b")
 REASON_CHARS = 2000  # of each reply kept in eval_samples.jsonl
 
 DEFAULT_TEMPLATE = """You are comparing two answers to the same instruction. Decide which answer follows the \
@@ -69,8 +66,7 @@ class JudgeTemplate:
 
     def render(self, instruction: str, answer_a: str, answer_b: str) -> str:
         """The prompt filled in; other braces (a JSON example in a user's template) are left alone."""
-        values = {"instruction": instruction, "answer_a": answer_a, "answer_b": answer_b}
-        return _PLACEHOLDER.sub(lambda m: values[m[1]], self.text)
+        return fill_template(self.text, {"instruction": instruction, "answer_a": answer_a, "answer_b": answer_b})
 
 
 def load_template(path: str | None, where: str = "eval.judge.template") -> JudgeTemplate:
@@ -93,10 +89,9 @@ def load_template(path: str | None, where: str = "eval.judge.template") -> Judge
 
 def parse_verdict(text: str) -> str | None:
     """ "A", "B" or "tie" from the reply's last `Verdict:` line; None when it has none."""
-    found = _VERDICT.findall(text or "")
-    if not found:
+    last = last_value(_VERDICT, text)
+    if last is None:
         return None
-    last = found[-1]
     return "tie" if last.lower() == "tie" else last.upper()
 
 

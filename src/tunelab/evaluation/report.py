@@ -160,12 +160,16 @@ def method_groups(runs: list[RunData]) -> list[str] | None:
     return methods if len(set(methods)) > 1 else None
 
 
-def verdict(runs: list[RunData], eval_rows: list[dict], train_rows: list[dict]) -> str | None:
+def verdict(
+    runs: list[RunData], eval_rows: list[dict], train_rows: list[dict], intervals: RunIntervals | None = None
+) -> str | None:
     """One line: the best run on the primary metric (eval exact match, else eval loss, else
     training loss) and by how much it leads the next one. On exact match a winner is named only
-    when the paired bootstrap interval of the two runs' per-prompt scores excludes zero (`run_interval`)."""
+    when the paired bootstrap interval of the two runs' per-prompt scores excludes zero (`run_interval`;
+    `intervals`: the ones the eval table already computed)."""
     if len(runs) < 2:
         return None
+    intervals = intervals or RunIntervals(runs)
     for key, rows in ((EXACT_MATCH, eval_rows), (FINAL_EVAL_LOSS, train_rows), (FINAL_TRAIN_LOSS, train_rows)):
         row = next((r for r in rows if r["key"] == key), None)
         if row is None:
@@ -183,7 +187,7 @@ def verdict(runs: list[RunData], eval_rows: list[dict], train_rows: list[dict]) 
         lead = f"{name} ({fmt(best, how)}), {gap} against {other}"
         if key != EXACT_MATCH:
             return f"Best on {row['label']}: {lead}."
-        interval = run_interval(runs[i], runs[j], key)
+        interval = intervals.between(i, j, key)
         if interval is None:
             return f"Highest {row['label']}: {lead}; no interval: the runs' evaluations share no prompts."
         span = f"95 % interval {interval.low * 100:+.1f}..{interval.high * 100:+.1f} points"
@@ -206,6 +210,21 @@ def run_interval(a: RunData, b: RunData, key: str) -> EvalInterval | None:
     return paired_interval([sa[p] for p in shared], [sb[p] for p in shared])
 
 
+class RunIntervals:
+    """`run_interval` of the report's runs, computed once per pair and metric: the eval table's star and
+    the verdict line ask for the same pair, and each bootstrap resamples a thousand times."""
+
+    def __init__(self, runs: list[RunData]):
+        self.runs = runs
+        self._known: dict[tuple[int, int, str], EvalInterval | None] = {}
+
+    def between(self, i: int, j: int, key: str) -> EvalInterval | None:
+        """The interval of runs[i] - runs[j] on `key`."""
+        if (i, j, key) not in self._known:
+            self._known[(i, j, key)] = run_interval(self.runs[i], self.runs[j], key)
+        return self._known[(i, j, key)]
+
+
 def _target_scores(run: RunData, key: str) -> dict[str, float]:
     """{prompt: the tuned model's score} from a run's eval_samples.jsonl (lines of another shape skipped)."""
     out = {}
@@ -218,11 +237,13 @@ def _target_scores(run: RunData, key: str) -> dict[str, float]:
     return out
 
 
-def metrics_tables(runs: list[RunData]) -> tuple[list[dict], list[dict]]:
+def metrics_tables(runs: list[RunData], intervals: RunIntervals | None = None) -> tuple[list[dict], list[dict]]:
     """(rows from eval.json with the base model beside each value, rows from training); a row no run
     has is left out. The metric table says each row's label, format and direction; the scorers the
-    runs declare (their configs' eval.scorers, their eval.json) add theirs."""
+    runs declare (their configs' eval.scorers, their eval.json) add theirs. `intervals`: shared with
+    the verdict line, so each pair of runs is bootstrapped once."""
     table = run_metric_table(runs)
+    intervals = intervals or RunIntervals(runs)
     eval_rows = []
     for m in eval_metrics(runs, table):
         values, notes = [], []
@@ -232,7 +253,7 @@ def metrics_tables(runs: list[RunData]) -> tuple[list[dict], list[dict]]:
             notes.append(_base_note(r, m, base))
         if any(v is not None for v in values):
             row = metric_row(m.label, m.field, values, m.fmt, notes, better=m.direction)
-            _star_only_when_distinguished(row, runs, m)
+            _star_only_when_distinguished(row, runs, m, intervals)
             eval_rows.append(row)
     groups = method_groups(runs)
     train_rows = []
@@ -246,7 +267,7 @@ def metrics_tables(runs: list[RunData]) -> tuple[list[dict], list[dict]]:
     return eval_rows, train_rows
 
 
-def _star_only_when_distinguished(row: dict, runs: list[RunData], m: Metric) -> None:
+def _star_only_when_distinguished(row: dict, runs: list[RunData], m: Metric, intervals: RunIntervals) -> None:
     """Take the star off a per-prompt score's best run when the paired interval against the next run
     (`run_interval`) includes zero: the report names no winner that the interval does not support."""
     best = next((i for i, c in enumerate(row["cells"]) if c["best"]), None)
@@ -255,7 +276,7 @@ def _star_only_when_distinguished(row: dict, runs: list[RunData], m: Metric) -> 
     values = row["values"]
     rest = [i for i, v in enumerate(values) if i != best and v is not None and math.isfinite(v)]
     second = (max if m.direction > 0 else min)(rest, key=lambda i: values[i])
-    interval = run_interval(runs[best], runs[second], m.field)
+    interval = intervals.between(best, second, m.field)
     if interval is not None and not interval.distinguishes():
         row["cells"][best]["best"] = False
 
@@ -475,16 +496,13 @@ def judge_bars(runs: list[RunData]) -> list[dict[str, Any]]:
 def benchmark_rows(runs: list[RunData]) -> list[dict[str, Any]]:
     """One row per run and lm-eval task of `tunelab eval --tasks`: tuned and baseline, each ± lm-eval's
     standard error, and the difference."""
-
-    def pm(row, value: float | None, stderr: float | None) -> str:
-        return "-" if value is None else row.format(value) + (f" ± {row.format(stderr)}" if stderr is not None else "")
-
     rows = []
     for r in runs:
         for task, b in ((r.eval.benchmarks if r.eval is not None else None) or {}).items():
             row = benchmark_row(task, b.metric, b.higher_is_better)
             diff = "-" if b.diff is None else ("+" if b.diff > 0 else "") + row.format(b.diff)
-            tuned, baseline = pm(row, b.tuned, b.tuned_stderr), pm(row, b.baseline, b.baseline_stderr)
+            tuned = row.format_with_stderr(b.tuned, b.tuned_stderr)
+            baseline = row.format_with_stderr(b.baseline, b.baseline_stderr)
             rows.append({"run": r.name, "task": task, "metric": b.metric, "tuned": tuned, "baseline": baseline})
             rows[-1].update(diff=diff, examples=b.examples)
     return rows
@@ -492,9 +510,10 @@ def benchmark_rows(runs: list[RunData]) -> list[dict[str, Any]]:
 
 def build_context(runs: list[RunData], max_prompts: int) -> dict[str, Any]:
     differ, same = config_tables(runs)
-    eval_rows, train_rows = metrics_tables(runs)
+    intervals = RunIntervals(runs)
+    eval_rows, train_rows = metrics_tables(runs, intervals)
     return {
-        "verdict": verdict(runs, eval_rows, train_rows),
+        "verdict": verdict(runs, eval_rows, train_rows, intervals),
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "runs": runs,
         "differ": differ,

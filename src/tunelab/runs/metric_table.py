@@ -73,6 +73,12 @@ class Metric:
             return str(value)  # a diverged run's nan / inf, shown as such
         return f"{value:.1%}" if self.fmt == "pct" else self.fmt.format(value)
 
+    def format_with_stderr(self, value: float | None, stderr: float | None) -> str:
+        """A score with its standard error (lm-eval's, `tunelab eval --tasks`), "-" for none."""
+        if value is None:
+            return "-"
+        return self.format(value) + (f" ± {self.format(stderr)}" if stderr is not None else "")
+
 
 @dataclass(frozen=True)
 class ScorerMetric:

@@ -5,11 +5,15 @@ Each question is retried within a bound: a timeout, a connection error, a 5xx, a
 Retry-After, capped) and a reply the caller cannot parse each cost one attempt. A question that runs
 out of attempts is a failure the caller counts; nothing here raises for what the server does. The
 API key is only ever put in the Authorization header: no message, count or record holds it.
+Both judges fill their prompt (`fill_template`) and read their reply's last `Label: value` line
+(`labelled_value`, `last_value`) through the helpers here, so a reply the pairwise judge can read,
+the rubric can read too.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +38,24 @@ def check_url(url: str, where: str) -> str:
             f"{where} {url}: not an http(s) URL", hint="give the API's base URL, e.g. http://localhost:11434/v1"
         )
     return url
+
+
+def fill_template(text: str, values: dict[str, str]) -> str:
+    """`text` with each `{name}` of `values` filled in; other braces (a JSON example in a user's template) stay."""
+    placeholder = re.compile(r"\{(" + "|".join(map(re.escape, values)) + r")\}")
+    return placeholder.sub(lambda m: values[m[1]], text)
+
+
+def labelled_value(label: str, value: str) -> re.Pattern[str]:
+    """A reply's `label: value` (any case), tolerating markdown around it (**Verdict:** [[A]], Score: **7**);
+    `value` is a regex, its match the one group."""
+    return re.compile(label + r"\W{0,4}\s*[\[\(\*\"'`]*\s*(" + value + ")", re.IGNORECASE)
+
+
+def last_value(pattern: re.Pattern[str], text: str | None) -> str | None:
+    """The value of the reply's last `label: value` (a `labelled_value` pattern); None when it has none."""
+    found = pattern.findall(text or "")
+    return found[-1] if found else None
 
 
 def chat_url(base_url: str) -> str:

@@ -6,17 +6,23 @@ so the aggregate is the mean over the answers that were graded. The score is the
 
 from __future__ import annotations
 
-import re
 import threading
 
 from pydantic import Field, field_validator
 
-from tunelab.scoring.judge_client import DEFAULT_KEY_ENV, JudgeClient, api_key, check_url
+from tunelab.scoring.judge_client import (
+    DEFAULT_KEY_ENV,
+    JudgeClient,
+    api_key,
+    check_url,
+    fill_template,
+    labelled_value,
+    last_value,
+)
 from tunelab.scoring.registry import Kind, Params, register
 
 LOW, HIGH = 1, 10
-_FIELD = re.compile(r"\{(rubric|instruction|reference|answer)\}")
-_SCORE = re.compile(r"score\W{0,4}\s*[\[\(\*\"'`]*\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+_SCORE = labelled_value("score", r"\d+(?:\.\d+)?")
 
 RUBRIC_TEMPLATE = """Grade the answer to the instruction below against this rubric:
 {rubric}
@@ -60,10 +66,10 @@ class RubricParams(Params):
 
 def parse_score(text: str) -> float | None:
     """The grade from the reply's last `Score: N` line, when it is within 1-10."""
-    found = _SCORE.findall(text or "")
-    if not found:
+    found = last_value(_SCORE, text)
+    if found is None:
         return None
-    value = float(found[-1])
+    value = float(found)
     return value if LOW <= value <= HIGH else None
 
 
@@ -76,7 +82,7 @@ def _rubric(p: RubricParams):
             if not client:
                 client.append(JudgeClient(p.url, p.model, api_key(p.api_key_env), p.timeout_s, p.max_retries))
         values = {"rubric": p.rubric, "instruction": prompt, "reference": reference or "(none)", "answer": answer}
-        grade, _ = client[0].ask(_FIELD.sub(lambda m: values[m[1]], RUBRIC_TEMPLATE), parse_score)
+        grade, _ = client[0].ask(fill_template(RUBRIC_TEMPLATE, values), parse_score)
         return grade
 
     return score

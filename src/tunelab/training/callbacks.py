@@ -214,11 +214,16 @@ class SamplesCallback(TrainerCallback):
         if self.scorers:  # quality curves next to the loss curves (config: eval.scorers, eval.generation_metrics)
             _, scores = score_set(self.scorers, self.prompts, answers, self.references, self.rows)
             record.update({f"samples_{k}": v for k, v in scores.items()})
+        record.update(self.more_scores(step, answers))
         self.run.append_jsonl(self.run.metrics, record)
         for sink in self.sinks:
             sink.log_samples(step, table)
             sink.log_metrics(record)
         return table
+
+    def more_scores(self, step: int, answers: list[str]) -> dict[str, Any]:
+        """Figures a subclass adds to the step's one metrics record (GRPO: the held-out reward)."""
+        return {}
 
     def on_evaluate(self, args, state, control, model=None, **kw):
         self.generate(model, state.global_step)

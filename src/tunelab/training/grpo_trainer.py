@@ -26,13 +26,11 @@ from tunelab.training.rewards import Reward, reward_functions, row_reference, we
 from tunelab.training.rules import vllm_rollouts
 
 
-def grpo_args(cfg: RunConfig, sft_args, device: str):
+def grpo_args(cfg: RunConfig, sft_args, device: str, weights: list[float]):
     """GRPOConfig carrying every TrainingArguments value of `sft_args` (batch, schedule, precision,
-    checkpoints, logging, distributed settings), plus the grpo section and the rewards' weights."""
+    checkpoints, logging, distributed settings), plus the grpo section and the rewards' `weights`."""
     from transformers import TrainingArguments
     from trl import GRPOConfig
-
-    from tunelab.training.rewards import build_rewards
 
     g = cfg.grpo
     names = [f.name for f in dataclasses.fields(TrainingArguments) if f.init]
@@ -56,7 +54,7 @@ def grpo_args(cfg: RunConfig, sft_args, device: str):
         importance_sampling_level=g.importance_sampling_level,
         scale_rewards=g.scale_rewards,
         mask_truncated_completions=g.mask_truncated_completions,
-        reward_weights=[r.weight for r in build_rewards(g.rewards)],
+        reward_weights=weights,
         **({"loss_type": g.loss_type} if g.loss_type else {}),  # else TRL's default
         **engine,
         log_completions=False,  # TRL prints a rich table to stdout; the run's files hold the figures
@@ -127,22 +125,16 @@ class HeldOutReward(SamplesCallback):
         self.references = [ref or "" for ref in self.reward_references]
         self.reward_history: dict[int, float | None] = {}
 
-    def generate(self, model, step: int):
-        table = super().generate(model, step)
-        if not table:
-            return table
-        rows = zip(self.prompts, self.history[step], self.reward_references, self.rows, strict=True)
+    def more_scores(self, step: int, answers: list[str]) -> dict:
+        rows = zip(self.prompts, answers, self.reward_references, self.rows, strict=True)
         per_answer = [{f.reward.name: f.one(p, a, ref, row) for f in self.functions} for p, a, ref, row in rows]
-        record: dict = {"step": step}
+        record: dict = {}
         for r in self.rewards:
             scored = [s[r.name] for s in per_answer if s[r.name] is not None]
             record[f"samples_{r.name}"] = fmean(scored) if scored else None
         summed = [v for v in (weighted_reward(self.rewards, s) for s in per_answer) if v is not None]
         self.reward_history[step] = record["heldout_reward"] = fmean(summed) if summed else None
-        self.run.append_jsonl(self.run.metrics, record)
-        for sink in self.sinks:
-            sink.log_metrics(record)
-        return table
+        return record
 
     def on_step_end(self, args, state, control, model=None, **kw):
         if self.every and state.global_step % self.every == 0 and state.global_step < state.max_steps:

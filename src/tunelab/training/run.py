@@ -147,6 +147,7 @@ class TrainingRun:
         self.checkpoint: Path | None = None  # the checkpoint this job continues from
         self.before = None  # the samples' exact match before training
         self.samples_cb = self.pref_cb = None
+        self.rewards: list = []  # grpo: the declared rewards, built once (the trainer and the held-out score)
 
     def execute(self) -> Summary:
         self.prepare()
@@ -167,6 +168,7 @@ class TrainingRun:
 
             keep_freed_memory()  # before the weights load: every large tensor of the run reuses freed pages
         self._start_tracking()
+        self._build_rewards()
         self._find_checkpoint()
         self._load_tokenizer_and_data()
         self._load_model()
@@ -179,6 +181,12 @@ class TrainingRun:
         self.tracking = Tracking(  # W&B online without a key stops here
             self.cfg, self.launch.config_path, extra_sinks=self.launch.sinks, console=self.console, home=self.home
         )
+
+    def _build_rewards(self) -> None:
+        if self.cfg.training.method == "grpo":
+            from tunelab.training.rewards import build_rewards
+
+            self.rewards = build_rewards(self.cfg.grpo.rewards)
 
     def _find_checkpoint(self) -> None:
         # the same rules as before the lock, again, now that this process holds it
@@ -301,12 +309,12 @@ class TrainingRun:
         cfg, data = self.cfg, self.data
         if cfg.training.method == "grpo":
             from tunelab.training.grpo_trainer import grpo_args
-            from tunelab.training.rewards import build_rewards, prompt_dataset
+            from tunelab.training.rewards import prompt_dataset
 
             return {
-                "args": grpo_args(cfg, args, self.device),
+                "args": grpo_args(cfg, args, self.device, [r.weight for r in self.rewards]),
                 "train_dataset": prompt_dataset(data.train_rows, cfg, self.tokenizer),
-                "rewards": build_rewards(cfg.grpo.rewards),
+                "rewards": self.rewards,
                 "console": self.console,
                 "rollouts_every": cfg.training.eval_steps,  # and the last step
             }
@@ -366,9 +374,7 @@ class TrainingRun:
         settings = cfg.samples.generation()
         if cfg.training.method == "grpo":  # the held-out reward, scored by the rewards themselves
             from tunelab.training.grpo_trainer import HeldOutReward
-            from tunelab.training.rewards import build_rewards
 
-            rewards = build_rewards(cfg.grpo.rewards)
             every = cfg.training.eval_steps
             return HeldOutReward(
                 self.run,
@@ -377,7 +383,7 @@ class TrainingRun:
                 self.tokenizer,
                 settings,
                 self.sinks,
-                rewards=rewards,
+                rewards=self.rewards,
                 cfg=cfg,
                 every=every,
                 console=self.console,
@@ -626,5 +632,11 @@ def _dense_samples_fit(cfg: RunConfig, resolved: ResolvedModel, device: str, che
     from tunelab.model.dense import generation_weight_bytes
     from tunelab.perf.plan import estimate
 
-    plan = estimate(cfg, resolved, device, checkpointing=checkpointing)
+    try:
+        plan = estimate(cfg, resolved, device, checkpointing=checkpointing)
+    except Exception:  # noqa: BLE001 - a config the planner cannot read fails in many ways (a missing field...)
+        # The planner reads the model's config as a Llama-like one; an architecture it cannot read raises
+        # AttributeError, TypeError, ZeroDivisionError or whatever the meta model's build raises. Dense
+        # weights only speed samples up, so without a plan they are not used, and the run goes on.
+        return False
     return generation_weight_bytes(model) <= plan.parts["activations"] + plan.parts["logits_and_loss"]

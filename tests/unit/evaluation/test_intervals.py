@@ -250,3 +250,19 @@ def test_report_stars_no_best_run_within_noise():
     a = [1.0] * 10 + [0.0] * 10
     assert stars(_evaluated("a", a), _evaluated("b", [1.0] * 11 + [0.0] * 9)) == [False, False]  # 1 of 20: noise
     assert stars(_evaluated("a", a), _evaluated("c", [1.0] * 19 + [0.0])) == [False, True]
+
+
+@pytest.mark.parametrize("runs", [2, 3])
+def test_the_report_bootstraps_each_pair_of_runs_once(monkeypatch, runs):
+    """The eval table's star and the verdict line weigh the same pair (best against second): one bootstrap."""
+    import tunelab.evaluation.report as report
+
+    calls = []
+    real = report.paired_interval
+    monkeypatch.setattr(report, "paired_interval", lambda a, b: calls.append(1) or real(a, b))
+    scores = [[1.0] * 10 + [0.0] * 10, [1.0] * 19 + [0.0], [1.0] * 5 + [0.0] * 15][:runs]
+    context = report.build_context([_evaluated(f"r{i}", s) for i, s in enumerate(scores)], max_prompts=3)
+    assert context["verdict"].startswith("Best on exact match: r1 (95.0%), +45.0 points against r0 (95 % interval +")
+    row = next(r for r in context["eval_rows"] if r["key"] == "exact_match")
+    assert [c["best"] for c in row["cells"]][:2] == [False, True]
+    assert len(calls) == 1

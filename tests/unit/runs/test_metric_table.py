@@ -25,6 +25,7 @@ from tunelab.runs.metric_table import (
     SAMPLES_EXACT_MATCH_BEFORE,
     TABLE,
     Where,
+    benchmark_row,
 )
 from tunelab.scoring import REGISTRY, config_scorers, declared_metric
 
@@ -53,6 +54,13 @@ def test_every_row_has_a_label_a_format_and_a_direction():
         assert m.label and m.direction in (-1, 0, 1) and m.where in get_args(Where), m
         assert m.format(0.25) and m.format(None) == "" and m.format(float("nan")) == "nan", m
         assert m.key.startswith("eval.") == (m.where == "eval"), m
+
+
+def test_a_score_with_its_standard_error_reads_the_same_everywhere():
+    row = benchmark_row("arc_easy", "acc_norm")
+    assert row.format_with_stderr(0.8133, 0.0319) == "0.8133 ± 0.0319"
+    assert row.format_with_stderr(0.8133, None) == "0.8133"
+    assert row.format_with_stderr(None, 0.0319) == "-"
 
 
 def test_every_scorer_kind_adds_a_sample_row_and_an_eval_row_in_its_direction():
