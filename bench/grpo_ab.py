@@ -7,8 +7,10 @@ completion length), on the same prompts (synthetic tasks in the Alpaca template,
 handed to TRL as text), with the same rewards (exact match weight 1, a one-line format reward weight 0.2:
 tunelab's from `grpo.rewards`, TRL's as two plain Python callables) and the same settings (group size,
 completion length, temperature, batch, steps, LoRA r / alpha / targets, fp32, seed, optimizer and schedule).
-Each arm is its own process; the arms alternate (tunelab first in odd reps, TRL first in even ones), so a
-slow minute of this shared machine touches both. `same_step_rewards` says whether the two arms' mean reward
+A third arm is tunelab with glibc's malloc defaults (`training.cpu_allocator: system`, as TRL's process
+runs), which separates what tunelab's allocator setting costs in peak RSS from the rest. Each arm is its own
+process; the arms alternate (tunelab, TRL, tunelab-system in odd reps, the reverse in even ones), so a slow
+minute of this shared machine touches all three. `same_step_rewards` says whether the two arms' mean reward
 agreed at every step (within 1e-4): the same seed, prompts and settings sample the same rollouts.
 
 Per run: seconds per step (TRL's `step_time`, logged by both, the first step left out as warm-up), the wall
@@ -38,6 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import run_bench as rb  # noqa: E402
 
 WORK = rb.OUT / "grpo-ab"
+SYSTEM_ARM = "tunelab-system-malloc"
 RESULT = rb.RESULTS / "grpo-ab.json"
 MODEL = "tiny:llama-4l"
 TASKS = "first_word,repeat_word,uppercase,count_words,add_numbers,sort_digits"
@@ -84,7 +87,7 @@ def rows_and_prompts(n_rows: int) -> tuple[Path, dict]:
     return data, {"prompt": list(ds["prompt"]), "reference": list(ds["reference"])}
 
 
-def tunelab_cfg(model: str, data: Path, steps: int) -> dict:
+def tunelab_cfg(model: str, data: Path, steps: int, allocator: str = "auto") -> dict:
     s = SETTINGS
     return {
         "model": {"name": str(model)},
@@ -104,6 +107,7 @@ def tunelab_cfg(model: str, data: Path, steps: int) -> dict:
             "logging_steps": 1,
             "save_steps": None,
             "seed": s["seed"],
+            "cpu_allocator": allocator,
         },
         "grpo": {
             "num_generations": s["num_generations"],
@@ -238,10 +242,10 @@ def figures(train_s: float, steps: list[dict], wall: float, rss: float) -> dict:
     }
 
 
-def run_tunelab(model: str, data: Path, steps: int, i: int) -> dict:
+def run_tunelab(model: str, data: Path, steps: int, i: int, allocator: str = "auto") -> dict:
     path = WORK / "tunelab.yaml"
-    path.write_text(yaml.safe_dump(tunelab_cfg(model, data, steps)))
-    _, wall, rss = run_child([rb.PY, "-m", "tunelab", "train", str(path)], WORK / f"tunelab-{i}.out")
+    path.write_text(yaml.safe_dump(tunelab_cfg(model, data, steps, allocator)))
+    _, wall, rss = run_child([rb.PY, "-m", "tunelab", "train", str(path)], WORK / f"tunelab-{allocator}-{i}.out")
     run = WORK / "runs" / "tunelab"
     s = json.loads((run / "summary.json").read_text())
     logs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -287,21 +291,28 @@ def main() -> None:
     started = time.time()
     model = resolve_model_path(MODEL)
     data, prompts = rows_and_prompts(n_rows=max(64, 2 * a.steps))
-    runs: dict[str, list[dict]] = {"tunelab": [], "trl": []}
+    # the third arm: tunelab with glibc's malloc defaults (training.cpu_allocator: system), as TRL's process runs
+    runs: dict[str, list[dict]] = {"tunelab": [], "trl": [], SYSTEM_ARM: []}
+    order = ("tunelab", "trl", SYSTEM_ARM)
     for i in range(a.reps):
-        for arm in ("tunelab", "trl") if i % 2 == 0 else ("trl", "tunelab"):
+        for arm in order if i % 2 == 0 else order[::-1]:
             print(f"rep {i + 1}/{a.reps}: {arm}", flush=True)
-            got = run_tunelab(model, data, a.steps, i) if arm == "tunelab" else run_trl(model, prompts, a.steps, i)
+            if arm == "trl":
+                got = run_trl(model, prompts, a.steps, i)
+            else:
+                got = run_tunelab(model, data, a.steps, i, "system" if arm == SYSTEM_ARM else "auto")
             runs[arm].append(got)
             print(f"  {json.dumps({k: v for k, v in got.items() if k != 'rewards'})}", flush=True)
     med = {arm: medians(r) for arm, r in runs.items()}
     ratios = {k: round(med["tunelab"][k] / med["trl"][k], 3) for k in med["tunelab"]}
+    system_ratios = {k: round(med[SYSTEM_ARM][k] / med["trl"][k], 3) for k in med[SYSTEM_ARM]}
     res = {
         "workload": "grpo-ab",
         "model": MODEL,
         "settings": {**SETTINGS, "steps": a.steps, "reps": a.reps, "rewards": "exact_match x1 + one_line x0.2"},
         "medians": med,
         "ratios_tunelab_over_trl": ratios,
+        f"ratios_{SYSTEM_ARM}_over_trl": system_ratios,
         "same_step_rewards": same_rewards(runs["tunelab"][0]["rewards"], runs["trl"][0]["rewards"]),
         "differences": DIFFERENCES,
         "runs": runs,
@@ -316,7 +327,10 @@ def main() -> None:
     RESULT.write_text(json.dumps(res, indent=2) + "\n")
     print(
         json.dumps(
-            {k: res[k] for k in ("medians", "ratios_tunelab_over_trl", "same_step_rewards", "load_avg_after_1_5_15")},
+            {
+                k: res[k]
+                for k in ("medians", "ratios_tunelab_over_trl", f"ratios_{SYSTEM_ARM}_over_trl", "same_step_rewards")
+            },
             indent=2,
         )
     )

@@ -100,6 +100,15 @@ def reference(row: dict[str, Any], cfg: PromptConfig) -> str:
     return row[cfg.text_field]
 
 
+def reference_in(row: dict[str, Any], cfg: PromptConfig, column: str | None = None) -> str:
+    """The answer a row is scored against: `column`'s value when one is named (grpo.reference_column: training's
+    rewards and `tunelab eval` of that run read the same column), else the row's answer; "" when it has none."""
+    if column is None:
+        return reference(row, cfg)
+    value = row.get(column)
+    return "" if value is None else str(value)
+
+
 def render_segments(row: dict[str, Any], cfg: PromptConfig, tokenizer: Any = None) -> Segments:
     """A training example as segments; with train_on=all every segment is trainable."""
     if cfg.format == "text":

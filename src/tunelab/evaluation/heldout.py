@@ -12,7 +12,7 @@ from typing import Any
 from tunelab.config.schema import PromptConfig, SourceConfig
 from tunelab.data.prepare import TokenSpec, load_splits
 from tunelab.data.sources import RawRows, read_source
-from tunelab.data.templates import reference, render_prompt
+from tunelab.data.templates import reference_in, render_prompt
 from tunelab.data.validate import validate_rows
 from tunelab.errors import DataError, TunelabError
 from tunelab.inference.target import Target
@@ -26,6 +26,7 @@ class EvalRows:
     spec: TokenSpec  # the run's prompt format and length limit (what training tokenized with)
     source: str
     split: str
+    column: str | None = None  # a GRPO run's grpo.reference_column: the answers its rewards compared with
 
     @property
     def prompt(self) -> PromptConfig:
@@ -44,7 +45,7 @@ class EvalRows:
         return [render_prompt(r, self.prompt, tokenizer) for r in self.rows]
 
     def references(self) -> list[str]:
-        return [reference(r, self.prompt) for r in self.rows]
+        return [reference_in(r, self.prompt, self.column) for r in self.rows]
 
 
 def check_args(target: Target, data: str | None, split: str) -> None:
@@ -97,7 +98,11 @@ def load_eval_rows(target: Target, data: str | None = None, split: str = "test",
         if limit <= 0:
             raise TunelabError(f"--limit {limit}: must be a positive number of examples")
         raw = RawRows(rows=raw.rows[:limit], where=raw.where[:limit], fingerprint=raw.fingerprint)
+    column = cfg.grpo.reference_column if cfg is not None and cfg.training.method == "grpo" else None
     for row, where in zip(raw.rows, raw.where, strict=True):
-        if not reference(row, spec.prompt).strip():
-            raise DataError(f"{where}: no reference answer (the last message is not an assistant turn)")
-    return EvalRows(raw=raw, spec=spec, source=source, split=split)
+        if not reference_in(row, spec.prompt, column).strip():
+            why = "the last message is not an assistant turn"
+            if column:
+                why = f"column {column!r} (grpo.reference_column) is empty"
+            raise DataError(f"{where}: no reference answer ({why})")
+    return EvalRows(raw=raw, spec=spec, source=source, split=split, column=column)

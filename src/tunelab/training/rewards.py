@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunelab.config import RunConfig
-from tunelab.data.templates import reference, render_prompt
+from tunelab.data.templates import reference_in, render_prompt
 from tunelab.errors import TunelabError
 from tunelab.scoring import Scorer
 from tunelab.scoring.weighted import weighted_scorers
@@ -50,9 +50,8 @@ def needing_reference(rewards: list[Reward]) -> list[Reward]:
 
 def row_reference(row: dict[str, Any], cfg: RunConfig) -> str | None:
     """The reference answer the rewards compare with: `grpo.reference_column`, else the row's answer."""
-    column = cfg.grpo.reference_column
-    value = row.get(column) if column else reference(row, cfg.prompt)
-    return None if value is None or value == "" else str(value)
+    value = reference_in(row, cfg.prompt, cfg.grpo.reference_column)
+    return value or None
 
 
 def reference_problem(rows: list[dict[str, Any]], cfg: RunConfig, rewards: list[Reward]) -> str | None:

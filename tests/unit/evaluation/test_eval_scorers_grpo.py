@@ -72,3 +72,20 @@ def test_an_answer_a_reward_cannot_score_is_missing_as_in_training_not_an_error(
     assert picky.score("first word", "a", "a", {}) is None and picky.score("add", "nan", "5", {}) is None
     err = capsys.readouterr().err
     assert err.count("warning: reward picky") == 1 and "cannot score words" in err
+
+
+def test_eval_of_a_grpo_run_compares_with_its_reference_column(tmp_path):
+    import json
+
+    from tunelab.errors import DataError
+    from tunelab.evaluation.heldout import load_eval_rows
+
+    rows = [{"instruction": f"q{i}", "input": "", "output": f"long answer {i}", "gold": i} for i in range(3)]
+    data = tmp_path / "gold.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t = target(tmp_path, grpo={"rewards": ["exact_match"], "reference_column": "gold"})
+    assert load_eval_rows(t, data=str(data)).references() == ["0", "1", "2"]  # as the rewards compared in training
+    assert load_eval_rows(target(tmp_path), data=str(data)).references()[0] == "long answer 0"  # no column: the answer
+    data.write_text("".join(json.dumps({**r, "gold": "" if r["gold"] == 1 else r["gold"]}) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"gold.jsonl:2: no reference answer \(column 'gold'"):
+        load_eval_rows(t, data=str(data))
