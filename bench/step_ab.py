@@ -3,6 +3,7 @@ a machine whose speed swings by minutes (docs/performance.md, issue 17).
 
     python bench/step_ab.py attention [--rounds 6]   # per-example attention by slices (before) vs split (now)
     python bench/step_ab.py allocator [--rounds 6]   # glibc's default malloc vs keeping freed memory (now)
+    python bench/step_ab.py compile [--rounds 6]     # eager vs decoder layers compiled (training.compile: on)
 
 W2's model (bench/run_bench.py builds it into bench/out/w2-model) with LoRA r=64 on q/k/v/o, dropout
 0.1, fp32, one packed row of 2,048 tokens of alpaca-length examples (60-300 tokens, position ids
@@ -11,12 +12,17 @@ the model's own loss. Each round runs both arms, in alternating order, each one 
 timed step; the figure to read is the per-round ratio, which a slow minute affects on both sides.
 Minor page faults per step (getrusage) are counted too: unlike time, they do not depend on the
 machine's speed. `allocator` first times one large element-wise op (exp over a micro-batch of W2's
-logits) under both settings.
+logits) under both settings. `compile` compiles the decoder layers once as `training.compile: on` does
+(tunelab.model.compiled) and switches between the compiled and the eager call of the same layers; the first
+compiled steps (the compile) are timed apart and not counted, and the results go to
+step-ab-compile.json in bench/results/.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
 import statistics
 import time
@@ -66,9 +72,33 @@ def sliced_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
+def compiled_switch(model, step):
+    """Compile the model's decoder layers as `training.compile: on` does, run the compiling steps, and return a
+    switch between the layers' compiled and eager calls, with the compile's figures."""
+    from tunelab.compat import compile_figures
+    from tunelab.model.compiled import compile_layers, decoder_layers
+
+    compile_layers(model)
+    layers = decoder_layers(model)
+    calls = [layer._compiled_call_impl for layer in layers]
+
+    def use_compiled(on: bool) -> None:
+        for layer, call in zip(layers, calls, strict=True):
+            layer._compiled_call_impl = call if on else None
+
+    first = []
+    for _ in range(2):  # the first compiles; the second shows that nothing compiles again (one row shape)
+        t0 = time.perf_counter()
+        step()
+        first.append(time.perf_counter() - t0)
+    graphs, seconds = compile_figures()
+    print(f"compile: {graphs} graphs in {seconds:.1f} s; first two compiled steps {first[0]:.2f} s, {first[1]:.2f} s")
+    return use_compiled, {"compile_graphs": graphs, "compile_s": round(seconds, 2), "first_compiled_steps_s": first}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("change", choices=["attention", "allocator"])
+    ap.add_argument("change", choices=["attention", "allocator", "compile"])
     ap.add_argument("--rounds", type=int, default=6)
     a = ap.parse_args()
     if a.change == "allocator":  # one large element-wise op first: the effect without the model around it
@@ -91,7 +121,8 @@ def main() -> None:
     impl = {"split": attention.packed_sdpa, "slices": sliced_attention}
     current = {"f": attention.packed_sdpa}
     attention.register()
-    AttentionInterface.register(attention.NAME, lambda *x, **k: current["f"](*x, **k))
+    if a.change == "attention":  # the others keep the kernel as registered (outside compiled graphs)
+        AttentionInterface.register(attention.NAME, lambda *x, **k: current["f"](*x, **k))
     model_dir, _, _ = rb.w2_inputs()
     mcfg = ModelConfig(name=str(model_dir))
     torch.manual_seed(0)
@@ -110,15 +141,21 @@ def main() -> None:
     def step():
         model(input_ids=ids, position_ids=pos, labels=ids).loss.backward()
 
-    arms = ("slices", "split") if a.change == "attention" else ("default", "keep")
-    allocator(a.change == "attention")  # the attention comparison runs with the allocator as tunelab sets it
+    arms = {"attention": ("slices", "split"), "allocator": ("default", "keep"), "compile": ("eager", "compiled")}[
+        a.change
+    ]
+    allocator(a.change != "allocator")  # the other comparisons run with the allocator as tunelab sets it
     secs: dict[str, list[float]] = {x: [] for x in arms}
     faults: dict[str, list[int]] = {x: [] for x in arms}
     step()
+    if a.change == "compile":
+        use_compiled, compile_record = compiled_switch(model, step)
     for r in range(a.rounds):
         for arm in arms if r % 2 == 0 else arms[::-1]:
             if a.change == "attention":
                 current["f"] = impl[arm]
+            elif a.change == "compile":
+                use_compiled(arm == "compiled")
             else:
                 allocator(arm == "keep")
             step()
@@ -138,6 +175,23 @@ def main() -> None:
         f"{arms[1]} / {arms[0]} per round: median {statistics.median(ratios):.3f} "
         f"(range {min(ratios):.3f}-{max(ratios):.3f})"
     )
+    if a.change == "compile":
+        record = {
+            **compile_record,
+            "rounds": a.rounds,
+            "threads": torch.get_num_threads(),
+            "examples_in_row": len(lens),
+            "step_s": secs,
+            "minor_faults": faults,
+            "ratio_compiled_over_eager": ratios,
+            "median_ratio": statistics.median(ratios),
+            "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+            "torch": torch.__version__,
+            "commit": rb.git_commit(),
+        }
+        out = rb.RESULTS / "step-ab-compile.json"
+        out.write_text(json.dumps(record, indent=2))
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -313,3 +313,34 @@ def generation_logits_processors(model, generate_kwargs: dict, prompt_length: in
         device=device,
         model_kwargs={},
     )
+
+
+def compile_figures() -> tuple[int, float]:
+    """The graphs torch.compile built in this process and the seconds it spent building them, forward frames
+    (`_compile.compile_inner`) and the backward graphs compiled at their first backward
+    (`backward._backward_impl`): `torch._dynamo.utils.counters` and `compilation_time_metrics`."""
+    from torch._dynamo.utils import compilation_time_metrics, counters
+
+    seconds = sum(
+        sum(compilation_time_metrics.get(k, ())) for k in ("_compile.compile_inner", "backward._backward_impl")
+    )
+    return int(counters["stats"]["unique_graphs"]), seconds
+
+
+def compile_grad_calls(module, recompile_limit: int = 32) -> None:
+    """Compile `module`'s calls made with gradients on (`Module.compile()`'s `_compiled_call_impl`, given a
+    dispatch); calls without them (evaluation, generation) run its eager `_call_impl`. While a compiled call
+    runs, torch may keep `recompile_limit` versions of each frame (`torch._dynamo.config.recompile_limit`,
+    8 by default)."""
+    import torch
+
+    compiled = torch.compile(module._call_impl)
+    eager = module._call_impl
+
+    def call(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            return eager(*args, **kwargs)
+        with torch._dynamo.config.patch(recompile_limit=recompile_limit):
+            return compiled(*args, **kwargs)
+
+    module._compiled_call_impl = call

@@ -119,6 +119,12 @@ def liger_kernels_without_a_gpu(ctx):
 
 
 @case
+def compile_under_gradient_checkpointing(ctx):
+    args = ["training.compile=on", "training.gradient_checkpointing=true"]
+    return ctx.config("compile.yaml"), args, "training.compile: on: no graph compiles under gradient checkpointing"
+
+
+@case
 def pinned_device_with_two_processes(ctx):
     return ctx.config("pinned.yaml"), ["model.device=cuda:0", "--nproc", "2"], "pins every process"
 

@@ -108,3 +108,12 @@ def test_optuna_running_trial_continues_a_trial_a_dead_worker_left_running():
     study.tell(again, 0.5)
     done = study.trials[0]
     assert done.state == optuna.trial.TrialState.COMPLETE and done.intermediate_values == {2: 1.0, 4: 0.5}
+
+
+def test_compile_figures_count_a_compiled_graph_and_its_backward():
+    graphs, seconds = compat.compile_figures()
+    x = torch.randn(4, requires_grad=True)
+    torch.compile(lambda t: (t.sin() + 1).cos().sum(), backend="aot_eager")(x).backward()
+    graphs_after, seconds_after = compat.compile_figures()
+    assert graphs_after == graphs + 1
+    assert seconds_after > seconds

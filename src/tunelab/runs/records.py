@@ -67,6 +67,10 @@ class Summary(Record):
     host: str | None = None
     gradient_checkpointing: bool | None = None
     kernels: str | None = None  # training.kernels as resolved: liger or none
+    compile: str | None = None  # training.compile as decided: on or off
+    compile_reason: str | None = None  # why (auto's rule, or what compiled)
+    compile_graphs: int | None = None  # on: the graphs torch.compile built (0: nothing compiled)
+    compile_s: float | None = None  # on: seconds spent compiling (inside train_time_s)
     resumed_from: str | None = None
     wall_time_s: float | None = None
     train_time_s: float | None = None

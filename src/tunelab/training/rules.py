@@ -6,7 +6,7 @@ the first problem (`raise_first`); `tunelab validate` (`training.preflight`) and
 them all. So `validate` predicts what `train` refuses: both ask the same functions.
 
 This module holds the rules that need nothing loaded: the config, the machine and the file system
-(the device, precision and kernels, several processes, the tiny preset, the scorers, folders that
+(the device, precision, kernels and compile, several processes, the tiny preset, the scorers, folders that
 must be writable, the run directory and the resume point). The rules that read the model folder,
 the tokenizer and the data rows are in `training.preflight`. Light on purpose (no transformers at
 import): `train --nproc` answers its flags in a second.
@@ -110,6 +110,7 @@ def before_load(cfg: RunConfig, sit: Situation) -> list[Finding]:
     model = sit.model or ResolvedOnce(cfg)  # the fit and the strategy plan from one reading of config.json
     found += precision(cfg, device)
     found += kernels(cfg, device)
+    found += compile_setting(cfg, device)
     if sit.fit:
         found += processes(cfg, sit.per_machine, model)
     found += strategy(cfg, sit.processes, device, sit.per_machine, model)
@@ -176,6 +177,17 @@ def kernels(cfg: RunConfig, device: str) -> list[Finding]:
     except TunelabError as e:
         return findings_of(e, "training.kernels")
     return [Finding("ok", "training.kernels", chosen.why)]
+
+
+def compile_setting(cfg: RunConfig, device: str) -> list[Finding]:
+    """`training.compile` on this device and with this run's settings (`on` where inductor cannot run)."""
+    from tunelab.model.compiled import FIELD, compile_wanted
+
+    try:
+        _, why = compile_wanted(cfg, device)
+    except TunelabError as e:
+        return findings_of(e, FIELD)
+    return [Finding("ok", FIELD, why)]
 
 
 def processes(cfg: RunConfig, nproc: int, model: ResolvedOnce | None = None) -> list[Finding]:

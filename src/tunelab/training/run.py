@@ -31,6 +31,7 @@ from tunelab.data.prepare import check_lost_answers, data_notes, prepare_data
 from tunelab.errors import Interrupted, TunelabError, as_user_error, os_error
 from tunelab.evaluation.metrics import exact_match_rate
 from tunelab.model.adapters import adapter_warnings, apply_adapter, parameter_report
+from tunelab.model.compiled import compile_for_run
 from tunelab.model.kernels import apply_kernels, resolve_kernels
 from tunelab.model.loading import load_model, load_tokenizer
 from tunelab.model.precision import run_precision, run_weight_dtype
@@ -246,6 +247,8 @@ class TrainingRun:
         self.dense_samples = _dense_samples_fit(cfg, self.resolved, device, checkpointing, model)
         if self.init is not None and self.init.adapter is not None:
             load_adapter_weights(model, self.init.adapter)  # continue the artifact's adapter
+        # after the adapter and kernels, before the trainer
+        self.compiled = compile_for_run(model, cfg, device, checkpointing, self.launch.strategy)
         self.model = model
 
     # --- 2. open the run directory: the model and adapter loaded, rank 0 alone creates (or replaces) it
@@ -328,7 +331,8 @@ class TrainingRun:
         self.console.print(
             f"[bold]model[/]: {escape(cfg.model.name)} ({params['total']:,} params, {params['trainable']:,} trainable "
             f"= {params['trainable_pct']}%){bits}, device {self.device}"
-            f"{', kernels: ' + kernels.why if kernels.name != 'none' else ''}",
+            f"{', kernels: ' + kernels.why if kernels.name != 'none' else ''}"
+            f"{', compile: ' + self.compiled.why if self.compiled.on else ''}",
             highlight=False,
         )
 
@@ -475,6 +479,7 @@ class TrainingRun:
             steps=trainer.state.global_step,
             gradient_checkpointing=self.checkpointing,
             kernels=self.kernels.name,
+            **self.compiled.figures(),
             resumed_from=str(self.checkpoint) if self.checkpoint else None,
             **self._speed_figures(),
             world_size=world.size,
