@@ -43,6 +43,7 @@ def trained(metrics: list[dict]) -> dict[int, dict]:
     return {m["step"]: m for m in metrics if "loss" in m}
 
 
+@pytest.mark.timeout(600)
 def test_grpo_run_logs_each_reward_and_the_held_out_reward(tmp_path, synth_file):
     path = grpo_run_config(tmp_path, synth_file)
     r = run_cli("train", str(path), "output.name=g", cwd=tmp_path)
@@ -81,6 +82,16 @@ def test_grpo_run_logs_each_reward_and_the_held_out_reward(tmp_path, synth_file)
         "metrics"
     ]
     assert e.stderr.count("warning: reward picky") <= 1
+
+    # a GRPO run is a run like any other downstream: merged, generated from, in the report beside its figures
+    m = run_cli("merge", str(run), "-o", str(tmp_path / "merged"), cwd=tmp_path)
+    assert m.returncode == 0, m.stderr[-2000:]
+    assert "saved logits match the adapter model's" in m.stdout
+    g = run_cli("generate", str(tmp_path / "merged"), "What is 2 plus 3?", "--max-new-tokens", "4", cwd=tmp_path)
+    assert g.returncode == 0 and g.stdout.strip(), g.stderr[-2000:]
+    rep = run_cli("report", str(run), "-o", str(tmp_path / "report.html"), cwd=tmp_path)
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    assert "held-out reward" in (tmp_path / "report.html").read_text()
 
 
 def test_grpo_resume_after_a_crash_continues_as_an_uninterrupted_run(tmp_path, synth_file):

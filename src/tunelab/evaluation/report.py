@@ -24,8 +24,11 @@ from tunelab.runs.metric_table import (
     EXACT_MATCH,
     FINAL_EVAL_LOSS,
     FINAL_TRAIN_LOSS,
+    HELDOUT_REWARD_AFTER,
+    HELDOUT_REWARD_BEFORE,
     PREFERENCE_ACCURACY_AFTER,
     PREFERENCE_ACCURACY_BEFORE,
+    REWARD,
     REWARD_MARGINS,
     SAMPLES_EXACT_MATCH,
     SAMPLES_EXACT_MATCH_AFTER,
@@ -71,7 +74,14 @@ KEY_SETTINGS = [
 # The training table's rows, in order: the summary's results (each falling back to its logged series
 # while a run trains), then every scorer's last sample value, then preference tuning's.
 TRAIN_BEFORE = (FINAL_TRAIN_LOSS, FINAL_EVAL_LOSS, SAMPLES_EXACT_MATCH_BEFORE, SAMPLES_EXACT_MATCH_AFTER)
-TRAIN_AFTER = (PREFERENCE_ACCURACY_BEFORE, PREFERENCE_ACCURACY_AFTER, REWARD_MARGINS)
+TRAIN_AFTER = (
+    PREFERENCE_ACCURACY_BEFORE,
+    PREFERENCE_ACCURACY_AFTER,
+    REWARD_MARGINS,
+    HELDOUT_REWARD_BEFORE,  # grpo
+    HELDOUT_REWARD_AFTER,
+    REWARD,
+)
 # where a value was read, said after a row's label
 WHEN = {"evaluation": ", last evaluation", "log": ", last log"}
 

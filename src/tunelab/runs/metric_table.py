@@ -41,6 +41,8 @@ JUDGE_WIN_RATE = "judge_win_rate"  # eval.json's target metric: the pairwise jud
 REWARD_MARGINS = "rewards/margins"
 REWARD = "reward"  # grpo: the rollouts' weighted reward, mean over a logging interval (TRL's key)
 HELDOUT_REWARD = "heldout_reward"  # grpo: the rewards' weighted sum over the greedy sample answers
+HELDOUT_REWARD_BEFORE = "heldout_reward_before"
+HELDOUT_REWARD_AFTER = "heldout_reward_after"
 
 
 @dataclass(frozen=True)
@@ -121,9 +123,9 @@ FIXED: tuple[Metric, ...] = (
         "summary",
         logged_as=PREFERENCE_ACCURACY,
     ),
-    Metric("heldout_reward_before", "held-out reward, before training", "{:.3f}", 0, "summary"),
+    Metric(HELDOUT_REWARD_BEFORE, "held-out reward, before training", "{:.3f}", 0, "summary"),
     Metric(
-        "heldout_reward_after",
+        HELDOUT_REWARD_AFTER,
         "held-out reward, last evaluation",
         "{:.3f}",
         1,

@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 
 from tunelab.compat import grpo_rollouts
 from tunelab.config import RunConfig
+from tunelab.runs.metric_table import HELDOUT_REWARD_AFTER, HELDOUT_REWARD_BEFORE
 from tunelab.training.callbacks import SamplesCallback
 from tunelab.training.rewards import Reward, reward_functions, row_reference, weighted_reward
 from tunelab.training.rules import vllm_rollouts
@@ -148,7 +149,7 @@ class HeldOutReward(SamplesCallback):
             "heldout_reward_failures": {r.name: self.failures[r.name] for r in self.rewards},
         }
         if self.reward_history:
-            out["heldout_reward_after"] = self.reward_history[max(self.reward_history)]
+            out[HELDOUT_REWARD_AFTER] = self.reward_history[max(self.reward_history)]
             if 0 in self.reward_history:
-                out["heldout_reward_before"] = self.reward_history[0]
+                out[HELDOUT_REWARD_BEFORE] = self.reward_history[0]
         return out
