@@ -5,6 +5,7 @@
 # Each commit is checked out as a worktree beside this checkout (../tunelab-at-REV, so ../shared is
 # found as the benchmarks expect); results: bench/results/compare-OLD-NEW.json
 set -euo pipefail
+case "${ONLY:-}" in "" | quickstart) ;; *) echo "ONLY=$ONLY: the one choice is ONLY=quickstart" >&2; exit 2 ;; esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=$ROOT/.venv/bin/python
 OLD=$(git -C "$ROOT" rev-parse --short "$1"); NEW=$(git -C "$ROOT" rev-parse --short "${2:-HEAD}")

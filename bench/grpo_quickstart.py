@@ -117,7 +117,7 @@ def main() -> None:
             "exact_match_at_least": TARGET_EXACT_MATCH,
             "train_minutes_at_most": TARGET_TRAIN_MINUTES,
             "train_minutes": round(train_minutes, 2),
-            "exact_match_met": after >= TARGET_EXACT_MATCH and train_minutes <= TARGET_TRAIN_MINUTES,
+            "exact_match_within_time_met": after >= TARGET_EXACT_MATCH and train_minutes <= TARGET_TRAIN_MINUTES,
             "above_sft_run_met": interval["low"] > 0,
         },
         "date": dt.date.today().isoformat(),

@@ -91,7 +91,8 @@ def test_grpo_run_logs_each_reward_and_the_held_out_reward(tmp_path, synth_file)
     assert g.returncode == 0 and g.stdout.strip(), g.stderr[-2000:]
     rep = run_cli("report", str(run), "-o", str(tmp_path / "report.html"), cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr[-2000:]
-    assert "held-out reward" in (tmp_path / "report.html").read_text()
+    html = (tmp_path / "report.html").read_text()
+    assert "held-out reward, last evaluation" in html and "mean reward (training rollouts)" in html
 
 
 def test_grpo_resume_after_a_crash_continues_as_an_uninterrupted_run(tmp_path, synth_file):

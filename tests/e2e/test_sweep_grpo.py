@@ -1,6 +1,6 @@
 """A sweep over GRPO runs (issue 24): the objective is the held-out reward the runs log at each evaluation
-(so the pruner can follow it), every trial is an ordinary GRPO run, and `runs compare` reads two of them
-beside each other."""
+(a median pruner is set, so the trials report it step by step), every trial is an ordinary GRPO run, and
+`runs compare` reads two of them beside each other."""
 
 from __future__ import annotations
 
@@ -67,4 +67,6 @@ def test_a_sweep_of_grpo_runs_ranks_them_by_the_held_out_reward(tmp_path):
     c = run_cli("runs", "compare", *names, "--json", cwd=tmp_path, timeout=120)
     assert c.returncode == 0, c.stderr[-2000:]
     table = json.loads(c.stdout)
-    assert "heldout_reward_after" in json.dumps(table)
+    assert sorted(table["config"]["grpo.temperature"]) == [0.7, 1.2]
+    after = table["metrics"]["heldout_reward_after"]
+    assert after == [pytest.approx(t["values"][0]) for t in trials]  # the same figures the sweep ranked by

@@ -6,8 +6,8 @@ Retry-After, capped) and a reply the caller cannot parse each cost one attempt. 
 out of attempts is a failure the caller counts; nothing here raises for what the server does. The
 API key is only ever put in the Authorization header: no message, count or record holds it.
 Both judges fill their prompt (`fill_template`) and read their reply's last `Label: value` line
-(`labelled_value`, `last_value`) through the helpers here, so a reply the pairwise judge can read,
-the rubric can read too.
+(`labelled_value`, `last_value`) through the helpers here: each asks for its own label (Verdict, Score),
+and both tolerate the same markdown around it.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ def check_url(url: str, where: str) -> str:
 
 def fill_template(text: str, values: dict[str, str]) -> str:
     """`text` with each `{name}` of `values` filled in; other braces (a JSON example in a user's template) stay."""
+    if not values:
+        return text
     placeholder = re.compile(r"\{(" + "|".join(map(re.escape, values)) + r")\}")
     return placeholder.sub(lambda m: values[m[1]], text)
 

@@ -214,7 +214,8 @@ class SamplesCallback(TrainerCallback):
         if self.scorers:  # quality curves next to the loss curves (config: eval.scorers, eval.generation_metrics)
             _, scores = score_set(self.scorers, self.prompts, answers, self.references, self.rows)
             record.update({f"samples_{k}": v for k, v in scores.items()})
-        record.update(self.more_scores(step, answers))
+        for key, value in self.more_scores(step, answers).items():
+            record.setdefault(key, value)  # the table's own figure keeps its name (a reward named exact_match)
         self.run.append_jsonl(self.run.metrics, record)
         for sink in self.sinks:
             sink.log_samples(step, table)

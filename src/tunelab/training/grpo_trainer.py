@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 
 from tunelab.compat import grpo_rollouts
 from tunelab.config import RunConfig
-from tunelab.runs.metric_table import HELDOUT_REWARD_AFTER, HELDOUT_REWARD_BEFORE
+from tunelab.runs.metric_table import HELDOUT_REWARD, HELDOUT_REWARD_AFTER, HELDOUT_REWARD_BEFORE
 from tunelab.training.callbacks import SamplesCallback
 from tunelab.training.rewards import Reward, reward_functions, row_reference, weighted_reward
 from tunelab.training.rules import vllm_rollouts
@@ -127,6 +127,8 @@ class HeldOutReward(SamplesCallback):
         self.reward_history: dict[int, float | None] = {}
 
     def more_scores(self, step: int, answers: list[str]) -> dict:
+        """Each reward's mean over the answers (`samples_<name>`) and their weighted sum (`heldout_reward`),
+        which is also kept by step for the summary (`reward_history`)."""
         rows = zip(self.prompts, answers, self.reward_references, self.rows, strict=True)
         per_answer = [{f.reward.name: f.one(p, a, ref, row) for f in self.functions} for p, a, ref, row in rows]
         record: dict = {}
@@ -134,7 +136,7 @@ class HeldOutReward(SamplesCallback):
             scored = [s[r.name] for s in per_answer if s[r.name] is not None]
             record[f"samples_{r.name}"] = fmean(scored) if scored else None
         summed = [v for v in (weighted_reward(self.rewards, s) for s in per_answer) if v is not None]
-        self.reward_history[step] = record["heldout_reward"] = fmean(summed) if summed else None
+        self.reward_history[step] = record[HELDOUT_REWARD] = fmean(summed) if summed else None
         return record
 
     def on_step_end(self, args, state, control, model=None, **kw):

@@ -51,7 +51,7 @@ def needing_reference(rewards: list[Reward]) -> list[Reward]:
 def row_reference(row: dict[str, Any], cfg: RunConfig) -> str | None:
     """The reference answer the rewards compare with: `grpo.reference_column`, else the row's answer."""
     value = reference_in(row, cfg.prompt, cfg.grpo.reference_column)
-    return value or None
+    return value if value.strip() else None  # blank is none, as `tunelab eval` reads it
 
 
 def reference_problem(rows: list[dict[str, Any]], cfg: RunConfig, rewards: list[Reward]) -> str | None:

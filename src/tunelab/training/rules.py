@@ -110,7 +110,7 @@ def before_load(cfg: RunConfig, sit: Situation) -> list[Finding]:
     model = sit.model or ResolvedOnce(cfg)  # the fit and the strategy plan from one reading of config.json
     found += precision(cfg, device)
     found += kernels(cfg, device)
-    found += compile_setting(cfg, device)
+    found += compile_setting(cfg, device, _chosen_strategy(cfg, sit, device, model))
     if sit.fit:
         found += processes(cfg, sit.per_machine, model)
     found += strategy(cfg, sit.processes, device, sit.per_machine, model)
@@ -179,15 +179,28 @@ def kernels(cfg: RunConfig, device: str) -> list[Finding]:
     return [Finding("ok", "training.kernels", chosen.why)]
 
 
-def compile_setting(cfg: RunConfig, device: str) -> list[Finding]:
-    """`training.compile` on this device and with this run's settings (`on` where inductor cannot run)."""
+def compile_setting(cfg: RunConfig, device: str, chosen: str | None = None) -> list[Finding]:
+    """`training.compile` on this device and with this run's settings (`on` where inductor cannot run);
+    `chosen`: the strategy of several processes as train resolves it (None: as configured)."""
     from tunelab.model.compiled import FIELD, compile_wanted
 
     try:
-        _, why = compile_wanted(cfg, device)
+        _, why = compile_wanted(cfg, device, strategy=chosen)
     except TunelabError as e:
         return findings_of(e, FIELD)
     return [Finding("ok", FIELD, why)]
+
+
+def _chosen_strategy(cfg: RunConfig, sit: Situation, device: str | None, model: ResolvedOnce) -> str | None:
+    """The strategy train will run with, when compile needs it: `auto` may resolve to FSDP2, which compile refuses."""
+    if cfg.training.compile != "on" or sit.processes <= 1 or device is None:
+        return None
+    from tunelab.training import distributed as dist
+
+    try:
+        return dist.resolve_strategy(cfg, sit.processes, device, sit.per_machine, model)
+    except TunelabError:
+        return None  # said by `strategy`
 
 
 def processes(cfg: RunConfig, nproc: int, model: ResolvedOnce | None = None) -> list[Finding]:

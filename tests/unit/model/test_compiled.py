@@ -55,6 +55,22 @@ def test_validate_and_train_share_the_rule_as_a_finding():
     assert problem.message.startswith("on: no graph compiles under gradient checkpointing")
 
 
+def test_validate_asks_with_the_strategy_train_will_resolve(monkeypatch):
+    # distributed.strategy: auto may resolve to FSDP2 (a full fine-tune on several GPUs), which compile refuses:
+    # validate must say so before load, as train would after it
+    from tunelab.training import distributed as dist
+    from tunelab.training import rules
+
+    monkeypatch.setattr(dist, "resolve_strategy", lambda *a, **k: "fsdp2")
+    c = cfg(compile="on", gradient_checkpointing=False)
+    sit = rules.Situation(device="cpu", processes=2)
+    assert rules._chosen_strategy(c, sit, "cpu", None) == "fsdp2"
+    (problem,) = [f for f in rules.compile_setting(c, "cpu", "fsdp2") if f.severity == "problem"]
+    assert "one process or DDP only (the strategy is fsdp2)" in problem.message
+    assert rules._chosen_strategy(c, rules.Situation(device="cpu"), "cpu", None) is None  # one process: none to ask
+    assert rules._chosen_strategy(cfg(), sit, "cpu", None) is None  # compile not on: strategy not resolved for it
+
+
 def test_the_compiled_block_is_the_peft_models_decoder_layers(tiny_model_dir):
     import torch
 
