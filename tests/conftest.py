@@ -97,6 +97,17 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproce
     )
 
 
+def run_sweep(folder: Path, base: dict, spec: dict, timeout: int = 600) -> tuple[subprocess.CompletedProcess, dict]:
+    """`tunelab sweep s.yaml` in `folder` over base.yaml (`spec` names it); the process and its results.json."""
+    import yaml
+
+    (folder / "base.yaml").write_text(yaml.safe_dump(base))
+    (folder / "s.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    r = run_cli("sweep", "s.yaml", cwd=folder, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r, json.loads((folder / "sweeps" / "s" / "results.json").read_text())
+
+
 def base_config(data_path: Path, out_dir: Path, **sections) -> dict:
     """A small, fast run config on the tiny model."""
     cfg = {

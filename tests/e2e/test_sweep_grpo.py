@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from conftest import read_jsonl, run_cli
+from conftest import read_jsonl, run_cli, run_sweep
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -45,11 +45,7 @@ SWEEP = {
 
 
 def test_a_sweep_of_grpo_runs_ranks_them_by_the_held_out_reward(tmp_path):
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(SWEEP, sort_keys=False))
-    r = run_cli("sweep", "s.yaml", cwd=tmp_path, timeout=800)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    res = json.loads((tmp_path / "sweeps" / "s" / "results.json").read_text())
+    _, res = run_sweep(tmp_path, BASE, SWEEP, timeout=800)
     assert res["objectives"] == [{"metric": "heldout_reward", "direction": "maximize"}]
     trials = [t for t in res["trials"] if t["state"] in ("completed", "pruned")]
     assert len(trials) == 2

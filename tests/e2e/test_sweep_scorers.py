@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 
-from conftest import run_cli
+from conftest import run_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -32,11 +31,7 @@ SWEEP = {
 
 
 def test_a_sweep_on_a_declared_scorer_ranks_its_trials_by_it(tmp_path):
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(SWEEP, sort_keys=False))
-    r = run_cli("sweep", "s.yaml", cwd=tmp_path, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    res = json.loads((tmp_path / "sweeps" / "s" / "results.json").read_text())
+    r, res = run_sweep(tmp_path, BASE, SWEEP)
     assert res["objectives"] == [
         {"metric": "eval.similarity", "direction": "maximize"},
         {"metric": "samples_similarity", "direction": "maximize"},

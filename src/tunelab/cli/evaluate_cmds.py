@@ -290,20 +290,15 @@ def _difference(row, diff: float | None) -> str:
         return "-"
     sign = row.direction * (1 if diff > 0 else -1 if diff < 0 else 0)
     colour = {1: "green", -1: "red"}.get(sign, "")
-    text = _delta(row, diff)
+    text = row.format_delta(diff)
     return f"[{colour}]{text}[/]" if colour else text
-
-
-def _delta(row, diff: float) -> str:
-    """A signed difference in the metric's own format (points for a share)."""
-    return ("+" if diff > 0 else "") + (f"{diff * 100:.1f} pts" if row.fmt == "pct" else row.format(diff))
 
 
 def _interval(row, interval) -> list[str]:
     """The paired bootstrap interval of the difference and its verdict; "-" for a metric that has none (loss)."""
     if interval is None:
         return ["-", ""]
-    return [f"{_delta(row, interval.low)}..{_delta(row, interval.high)}", interval.verdict(row.direction)]
+    return [f"{row.format_delta(interval.low)}..{row.format_delta(interval.high)}", interval.verdict(row.direction)]
 
 
 def register(app: typer.Typer) -> None:

@@ -510,7 +510,7 @@ def benchmark_rows(runs: list[RunData]) -> list[dict[str, Any]]:
     for r in runs:
         for task, b in ((r.eval.benchmarks if r.eval is not None else None) or {}).items():
             row = benchmark_row(task, b.metric, b.higher_is_better)
-            diff = "-" if b.diff is None else ("+" if b.diff > 0 else "") + row.format(b.diff)
+            diff = "-" if b.diff is None else row.format_delta(b.diff)
             tuned = row.format_with_stderr(b.tuned, b.tuned_stderr)
             baseline = row.format_with_stderr(b.baseline, b.baseline_stderr)
             rows.append({"run": r.name, "task": task, "metric": b.metric, "tuned": tuned, "baseline": baseline})

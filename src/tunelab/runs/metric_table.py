@@ -75,6 +75,10 @@ class Metric:
             return str(value)  # a diverged run's nan / inf, shown as such
         return f"{value:.1%}" if self.fmt == "pct" else self.fmt.format(value)
 
+    def format_delta(self, diff: float) -> str:
+        """A signed difference in the metric's own format (points for a share)."""
+        return ("+" if diff > 0 else "") + (f"{diff * 100:.1f} pts" if self.fmt == "pct" else self.format(diff))
+
     def format_with_stderr(self, value: float | None, stderr: float | None) -> str:
         """A score with its standard error (lm-eval's, `tunelab eval --tasks`), "-" for none."""
         if value is None:

@@ -110,10 +110,11 @@ def before_load(cfg: RunConfig, sit: Situation) -> list[Finding]:
     model = sit.model or ResolvedOnce(cfg)  # the fit and the strategy plan from one reading of config.json
     found += precision(cfg, device)
     found += kernels(cfg, device)
-    found += compile_setting(cfg, device, _chosen_strategy(cfg, sit, device, model))
+    chosen = chosen_strategy(cfg, sit, device, model)  # once: compile and the strategy rule both read it
+    found += compile_setting(cfg, device, chosen)
     if sit.fit:
         found += processes(cfg, sit.per_machine, model)
-    found += strategy(cfg, sit.processes, device, sit.per_machine, model)
+    found += strategy(cfg, sit.processes, device, sit.per_machine, model, chosen)
     found += tiny_preset(cfg)
     found += scorers(cfg)
     found += grpo(cfg, sit.processes, device)
@@ -191,16 +192,14 @@ def compile_setting(cfg: RunConfig, device: str, chosen: str | None = None) -> l
     return [Finding("ok", FIELD, why)]
 
 
-def _chosen_strategy(cfg: RunConfig, sit: Situation, device: str | None, model: ResolvedOnce) -> str | None:
-    """The strategy train will run with, when compile needs it: `auto` may resolve to FSDP2, which compile refuses."""
-    if cfg.training.compile != "on" or sit.processes <= 1 or device is None:
+def chosen_strategy(cfg: RunConfig, sit: Situation, device: str | None, model: ResolvedOnce) -> str | None:
+    """The strategy train will run with (`distributed.resolve_strategy`: `auto` may become FSDP2); None while
+    the device is unknown."""
+    if device is None:
         return None
     from tunelab.training import distributed as dist
 
-    try:
-        return dist.resolve_strategy(cfg, sit.processes, device, sit.per_machine, model)
-    except TunelabError:
-        return None  # said by `strategy`
+    return dist.resolve_strategy(cfg, sit.processes, device, sit.per_machine, model)
 
 
 def processes(cfg: RunConfig, nproc: int, model: ResolvedOnce | None = None) -> list[Finding]:
@@ -220,9 +219,10 @@ def strategy(
     device: str | None,
     per_machine: int | None = None,
     model: ResolvedOnce | None = None,
+    chosen: str | None = None,
 ) -> list[Finding]:
     """The strategy of several processes, with its backend; `device` None: as far as the config alone decides
-    it (what `train --nproc` refuses before any library loads)."""
+    it (what `train --nproc` refuses before any library loads); `chosen`: the strategy as already resolved."""
     from tunelab.training import distributed as dist
 
     if processes <= 1:
@@ -236,7 +236,7 @@ def strategy(
         )
     on_cpu = device == "cpu"
     found = problems_of(lambda: dist.backend_for(cfg, on_cpu), "distributed.backend")
-    chosen = dist.resolve_strategy(cfg, processes, device, per_machine, model)
+    chosen = chosen or dist.resolve_strategy(cfg, processes, device, per_machine, model)
     return found + problems_of(lambda: dist.check_strategy(cfg, chosen, on_cpu), "distributed.strategy")
 
 

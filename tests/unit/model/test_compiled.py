@@ -64,11 +64,9 @@ def test_validate_asks_with_the_strategy_train_will_resolve(monkeypatch):
     monkeypatch.setattr(dist, "resolve_strategy", lambda *a, **k: "fsdp2")
     c = cfg(compile="on", gradient_checkpointing=False)
     sit = rules.Situation(device="cpu", processes=2)
-    assert rules._chosen_strategy(c, sit, "cpu", None) == "fsdp2"
-    (problem,) = [f for f in rules.compile_setting(c, "cpu", "fsdp2") if f.severity == "problem"]
-    assert "one process or DDP only (the strategy is fsdp2)" in problem.message
-    assert rules._chosen_strategy(c, rules.Situation(device="cpu"), "cpu", None) is None  # one process: none to ask
-    assert rules._chosen_strategy(cfg(), sit, "cpu", None) is None  # compile not on: strategy not resolved for it
+    assert rules.chosen_strategy(c, sit, "cpu", None) == "fsdp2"
+    (problem,) = [f for f in rules.before_load(c, sit) if f.field == "training.compile"]
+    assert problem.severity == "problem" and "one process or DDP only (the strategy is fsdp2)" in problem.message
 
 
 def test_the_compiled_block_is_the_peft_models_decoder_layers(tiny_model_dir):
